@@ -1,0 +1,30 @@
+# make install: ./.venv with busi (editable) and the test tools
+# make demo:    synthetic data + a complete training run in runs/demo
+# make test:    the test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: install demo test clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade --quiet pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+data/demo/.complete: | install
+	rm -rf data/demo
+	$(BIN)/busi-job synth data/demo --per-class 60 --size 64 --seed 0
+	touch $@
+
+demo: install data/demo/.complete
+	$(BIN)/busi-job train job/demo.yaml --restart
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf runs/demo data/demo

@@ -1,0 +1,166 @@
+"""The run directory: the only module that writes it, and every write is atomic.
+
+Layout (a contract, documented in the README and held by tests)::
+
+    OUT/config.yaml            resolved job config
+    OUT/manifest.json          versions, host, cores/threads and their source, precision, seed,
+                               times, seconds per phase, status
+    OUT/data/splits.csv        path,label,group,split
+    OUT/data/report.json       the inspect report
+    OUT/model/model.keras      Keras model, preprocessing inside
+    OUT/model/saved_model/     TF SavedModel for serving
+    OUT/model/labels.json      index -> class name
+    OUT/model/README.md        model card
+    OUT/history.csv            phase,epoch,loss,accuracy,val_loss,val_accuracy,lr,seconds
+    OUT/metrics.json           test-split metrics
+    OUT/plots/*.png            accuracy, loss, confusion_matrix, roc
+    OUT/predictions/test.csv   the predict CSV columns plus true_label
+
+Every writer is a no-op off the primary rank (``RunDir(..., primary=False)``), so callers
+need no rank checks. Files are written to a temp file in the same folder, fsynced, and
+renamed into place: a run killed at any moment leaves each file complete or absent.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import yaml
+
+RUN_FILES = {
+    "config": "config.yaml",
+    "manifest": "manifest.json",
+    "splits": "data/splits.csv",
+    "report": "data/report.json",
+    "model": "model/model.keras",
+    "saved_model": "model/saved_model",
+    "labels": "model/labels.json",
+    "model_card": "model/README.md",
+    "history": "history.csv",
+    "metrics": "metrics.json",
+    "plot_accuracy": "plots/accuracy.png",
+    "plot_loss": "plots/loss.png",
+    "plot_confusion": "plots/confusion_matrix.png",
+    "plot_roc": "plots/roc.png",
+    "test_predictions": "predictions/test.csv",
+}
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` via temp file + fsync + rename."""
+    return atomic_write_with(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_with(path: str | Path, writer: Callable[[Path], Any], suffix: str = "") -> Path:
+    """Let ``writer`` produce a file at a temp path beside ``path``; then move it into place.
+
+    Used for files written by libraries (Keras ``model.save``, matplotlib ``savefig``);
+    ``suffix`` keeps the extension those libraries insist on.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        writer(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def atomic_write_dir(path: str | Path, writer: Callable[[Path], Any]) -> Path:
+    """Like ``atomic_write_with`` for a folder (a SavedModel): build beside, swap in by rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        writer(tmp)
+        old = None
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def json_text(obj: Any) -> str:
+    return json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n"
+
+
+def csv_text(columns: Sequence[str], rows: Iterable[Sequence[Any] | dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(columns)
+    for r in rows:
+        w.writerow([r.get(c, "") for c in columns] if isinstance(r, dict) else r)
+    return buf.getvalue()
+
+
+class RunDir:
+    """Writers for the run directory; no-ops unless ``primary``."""
+
+    def __init__(self, root: str | Path, primary: bool = True) -> None:
+        self.root = Path(root)
+        self.primary = primary
+
+    def path(self, key: str) -> Path:
+        return self.root / RUN_FILES[key]
+
+    def write_text(self, key: str, text: str) -> Path | None:
+        return atomic_write_text(self.path(key), text) if self.primary else None
+
+    def write_json(self, key: str, obj: Any) -> Path | None:
+        return self.write_text(key, json_text(obj))
+
+    def write_yaml(self, key: str, obj: Any) -> Path | None:
+        return self.write_text(key, yaml.safe_dump(obj, sort_keys=False))
+
+    def write_csv(self, key: str, columns: Sequence[str], rows: Iterable[Sequence[Any] | dict[str, Any]]) -> Path | None:
+        return self.write_text(key, csv_text(columns, rows))
+
+    def write_file_with(self, key: str, writer: Callable[[Path], Any], suffix: str = "") -> Path | None:
+        return atomic_write_with(self.path(key), writer, suffix) if self.primary else None
+
+    def write_dir_with(self, key: str, writer: Callable[[Path], Any]) -> Path | None:
+        return atomic_write_dir(self.path(key), writer) if self.primary else None
+
+    def read_json(self, key: str) -> Any:
+        p = self.path(key)
+        return json.loads(p.read_text(encoding="utf-8")) if p.exists() else None

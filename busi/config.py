@@ -1,0 +1,445 @@
+"""Job configuration: YAML job files validated into frozen dataclasses.
+
+A job file replaces the cells users edited by hand in the original notebook. Every
+key has a type and, where it makes sense, a default; unknown keys, missing required
+keys, wrong types and out-of-range values raise ``ConfigError`` naming the key path
+(``train.head.epochs: expected a positive integer, got 'ten'``).
+
+Values may reference the environment: ``${VAR}`` (an error if VAR is unset) and
+``${VAR:-default}``. ``$${`` stands for a literal ``${``. A value that is one whole
+``${...}`` expression is re-read as YAML, so ``cores: ${SLURM_CPUS_PER_TASK:-auto}``
+gives the integer 4 or the string ``auto``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping, Sequence, Union
+
+import yaml
+
+from busi.errors import ConfigError
+
+# --------------------------------------------------------------------------- schema
+
+
+def _opt(default: Any = dataclasses.MISSING, *, doc: str = "", **check: Any) -> Any:
+    """A dataclass field with validation metadata (min, max, min_items, ...) and a doc line."""
+    if isinstance(default, (list, dict)):
+        raise TypeError("use tuples for sequence defaults")
+    return field(default=default, metadata={"doc": doc, **check})
+
+
+@dataclass(frozen=True)
+class SplitFractions:
+    train: float = _opt(0.7, min=0.0, max=1.0, doc="fraction of each class for training")
+    val: float = _opt(0.15, min=0.0, max=1.0, doc="fraction for validation (best epoch, early stop)")
+    test: float = _opt(0.15, min=0.0, max=1.0, doc="fraction held out for metrics.json")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    flip: bool = _opt(True, doc="random horizontal flip")
+    rotation: float = _opt(0.05, min=0.0, max=0.5, doc="max rotation, fraction of a full turn")
+    zoom: float = _opt(0.1, min=0.0, max=0.9, doc="max zoom in/out, fraction")
+    brightness: float = _opt(0.1, min=0.0, max=1.0, doc="max brightness shift, fraction of range")
+    contrast: float = _opt(0.1, min=0.0, max=1.0, doc="max contrast change, fraction")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = _opt(doc="folder, .zip or .tar(.gz) holding <class>/ folders (top or one level down)")
+    classes: tuple[str, ...] = _opt(
+        ("normal", "benign", "malignant"), min_items=2, unique=True,
+        doc="class folder names; their order gives the label index (0, 1, 2, ...)",
+    )
+    image_size: int = _opt(224, min=32, max=1024, doc="side of the square model input, pixels")
+    resize: Literal["stretch", "pad"] = _opt("stretch", doc="stretch (as the notebook did) or pad to keep aspect")
+    staging_dir: Union[str, None] = _opt(None, doc="where archives unpack; default $TMPDIR/busi-staging")
+    max_archive_members: int = _opt(200_000, min=1, doc="refuse archives with more members")
+    max_archive_bytes: int = _opt(20 * 1024**3, min=1, doc="refuse archives that unpack to more bytes")
+    dedupe: Literal["none", "exact", "near"] = _opt("near", doc="group duplicate images so no group straddles splits")
+    near_threshold: int = _opt(6, min=0, max=32, doc="max Hamming distance of 63-bit perceptual hashes")
+    conflicts: Literal["drop", "keep"] = _opt("drop", doc="duplicate groups whose members carry different labels")
+    split: SplitFractions = _opt(SplitFractions())
+    splits: Union[str, None] = _opt(None, doc="a splits.csv (path,label,group,split) to reuse instead of splitting")
+    augment: AugmentConfig = _opt(AugmentConfig())
+    cache: bool = _opt(True, doc="cache decoded, resized images in memory after the first epoch")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    weights: str = _opt("imagenet", doc="imagenet (staged locally), a path to a weights file, or none")
+    dropout: float = _opt(0.3, min=0.0, max=0.95, doc="dropout before the classifier")
+    pooling: Literal["avg", "max"] = _opt("avg", doc="global pooling of backbone features")
+    batchnorm: Literal["frozen", "train"] = _opt(
+        "frozen", doc="frozen: BatchNorm in inference mode in every phase (pretrained); train: from scratch"
+    )
+
+
+@dataclass(frozen=True)
+class PhaseConfig:
+    epochs: int = _opt(10, min=0, doc="epochs of this phase (0 skips it)")
+    learning_rate: float = _opt(1e-3, min=0.0, exclusive_min=True, doc="Adam learning rate")
+    patience: int = _opt(5, min=1, doc="epochs without improvement of train.monitor before stopping")
+    unfreeze: Literal["none", "conv5", "conv4", "all"] = _opt(
+        "none", doc="backbone blocks made trainable in this phase"
+    )
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    batch_size: int = _opt(32, min=1, max=4096, doc="images per step (per rank under Horovod)")
+    precision: Literal["auto", "float32", "mixed_bfloat16", "mixed_float16"] = _opt(
+        "auto", doc="auto: bf16 on CPUs with AMX/AVX512-BF16, fp16 on GPUs, else float32"
+    )
+    class_weights: Literal["balanced", "none"] = _opt("balanced", doc="weight the loss by inverse class frequency")
+    monitor: Literal["val_loss", "val_accuracy"] = _opt("val_loss", doc="metric that picks the best epoch")
+    head: PhaseConfig = _opt(PhaseConfig(epochs=10, learning_rate=1e-3, unfreeze="none"))
+    finetune: PhaseConfig = _opt(PhaseConfig(epochs=10, learning_rate=1e-5, unfreeze="conv5"))
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    dir: str = _opt(doc="the run directory; key it by ${SLURM_JOB_ID} on clusters")
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    seed: int = _opt(42, min=0, doc="one seed for Python, NumPy, TensorFlow and the split")
+    cores: Union[int, Literal["auto"]] = _opt(
+        "auto", min=1, doc="auto: min of affinity mask, cgroup quota, SLURM_CPUS_PER_TASK"
+    )
+    deterministic: bool = _opt(False, doc="deterministic TF ops: same seed and data give the same metrics")
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    data: DataConfig
+    output: OutputConfig
+    model: ModelConfig = _opt(ModelConfig())
+    train: TrainConfig = _opt(TrainConfig())
+    runtime: RuntimeConfig = _opt(RuntimeConfig())
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, YAML-ready dict (tuples become lists)."""
+        return _to_plain(dataclasses.asdict(self))
+
+
+def _to_plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_plain(v) for v in value]
+    return value
+
+
+# ----------------------------------------------------------------------- loading
+
+_VAR = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def interpolate(text: str, path: str, env: Mapping[str, str]) -> str:
+    """Replace ``${VAR}`` and ``${VAR:-default}`` from env; ``$${`` is a literal ``${``."""
+
+    def repl(m: re.Match[str]) -> str:
+        if m.group(0) == "$${":
+            return "${"
+        name, default = m.group(1), m.group(2)
+        value = env.get(name)
+        if value is None or (value == "" and default is not None):
+            if default is None:
+                raise ConfigError(
+                    f"{path}: environment variable {name} is not set; export it or write ${{{name}:-default}}"
+                )
+            return default
+        return value
+
+    return _VAR.sub(repl, text)
+
+
+def _interpolate_tree(value: Any, path: str, env: Mapping[str, str]) -> Any:
+    if isinstance(value, dict):
+        return {k: _interpolate_tree(v, _join(path, k), env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate_tree(v, f"{path}[{i}]", env) for i, v in enumerate(value)]
+    if isinstance(value, str) and "${" in value:
+        whole = _VAR.fullmatch(value) is not None and value != "$${"
+        result = interpolate(value, path, env)
+        if whole:
+            # A value that is one ${...} keeps YAML typing: "4" -> 4, "true" -> True.
+            try:
+                typed = yaml.safe_load(result) if result.strip() else result
+            except yaml.YAMLError:
+                return result
+            return typed if isinstance(typed, (str, int, float, bool)) or typed is None else result
+        return result
+    return value
+
+
+def _join(prefix: str, key: Any) -> str:
+    return f"{prefix}.{key}" if prefix else str(key)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping; syntax errors name the file, line and column."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: job file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{p}: cannot read job file: {e}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        raise ConfigError(f"{p}{where}: YAML syntax error: {e.problem or e.context}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: YAML error: {e}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: a job file must be a mapping of sections (data, model, train, output, runtime)")
+    return data
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``train.head.epochs=3`` -> (['train', 'head', 'epochs'], 3); the value is YAML-typed."""
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set {item!r}: expected key.path=value, e.g. --set train.head.epochs=3")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {key}: value {raw!r} is not valid YAML: {e}") from None
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Return a copy of data with each ``key.path=value`` applied in order."""
+    out = _deepcopy(data)
+    for item in overrides:
+        keys, value = parse_override(item)
+        node = out
+        for i, k in enumerate(keys[:-1]):
+            child = node.get(k)
+            if child is None:
+                child = node[k] = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(f"--set {'.'.join(keys)}: {'.'.join(keys[: i + 1])} is not a section")
+            node = child
+        node[keys[-1]] = value
+    return out
+
+
+def _deepcopy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _deepcopy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_deepcopy(v) for v in value]
+    return value
+
+
+def load_config(
+    path: str | Path | None,
+    overrides: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+    base: Mapping[str, Any] | None = None,
+) -> JobConfig:
+    """Read a job file (or start from ``base``), apply ``--set`` overrides, interpolate the
+    environment, and validate against the schema."""
+    data: dict[str, Any] = dict(base or {})
+    if path is not None:
+        data = read_yaml(path)
+    data = apply_overrides(data, overrides)
+    data = _interpolate_tree(data, "", os.environ if env is None else env)
+    cfg = build(JobConfig, data, "")
+    validate_semantics(cfg)
+    return cfg
+
+
+def dump_config(cfg: JobConfig) -> str:
+    """The resolved config as YAML, in schema order. A literal ``${`` is written as ``$${``,
+    so loading the dump gives the same config."""
+    return yaml.safe_dump(_escape_dollar(cfg.to_dict()), sort_keys=False, default_flow_style=False)
+
+
+def _escape_dollar(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _escape_dollar(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_escape_dollar(v) for v in value]
+    return value.replace("${", "$${") if isinstance(value, str) else value
+
+
+# -------------------------------------------------------------------- validation
+
+
+def build(cls: type, data: Any, path: str) -> Any:
+    """Validate ``data`` against dataclass ``cls``; errors name the key path."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path or '<job>'}: expected a mapping of keys, got {_show(data)}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            known = ", ".join(sorted(fields))
+            raise ConfigError(f"{_join(path, key)}: unknown key; known keys here: {known}")
+    kwargs: dict[str, Any] = {}
+    for name, f in fields.items():
+        key_path = _join(path, name)
+        if name not in data:
+            if f.default is dataclasses.MISSING and dataclasses.is_dataclass(hints[name]):
+                kwargs[name] = build(hints[name], {}, key_path)  # a missing section: name its missing key
+                continue
+            if f.default is dataclasses.MISSING:
+                raise ConfigError(f"{key_path}: missing required key ({f.metadata.get('doc', '')})")
+            if dataclasses.is_dataclass(f.default):
+                kwargs[name] = f.default
+            continue
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            # A section starts from the field's own default (phases differ in defaults).
+            default = f.default if dataclasses.is_dataclass(f.default) else None
+            kwargs[name] = _build_section(tp, data[name], key_path, default)
+        else:
+            kwargs[name] = _check(data[name], tp, key_path, f.metadata)
+    return cls(**kwargs)
+
+
+def _build_section(tp: type, value: Any, path: str, default: Any) -> Any:
+    if value is None:
+        value = {}
+    if default is None or not isinstance(value, dict):
+        return build(tp, value, path)
+    merged = {**{f.name: getattr(default, f.name) for f in dataclasses.fields(tp)}, **value}
+    # nested dataclass defaults are instances, which build() accepts as already valid
+    return build(tp, {k: (dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v) for k, v in merged.items()}, path)
+
+
+def _check(value: Any, tp: Any, path: str, meta: Mapping[str, Any]) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        for opt in options:
+            if opt is type(None):
+                continue
+            try:
+                return _check(value, opt, path, meta)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{path}: expected {_describe(tp, meta)}, got {_show(value)}")
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value in choices and isinstance(value, str):
+            return value
+        raise ConfigError(f"{path}: expected {_describe(tp, meta)}, got {_show(value)}")
+    if origin is tuple:
+        (item_tp, _ellipsis) = typing.get_args(tp)
+        if isinstance(value, str) or not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected {_describe(tp, meta)}, got {_show(value)}")
+        items = tuple(_check(v, item_tp, f"{path}[{i}]", {}) for i, v in enumerate(value))
+        if len(items) < meta.get("min_items", 0):
+            raise ConfigError(f"{path}: expected {_describe(tp, meta)}, got {_show(value)}")
+        if meta.get("unique") and len(set(items)) != len(items):
+            raise ConfigError(f"{path}: entries must be unique, got {_show(value)}")
+        return items
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{path}: expected true or false, got {_show(value)}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}: expected {_describe(tp, meta)}, got {_show(value)}")
+        _range(value, path, tp, meta)
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path}: expected {_describe(tp, meta)}, got {_show(value)}")
+        _range(float(value), path, tp, meta)
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(f"{path}: expected a non-empty string, got {_show(value)}")
+        return value
+    raise TypeError(f"unsupported schema type {tp!r} at {path}")  # a bug in the schema, not user input
+
+
+def _range(value: float, path: str, tp: Any, meta: Mapping[str, Any]) -> None:
+    lo, hi = meta.get("min"), meta.get("max")
+    bad = (lo is not None and (value < lo or (meta.get("exclusive_min") and value == lo))) or (
+        hi is not None and value > hi
+    )
+    if bad:
+        raise ConfigError(f"{path}: expected {_describe(tp, meta)}, got {_show(value)}")
+
+
+def _describe(tp: Any, meta: Mapping[str, Any]) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        parts = [_describe(o, meta) for o in typing.get_args(tp) if o is not type(None)]
+        text = " or ".join(parts)
+        return text + (" or null" if type(None) in typing.get_args(tp) else "")
+    if origin is Literal:
+        return "one of " + ", ".join(repr(c) for c in typing.get_args(tp))
+    if origin is tuple:
+        n = meta.get("min_items", 0)
+        return f"a list of at least {n} names" if n else "a list of names"
+    lo, hi = meta.get("min"), meta.get("max")
+    if tp is int:
+        if lo == 1 and hi is None:
+            return "a positive integer"
+        if lo == 0 and hi is None:
+            return "a non-negative integer"
+        if lo is not None and hi is not None:
+            return f"an integer from {lo} to {hi}"
+        return "an integer"
+    if tp is float:
+        if meta.get("exclusive_min") and lo == 0 and hi is None:
+            return "a positive number"
+        if lo is not None and hi is not None:
+            return f"a number from {lo} to {hi}"
+        return "a number"
+    if tp is str:
+        return "a string"
+    if tp is bool:
+        return "true or false"
+    return str(tp)
+
+
+def _show(value: Any) -> str:
+    return "nothing (null)" if value is None else repr(value)
+
+
+# ------------------------------------------------------------------ derived values
+
+
+def validate_semantics(cfg: JobConfig) -> None:
+    """Checks that span several keys."""
+    s = cfg.data.split
+    total = s.train + s.val + s.test
+    if abs(total - 1.0) > 1e-6:
+        raise ConfigError(
+            f"data.split: train + val + test must sum to 1, got {s.train} + {s.val} + {s.test} = {total:g}"
+        )
+    if s.train <= 0:
+        raise ConfigError("data.split.train: expected a number above 0")
+    if cfg.train.head.epochs + cfg.train.finetune.epochs == 0:
+        raise ConfigError("train.head.epochs, train.finetune.epochs: at least one phase needs epochs > 0")
+
+
+def resolve_path(value: str, base: Path | None = None) -> Path:
+    """Relative paths in a job file are relative to the working directory (as sbatch runs it)."""
+    p = Path(os.path.expanduser(value))
+    return p if p.is_absolute() or base is None else base / p

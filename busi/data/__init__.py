@@ -1,0 +1,1 @@
+"""Data: staging, scanning, de-duplication, splitting, synthetic data, tf.data pipeline."""

@@ -1,0 +1,64 @@
+"""Decoding one image file into the model's input: the single definition shared by
+training, evaluation and prediction, so they cannot disagree about pixels.
+
+Any image Pillow reads becomes ``size x size x 3`` uint8 RGB: 16-bit and float images are
+scaled to 8 bits, palette/CMYK/grayscale/alpha images converted, 1-channel ultrasound
+replicated to 3 channels (ResNet expects RGB). ``stretch`` resizes as the original
+notebook did; ``pad`` keeps the aspect ratio and pads with black (the ultrasound background).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from busi.errors import DataError
+
+
+def load_image(path: str | Path, size: int, resize: str = "stretch") -> np.ndarray:
+    """Decode and resize one image. DataError (naming the path) if Pillow cannot decode it."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            if im.format == "JPEG":
+                im.draft("RGB", (size, size))  # decode JPEGs at reduced scale: much faster
+            rgb = to_rgb8(im)
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise DataError(f"{path}: cannot decode image: {e}") from None
+    return np.asarray(resize_rgb(rgb, size, resize), dtype=np.uint8)
+
+
+def to_rgb8(im: "Image.Image") -> "Image.Image":  # noqa: F821
+    """Any Pillow mode -> 8-bit RGB."""
+    from PIL import Image
+
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(im, dtype=np.float32)
+        hi = 65535.0 if im.mode.startswith("I;16") or (im.mode == "I" and arr.max(initial=0) > 255) else 255.0
+        if im.mode == "F":
+            lo, hi = float(arr.min(initial=0)), float(arr.max(initial=1))
+            arr = (arr - lo) / max(hi - lo, 1e-6) * 255.0
+        else:
+            arr = arr * (255.0 / hi)
+        im = Image.fromarray(np.clip(arr + 0.5, 0, 255).astype(np.uint8), mode="L")
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        im = im.convert("RGBA")
+        background = Image.new("RGBA", im.size, (0, 0, 0, 255))
+        im = Image.alpha_composite(background, im)
+    return im.convert("RGB")
+
+
+def resize_rgb(im: "Image.Image", size: int, mode: str) -> "Image.Image":  # noqa: F821
+    from PIL import Image
+
+    if mode == "stretch":
+        return im.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
+    scale = size / max(im.width, im.height)
+    w, h = max(1, round(im.width * scale)), max(1, round(im.height * scale))
+    canvas = Image.new("RGB", (size, size))
+    canvas.paste(im.resize((w, h), Image.Resampling.BILINEAR, reducing_gap=3.0), ((size - w) // 2, (size - h) // 2))
+    return canvas

@@ -1,0 +1,150 @@
+"""tf.data input pipeline: parallel decode and resize, cache, seeded augmentation, batching.
+
+Every random choice is a pure function of ``(seed, epoch, sample index)`` (stateless ops),
+so an epoch's batches and augmentations can be rebuilt exactly after a resume, and each
+rank of a distributed run can take its own shard of the same global order.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from busi.config import AugmentConfig
+from busi.data.images import load_image
+
+
+@dataclass(frozen=True)
+class SplitData:
+    """Absolute file paths and integer labels of one split, in a fixed order."""
+
+    paths: tuple[str, ...]
+    labels: tuple[int, ...]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+def balanced_class_weights(labels: Sequence[int], num_classes: int) -> np.ndarray:
+    """n / (k * count_c): each class contributes equally to the loss (BUSI is 437/210/133).
+    A class absent from training gets weight 0."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes).astype(np.float64)
+    weights = np.zeros(num_classes)
+    present = counts > 0
+    weights[present] = len(labels) / (present.sum() * counts[present])
+    return weights.astype(np.float32)
+
+
+class Pipeline:
+    """Decoded, cached images of one split, and per-epoch datasets built from them."""
+
+    def __init__(self, data: SplitData, image_size: int, resize: str, cache: bool = True) -> None:
+        import tensorflow as tf
+
+        self.data = data
+        self.size = image_size
+        n = len(data)
+        index = np.arange(n, dtype=np.int64)
+
+        def decode(path: Any) -> np.ndarray:
+            return load_image(path.decode("utf-8"), image_size, resize)
+
+        def tf_decode(path: Any, label: Any, idx: Any) -> tuple[Any, Any, Any]:
+            image = tf.numpy_function(decode, [path], tf.uint8, stateful=False)
+            image.set_shape((image_size, image_size, 3))
+            return image, label, idx
+
+        base = tf.data.Dataset.from_tensor_slices(
+            (np.array(data.paths, dtype=object).astype(str), np.array(data.labels, dtype=np.int32), index)
+        )
+        # deterministic=True keeps file order, so a cached epoch is identical on every run
+        base = base.map(tf_decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        self.base = base.cache() if cache else base
+
+    def steps(self, batch_size: int, shards: int = 1, drop_remainder: bool = False) -> int:
+        per_shard = math.ceil(len(self.data) / shards) if not drop_remainder else len(self.data) // shards
+        return math.ceil(per_shard / batch_size) if not drop_remainder else per_shard // batch_size
+
+    def train_dataset(
+        self,
+        batch_size: int,
+        seed: int,
+        epoch: int,
+        augment: AugmentConfig,
+        class_weights: np.ndarray,
+        shard: tuple[int, int] = (0, 1),
+        skip_batches: int = 0,
+    ) -> Any:
+        """One epoch: shuffle by (seed, epoch), take this rank's shard, augment, batch.
+
+        Yields (images float32 0-255, labels int32, sample weights float32). ``skip_batches``
+        resumes part-way through an epoch.
+        """
+        import tensorflow as tf
+
+        rank, size = shard
+        weights = tf.constant(class_weights, dtype=tf.float32)
+        ds = self.base.shuffle(len(self.data), seed=_mix(seed, epoch), reshuffle_each_iteration=False)
+        if size > 1:
+            # Equal step counts on every rank (a collective per step): drop the ragged tail.
+            per_rank = len(self.data) // size
+            ds = ds.take(per_rank * size).shard(size, rank)
+        aug_seed = _mix(seed + 1, epoch)
+
+        def prepare(image: Any, label: Any, idx: Any) -> tuple[Any, Any, Any]:
+            x = tf.cast(image, tf.float32)
+            x = augment_image(x, tf.stack([tf.constant(aug_seed, tf.int64), idx]), augment)
+            return x, label, tf.gather(weights, label)
+
+        ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.batch(batch_size)
+        if skip_batches:
+            ds = ds.skip(skip_batches)
+        return ds.prefetch(tf.data.AUTOTUNE)
+
+    def eval_dataset(self, batch_size: int) -> Any:
+        """All images in file order, unaugmented: (images float32, labels int32)."""
+        import tensorflow as tf
+
+        ds = self.base.map(lambda im, y, i: (tf.cast(im, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
+        return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def _mix(seed: int, epoch: int) -> int:
+    """A per-epoch seed that differs for every (seed, epoch) pair and fits in int63."""
+    return (int(seed) * 1_000_003 + int(epoch) * 7_919 + 1) % (2**62)
+
+
+def augment_image(x: Any, seed: Any, cfg: AugmentConfig) -> Any:
+    """Flip, rotation, zoom, brightness and contrast on one float32 0-255 image, stateless."""
+    import tensorflow as tf
+
+    seeds = tf.random.experimental.stateless_split(seed, num=5)
+    size = tf.shape(x)[0]
+    if cfg.flip:
+        x = tf.image.stateless_random_flip_left_right(x, seeds[0])
+    if cfg.rotation > 0 or cfg.zoom > 0:
+        angle = tf.random.stateless_uniform([], seeds[1], -cfg.rotation, cfg.rotation) * 2.0 * math.pi
+        scale = tf.random.stateless_uniform([], seeds[2], 1.0 - cfg.zoom, 1.0 + cfg.zoom)
+        c = (tf.cast(size, tf.float32) - 1.0) / 2.0
+        a0, a1 = scale * tf.cos(angle), -scale * tf.sin(angle)
+        b0, b1 = scale * tf.sin(angle), scale * tf.cos(angle)
+        transform = tf.stack([a0, a1, c - a0 * c - a1 * c, b0, b1, c - b0 * c - b1 * c, 0.0, 0.0])
+        x = tf.raw_ops.ImageProjectiveTransformV3(
+            images=x[None],
+            transforms=transform[None],
+            output_shape=tf.shape(x)[:2],
+            fill_value=0.0,
+            interpolation="BILINEAR",
+            fill_mode="CONSTANT",
+        )[0]
+    if cfg.brightness > 0:
+        x = x + tf.random.stateless_uniform([], seeds[3], -cfg.brightness, cfg.brightness) * 255.0
+    if cfg.contrast > 0:
+        factor = tf.random.stateless_uniform([], seeds[4], 1.0 - cfg.contrast, 1.0 + cfg.contrast)
+        mean = tf.reduce_mean(x)
+        x = (x - mean) * factor + mean
+    return tf.clip_by_value(x, 0.0, 255.0)

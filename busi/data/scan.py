@@ -1,0 +1,214 @@
+"""Scanning a BUSI-layout folder into samples: pure, deterministic, never crashes on a bad file.
+
+Layout: ``<root>/<class>/.../<name>.<ext>``, with ground-truth masks beside their image as
+``<name>_mask.png``, ``<name>_mask_1.png``, ... (the original BUSI naming). Masks are never
+samples. The class folders may sit at the root or one level down (BUSI's zip nests
+``Dataset_BUSI_with_GT/``).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from busi.errors import DataError
+
+MASK_RE = re.compile(r"^(?P<stem>.+)_mask(?:_(?P<n>\d+))?$", re.IGNORECASE)
+IGNORED_DIRS = {"__MACOSX", ".ipynb_checkpoints"}
+
+
+def natural_key(text: str) -> list[object]:
+    """Sort key that orders ``benign (2)`` before ``benign (10)``."""
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", text)]
+
+
+def image_extensions() -> frozenset[str]:
+    """File extensions Pillow can open, lower-case with the dot."""
+    from PIL import Image
+
+    return frozenset(ext.lower() for ext in Image.registered_extensions())
+
+
+def is_mask_name(path: str | Path) -> bool:
+    """True for ``X_mask.png`` / ``X_mask_2.png``: masks attach to an image, never a sample."""
+    return MASK_RE.match(Path(path).stem) is not None
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image of the dataset. ``path`` is relative to the dataset root, in POSIX form."""
+
+    path: str
+    label: str
+    label_index: int
+    masks: tuple[str, ...]
+    width: int
+    height: int
+    mode: str
+    sha256: str
+    phash: int  # 63-bit DCT perceptual hash of a grayscale thumbnail
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    root: Path
+    samples: tuple[Sample, ...]
+    orphan_masks: tuple[str, ...]  # masks with no image beside them
+    skipped: tuple[str, ...]  # files that are not images (by extension)
+    corrupt: tuple[tuple[str, str], ...]  # (path, error) of images Pillow could not decode
+    extra_dirs: tuple[str, ...] = field(default=())  # top-level folders that are not a class
+
+
+def find_dataset_root(root: str | Path, classes: Sequence[str]) -> Path:
+    """The folder holding the class folders: ``root`` itself or exactly one folder below it."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: dataset folder not found")
+    if _has_classes(root, classes):
+        return root
+    below = sorted(
+        (d for d in root.iterdir() if d.is_dir() and d.name not in IGNORED_DIRS and _has_classes(d, classes)),
+        key=lambda d: natural_key(d.name),
+    )
+    if len(below) == 1:
+        return below[0]
+    found = sorted(d.name for d in root.iterdir() if d.is_dir())
+    if len(below) > 1:
+        raise DataError(
+            f"{root}: several folders hold the class folders ({', '.join(d.name for d in below)}); "
+            "point data.source at one of them"
+        )
+    raise DataError(
+        f"{root}: no class folders {list(classes)} at the top or one level down (found folders: {found}); "
+        "check data.source and data.classes"
+    )
+
+
+def _has_classes(folder: Path, classes: Sequence[str]) -> bool:
+    return any((folder / c).is_dir() for c in classes)
+
+
+def scan_dataset(root: str | Path, classes: Sequence[str]) -> ScanResult:
+    """Scan class folders under ``root`` (or one level down) into samples in natural order.
+
+    Every file is accounted for: a sample, a mask (attached or orphan), a skipped
+    non-image, or a corrupt image with its error. A class with no images is an error.
+    """
+    base = find_dataset_root(root, classes)
+    exts = image_extensions()
+    samples: list[Sample] = []
+    orphans: list[str] = []
+    skipped: list[str] = []
+    corrupt: list[tuple[str, str]] = []
+    for index, label in enumerate(classes):
+        class_dir = base / label
+        if not class_dir.is_dir():
+            raise DataError(f"{base}: class folder '{label}' is missing (data.classes lists it)")
+        files = sorted(_walk(class_dir), key=lambda p: natural_key(p.relative_to(base).as_posix()))
+        images: dict[tuple[Path, str], list[Path]] = {}  # a list: x.png and x.jpg are two samples
+        masks: dict[tuple[Path, str], list[Path]] = {}
+        for f in files:
+            rel = f.relative_to(base).as_posix()
+            if f.suffix.lower() not in exts:
+                skipped.append(rel)
+                continue
+            m = MASK_RE.match(f.stem)
+            if m:
+                masks.setdefault((f.parent, m.group("stem").lower()), []).append(f)
+            else:
+                images.setdefault((f.parent, f.stem.lower()), []).append(f)
+        for key, mask_files in masks.items():
+            if key not in images:
+                orphans.extend(p.relative_to(base).as_posix() for p in mask_files)
+        count = 0
+        for key, f in ((key, f) for key, fs in images.items() for f in fs):
+            rel = f.relative_to(base).as_posix()
+            try:
+                info = read_image_info(f)
+            except DataError as e:
+                corrupt.append((rel, str(e.args[0]).split(": ", 1)[-1]))
+                continue
+            count += 1
+            samples.append(
+                Sample(
+                    path=rel,
+                    label=label,
+                    label_index=index,
+                    masks=tuple(p.relative_to(base).as_posix() for p in masks.get(key, [])),
+                    **info,
+                )
+            )
+        if count == 0:
+            raise DataError(f"{class_dir}: no readable images in class '{label}'")
+    extra = sorted(
+        d.name for d in base.iterdir() if d.is_dir() and d.name not in classes and d.name not in IGNORED_DIRS
+    )
+    return ScanResult(
+        root=base,
+        samples=tuple(samples),
+        orphan_masks=tuple(sorted(orphans, key=natural_key)),
+        skipped=tuple(skipped),
+        corrupt=tuple(corrupt),
+        extra_dirs=tuple(extra),
+    )
+
+
+def _walk(folder: Path) -> Iterable[Path]:
+    for p in folder.rglob("*"):
+        if p.is_file() and not p.name.startswith(".") and not (set(p.parts) & IGNORED_DIRS):
+            yield p
+
+
+def read_image_info(path: Path) -> dict[str, object]:
+    """Decode an image fully; size, mode, content hash and perceptual hash. DataError if unreadable."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        raw = path.read_bytes()
+        with Image.open(path) as im:
+            im.load()
+            width, height, mode = im.width, im.height, im.mode
+            gray = im.convert("L")
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise DataError(f"{path}: cannot decode image: {e}") from None
+    return {
+        "width": width,
+        "height": height,
+        "mode": mode,
+        "sha256": hashlib.sha256(raw).hexdigest(),
+        "phash": perceptual_hash(gray),
+    }
+
+
+@functools.lru_cache(maxsize=1)
+def _dct_matrix(n: int = 32) -> np.ndarray:
+    k = np.arange(n)[:, None]
+    i = np.arange(n)[None, :]
+    m = np.cos(np.pi * (2 * i + 1) * k / (2 * n)) * np.sqrt(2.0 / n)
+    m[0] /= np.sqrt(2.0)
+    return m
+
+
+def perceptual_hash(gray_image: object) -> int:
+    """63-bit pHash: the 8x8 low-frequency DCT coefficients of a 32x32 thumbnail (less the DC
+    term) against their median.
+
+    Robust to resizing, recompression and small brightness changes, so re-exported copies of
+    one ultrasound frame land within a few bits of each other.
+    """
+    from PIL import Image
+
+    thumb = np.asarray(gray_image.resize((32, 32), Image.Resampling.LANCZOS), dtype=np.float64)  # type: ignore[attr-defined]
+    d = _dct_matrix(32)
+    coeffs = (d @ thumb @ d.T)[:8, :8].ravel()
+    bits = coeffs[1:] > np.median(coeffs[1:])  # skip DC: overall brightness says little
+    value = 0
+    for b in bits:
+        value = (value << 1) | int(b)
+    return value

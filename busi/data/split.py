@@ -1,0 +1,111 @@
+"""Stratified, group-aware, seeded train/val/test splits; and reading a given splits.csv.
+
+Pure functions: the same samples, groups, fractions and seed give the same split on every
+machine. A duplicate group never straddles splits, so a copy of a test image is never trained on.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from busi.data.dedupe import Group
+from busi.data.scan import Sample
+from busi.errors import DataError
+
+SPLITS = ("train", "val", "test")
+SPLITS_COLUMNS = ("path", "label", "group", "split")
+
+
+@dataclass(frozen=True)
+class SplitRow:
+    """One line of ``splits.csv``."""
+
+    path: str
+    label: str
+    group: str
+    split: str
+
+
+def split_groups(
+    samples: Sequence[Sample],
+    groups: Sequence[Group],
+    fractions: dict[str, float],
+    seed: int,
+    drop_conflicts: bool = True,
+) -> list[SplitRow]:
+    """Assign every group to a split, stratified by class, by sample counts.
+
+    Within each class the groups are shuffled with the seed and each goes to the split
+    furthest below its target count. Conflicting groups are dropped (``drop_conflicts``) or
+    assigned by their majority label. Rows come back in sample order.
+    """
+    active = [s for s in SPLITS if fractions.get(s, 0.0) > 0]
+    by_class: dict[str, list[Group]] = {}
+    for g in groups:
+        if g.conflict and drop_conflicts:
+            continue
+        label = Counter(samples[i].label for i in g.members).most_common(1)[0][0]
+        by_class.setdefault(label, []).append(g)
+
+    assignment: dict[int, tuple[str, str]] = {}
+    for class_index, label in enumerate(sorted(by_class)):
+        class_groups = by_class[label]
+        rng = np.random.default_rng([seed, class_index])
+        order = rng.permutation(len(class_groups))
+        total = sum(len(g.members) for g in class_groups)
+        counts = {s: 0 for s in active}
+        for k in order:
+            g = class_groups[int(k)]
+            # furthest below target; ties go to the earlier split (train, val, test)
+            split = max(active, key=lambda s: (fractions[s] * total - counts[s], -active.index(s)))
+            counts[split] += len(g.members)
+            for i in g.members:
+                assignment[i] = (g.id, split)
+    return [
+        SplitRow(path=s.path, label=s.label, group=assignment[i][0], split=assignment[i][1])
+        for i, s in enumerate(samples)
+        if i in assignment
+    ]
+
+
+def read_splits_file(path: str | Path, samples: Sequence[Sample]) -> tuple[list[SplitRow], list[str]]:
+    """Use a given ``splits.csv``: its rows (in sample order) and the scanned paths it leaves out.
+
+    Every listed path must exist in the scan with the same label; otherwise DataError naming it.
+    """
+    p = Path(path)
+    try:
+        with p.open(newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            missing_cols = [c for c in SPLITS_COLUMNS if c not in (reader.fieldnames or [])]
+            if missing_cols:
+                raise DataError(
+                    f"{p}: data.splits file lacks column(s) {missing_cols}; expected header {','.join(SPLITS_COLUMNS)}"
+                )
+            listed = list(reader)
+    except FileNotFoundError:
+        raise DataError(f"{p}: data.splits file not found") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"{p}: cannot read data.splits file: {e}") from None
+    by_path = {s.path: s for s in samples}
+    rows: dict[str, SplitRow] = {}
+    for line, r in enumerate(listed, start=2):
+        sp, label, split = r["path"], r["label"], r["split"]
+        if split not in SPLITS:
+            raise DataError(f"{p}:{line}: split {split!r} for {sp}; expected one of {', '.join(SPLITS)}")
+        if sp not in by_path:
+            raise DataError(f"{p}:{line}: {sp} is not an image of the scanned dataset; check data.source")
+        if by_path[sp].label != label:
+            raise DataError(f"{p}:{line}: {sp} is labelled {label!r} here but {by_path[sp].label!r} in the dataset")
+        if sp in rows:
+            raise DataError(f"{p}:{line}: {sp} is listed twice")
+        rows[sp] = SplitRow(path=sp, label=label, group=r["group"] or sp, split=split)
+    ordered = [rows[s.path] for s in samples if s.path in rows]
+    left_out = [s.path for s in samples if s.path not in rows]
+    return ordered, left_out

@@ -1,0 +1,34 @@
+"""Named errors. Each carries the process exit code the CLI maps it to.
+
+Exit codes are a documented contract (README, "Exit codes"):
+0 success, 1 unexpected failure, 2 bad configuration or usage,
+3 bad or unsafe input data, 75 interrupted and resumable (EX_TEMPFAIL).
+"""
+
+from __future__ import annotations
+
+
+class BusiError(Exception):
+    """Base class: a failure the user can act on, with a message that says how."""
+
+    exit_code = 1
+
+
+class ConfigError(BusiError):
+    """A job file, override or option is wrong; the message names the key path."""
+
+    exit_code = 2
+
+
+class WeightsError(ConfigError):
+    """Model weights were asked for but cannot be found locally."""
+
+
+class DataError(BusiError):
+    """Input data is missing, unreadable or unusable; the message names the path."""
+
+    exit_code = 3
+
+
+class UnsafeArchiveError(DataError):
+    """An archive would write outside its staging dir, or is an archive bomb."""

@@ -1,0 +1,197 @@
+"""The training job end to end: runtime, data, model, loop, evaluation, run directory.
+
+``run_training`` wires the library together in the order a researcher reads a run:
+config and data first (so a bad dataset fails before TensorFlow starts), then the model,
+the two phases, the test-split evaluation and every artifact of the run directory.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import platform
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from busi import __version__
+from busi.artifacts import RunDir
+from busi.config import JobConfig, dump_config
+from busi.data.pipeline import Pipeline, SplitData, balanced_class_weights
+from busi.data.prepare import PreparedData, prepare_data
+from busi.data.split import SPLITS_COLUMNS
+from busi.dist import Dist, init_dist, launched_local_size
+from busi.errors import ConfigError
+from busi.runtime import detect_cores, resolve_precision, start_tensorflow
+
+log = logging.getLogger("busi")
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def check_output_dir(run: RunDir, restart: bool) -> None:
+    """Refuse to overwrite a completed run unless asked to (``--restart``)."""
+    manifest = run.read_json("manifest")
+    if manifest and manifest.get("status") == "completed" and not restart:
+        raise ConfigError(
+            f"output.dir: {run.root} already holds a completed run; choose another output.dir "
+            "(e.g. --set output.dir=runs/new) or pass --restart to replace it"
+        )
+
+
+def split_data(prepared: PreparedData, name: str, classes: tuple[str, ...]) -> SplitData:
+    pairs = prepared.split(name)
+    return SplitData(
+        paths=tuple(str(prepared.root / s.path) for s, _ in pairs),
+        labels=tuple(classes.index(s.label) for s, _ in pairs),
+    )
+
+
+def run_training(cfg: JobConfig, restart: bool = False, argv: list[str] | None = None) -> dict[str, Any]:
+    """Train, evaluate and write the run directory. Returns the final manifest."""
+    t_start = time.perf_counter()
+    dist = init_dist(getattr(cfg.runtime, "distributed", "none"))
+    run = RunDir(cfg.output.dir, primary=dist.is_primary)
+    check_output_dir(run, restart)
+    from busi.model import resolve_weights
+
+    resolve_weights(cfg.model.weights)  # a missing weights file fails now, not after data and TF start
+    cores = detect_cores(cfg.runtime.cores, local_ranks=launched_local_size() if dist.size > 1 else 1)
+    manifest: dict[str, Any] = {
+        "busi_version": __version__,
+        "status": "running",
+        "started_at": _now(),
+        "ended_at": None,
+        "command": argv if argv is not None else sys.argv,
+        "host": socket.gethostname(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "seed": cfg.runtime.seed,
+        "deterministic": cfg.runtime.deterministic,
+        "cores": cores.as_dict(),
+        "distributed": {"backend": dist.backend, "size": dist.size},
+        "seconds": {},
+    }
+    run.write_text("config", dump_config(cfg))
+    run.write_json("manifest", manifest)
+    try:
+        result = _train(cfg, run, dist, cores, manifest, t_start)
+    except BaseException as e:
+        manifest.update(status="failed", ended_at=_now(), error=f"{type(e).__name__}: {e}")
+        run.write_json("manifest", manifest)
+        raise
+    return result
+
+
+def _train(cfg: JobConfig, run: RunDir, dist: Dist, cores: Any, manifest: dict[str, Any], t_start: float) -> dict[str, Any]:
+    seconds = manifest["seconds"]
+    t = time.perf_counter()
+    prepared = prepare_data(cfg.data, cfg.runtime.seed)
+    run.write_csv("splits", SPLITS_COLUMNS, ([r.path, r.label, r.group, r.split] for r in prepared.rows))
+    run.write_json("report", prepared.report)
+    seconds["data"] = round(time.perf_counter() - t, 3)
+    classes = cfg.data.classes
+    splits = {name: split_data(prepared, name, classes) for name in ("train", "val", "test")}
+    log.info(
+        "data: %d train, %d val, %d test images from %s",
+        len(splits["train"]), len(splits["val"]), len(splits["test"]), prepared.root,
+    )
+
+    tf = start_tensorflow(cores, cfg.runtime.seed, cfg.runtime.deterministic)
+    import keras
+
+    precision = resolve_precision(cfg.train.precision, bool(tf.config.list_physical_devices("GPU")))
+    keras.mixed_precision.set_global_policy(precision)
+    manifest.update(
+        tensorflow=tf.__version__, keras=keras.__version__, numpy=np.__version__, precision=precision,
+    )
+    log.info(
+        "runtime: %d cores (source: %s), %d intra-op / %d inter-op threads, precision %s, %d rank(s)",
+        cores.cores, cores.source, cores.intra_op_threads, cores.inter_op_threads, precision, dist.size,
+    )
+
+    from busi.model import build_model, count_params
+    from busi.train import HISTORY_COLUMNS, Trainer, predict_probs
+
+    t = time.perf_counter()
+    built = build_model(cfg, len(classes))
+    manifest["weights"] = {
+        "setting": cfg.model.weights,
+        "file": str(built.weights_file) if built.weights_file else None,
+        "loaded_into": built.weights_loaded_into,
+    }
+    manifest["parameters"] = count_params(built.model)
+    seconds["model_build"] = round(time.perf_counter() - t, 3)
+
+    pipelines = {name: Pipeline(s, cfg.data.image_size, cfg.data.resize, cfg.data.cache) for name, s in splits.items()}
+    if cfg.train.class_weights == "balanced":
+        class_weights = balanced_class_weights(splits["train"].labels, len(classes))
+    else:
+        class_weights = np.ones(len(classes), np.float32)
+    manifest["class_weights"] = {c: float(w) for c, w in zip(classes, class_weights)}
+
+    def on_epoch(record: Any, result: Any) -> None:
+        run.write_csv("history", HISTORY_COLUMNS, [r.row() for r in result.history])
+
+    trainer = Trainer(cfg, built, pipelines["train"], pipelines["val"], class_weights, dist, on_epoch)
+    result = trainer.fit()
+    seconds.update({f"phase_{k}": v for k, v in result.phase_seconds.items()})
+    manifest.update(best_epoch=result.best_epoch, monitor=cfg.train.monitor, best_value=result.best_value)
+
+    t = time.perf_counter()
+    test_name = "test" if len(splits["test"]) else "val"
+    probs = predict_probs(built.model, pipelines[test_name], cfg.train.batch_size)
+    y_true = list(splits[test_name].labels)
+    from busi.evaluate import compute_metrics
+
+    metrics = compute_metrics(y_true, probs, classes)
+    metrics["split"] = test_name
+    seconds["evaluate"] = round(time.perf_counter() - t, 3)
+
+    t = time.perf_counter()
+    _write_outputs(cfg, run, prepared, splits[test_name], y_true, probs, metrics, result, built)
+    seconds["save"] = round(time.perf_counter() - t, 3)
+    seconds["total"] = round(time.perf_counter() - t_start, 3)
+    manifest.update(status="completed", ended_at=_now())
+    run.write_json("manifest", manifest)
+    log.info(
+        "done: test accuracy %.3f, balanced accuracy %.3f, macro F1 %.3f; run directory %s",
+        metrics.get("accuracy", float("nan")), metrics.get("balanced_accuracy", float("nan")),
+        metrics.get("macro_f1", float("nan")), run.root,
+    )
+    return manifest
+
+
+def _write_outputs(
+    cfg: JobConfig, run: RunDir, prepared: PreparedData, test: SplitData, y_true: list[int],
+    probs: np.ndarray, metrics: dict[str, Any], result: Any, built: Any,
+) -> None:
+    from busi.evaluate import plot_confusion, plot_curves, plot_roc
+    from busi.modelcard import model_card
+    from busi.predict import prediction_columns, prediction_row
+    from busi.train import HISTORY_COLUMNS
+
+    classes = cfg.data.classes
+    history = [r.row() for r in result.history]
+    run.write_csv("history", HISTORY_COLUMNS, history)
+    run.write_json("metrics", metrics)
+    run.write_json("labels", {str(i): c for i, c in enumerate(classes)})
+    rel = [str(Path(p).relative_to(prepared.root)) for p in test.paths]
+    columns = prediction_columns(classes) + ["true_label"]
+    rows = [prediction_row(p, pr, classes) + [classes[t]] for p, pr, t in zip(rel, probs, y_true)]
+    run.write_csv("test_predictions", columns, rows)
+    run.write_file_with("plot_accuracy", lambda p: plot_curves(history, "accuracy", p), ".png")
+    run.write_file_with("plot_loss", lambda p: plot_curves(history, "loss", p), ".png")
+    if "confusion_matrix" in metrics:
+        run.write_file_with("plot_confusion", lambda p: plot_confusion(metrics["confusion_matrix"], classes, p), ".png")
+        run.write_file_with("plot_roc", lambda p: plot_roc(y_true, probs, classes, p), ".png")
+    model = built.model
+    run.write_file_with("model", lambda p: model.save(str(p)), ".keras")
+    run.write_dir_with("saved_model", lambda p: model.export(str(p), verbose=False))
+    run.write_text("model_card", model_card(cfg, prepared.report, metrics, result))

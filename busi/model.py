@@ -1,0 +1,186 @@
+"""The classifier: ResNet50 backbone, preprocessing inside the model, a small head.
+
+Input: RGB images as float32 in 0-255 at ``data.image_size``. ``resnet50.preprocess_input``
+runs inside the saved model, so a served or reloaded model cannot drift from training.
+Weights: ``imagenet`` (a locally staged file, never downloaded at run time), a path, or
+``none``. A missing file is an error, never a silent fall-back to random weights.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from busi.config import JobConfig
+from busi.errors import WeightsError
+
+IMAGENET_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
+IMAGENET_URL = "https://storage.googleapis.com/tensorflow/keras-applications/resnet/" + IMAGENET_FILE
+IMAGENET_MD5 = "4d473c1dd8becc155b73f8504c6f6626"
+
+# Stage prefixes of keras.applications.ResNet50 layer names; "conv4" unfreezes conv4 and conv5.
+UNFREEZE_PREFIXES = {"none": (), "conv5": ("conv5_",), "conv4": ("conv4_", "conv5_"), "all": ("",)}
+
+
+def imagenet_search_dirs(env: dict[str, str] | None = None) -> list[Path]:
+    """Where ``weights: imagenet`` is looked up, in order: $BUSI_WEIGHTS_DIR, Keras' cache."""
+    env = dict(os.environ) if env is None else env
+    dirs = []
+    if env.get("BUSI_WEIGHTS_DIR"):
+        dirs.append(Path(env["BUSI_WEIGHTS_DIR"]))
+    keras_home = Path(env.get("KERAS_HOME", Path.home() / ".keras"))
+    dirs.append(keras_home / "models")
+    return dirs
+
+
+def resolve_weights(setting: str, env: dict[str, str] | None = None) -> Path | None:
+    """The weights file to load, or None for ``none``. WeightsError (exit 2) says how to stage it."""
+    if setting.lower() == "none":
+        return None
+    if setting.lower() == "imagenet":
+        dirs = imagenet_search_dirs(env)
+        for d in dirs:
+            if (d / IMAGENET_FILE).is_file():
+                return d / IMAGENET_FILE
+        looked = ", ".join(str(d) for d in dirs)
+        raise WeightsError(
+            f"model.weights: imagenet weights file {IMAGENET_FILE} not found (looked in {looked}). "
+            "Compute nodes have no internet: on a machine with internet run "
+            "`busi-job fetch-weights --dir DIR`, copy DIR to the cluster and export BUSI_WEIGHTS_DIR=DIR "
+            "(the container images ship it already), or set model.weights to a file path or to none"
+        )
+    p = Path(os.path.expanduser(setting))
+    if not p.is_file():
+        raise WeightsError(f"model.weights: file {p} not found; give an existing weights file, imagenet or none")
+    return p
+
+
+def fetch_imagenet_weights(target_dir: str | Path) -> Path:
+    """Download the ImageNet ResNet50 (no top) weights into target_dir (needs internet)."""
+    import keras
+
+    target = Path(target_dir).resolve()
+    target.mkdir(parents=True, exist_ok=True)
+    path = keras.utils.get_file(
+        IMAGENET_FILE, IMAGENET_URL, cache_dir=str(target), cache_subdir=".", file_hash=IMAGENET_MD5
+    )
+    return Path(path)
+
+
+@dataclass
+class BuiltModel:
+    model: Any  # keras.Model: image (0-255 RGB) -> class probabilities
+    backbone: Any  # the ResNet50 inside it
+    weights_file: Path | None
+    weights_loaded_into: str  # backbone | model | none
+
+
+def build_model(cfg: JobConfig, num_classes: int, weights_env: dict[str, str] | None = None) -> BuiltModel:
+    """Build the classifier and load its weights. The backbone starts frozen (head phase)."""
+    import keras
+
+    weights = resolve_weights(cfg.model.weights, weights_env)
+    size = cfg.data.image_size
+    inputs = keras.Input(shape=(size, size, 3), name="image", dtype="float32")
+    x = preprocess_layer_class()(name="preprocess")(inputs)
+    backbone = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(size, size, 3))
+    backbone.trainable = False
+    if cfg.model.batchnorm == "frozen":
+        # keras-io recipe: BatchNorm stays in inference mode in every phase, so fine-tuning
+        # on a few hundred images cannot wreck the ImageNet statistics.
+        x = backbone(x, training=False)
+    else:
+        # Trained from scratch on a small dataset: a short BatchNorm memory (0.9 instead of
+        # Keras' 0.99), so the moving statistics used at inference converge within the few
+        # hundred steps of a run.
+        for layer in backbone.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = 0.9
+        x = backbone(x)
+    pool = keras.layers.GlobalAveragePooling2D if cfg.model.pooling == "avg" else keras.layers.GlobalMaxPooling2D
+    x = pool(name="pool")(x)
+    x = keras.layers.Dropout(cfg.model.dropout, name="dropout")(x)
+    # The output layer stays float32 under mixed precision: softmax and loss need the range.
+    outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="probs")(x)
+    model = keras.Model(inputs, outputs, name="busi_resnet50")
+    loaded = "none"
+    if weights is not None:
+        loaded = _load_weights(model, backbone, weights)
+    return BuiltModel(model=model, backbone=backbone, weights_file=weights, weights_loaded_into=loaded)
+
+
+def _load_weights(model: Any, backbone: Any, path: Path) -> str:
+    """A backbone file (Keras' ImageNet .h5) goes into the backbone; a whole-model file
+    (``save_weights`` of a busi model) into the whole model. Anything else is an error."""
+    errors = []
+    order = [("model", model), ("backbone", backbone)]
+    if not path.name.endswith(".weights.h5"):
+        order.reverse()
+    for name, target in order:
+        try:
+            with warnings.catch_warnings():
+                # Keras warns and keeps random weights for parts it cannot match: that is a
+                # silent fall-back to random weights, so it counts as a failure here.
+                warnings.simplefilter("error")
+                target.load_weights(str(path))
+            return name
+        except Exception as e:  # Keras raises ValueError, KeyError, OSError, warnings... by mismatch
+            errors.append(f"as {name} weights: {type(e).__name__}: {str(e)[:200]}")
+    raise WeightsError(
+        f"model.weights: {path} does not fit this model (ResNet50, image_size and classes of the job): "
+        + "; ".join(errors)
+    )
+
+
+def set_trainable(built: BuiltModel, unfreeze: str, batchnorm: str) -> None:
+    """Unfreeze backbone stages for a phase; BatchNorm stays frozen unless ``batchnorm: train``."""
+    import keras
+
+    prefixes: Sequence[str] = UNFREEZE_PREFIXES[unfreeze]
+    backbone = built.backbone
+    backbone.trainable = bool(prefixes)
+    if not prefixes:
+        return
+    for layer in backbone.layers:
+        on = any(layer.name.startswith(p) for p in prefixes)
+        if isinstance(layer, keras.layers.BatchNormalization) and batchnorm == "frozen":
+            on = False
+        layer.trainable = on
+
+
+def preprocess_layer_class() -> Any:
+    """The ``ResNetPreprocess`` layer class, defined (and registered with Keras) on first use,
+    so that importing busi.model does not import TensorFlow."""
+    cls = globals().get("_ResNetPreprocess")
+    if cls is not None:
+        return cls
+    import keras
+
+    @keras.saving.register_keras_serializable(package="busi")
+    class ResNetPreprocess(keras.layers.Layer):
+        """``keras.applications.resnet50.preprocess_input`` as a layer (RGB->BGR, ImageNet mean)."""
+
+        def call(self, x: Any) -> Any:
+            return keras.applications.resnet50.preprocess_input(x)
+
+    globals()["_ResNetPreprocess"] = ResNetPreprocess
+    return ResNetPreprocess
+
+
+def load_saved_model(path: str | Path) -> Any:
+    """Load ``model.keras`` written by busi (its custom preprocessing layer registered)."""
+    import keras
+
+    preprocess_layer_class()  # registers the layer for deserialisation
+    return keras.models.load_model(str(path), compile=False)
+
+
+def count_params(model: Any) -> dict[str, int]:
+    import numpy as np
+
+    trainable = int(sum(np.prod(v.shape) for v in model.trainable_weights))
+    total = int(sum(np.prod(v.shape) for v in model.weights))
+    return {"total": total, "trainable": trainable}

@@ -1,0 +1,53 @@
+"""Shared fixtures: the real BUSI sample (where present), synthetic datasets, a job-file writer."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE_ZIP = REPO.parent / "shared" / "data" / "busi-sample.zip"
+CLASSES = ("normal", "benign", "malignant")
+
+
+@pytest.fixture(scope="session")
+def sample_zip() -> Path:
+    """55 real BUSI images with masks; only in the project's CI workspace."""
+    if not SAMPLE_ZIP.is_file():
+        pytest.skip(f"{SAMPLE_ZIP} not present (the BUSI sample ships only beside the project's CI checkout)")
+    return SAMPLE_ZIP
+
+
+@pytest.fixture(scope="session")
+def synth_small(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic dataset: 12 images per class, 48 px."""
+    from busi.data.synth import write_synthetic_dataset
+
+    return write_synthetic_dataset(tmp_path_factory.mktemp("synth") / "ds", per_class=12, size=48, seed=1)
+
+
+@pytest.fixture
+def write_job(tmp_path: Path) -> Callable[..., Path]:
+    """Write a job file from a dict and return its path."""
+
+    def _write(data: dict[str, Any], name: str = "job.yaml") -> Path:
+        p = tmp_path / name
+        p.write_text(yaml.safe_dump(data, sort_keys=False))
+        return p
+
+    return _write
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    """Run ``busi-job`` in a real subprocess; returns the completed process (text output)."""
+    full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "busi", *args],
+        capture_output=True, text=True, env=full_env, cwd=cwd or REPO, timeout=timeout,
+    )

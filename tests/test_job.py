@@ -1,0 +1,150 @@
+"""End to end: ``busi-job train`` on learnable synthetic data writes the whole run directory.
+
+One real training run (a subprocess, as a batch system runs it) is shared by the tests
+of this module; each asserts on a part of the run-directory contract (README).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from busi.artifacts import RUN_FILES
+from conftest import CLASSES, REPO, run_cli
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    from busi.data.synth import write_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("e2e")
+    data = write_synthetic_dataset(root / "data", per_class=30, size=48, seed=3)
+    out = root / "run"
+    proc = run_cli(
+        "train", str(REPO / "job" / "demo.yaml"),
+        "--set", f"data.source={data}", "--set", f"output.dir={out}",
+        "--set", "data.image_size=48", "--set", "train.finetune.epochs=8",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return {"out": out, "data": data, "stderr": proc.stderr}
+
+
+def _csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_every_file_of_the_contract_exists(trained: dict[str, Any]) -> None:
+    out = trained["out"]
+    missing = [rel for rel in RUN_FILES.values() if not (out / rel).exists()]
+    assert not missing, f"missing from the run directory: {missing}"
+    leftovers = [p for p in out.rglob("*") if ".tmp" in p.name]
+    assert not leftovers, f"temp files left behind: {leftovers}"
+
+
+def test_config_and_manifest(trained: dict[str, Any]) -> None:
+    out = trained["out"]
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["data"]["image_size"] == 48 and cfg["train"]["finetune"]["epochs"] == 8
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["status"] == "completed"
+    for key in ("busi_version", "tensorflow", "keras", "python", "host", "precision", "seed", "started_at", "ended_at"):
+        assert m[key] not in (None, ""), key
+    assert m["cores"]["cores"] >= 1 and m["cores"]["source"] in ("affinity", "cgroup", "slurm", "config")
+    assert m["cores"]["intra_op_threads"] >= 1
+    assert m["seconds"]["phase_head"] > 0 and m["seconds"]["phase_finetune"] > 0
+    assert m["precision"] == "float32" and m["seed"] == 0
+
+
+def test_splits_and_report(trained: dict[str, Any]) -> None:
+    out = trained["out"]
+    rows = _csv(out / "data" / "splits.csv")
+    assert list(rows[0]) == ["path", "label", "group", "split"]
+    assert len(rows) == 90 and {r["split"] for r in rows} == {"train", "val", "test"}
+    report = json.loads((out / "data" / "report.json").read_text())
+    assert report["counts"]["per_class"] == {c: 30 for c in CLASSES}
+    assert report["masks"]["images_with_masks"] == 90
+
+
+def test_history_matches_epochs(trained: dict[str, Any]) -> None:
+    rows = _csv(trained["out"] / "history.csv")
+    assert list(rows[0]) == ["phase", "epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds"]
+    assert rows[0]["phase"] == "head" and rows[-1]["phase"] == "finetune"
+    assert [int(r["epoch"]) for r in rows] == list(range(1, len(rows) + 1))
+    assert 2 <= len(rows) <= 9  # 1 head + up to 8 fine-tune epochs (early stopping may cut)
+    for r in rows:
+        assert 0.0 <= float(r["accuracy"]) <= 1.0 and 0.0 <= float(r["val_accuracy"]) <= 1.0
+        assert math.isfinite(float(r["loss"])) and float(r["seconds"]) > 0
+
+
+def test_metrics_are_sane_and_above_chance(trained: dict[str, Any]) -> None:
+    m = json.loads((trained["out"] / "metrics.json").read_text())
+    assert m["split"] == "test" and m["n"] > 0
+    for key in ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc_macro"):
+        assert 0.0 <= m[key] <= 1.0, key
+    assert set(m["per_class"]) == set(CLASSES)
+    assert sum(m["per_class"][c]["support"] for c in CLASSES) == m["n"]
+    cm = np.array(m["confusion_matrix"])
+    assert cm.shape == (3, 3) and cm.sum() == m["n"]
+    assert m["accuracy"] == pytest.approx(np.trace(cm) / cm.sum())
+    # chance is 1/3 on this balanced synthetic data
+    assert m["accuracy"] >= 0.6, f"test accuracy {m['accuracy']:.3f} is not well above chance"
+
+
+def test_plots_are_valid_pngs(trained: dict[str, Any]) -> None:
+    for name in ("accuracy", "loss", "confusion_matrix", "roc"):
+        with Image.open(trained["out"] / "plots" / f"{name}.png") as im:
+            im.verify()
+            assert im.format == "PNG" and im.size[0] > 200
+
+
+def test_labels_and_model_card(trained: dict[str, Any]) -> None:
+    out = trained["out"]
+    assert json.loads((out / "model" / "labels.json").read_text()) == {"0": "normal", "1": "benign", "2": "malignant"}
+    card = (out / "model" / "README.md").read_text()
+    assert "not for diagnosis" in card.lower() or "not a medical device" in card.lower()
+    assert "balanced accuracy" in card
+
+
+def test_saved_model_reloads_with_the_same_probabilities(trained: dict[str, Any]) -> None:
+    """model.keras and the SavedModel give the probabilities written to predictions/test.csv."""
+    import tensorflow as tf
+
+    from busi.data.images import load_image
+    from busi.model import load_saved_model
+
+    out, data = trained["out"], trained["data"]
+    rows = _csv(out / "predictions" / "test.csv")
+    assert list(rows[0])[:3] == ["path", "label", "label_index"] and list(rows[0])[-2:] == ["error", "true_label"]
+    x = np.stack([load_image(data / r["path"], 48) for r in rows]).astype("float32")
+    expected = np.array([[float(r[f"prob_{c}"]) for c in CLASSES] for r in rows])
+    model = load_saved_model(out / "model" / "model.keras")
+    np.testing.assert_allclose(model(x, training=False).numpy(), expected, atol=2e-5)
+    served = tf.saved_model.load(str(out / "model" / "saved_model"))
+    np.testing.assert_allclose(served.serve(tf.constant(x)).numpy(), expected, atol=2e-5)
+    assert all(r["label"] == CLASSES[int(r["label_index"])] for r in rows)
+    np.testing.assert_allclose(expected.sum(axis=1), 1.0, atol=1e-4)
+
+
+def test_a_completed_run_is_not_overwritten(trained: dict[str, Any]) -> None:
+    proc = run_cli("train", str(REPO / "job" / "demo.yaml"), "--set", f"data.source={trained['data']}",
+                   "--set", f"output.dir={trained['out']}")
+    assert proc.returncode == 2
+    assert "already holds a completed run" in proc.stderr and "--restart" in proc.stderr
+
+
+def test_epoch_log_lines(trained: dict[str, Any]) -> None:
+    lines = [l for l in trained["stderr"].splitlines() if " epoch " in l and "val_accuracy" in l]
+    assert len(lines) == len(_csv(trained["out"] / "history.csv"))
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy", "lr", "img/s", "ETA"):
+        assert key in lines[0]

@@ -1,0 +1,134 @@
+"""Model building and weight resolution: files by path, imagenet lookup, clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from busi.config import load_config
+from busi.errors import WeightsError
+from busi.model import IMAGENET_FILE, resolve_weights
+
+from conftest import run_cli
+
+
+def _cfg(**sets: object):  # type: ignore[no-untyped-def]
+    base = ["data.source=x", "output.dir=y", "data.image_size=32", "model.weights=none"]
+    return load_config(None, base + [f"{k}={v}" for k, v in sets.items()])
+
+
+def test_imagenet_lookup_order(tmp_path: Path) -> None:
+    staged = tmp_path / "staged"
+    staged.mkdir()
+    (staged / IMAGENET_FILE).write_bytes(b"x")
+    keras_home = tmp_path / "kh"
+    (keras_home / "models").mkdir(parents=True)
+    (keras_home / "models" / IMAGENET_FILE).write_bytes(b"y")
+    env = {"BUSI_WEIGHTS_DIR": str(staged), "KERAS_HOME": str(keras_home)}
+    assert resolve_weights("imagenet", env) == staged / IMAGENET_FILE
+    env.pop("BUSI_WEIGHTS_DIR")
+    assert resolve_weights("imagenet", env) == keras_home / "models" / IMAGENET_FILE
+
+
+def test_imagenet_missing_says_how_to_stage(tmp_path: Path) -> None:
+    with pytest.raises(WeightsError) as e:
+        resolve_weights("imagenet", {"BUSI_WEIGHTS_DIR": str(tmp_path), "KERAS_HOME": str(tmp_path)})
+    msg = str(e.value)
+    assert IMAGENET_FILE in msg and "fetch-weights" in msg and "BUSI_WEIGHTS_DIR" in msg
+
+
+def test_missing_weights_path() -> None:
+    with pytest.raises(WeightsError, match="model.weights: file /nonexistent.weights.h5 not found"):
+        resolve_weights("/nonexistent.weights.h5", {})
+    assert resolve_weights("none", {}) is None
+
+
+def test_train_with_imagenet_and_empty_cache_exits_2(tmp_path: Path, synth_small: Path) -> None:
+    env = {"BUSI_WEIGHTS_DIR": str(tmp_path / "empty"), "KERAS_HOME": str(tmp_path / "keras"), "HOME": str(tmp_path)}
+    out = run_cli(
+        "train", str(Path(__file__).resolve().parents[1] / "job" / "demo.yaml"),
+        "--set", f"data.source={synth_small}", "--set", f"output.dir={tmp_path / 'run'}",
+        "--set", "model.weights=imagenet", env=env,
+    )
+    assert out.returncode == 2, out.stderr
+    assert "fetch-weights" in out.stderr and IMAGENET_FILE in out.stderr
+    assert not (tmp_path / "run" / "model").exists()
+
+
+def test_weights_file_by_path_gives_identical_predictions(tmp_path: Path) -> None:
+    """A weights file the test makes (save_weights of a weights: none model) loads by path."""
+    from busi.model import build_model
+
+    cfg = _cfg()
+    first = build_model(cfg, 3)
+    path = tmp_path / "mine.weights.h5"
+    first.model.save_weights(str(path))
+    x = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    expected = first.model(x, training=False).numpy()
+
+    second = build_model(_cfg(**{"model.weights": str(path)}), 3)
+    assert second.weights_loaded_into == "model"
+    np.testing.assert_allclose(second.model(x, training=False).numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_backbone_weights_file_loads_into_backbone(tmp_path: Path) -> None:
+    """A backbone-only file (the shape of Keras' ImageNet notop file) goes into the backbone."""
+    from busi.model import build_model
+
+    donor = build_model(_cfg(), 3)
+    path = tmp_path / "backbone.weights.h5"
+    donor.backbone.save_weights(str(path))
+    built = build_model(_cfg(**{"model.weights": str(path)}), 3)
+    assert built.weights_loaded_into == "backbone"
+    for a, b in zip(donor.backbone.get_weights(), built.backbone.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_mismatching_weights_file_is_an_error(tmp_path: Path) -> None:
+    from busi.model import build_model
+
+    other = build_model(_cfg(), 5)  # 5 classes: head shape differs, backbone differs not
+    path = tmp_path / "five.weights.h5"
+    other.model.save_weights(str(path))
+    with pytest.raises(WeightsError, match="does not fit this model"):
+        build_model(_cfg(**{"model.weights": str(path)}), 3)
+    bad = tmp_path / "garbage.weights.h5"
+    bad.write_bytes(b"not hdf5")
+    with pytest.raises(WeightsError, match="does not fit this model"):
+        build_model(_cfg(**{"model.weights": str(bad)}), 3)
+    bigger = build_model(_cfg(**{"data.image_size": 48}), 3)  # same shapes: image size is not in the weights
+    path48 = tmp_path / "48.weights.h5"
+    bigger.model.save_weights(str(path48))
+    assert build_model(_cfg(**{"model.weights": str(path48)}), 3).weights_loaded_into == "model"
+
+
+def test_preprocessing_lives_in_the_model_and_survives_reload(tmp_path: Path) -> None:
+    from busi.model import build_model, load_saved_model
+
+    built = build_model(_cfg(), 3)
+    assert built.model.get_layer("preprocess") is not None
+    x = np.random.default_rng(1).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    path = tmp_path / "m.keras"
+    built.model.save(str(path))
+    again = load_saved_model(path)
+    np.testing.assert_allclose(again(x, training=False).numpy(), built.model(x, training=False).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_unfreeze_stages() -> None:
+    from busi.model import build_model, set_trainable
+
+    built = build_model(_cfg(), 3)
+    head_only = len(built.model.trainable_weights)
+    set_trainable(built, "conv5", "frozen")
+    conv5 = len(built.model.trainable_weights)
+    set_trainable(built, "conv4", "frozen")
+    conv4 = len(built.model.trainable_weights)
+    set_trainable(built, "all", "frozen")
+    all_ = len(built.model.trainable_weights)
+    assert head_only == 2 and head_only < conv5 < conv4 < all_
+    names = [v.path for v in built.model.trainable_weights]
+    assert not any("_bn/" in n for n in names), "BatchNorm must stay frozen with batchnorm: frozen"
+    set_trainable(built, "all", "train")
+    assert any("_bn/" in v.path for v in built.model.trainable_weights)

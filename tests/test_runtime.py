@@ -1,0 +1,87 @@
+"""Core detection and thread pools: affinity, cgroup quota, Slurm, and what TensorFlow gets."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from busi.runtime import cgroup_cpu_quota, detect_cores, resolve_precision, thread_env, thread_split
+
+
+def test_cgroup_v2_quota(tmp_path: Path) -> None:
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert cgroup_cpu_quota(tmp_path) == pytest.approx(1.5)
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert cgroup_cpu_quota(tmp_path) is None
+
+
+def test_cgroup_v1_quota(tmp_path: Path) -> None:
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("50000\n")
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert cgroup_cpu_quota(tmp_path) == pytest.approx(0.5)
+
+
+def test_cgroup_quota_limits_cores(tmp_path: Path) -> None:
+    (tmp_path / "cpu.max").write_text("50000 100000\n")
+    d = detect_cores("auto", env={}, cgroup_root=tmp_path)
+    assert (d.cores, d.source) == (1, "cgroup")
+    assert d.cgroup_quota == pytest.approx(0.5)
+
+
+def test_slurm_cpus_per_task_limits_cores(tmp_path: Path) -> None:
+    d = detect_cores("auto", env={"SLURM_CPUS_PER_TASK": "1"}, cgroup_root=tmp_path)
+    assert (d.cores, d.source, d.slurm_cpus_per_task) == (1, "slurm", 1)
+    assert thread_env(d)["OMP_NUM_THREADS"] == "1"
+
+
+def test_integer_setting_overrides(tmp_path: Path) -> None:
+    d = detect_cores(3, env={"SLURM_CPUS_PER_TASK": "1"}, cgroup_root=tmp_path)
+    assert (d.cores, d.source) == (3, "config")
+
+
+def test_local_ranks_share_the_node(tmp_path: Path) -> None:
+    affinity = len(os.sched_getaffinity(0))
+    d = detect_cores("auto", env={}, local_ranks=2, cgroup_root=tmp_path)
+    assert d.cores == max(1, affinity // 2)
+
+
+def test_thread_split() -> None:
+    assert thread_split(1) == (1, 1)
+    assert thread_split(2) == (2, 1)
+    assert thread_split(16) == (16, 2)
+
+
+@pytest.mark.skipif(shutil.which("taskset") is None, reason="taskset (util-linux) not installed")
+def test_taskset_one_core_is_detected() -> None:
+    code = "import json; from busi.runtime import detect_cores; d = detect_cores(); print(json.dumps(d.as_dict()))"
+    env = {k: v for k, v in os.environ.items() if k != "SLURM_CPUS_PER_TASK"}
+    out = subprocess.run(["taskset", "-c", "0", sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    d = json.loads(out.stdout)
+    assert d["cores"] == 1 and d["affinity"] == 1 and d["source"] in ("affinity", "cgroup")
+
+
+def test_tensorflow_gets_the_threads() -> None:
+    """Under SLURM_CPUS_PER_TASK=1 the TF pools and OpenMP get one thread, set before TF starts."""
+    code = (
+        "import os; from busi.runtime import detect_cores, start_tensorflow\n"
+        "d = detect_cores()\n"
+        "tf = start_tensorflow(d, 0)\n"
+        "print(d.cores, d.source, tf.config.threading.get_intra_op_parallelism_threads(),"
+        " tf.config.threading.get_inter_op_parallelism_threads(), os.environ['OMP_NUM_THREADS'])\n"
+    )
+    env = {**os.environ, "SLURM_CPUS_PER_TASK": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.split() == ["1", "slurm", "1", "1", "1"]
+
+
+def test_precision_resolution() -> None:
+    assert resolve_precision("float32", has_gpu=True) == "float32"
+    assert resolve_precision("auto", has_gpu=True) == "mixed_float16"
+    assert resolve_precision("auto", has_gpu=False) in ("mixed_bfloat16", "float32")
