@@ -365,6 +365,8 @@ def _check(value: Any, tp: Any, path: str, meta: Mapping[str, Any]) -> Any:
         _range(value, path, tp, meta)
         return value
     if tp is float:
+        if isinstance(value, str) and _SCI_NUMBER.fullmatch(value.strip()):
+            value = float(value)  # PyYAML (YAML 1.1) reads 1e-3 as a string; users mean a number
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path}: expected {_describe(tp, meta)}, got {_show(value)}")
         _range(float(value), path, tp, meta)
@@ -374,6 +376,9 @@ def _check(value: Any, tp: Any, path: str, meta: Mapping[str, Any]) -> Any:
             raise ConfigError(f"{path}: expected a non-empty string, got {_show(value)}")
         return value
     raise TypeError(f"unsupported schema type {tp!r} at {path}")  # a bug in the schema, not user input
+
+
+_SCI_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 def _range(value: float, path: str, tp: Any, meta: Mapping[str, Any]) -> None:

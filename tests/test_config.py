@@ -372,3 +372,13 @@ def test_demo_job_values() -> None:
     assert cfg.data.image_size == 64
     cfg = load_config(REPO / "job" / "demo.yaml", env={"BUSI_DEMO_DATA": "/x", "BUSI_OUTPUT": "/o"})
     assert (cfg.data.source, cfg.output.dir) == ("/x", "/o")
+
+
+def test_scientific_notation_is_a_number(write_job) -> None:  # type: ignore[no-untyped-def]
+    """PyYAML reads `1e-3` as a string (YAML 1.1); a float key takes it as the number users mean."""
+    from busi.config import load_config
+
+    job = write_job({"data": {"source": "d"}, "output": {"dir": "o"}, "train": {"head": {"learning_rate": "1e-3"}}})
+    assert load_config(job).train.head.learning_rate == 1e-3
+    with pytest.raises(ConfigError, match="train.head.learning_rate: expected a positive number, got 'fast'"):
+        load_config(None, ["data.source=d", "output.dir=o", "train.head.learning_rate=fast"])
