@@ -10,6 +10,7 @@ Layout (a contract, documented in the README and held by tests)::
     OUT/model/model.keras      Keras model, preprocessing inside
     OUT/model/saved_model/     TF SavedModel for serving
     OUT/model/labels.json      index -> class name
+    OUT/model/preprocessing.json  image_size and resize mode that prediction must use
     OUT/model/README.md        model card
     OUT/history.csv            phase,epoch,loss,accuracy,val_loss,val_accuracy,lr,seconds
     OUT/metrics.json           test-split metrics
@@ -42,6 +43,7 @@ RUN_FILES = {
     "model": "model/model.keras",
     "saved_model": "model/saved_model",
     "labels": "model/labels.json",
+    "preprocessing": "model/preprocessing.json",
     "model_card": "model/README.md",
     "history": "history.csv",
     "metrics": "metrics.json",

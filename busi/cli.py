@@ -58,6 +58,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--restart", action="store_true", help="replace a completed run in output.dir")
     _add_set(p)
 
+    p = sub.add_parser("predict", help="classify folders, files, archives; one CSV row per file")
+    p.add_argument("job", nargs="?", help="optional prediction job file (YAML, a predict: section)")
+    p.add_argument("--model", help="run directory or model.keras (labels.json beside it)")
+    p.add_argument("--input", dest="inputs", action="append", metavar="PATH",
+                   help="folder (recursive), file, archive or @list.txt (repeatable)")
+    p.add_argument("--output", help="CSV path (default predictions.csv)")
+    p.add_argument("--batch-size", type=int, help="images per forward pass (default 32)")
+    p.add_argument("--include-masks", action="store_true", default=None, help="also predict on *_mask files")
+    p.add_argument("--resume", action="store_true", default=None, help="skip paths already in the output CSV")
+    p.add_argument("--overwrite", action="store_true", default=None, help="replace an existing output CSV")
+    p.add_argument("--shard", help="I/N: take shard I of N (default: from array-job env vars)")
+    p.add_argument("--gradcam", metavar="DIR", help="write a Grad-CAM overlay PNG per image into DIR")
+    p.add_argument("--cores", help="cores to use (default auto)")
+    _add_set(p)
+
+    p = sub.add_parser("merge", help="join shard CSVs (<stem>.part-I-of-N.csv) into one CSV")
+    p.add_argument("output", help="the merged CSV to write; shards are found beside it")
+
+    p = sub.add_parser("run", help="run a job file: train, or predict if it has a predict: section")
+    p.add_argument("job", help="job file (YAML)")
+    p.add_argument("--restart", action="store_true", help="(train) replace a completed run")
+    _add_set(p)
+
     p = sub.add_parser("fetch-weights", help="download ImageNet ResNet50 weights (needs internet) into a folder")
     p.add_argument("--dir", default=None, help="target folder (default: $BUSI_WEIGHTS_DIR or ~/.keras/models)")
 
@@ -158,6 +181,51 @@ def cmd_train(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    from busi.config import load_predict_config
+    from busi.predict import run_predict
+
+    flags = {
+        "model": args.model, "inputs": args.inputs, "output": args.output, "batch_size": args.batch_size,
+        "include_masks": args.include_masks, "resume": args.resume, "overwrite": args.overwrite,
+        "shard": args.shard, "gradcam": args.gradcam,
+    }
+    base: dict[str, Any] = {"predict": {k: v for k, v in flags.items() if v is not None}}
+    overrides = list(args.overrides)
+    if args.job:
+        # command-line flags win over the job file
+        overrides = [f"predict.{k}={json.dumps(v)}" for k, v in base["predict"].items()] + overrides
+    if args.cores is not None:
+        overrides.append(f"runtime.cores={args.cores}")
+    if not args.job and "model" not in base["predict"]:
+        raise ConfigError("predict: give --model RUN_DIR|model.keras and --input PATH (or a job file)")
+    if not args.job and "inputs" not in base["predict"]:
+        raise ConfigError("predict: give at least one --input PATH")
+    cfg = load_predict_config(args.job, overrides, base=None if args.job else base)
+    summary = run_predict(cfg)
+    return EXIT_OK if summary.classified > 0 else EXIT_DATA
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from busi.predict import merge_shards
+
+    n = merge_shards(Path(args.output))
+    print(f"merged {n} rows into {args.output}")
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from busi.config import job_kind
+
+    if job_kind(args.job) == "predict":
+        ns = argparse.Namespace(
+            job=args.job, model=None, inputs=None, output=None, batch_size=None, include_masks=None,
+            resume=None, overwrite=None, shard=None, gradcam=None, cores=None, overrides=args.overrides,
+        )
+        return cmd_predict(ns)
+    return cmd_train(args)
+
+
 def cmd_fetch_weights(args: argparse.Namespace) -> int:
     from busi.model import fetch_imagenet_weights, imagenet_search_dirs
 
@@ -171,6 +239,9 @@ COMMANDS = {
     "config": cmd_config,
     "inspect": cmd_inspect,
     "train": cmd_train,
+    "predict": cmd_predict,
+    "merge": cmd_merge,
+    "run": cmd_run,
     "fetch-weights": cmd_fetch_weights,
     "synth": cmd_synth,
 }

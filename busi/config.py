@@ -103,6 +103,12 @@ class TrainConfig:
     monitor: Literal["val_loss", "val_accuracy"] = _opt("val_loss", doc="metric that picks the best epoch")
     head: PhaseConfig = _opt(PhaseConfig(epochs=10, learning_rate=1e-3, unfreeze="none"))
     finetune: PhaseConfig = _opt(PhaseConfig(epochs=10, learning_rate=1e-5, unfreeze="conv5"))
+    scale_lr: bool = _opt(
+        True, doc="multiply each phase's learning_rate by the number of ranks (the global batch is that much bigger)"
+    )
+    warmup_epochs: int = _opt(
+        0, min=0, doc="head-phase epochs that ramp linearly from learning_rate to the scaled rate (0: none)"
+    )
 
 
 @dataclass(frozen=True)
@@ -117,6 +123,9 @@ class RuntimeConfig:
         "auto", min=1, doc="auto: min of affinity mask, cgroup quota, SLURM_CPUS_PER_TASK"
     )
     deterministic: bool = _opt(False, doc="deterministic TF ops: same seed and data give the same metrics")
+    distributed: Literal["auto", "none", "horovod"] = _opt(
+        "auto", doc="auto: Horovod when a launcher (horovodrun, mpirun, srun --mpi) started several ranks"
+    )
 
 
 @dataclass(frozen=True)
@@ -129,6 +138,29 @@ class JobConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, YAML-ready dict (tuples become lists)."""
+        return _to_plain(dataclasses.asdict(self))
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    model: str = _opt(doc="a run directory or a model.keras file (labels.json beside it)")
+    inputs: tuple[str, ...] = _opt(min_items=1, doc="folders (recursive), files, archives, @list.txt files")
+    output: str = _opt("predictions.csv", doc="CSV path; shards write <stem>.part-IIIII-of-NNNNN.csv beside it")
+    batch_size: int = _opt(32, min=1, max=4096, doc="images per forward pass")
+    include_masks: bool = _opt(False, doc="also predict on *_mask files")
+    resume: bool = _opt(False, doc="skip paths already in the output CSV")
+    overwrite: bool = _opt(False, doc="replace an existing output CSV")
+    shard: str = _opt("auto", doc="auto (array job env vars), none, or I/N")
+    gradcam: Union[str, None] = _opt(None, doc="folder for Grad-CAM overlay PNGs, one per image")
+    staging_dir: Union[str, None] = _opt(None, doc="where input archives unpack; default $TMPDIR/busi-staging")
+
+
+@dataclass(frozen=True)
+class PredictJobConfig:
+    predict: PredictConfig
+    runtime: RuntimeConfig = _opt(RuntimeConfig())
+
+    def to_dict(self) -> dict[str, Any]:
         return _to_plain(dataclasses.asdict(self))
 
 
@@ -249,25 +281,48 @@ def _deepcopy(value: Any) -> Any:
     return value
 
 
+def _resolve(
+    path: str | Path | None,
+    overrides: Sequence[str],
+    env: Mapping[str, str] | None,
+    base: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    data: dict[str, Any] = dict(base or {})
+    if path is not None:
+        data = read_yaml(path)
+    data = apply_overrides(data, overrides)
+    return _interpolate_tree(data, "", os.environ if env is None else env)
+
+
 def load_config(
     path: str | Path | None,
     overrides: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
     base: Mapping[str, Any] | None = None,
 ) -> JobConfig:
-    """Read a job file (or start from ``base``), apply ``--set`` overrides, interpolate the
-    environment, and validate against the schema."""
-    data: dict[str, Any] = dict(base or {})
-    if path is not None:
-        data = read_yaml(path)
-    data = apply_overrides(data, overrides)
-    data = _interpolate_tree(data, "", os.environ if env is None else env)
-    cfg = build(JobConfig, data, "")
+    """Read a training job file (or start from ``base``), apply ``--set`` overrides,
+    interpolate the environment, and validate against the schema."""
+    cfg = build(JobConfig, _resolve(path, overrides, env, base), "")
     validate_semantics(cfg)
     return cfg
 
 
-def dump_config(cfg: JobConfig) -> str:
+def load_predict_config(
+    path: str | Path | None,
+    overrides: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+    base: Mapping[str, Any] | None = None,
+) -> PredictJobConfig:
+    """Like ``load_config`` for a prediction job file (a ``predict:`` section)."""
+    return build(PredictJobConfig, _resolve(path, overrides, env, base), "")
+
+
+def job_kind(path: str | Path) -> str:
+    """``predict`` for a job file with a ``predict:`` section, else ``train``."""
+    return "predict" if "predict" in read_yaml(path) else "train"
+
+
+def dump_config(cfg: JobConfig | PredictJobConfig) -> str:
     """The resolved config as YAML, in schema order. A literal ``${`` is written as ``$${``,
     so loading the dump gives the same config."""
     return yaml.safe_dump(_escape_dollar(cfg.to_dict()), sort_keys=False, default_flow_style=False)
@@ -442,6 +497,11 @@ def validate_semantics(cfg: JobConfig) -> None:
         raise ConfigError("data.split.train: expected a number above 0")
     if cfg.train.head.epochs + cfg.train.finetune.epochs == 0:
         raise ConfigError("train.head.epochs, train.finetune.epochs: at least one phase needs epochs > 0")
+    if cfg.train.warmup_epochs > cfg.train.head.epochs:
+        raise ConfigError(
+            f"train.warmup_epochs: the warmup ramps the head phase, so it needs at most train.head.epochs "
+            f"({cfg.train.head.epochs}) epochs, got {cfg.train.warmup_epochs}"
+        )
 
 
 def resolve_path(value: str, base: Path | None = None) -> Path:

@@ -24,7 +24,7 @@ from busi.config import JobConfig, dump_config
 from busi.data.pipeline import Pipeline, SplitData, balanced_class_weights
 from busi.data.prepare import PreparedData, prepare_data
 from busi.data.split import SPLITS_COLUMNS
-from busi.dist import Dist, init_dist, launched_local_size
+from busi.dist import ALL_RANKS, Dist, configure_rank_logging, init_dist, launched_local_size
 from busi.errors import ConfigError
 from busi.runtime import detect_cores, resolve_precision, start_tensorflow
 
@@ -56,7 +56,8 @@ def split_data(prepared: PreparedData, name: str, classes: tuple[str, ...]) -> S
 def run_training(cfg: JobConfig, restart: bool = False, argv: list[str] | None = None) -> dict[str, Any]:
     """Train, evaluate and write the run directory. Returns the final manifest."""
     t_start = time.perf_counter()
-    dist = init_dist(getattr(cfg.runtime, "distributed", "none"))
+    dist = init_dist(cfg.runtime.distributed)
+    configure_rank_logging(dist, log)
     run = RunDir(cfg.output.dir, primary=dist.is_primary)
     check_output_dir(run, restart)
     from busi.model import resolve_weights
@@ -75,7 +76,7 @@ def run_training(cfg: JobConfig, restart: bool = False, argv: list[str] | None =
         "seed": cfg.runtime.seed,
         "deterministic": cfg.runtime.deterministic,
         "cores": cores.as_dict(),
-        "distributed": {"backend": dist.backend, "size": dist.size},
+        "distributed": dist.describe(),
         "seconds": {},
     }
     run.write_text("config", dump_config(cfg))
@@ -85,6 +86,7 @@ def run_training(cfg: JobConfig, restart: bool = False, argv: list[str] | None =
     except BaseException as e:
         manifest.update(status="failed", ended_at=_now(), error=f"{type(e).__name__}: {e}")
         run.write_json("manifest", manifest)
+        dist.shutdown()  # peers waiting in a collective fail now instead of hanging
         raise
     return result
 
@@ -116,7 +118,7 @@ def _train(cfg: JobConfig, run: RunDir, dist: Dist, cores: Any, manifest: dict[s
         cores.cores, cores.source, cores.intra_op_threads, cores.inter_op_threads, precision, dist.size,
     )
 
-    from busi.model import build_model, count_params
+    from busi.model import build_model, count_params, weights_sha256
     from busi.train import HISTORY_COLUMNS, Trainer, predict_probs
 
     t = time.perf_counter()
@@ -143,6 +145,8 @@ def _train(cfg: JobConfig, run: RunDir, dist: Dist, cores: Any, manifest: dict[s
     result = trainer.fit()
     seconds.update({f"phase_{k}": v for k, v in result.phase_seconds.items()})
     manifest.update(best_epoch=result.best_epoch, monitor=cfg.train.monitor, best_value=result.best_value)
+    manifest["weights_sha256"] = weights_sha256(built.model)
+    log.info("final weights sha256 %s", manifest["weights_sha256"], extra=ALL_RANKS)
 
     t = time.perf_counter()
     test_name = "test" if len(splits["test"]) else "val"
@@ -182,6 +186,9 @@ def _write_outputs(
     run.write_csv("history", HISTORY_COLUMNS, history)
     run.write_json("metrics", metrics)
     run.write_json("labels", {str(i): c for i, c in enumerate(classes)})
+    run.write_json("preprocessing", {
+        "image_size": cfg.data.image_size, "resize": cfg.data.resize, "input": "RGB, float32, 0-255",
+    })
     rel = [str(Path(p).relative_to(prepared.root)) for p in test.paths]
     columns = prediction_columns(classes) + ["true_label"]
     rows = [prediction_row(p, pr, classes) + [classes[t]] for p, pr, t in zip(rel, probs, y_true)]

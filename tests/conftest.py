@@ -51,3 +51,25 @@ def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = No
         [sys.executable, "-m", "busi", *args],
         capture_output=True, text=True, env=full_env, cwd=cwd or REPO, timeout=timeout,
     )
+
+
+def make_model_dir(root: Path, size: int = 32, classes: tuple[str, ...] = CLASSES, seed: int = 0) -> Path:
+    """A model directory as training writes it (model.keras, labels.json, preprocessing.json),
+    from a ``weights: none`` model: real weights, no training needed."""
+    import json
+
+    import keras
+
+    from busi.config import load_config
+    from busi.model import build_model
+
+    keras.utils.set_random_seed(seed)
+    cfg = load_config(None, ["data.source=x", "output.dir=y", f"data.image_size={size}", "model.weights=none",
+                             f"data.classes={list(classes)}"])
+    built = build_model(cfg, len(classes))
+    model_dir = root / "model"
+    model_dir.mkdir(parents=True, exist_ok=True)
+    built.model.save(str(model_dir / "model.keras"))
+    (model_dir / "labels.json").write_text(json.dumps({str(i): c for i, c in enumerate(classes)}))
+    (model_dir / "preprocessing.json").write_text(json.dumps({"image_size": size, "resize": "stretch"}))
+    return root

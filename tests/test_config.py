@@ -358,10 +358,17 @@ def test_all_repo_job_files_load(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
     jobs = sorted((REPO / "job").glob("*.yaml"))
     assert jobs, "no job/*.yaml files"
+    from busi.config import job_kind, load_predict_config
+
+    kinds = set()
     for job in jobs:
-        cfg = load_config(job)
-        assert isinstance(cfg, JobConfig), job
-        assert load_config(None, base=yaml.safe_load(dump_config(cfg)), env={}) == cfg
+        kind = job_kind(job)
+        kinds.add(kind)
+        load = load_predict_config if kind == "predict" else load_config
+        cfg = load(job)
+        assert isinstance(cfg, JobConfig) or kind == "predict", job
+        assert load(None, base=yaml.safe_load(dump_config(cfg)), env={}) == cfg
+    assert kinds == {"train", "predict"}
 
 
 def test_demo_job_values() -> None:

@@ -1,0 +1,155 @@
+"""What to predict on: input paths expanded into one sorted list of files, and its shards.
+
+Pure functions except for reading folders and list files (archives go through the safe
+staging of ``busi.data.staging``). The order is stable (natural sort of the reported path),
+so shards, resumed runs and merged CSVs always agree on it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from busi.data.scan import is_mask_name, natural_key
+from busi.data.staging import ArchiveLimits, is_archive, stage_source
+from busi.errors import ConfigError, DataError
+
+ARCHIVE_SEP = "!/"  # archive members are reported as "<archive>!/<member>", like jar URLs
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """``path``: as reported in the CSV (stable across nodes); ``file``: where to read it."""
+
+    path: str
+    file: Path
+
+
+def expand_inputs(
+    inputs: Sequence[str],
+    include_masks: bool = False,
+    staging_dir: str | None = None,
+    limits: ArchiveLimits = ArchiveLimits(),
+) -> list[InputFile]:
+    """Folders (recursive), files, archives and ``@list.txt`` files -> sorted, de-duplicated files.
+
+    Every regular, non-hidden file counts (a non-image gets a row with its error later);
+    mask files (``X_mask.png``) are left out unless ``include_masks``. A missing input is a
+    DataError naming it.
+    """
+    found: dict[str, InputFile] = {}
+    for item in _expand_lists(inputs):
+        p = Path(item)
+        if p.is_dir():
+            for f in _walk(p):
+                _add(found, InputFile(path=os.path.join(item, f.relative_to(p).as_posix()), file=f), include_masks)
+        elif p.is_file() and is_archive(p):
+            root = stage_source(p, staging_dir, limits)
+            for f in _walk(root):
+                _add(found, InputFile(path=f"{item}{ARCHIVE_SEP}{f.relative_to(root).as_posix()}", file=f), include_masks)
+        elif p.is_file() or p.is_symlink():
+            _add(found, InputFile(path=item, file=p), include_masks)
+        else:
+            raise DataError(f"{item}: input not found (give folders, image files, archives or @list.txt files)")
+    return sorted(found.values(), key=lambda f: natural_key(f.path))
+
+
+def _add(found: dict[str, InputFile], f: InputFile, include_masks: bool) -> None:
+    if include_masks or not is_mask_name(f.file.name):
+        found.setdefault(f.path, f)
+
+
+def _expand_lists(inputs: Sequence[str]) -> list[str]:
+    """``@list.txt``: one path a line (blank lines and ``#`` comments skipped); relative
+    paths are relative to the list file's folder, so a list travels with its data."""
+    out: list[str] = []
+    for item in inputs:
+        if not item.startswith("@"):
+            out.append(item)
+            continue
+        list_file = Path(item[1:])
+        try:
+            lines = list_file.read_text(encoding="utf-8").splitlines()
+        except OSError as e:
+            raise DataError(f"{list_file}: cannot read input list: {e.strerror or e}") from None
+        for line in lines:
+            line = line.strip()
+            if line and not line.startswith("#"):
+                out.append(line if os.path.isabs(line) else os.path.join(list_file.parent, line))
+    return out
+
+
+def _walk(folder: Path) -> list[Path]:
+    files = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".") and d != "__MACOSX"]
+        files.extend(Path(dirpath) / n for n in filenames if not n.startswith("."))
+    return files
+
+
+# ----------------------------------------------------------------------- sharding
+
+
+@dataclass(frozen=True)
+class Shard:
+    index: int  # 0-based
+    count: int
+    source: str  # where the numbers came from
+
+    def select(self, items: Sequence[InputFile]) -> list[InputFile]:
+        """Every ``count``-th item from ``index``: a deterministic, balanced 1/count of the list."""
+        return list(items[self.index :: self.count])
+
+
+def parse_shard(text: str) -> Shard:
+    """``I/N`` with 0 <= I < N."""
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise ConfigError(f"--shard {text!r}: expected I/N, e.g. --shard 0/4") from None
+    if n < 1 or not 0 <= i < n:
+        raise ConfigError(f"--shard {text!r}: expected 0 <= I < N")
+    return Shard(i, n, "option")
+
+
+def shard_from_env(env: Mapping[str, str] | None = None) -> Shard:
+    """The shard of an array job: Slurm, AWS Batch, Google Cloud Batch, or the Horovod rank."""
+    env = os.environ if env is None else env
+
+    def num(name: str) -> int | None:
+        raw = env.get(name)
+        if raw is None or raw == "":
+            return None
+        try:
+            return int(raw)
+        except ValueError:
+            raise ConfigError(f"environment variable {name}={raw!r} is not an integer") from None
+
+    candidates = [
+        ("slurm", "SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK_MIN"),
+        # AWS Batch exports only the index; the job definition sets the size (README).
+        ("aws-batch", "AWS_BATCH_JOB_ARRAY_INDEX", "AWS_BATCH_JOB_ARRAY_SIZE", None),
+        ("gcp-batch", "BATCH_TASK_INDEX", "BATCH_TASK_COUNT", None),
+        ("horovod", "HOROVOD_RANK", "HOROVOD_SIZE", None),
+        ("mpi", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", None),
+    ]
+    for source, index_var, count_var, min_var in candidates:
+        index, count = num(index_var), num(count_var)
+        if index is None:
+            continue
+        if count is None:
+            raise ConfigError(f"{index_var} is set but {count_var} is not: set it, or pass --shard I/N")
+        index -= (num(min_var) or 0) if min_var else 0
+        if count < 1 or not 0 <= index < count:
+            raise ConfigError(f"{source} array: task index {index} is outside 0..{count - 1}; pass --shard I/N")
+        return Shard(index, count, source)
+    return Shard(0, 1, "none")
+
+
+def shard_output_path(output: Path, shard: Shard) -> Path:
+    """``preds.csv`` -> ``preds.part-00002-of-00008.csv`` when the job is one of several shards."""
+    if shard.count == 1:
+        return output
+    return output.with_name(f"{output.stem}.part-{shard.index:05d}-of-{shard.count:05d}{output.suffix or '.csv'}")

@@ -1,0 +1,242 @@
+"""``busi-job predict``: one row per file whatever the file, shards, merge, resume, Grad-CAM.
+
+The model is a real ``weights: none`` ResNet50 saved as training saves it (no training
+needed to check rows and probabilities). Runs are real subprocesses, as a batch job runs them.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from busi.inputs import Shard, expand_inputs, parse_shard, shard_from_env, shard_output_path
+from busi.errors import ConfigError
+from conftest import CLASSES, REPO, make_model_dir, run_cli
+
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_model_dir(tmp_path_factory.mktemp("model"), size=SIZE)
+
+
+def _rgb(rng: np.random.Generator, w: int = 60, h: int = 48) -> np.ndarray:
+    return rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def messy(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """A folder tree with every kind of file a real folder of scans holds."""
+    rng = np.random.default_rng(0)
+    root = tmp_path_factory.mktemp("messy") / "in"
+    (root / "a" / "b").mkdir(parents=True)
+    (root / "c").mkdir()
+    good: list[str] = []
+    bad: list[str] = []
+
+    def save(rel: str, im: Image.Image, **kw: object) -> None:
+        im.save(root / rel, **kw)
+        good.append(rel)
+
+    save("plain.png", Image.fromarray(_rgb(rng)))
+    save("a/nested.png", Image.fromarray(_rgb(rng)))
+    save("a/b/deeper.png", Image.fromarray(_rgb(rng)))
+    save("a/sixteen.png", Image.fromarray((rng.integers(0, 65535, (40, 50))).astype(np.uint16)))
+    save("a/rgba.png", Image.fromarray(np.dstack([_rgb(rng), np.full((48, 60), 200, np.uint8)]), mode="RGBA"))
+    save("c/palette.png", Image.fromarray(_rgb(rng)).convert("P", palette=Image.Palette.ADAPTIVE))
+    save("c/cmyk.jpg", Image.fromarray(_rgb(rng)).convert("CMYK"), format="JPEG")
+    save("c/gray.jpg", Image.fromarray(_rgb(rng)[..., 0], mode="L"), format="JPEG")
+    save("c/scan.bmp", Image.fromarray(_rgb(rng)), format="BMP")
+    # bad files: each must get a row with an error
+    buf = io.BytesIO()
+    Image.fromarray(_rgb(rng, 200, 200)).save(buf, format="PNG")
+    (root / "a" / "truncated.png").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    (root / "empty.png").write_bytes(b"")
+    (root / "c" / "notes.png").write_text("this is not an image\n")
+    bad += ["a/truncated.png", "empty.png", "c/notes.png"]
+    # masks: skipped by default
+    Image.fromarray(np.zeros((48, 60), np.uint8)).save(root / "plain_mask.png")
+    Image.fromarray(np.zeros((48, 60), np.uint8)).save(root / "a" / "nested_mask_1.png")
+    return {"root": root, "good": sorted(good), "bad": sorted(bad)}
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _by_hand(model_dir: Path, files: list[Path]) -> np.ndarray:
+    from busi.data.images import load_image
+    from busi.model import load_saved_model
+
+    model = load_saved_model(model_dir / "model" / "model.keras")
+    x = np.stack([load_image(f, SIZE) for f in files]).astype(np.float32)
+    return model(x, training=False).numpy()
+
+
+def test_every_file_gets_exactly_one_row(messy: dict, model_dir: Path, tmp_path: Path) -> None:  # type: ignore[type-arg]
+    root = messy["root"]
+    out = tmp_path / "preds.csv"
+    proc = run_cli("predict", "--model", str(model_dir), "--input", str(root), "--output", str(out), "--batch-size", "4")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = _rows(out)
+    assert list(rows[0]) == ["path", "label", "label_index", "prob_normal", "prob_benign", "prob_malignant", "error"]
+    reported = [os.path.relpath(r["path"], root) for r in rows]
+    assert sorted(reported) == sorted(messy["good"] + messy["bad"])  # masks left out, nothing twice
+    by_path = dict(zip(reported, rows))
+    for rel in messy["bad"]:
+        r = by_path[rel]
+        assert r["error"] and r["label"] == "" and all(r[f"prob_{c}"] == "" for c in CLASSES), rel
+    good = [by_path[rel] for rel in messy["good"]]
+    probs = np.array([[float(r[f"prob_{c}"]) for c in CLASSES] for r in good])
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-4)
+    assert all(r["error"] == "" and r["label"] == CLASSES[int(r["label_index"])] for r in good)
+    expected = _by_hand(model_dir, [root / rel for rel in messy["good"]])
+    np.testing.assert_allclose(probs, expected, atol=2e-5)
+    assert "3 errors" in proc.stderr and "img/s" in proc.stderr
+    assert json.loads((tmp_path / "preds.csv.done.json").read_text())["rows"] == len(rows)
+
+
+def test_masks_included_on_request(messy: dict) -> None:  # type: ignore[type-arg]
+    without = expand_inputs([str(messy["root"])])
+    with_masks = expand_inputs([str(messy["root"])], include_masks=True)
+    assert len(with_masks) == len(without) + 2
+
+
+def test_list_files_and_archives(messy: dict, tmp_path: Path) -> None:  # type: ignore[type-arg]
+    root = messy["root"]
+    lst = tmp_path / "list.txt"
+    lst.write_text(f"# scans\n{root / 'plain.png'}\n\n{os.path.relpath(root / 'c' / 'gray.jpg', tmp_path)}\n")
+    zpath = tmp_path / "batch.zip"
+    with zipfile.ZipFile(zpath, "w") as zf:
+        zf.write(root / "plain.png", "scans/one.png")
+        zf.write(root / "plain_mask.png", "scans/one_mask.png")
+    files = expand_inputs([f"@{lst}", str(zpath)], staging_dir=str(tmp_path / "stage"))
+    paths = [f.path for f in files]
+    assert paths[-1] == f"{zpath}!/scans/one.png"
+    assert len(paths) == 3 and all(f.file.is_file() for f in files)
+
+
+def test_no_classified_file_exits_3(messy: dict, model_dir: Path, tmp_path: Path) -> None:  # type: ignore[type-arg]
+    out = tmp_path / "bad.csv"
+    proc = run_cli("predict", "--model", str(model_dir), "--input", str(messy["root"] / "empty.png"),
+                   "--input", str(messy["root"] / "c" / "notes.png"), "--output", str(out))
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert len(_rows(out)) == 2
+
+
+def test_existing_output_needs_resume_or_overwrite(messy: dict, model_dir: Path, tmp_path: Path) -> None:  # type: ignore[type-arg]
+    out = tmp_path / "p.csv"
+    out.write_text("keep me\n")
+    proc = run_cli("predict", "--model", str(model_dir), "--input", str(messy["root"] / "plain.png"), "--output", str(out))
+    assert proc.returncode == 2 and "--resume" in proc.stderr
+    assert out.read_text() == "keep me\n"
+
+
+def test_shards_cover_everything_once_and_merge_to_the_unsharded_csv(messy: dict, model_dir: Path, tmp_path: Path) -> None:  # type: ignore[type-arg]
+    root = messy["root"]
+    whole = tmp_path / "whole.csv"
+    assert run_cli("predict", "--model", str(model_dir), "--input", str(root), "--output", str(whole)).returncode == 0
+    out = tmp_path / "sharded" / "preds.csv"
+    for i in range(3):
+        # the array index comes from the environment, as in a Slurm array job
+        env = {"SLURM_ARRAY_TASK_ID": str(i + 1), "SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_COUNT": "3"}
+        proc = run_cli("predict", "--model", str(model_dir), "--input", str(root), "--output", str(out), env=env)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    parts = sorted(out.parent.glob("preds.part-*-of-00003.csv"))
+    assert len(parts) == 3
+    seen = [r["path"] for p in parts for r in _rows(p)]
+    assert len(seen) == len(set(seen)) == len(_rows(whole))
+    proc = run_cli("merge", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_text() == whole.read_text()
+
+    (out.parent / "preds.part-00001-of-00003.csv.done.json").unlink()
+    (out.parent / "preds.part-00002-of-00003.csv").unlink()
+    proc = run_cli("merge", str(out))
+    assert proc.returncode == 3
+    assert "preds.part-00001-of-00003.csv: incomplete" in proc.stderr
+    assert "preds.part-00002-of-00003.csv: missing" in proc.stderr
+
+
+def test_resume_after_a_killed_run(model_dir: Path, tmp_path: Path) -> None:
+    from busi.data.synth import write_synthetic_dataset
+
+    data = write_synthetic_dataset(tmp_path / "data", per_class=40, size=48, seed=5)
+    out = tmp_path / "p.csv"
+    cmd = [sys.executable, "-m", "busi", "predict", "--model", str(model_dir), "--input", str(data),
+           "--output", str(out), "--batch-size", "1", "--cores", "1"]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if out.exists() and out.read_text().count("\n") >= 6:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = _rows(out)
+    assert 5 <= len(before) < 120, "the run should have been killed part-way"
+    with out.open("a") as fh:  # a row cut off mid-write, as a kill can leave it
+        fh.write(str(data / "x.png") + ",benign,1,0.1")
+    proc2 = run_cli("predict", "--model", str(model_dir), "--input", str(data), "--output", str(out), "--resume")
+    assert proc2.returncode == 0, proc2.stderr[-2000:]
+    rows = _rows(out)
+    paths = [r["path"] for r in rows]
+    assert len(paths) == len(set(paths)) == 120
+    assert not any(p.endswith("x.png") for p in paths)
+    assert [r["path"] for r in rows[: len(before)]] == [r["path"] for r in before]
+
+
+def test_gradcam_overlays(messy: dict, model_dir: Path, tmp_path: Path) -> None:  # type: ignore[type-arg]
+    root = messy["root"]
+    cams = tmp_path / "cams"
+    proc = run_cli("predict", "--model", str(model_dir), "--input", str(root / "a"), "--output",
+                   str(tmp_path / "p.csv"), "--gradcam", str(cams))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    made = sorted(cams.rglob("*.gradcam.png"))
+    assert [p.name for p in made] == ["deeper.png.gradcam.png", "nested.png.gradcam.png", "rgba.png.gradcam.png",
+                                      "sixteen.png.gradcam.png"]
+    with Image.open(made[0]) as im:
+        assert im.size == (SIZE, SIZE) and im.mode == "RGB"
+
+
+def test_predict_job_file_through_run(messy: dict, model_dir: Path, tmp_path: Path, write_job) -> None:  # type: ignore[no-untyped-def,type-arg]
+    out = tmp_path / "job.csv"
+    job = write_job({"predict": {"model": str(model_dir), "inputs": [str(messy["root"] / "c")], "output": str(out)}})
+    proc = run_cli("run", str(job))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(_rows(out)) == 5  # palette, cmyk, gray, bmp, and notes.png with its error
+
+
+def test_shard_selection_from_environment() -> None:
+    assert shard_from_env({}) == Shard(0, 1, "none")
+    assert shard_from_env({"SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_TASK_MIN": "5", "SLURM_ARRAY_TASK_COUNT": "4"}) == Shard(2, 4, "slurm")
+    assert shard_from_env({"AWS_BATCH_JOB_ARRAY_INDEX": "3", "AWS_BATCH_JOB_ARRAY_SIZE": "10"}) == Shard(3, 10, "aws-batch")
+    assert shard_from_env({"BATCH_TASK_INDEX": "0", "BATCH_TASK_COUNT": "2"}) == Shard(0, 2, "gcp-batch")
+    assert shard_from_env({"HOROVOD_RANK": "1", "HOROVOD_SIZE": "2"}) == Shard(1, 2, "horovod")
+    with pytest.raises(ConfigError, match="AWS_BATCH_JOB_ARRAY_SIZE"):
+        shard_from_env({"AWS_BATCH_JOB_ARRAY_INDEX": "3"})
+    with pytest.raises(ConfigError, match="outside"):
+        shard_from_env({"BATCH_TASK_INDEX": "4", "BATCH_TASK_COUNT": "2"})
+    assert parse_shard("1/3") == Shard(1, 3, "option")
+    for bad in ("3/3", "x", "1/0"):
+        with pytest.raises(ConfigError):
+            parse_shard(bad)
+    assert shard_output_path(Path("o/p.csv"), Shard(2, 8, "x")) == Path("o/p.part-00002-of-00008.csv")
+    items = list(range(10))
+    covered = sorted(i for k in range(3) for i in Shard(k, 3, "x").select(items))  # type: ignore[arg-type]
+    assert covered == items
