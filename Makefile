@@ -1,11 +1,12 @@
 # make install: ./.venv with busi (editable) and the test tools
 # make demo:    synthetic data + a complete training run in runs/demo
 # make test:    the test suite
+# make horovod: build Horovod (patched 0.28.1, Gloo; MPI too if mpicxx exists) into the venv
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test clean
+.PHONY: install demo test horovod clean
 
 install: $(VENV)/.installed
 
@@ -22,6 +23,9 @@ data/demo/.complete: | install
 
 demo: install data/demo/.complete
 	$(BIN)/busi-job train job/demo.yaml --restart
+
+horovod: install
+	PYTHON=$(BIN)/python scripts/build_horovod.sh
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -74,7 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_set(p)
 
     p = sub.add_parser("merge", help="join shard CSVs (<stem>.part-I-of-N.csv) into one CSV")
-    p.add_argument("output", help="the merged CSV to write; shards are found beside it")
+    p.add_argument("output", help="the merged CSV to write (shards are found beside it), or the prediction "
+                   "job file (YAML) the shards ran with: its predict.output")
+    _add_set(p)
 
     p = sub.add_parser("run", help="run a job file: train, or predict if it has a predict: section")
     p.add_argument("job", help="job file (YAML)")
@@ -99,9 +101,13 @@ def _load_job(path: str, overrides: Sequence[str]) -> Any:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    from busi.config import dump_config
+    from busi.config import dump_config, job_kind, load_predict_config
 
-    sys.stdout.write(dump_config(_load_job(args.job, args.overrides)))
+    if job_kind(args.job) == "predict":
+        cfg = load_predict_config(args.job, args.overrides)
+    else:
+        cfg = _load_job(args.job, args.overrides)
+    sys.stdout.write(dump_config(cfg))
     return EXIT_OK
 
 
@@ -209,8 +215,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_merge(args: argparse.Namespace) -> int:
     from busi.predict import merge_shards
 
-    n = merge_shards(Path(args.output))
-    print(f"merged {n} rows into {args.output}")
+    output = Path(args.output)
+    if output.suffix.lower() in (".yaml", ".yml"):  # the array's job file names the output
+        from busi.config import load_predict_config
+
+        output = Path(load_predict_config(output, args.overrides).predict.output)
+    elif args.overrides:
+        raise ConfigError("merge: --set needs a prediction job file (merge JOB.yaml --set ...), not a CSV")
+    n = merge_shards(output)
+    print(f"merged {n} rows into {output}")
     return EXIT_OK
 
 

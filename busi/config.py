@@ -126,6 +126,20 @@ class RuntimeConfig:
     distributed: Literal["auto", "none", "horovod"] = _opt(
         "auto", doc="auto: Horovod when a launcher (horovodrun, mpirun, srun --mpi) started several ranks"
     )
+    log_all_ranks: bool = _opt(
+        False, doc="every rank logs at INFO (debugging a multi-rank run); else only the primary, others warnings"
+    )
+    walltime: Union[int, str, None] = _opt(
+        None, min=1,
+        doc="budget from the start: HH:MM:SS or seconds (YAML reads unquoted 1:00:00 as 3600: same thing), "
+        "or auto (BUSI_WALLTIME_END, BUSI_WALLTIME, the Slurm job's end)",
+    )
+    walltime_margin: float = _opt(60.0, min=0.0, doc="seconds kept free before the walltime for checkpoint and exit")
+    signals: tuple[str, ...] = _opt(
+        ("SIGTERM", "SIGUSR1", "SIGINT"), doc="signals that checkpoint the run and exit 75"
+    )
+    checkpoint_minutes: float = _opt(10.0, min=0.0, doc="checkpoint at least this often, mid-epoch too (0: off)")
+    checkpoint_epochs: int = _opt(1, min=0, doc="checkpoint every N epochs (0: off)")
 
 
 @dataclass(frozen=True)
@@ -495,6 +509,16 @@ def validate_semantics(cfg: JobConfig) -> None:
         )
     if s.train <= 0:
         raise ConfigError("data.split.train: expected a number above 0")
+    walltime = cfg.runtime.walltime
+    if isinstance(walltime, str) and walltime != "auto":
+        from busi.stopper import parse_hms
+
+        parse_hms(walltime)
+    import signal as _signal
+
+    for name in cfg.runtime.signals:
+        if not name.startswith("SIG") or not hasattr(_signal, name):
+            raise ConfigError(f"runtime.signals: {name!r} is not a signal name (e.g. SIGTERM, SIGUSR1)")
     if cfg.train.head.epochs + cfg.train.finetune.epochs == 0:
         raise ConfigError("train.head.epochs, train.finetune.epochs: at least one phase needs epochs > 0")
     if cfg.train.warmup_epochs > cfg.train.head.epochs:

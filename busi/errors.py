@@ -32,3 +32,9 @@ class DataError(BusiError):
 
 class UnsafeArchiveError(DataError):
     """An archive would write outside its staging dir, or is an archive bomb."""
+
+
+class Interrupted(BusiError):
+    """Stopped on a signal or the walltime budget, state saved: run the same command to resume."""
+
+    exit_code = 75  # EX_TEMPFAIL: schedulers and wrappers requeue on it

@@ -8,6 +8,7 @@ the two phases, the test-split evaluation and every artifact of the run director
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
 import platform
 import socket
@@ -19,7 +20,8 @@ from typing import Any
 import numpy as np
 
 from busi import __version__
-from busi.artifacts import RunDir
+from busi.artifacts import RunDir, csv_text
+from busi.checkpoint import Checkpoint, Checkpointer
 from busi.config import JobConfig, dump_config
 from busi.data.pipeline import Pipeline, SplitData, balanced_class_weights
 from busi.data.prepare import PreparedData, prepare_data
@@ -27,6 +29,7 @@ from busi.data.split import SPLITS_COLUMNS
 from busi.dist import ALL_RANKS, Dist, configure_rank_logging, init_dist, launched_local_size
 from busi.errors import ConfigError
 from busi.runtime import detect_cores, resolve_precision, start_tensorflow
+from busi.stopper import Interrupted, Stopper, process_start_time, resolve_deadline
 
 log = logging.getLogger("busi")
 
@@ -57,17 +60,27 @@ def run_training(cfg: JobConfig, restart: bool = False, argv: list[str] | None =
     """Train, evaluate and write the run directory. Returns the final manifest."""
     t_start = time.perf_counter()
     dist = init_dist(cfg.runtime.distributed)
-    configure_rank_logging(dist, log)
+    configure_rank_logging(dist, log, cfg.runtime.log_all_ranks)
     run = RunDir(cfg.output.dir, primary=dist.is_primary)
     check_output_dir(run, restart)
+    checkpointer = Checkpointer(run.root, cfg, primary=dist.is_primary)
+    if restart:
+        checkpointer.remove()
+    resume = checkpointer.load()  # a checkpoint of other settings is an error (exit 2) here
+    previous = run.read_json("manifest") if resume is not None else None
     from busi.model import resolve_weights
 
     resolve_weights(cfg.model.weights)  # a missing weights file fails now, not after data and TF start
     cores = detect_cores(cfg.runtime.cores, local_ranks=launched_local_size() if dist.size > 1 else 1)
+    deadline, deadline_source = resolve_deadline(cfg.runtime.walltime, process_start_time())
+    stopper = Stopper(cfg.runtime.signals, deadline, cfg.runtime.walltime_margin)
+    attempts = list((previous or {}).get("attempts", []))
+    attempts.append({"started_at": _now(), "host": socket.gethostname(),
+                     "resumed_from": {"epoch": resume.state.epoch, "step": resume.state.step} if resume else None})
     manifest: dict[str, Any] = {
         "busi_version": __version__,
         "status": "running",
-        "started_at": _now(),
+        "started_at": (previous or {}).get("started_at") or _now(),
         "ended_at": None,
         "command": argv if argv is not None else sys.argv,
         "host": socket.gethostname(),
@@ -77,25 +90,46 @@ def run_training(cfg: JobConfig, restart: bool = False, argv: list[str] | None =
         "deterministic": cfg.runtime.deterministic,
         "cores": cores.as_dict(),
         "distributed": dist.describe(),
+        "walltime": {"deadline": deadline, "source": deadline_source, "margin": cfg.runtime.walltime_margin},
+        "attempts": attempts,
         "seconds": {},
     }
     run.write_text("config", dump_config(cfg))
     run.write_json("manifest", manifest)
-    try:
-        result = _train(cfg, run, dist, cores, manifest, t_start)
-    except BaseException as e:
-        manifest.update(status="failed", ended_at=_now(), error=f"{type(e).__name__}: {e}")
-        run.write_json("manifest", manifest)
-        dist.shutdown()  # peers waiting in a collective fail now instead of hanging
-        raise
+    # Signals set a flag from here on; the loop checkpoints and exits 75 at the next step.
+    with stopper:
+        try:
+            result = _train(cfg, run, dist, cores, manifest, t_start, stopper, checkpointer, resume)
+        except Interrupted as e:
+            manifest.update(status="interrupted", ended_at=_now(), interrupted=str(e))
+            attempts[-1].update(ended_at=_now(), status="interrupted")
+            run.write_json("manifest", manifest)
+            log.warning("interrupted: %s", e)
+            raise
+        except BaseException as e:
+            manifest.update(status="failed", ended_at=_now(), error=f"{type(e).__name__}: {e}")
+            attempts[-1].update(ended_at=_now(), status="failed")
+            run.write_json("manifest", manifest)
+            dist.shutdown()  # peers waiting in a collective fail now instead of hanging
+            raise
     return result
 
 
-def _train(cfg: JobConfig, run: RunDir, dist: Dist, cores: Any, manifest: dict[str, Any], t_start: float) -> dict[str, Any]:
+def _train(
+    cfg: JobConfig, run: RunDir, dist: Dist, cores: Any, manifest: dict[str, Any], t_start: float,
+    stopper: Stopper, checkpointer: Checkpointer, resume: Checkpoint | None,
+) -> dict[str, Any]:
     seconds = manifest["seconds"]
     t = time.perf_counter()
     prepared = prepare_data(cfg.data, cfg.runtime.seed)
-    run.write_csv("splits", SPLITS_COLUMNS, ([r.path, r.label, r.group, r.split] for r in prepared.rows))
+    splits_text = csv_text(SPLITS_COLUMNS, ([r.path, r.label, r.group, r.split] for r in prepared.rows))
+    splits_sha = hashlib.sha256(splits_text.encode()).hexdigest()
+    if resume is not None and resume.state.splits_sha256 not in ("", splits_sha):
+        raise ConfigError(
+            f"output.dir: the checkpoint in {checkpointer.dir} was trained on another split of the data "
+            "(the dataset's files changed); resume on the original data or pass --restart"
+        )
+    run.write_text("splits", splits_text)
     run.write_json("report", prepared.report)
     seconds["data"] = round(time.perf_counter() - t, 3)
     classes = cfg.data.classes
@@ -141,8 +175,10 @@ def _train(cfg: JobConfig, run: RunDir, dist: Dist, cores: Any, manifest: dict[s
     def on_epoch(record: Any, result: Any) -> None:
         run.write_csv("history", HISTORY_COLUMNS, [r.row() for r in result.history])
 
-    trainer = Trainer(cfg, built, pipelines["train"], pipelines["val"], class_weights, dist, on_epoch)
-    result = trainer.fit()
+    trainer = Trainer(cfg, built, pipelines["train"], pipelines["val"], class_weights, dist, on_epoch,
+                      stopper=stopper, checkpointer=checkpointer)
+    trainer.state.splits_sha256 = splits_sha
+    result = trainer.fit(resume)
     seconds.update({f"phase_{k}": v for k, v in result.phase_seconds.items()})
     manifest.update(best_epoch=result.best_epoch, monitor=cfg.train.monitor, best_value=result.best_value)
     manifest["weights_sha256"] = weights_sha256(built.model)
@@ -163,7 +199,9 @@ def _train(cfg: JobConfig, run: RunDir, dist: Dist, cores: Any, manifest: dict[s
     seconds["save"] = round(time.perf_counter() - t, 3)
     seconds["total"] = round(time.perf_counter() - t_start, 3)
     manifest.update(status="completed", ended_at=_now())
+    manifest["attempts"][-1].update(ended_at=_now(), status="completed")
     run.write_json("manifest", manifest)
+    checkpointer.remove()  # the final model replaces it
     log.info(
         "done: test accuracy %.3f, balanced accuracy %.3f, macro F1 %.3f; run directory %s",
         metrics.get("accuracy", float("nan")), metrics.get("balanced_accuracy", float("nan")),

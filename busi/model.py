@@ -184,3 +184,18 @@ def count_params(model: Any) -> dict[str, int]:
     trainable = int(sum(np.prod(v.shape) for v in model.trainable_weights))
     total = int(sum(np.prod(v.shape) for v in model.weights))
     return {"total": total, "trainable": trainable}
+
+
+def weights_sha256(model: Any) -> str:
+    """A fingerprint of a model's weights (every variable's dtype, shape and bytes, in order):
+    equal on every rank of a data-parallel run that stayed in sync, and recorded in the manifest."""
+    import hashlib
+
+    import numpy as np
+
+    h = hashlib.sha256()
+    for w in model.get_weights():
+        a = np.ascontiguousarray(w)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()

@@ -26,7 +26,7 @@ import numpy as np
 
 from busi.artifacts import atomic_write_text, json_text
 from busi.data.images import load_image
-from busi.errors import ConfigError, DataError
+from busi.errors import ConfigError, DataError, Interrupted
 from busi.inputs import InputFile, Shard
 
 log = logging.getLogger("busi")
@@ -177,6 +177,7 @@ class Summary:
     per_class: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
     images_per_second: float = 0.0
+    interrupted: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -217,8 +218,11 @@ def predict_files(
     batch_size: int = 32,
     workers: int = 2,
     gradcam_dir: Path | None = None,
+    stopper: Any = None,
 ) -> Summary:
-    """Classify ``files`` (skipping those already in ``sink``), writing rows batch by batch."""
+    """Classify ``files`` (skipping those already in ``sink``), writing rows batch by batch.
+    Stops after the batch in progress when ``stopper`` (a ``busi.stopper.Stopper``) says so,
+    with ``summary.interrupted`` set; the CSV then holds every row written so far."""
     import tensorflow as tf
 
     summary = Summary()
@@ -272,6 +276,10 @@ def predict_files(
             sink.write(rows)
             summary.rows += len(rows)
             images += len(ok)
+            reason = stopper.reason() if stopper is not None else None
+            if reason:
+                summary.interrupted = reason
+                break
     summary.seconds = time.perf_counter() - started
     summary.images_per_second = images / summary.seconds if summary.seconds > 0 else 0.0
     return summary
@@ -356,6 +364,7 @@ def run_predict(cfg: Any) -> Summary:
     from busi.data.staging import ArchiveLimits
     from busi.inputs import expand_inputs, parse_shard, shard_from_env, shard_output_path
     from busi.runtime import detect_cores, start_tensorflow
+    from busi.stopper import Stopper, process_start_time, resolve_deadline
 
     p = cfg.predict
     if p.shard == "auto":
@@ -375,13 +384,20 @@ def run_predict(cfg: Any) -> Summary:
         cores.cores, cores.source, p.batch_size, output,
     )
     sink = CsvSink(output, prediction_columns(predictor.classes), resume=p.resume, overwrite=p.overwrite)
+    deadline, _ = resolve_deadline(cfg.runtime.walltime, process_start_time())
     try:
-        summary = predict_files(
-            predictor, files, sink, p.batch_size, workers=cores.cores,
-            gradcam_dir=Path(p.gradcam) if p.gradcam else None,
-        )
+        with Stopper(cfg.runtime.signals, deadline, cfg.runtime.walltime_margin) as stopper:
+            summary = predict_files(
+                predictor, files, sink, p.batch_size, workers=cores.cores,
+                gradcam_dir=Path(p.gradcam) if p.gradcam else None, stopper=stopper,
+            )
     finally:
         sink.close()
+    if summary.interrupted:
+        raise Interrupted(
+            f"prediction stopped on {summary.interrupted} after {summary.rows} rows of {len(files)}; "
+            f"{output} holds them: run again with --resume to continue"
+        )
     write_done_marker(output, summary, shard, len(files), predictor)
     per_class = ", ".join(f"{c} {summary.per_class.get(c, 0)}" for c in predictor.classes)
     log.info(

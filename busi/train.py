@@ -1,9 +1,12 @@
-"""The training loop: two phases (frozen backbone, then fine-tuning), a custom step, early stopping.
+"""The training loop: two phases (frozen backbone, then fine-tuning), a custom step, early
+stopping, and stop-and-resume at any step.
 
 A custom loop rather than ``model.fit``: with Keras 3, Horovod's Keras callbacks do not
 synchronise ranks, so gradient averaging plugs in here (``Dist.average_gradients``), and a
-run can stop and resume at a step. This module writes no files: it reports each epoch to
-``on_epoch`` and the caller (``busi.job``) decides what to persist.
+run can stop at a step on a signal or the walltime budget and continue from its checkpoint
+with the same data order, augmentation, dropout draws and optimizer state. This module
+writes no run-directory files itself: epochs go to ``on_epoch``, checkpoints to the
+``Checkpointer`` (``busi.checkpoint``), and ``busi.job`` decides what else to persist.
 """
 
 from __future__ import annotations
@@ -17,14 +20,18 @@ from typing import Any, Callable
 
 import numpy as np
 
+from busi.checkpoint import Checkpoint, Checkpointer, TrainState, restore_optimizer, restore_variables
 from busi.config import JobConfig, PhaseConfig
 from busi.data.pipeline import Pipeline
 from busi.dist import Dist
 from busi.model import BuiltModel, set_trainable
+from busi.schedule import epoch_learning_rate
+from busi.stopper import Interrupted, Stopper
 
 log = logging.getLogger("busi")
 
 HISTORY_COLUMNS = ("phase", "epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds")
+PHASES = ("head", "finetune")
 
 
 @dataclass(frozen=True)
@@ -51,11 +58,14 @@ class TrainResult:
     best_value: float = math.nan
     phase_seconds: dict[str, float] = field(default_factory=dict)
     stopped_early: dict[str, bool] = field(default_factory=dict)
+    resumed_from: dict[str, Any] | None = None
 
 
-def _better(monitor: str, value: float, best: float) -> bool:
-    if math.isnan(best):
-        return not math.isnan(value)
+def _better(monitor: str, value: float, best: float | None) -> bool:
+    if math.isnan(value):
+        return False
+    if best is None or math.isnan(best):
+        return True
     return value < best if monitor.endswith("loss") else value > best
 
 
@@ -71,6 +81,8 @@ class Trainer:
         class_weights: np.ndarray,
         dist: Dist,
         on_epoch: Callable[[EpochRecord, TrainResult], None] | None = None,
+        stopper: Stopper | None = None,
+        checkpointer: Checkpointer | None = None,
     ) -> None:
         self.cfg = cfg
         self.built = built
@@ -79,102 +91,199 @@ class Trainer:
         self.class_weights = class_weights
         self.dist = dist
         self.on_epoch = on_epoch
-        self.total_epochs = cfg.train.head.epochs + cfg.train.finetune.epochs
+        self.stopper = stopper or Stopper(signals=())
+        self.checkpointer = checkpointer
+        self.best_weights: list[np.ndarray] | None = None
+        self.optimizer: Any = None
+        self.state = TrainState(total_epochs=cfg.train.head.epochs + cfg.train.finetune.epochs)
+        self._last_checkpoint = time.monotonic()
 
-    def fit(self) -> TrainResult:
-        result = TrainResult()
-        best_weights: list[np.ndarray] | None = None
-        epoch = 0
-        for name, phase in (("head", self.cfg.train.head), ("finetune", self.cfg.train.finetune)):
-            if phase.epochs == 0:
+    # ------------------------------------------------------------------ driver
+
+    def fit(self, resume: Checkpoint | None = None) -> TrainResult:
+        """Run (or continue) both phases. Raises ``Interrupted`` after checkpointing when the
+        stopper says so; restores the best weights at the end."""
+        if resume is not None:
+            self.state = resume.state
+            restore_variables(self.built.model, resume.variables)
+            self.best_weights = resume.best
+            log.info("resuming: phase %s, %d epochs done, step %d of the next", self.state.phase,
+                     self.state.epoch, self.state.step)
+        start = PHASES.index(self.state.phase)
+        for index, name in enumerate(PHASES):
+            phase: PhaseConfig = getattr(self.cfg.train, name)
+            if index < start or phase.epochs == 0:
                 continue
-            started = time.perf_counter()
-            epoch, best_weights = self._run_phase(name, phase, epoch, result, best_weights)
-            result.phase_seconds[name] = round(time.perf_counter() - started, 3)
-        if best_weights is not None:
-            self.built.model.set_weights(best_weights)
-        return result
+            own = resume is not None and index == start and resume.state.optimizer_phase == name
+            optimizer_state = resume.optimizer if own and resume is not None else None
+            self._run_phase(name, phase, optimizer_state)
+        self.state.done = True
+        if self.best_weights is not None:
+            self.built.model.set_weights(self.best_weights)
+        return self.result(resume)
+
+    def result(self, resume: Checkpoint | None = None) -> TrainResult:
+        s = self.state
+        return TrainResult(
+            history=[EpochRecord(**h) for h in s.history],
+            best_epoch=s.best_epoch,
+            best_value=math.nan if s.best_value is None else s.best_value,
+            phase_seconds=dict(s.phase_seconds),
+            stopped_early=dict(s.stopped_early),
+            resumed_from={"epoch": resume.state.epoch, "step": resume.state.step} if resume else None,
+        )
 
     # ------------------------------------------------------------------ phases
 
-    def _run_phase(
-        self, name: str, phase: PhaseConfig, epoch: int, result: TrainResult, best_weights: list[np.ndarray] | None
-    ) -> tuple[int, list[np.ndarray] | None]:
+    def _start_phase(self, name: str, phase: PhaseConfig, optimizer_state: list[np.ndarray] | None) -> tuple[Any, Any]:
         import keras
 
-        cfg = self.cfg
-        unfreeze = phase.unfreeze if name == "finetune" or phase.unfreeze != "none" else "none"
-        set_trainable(self.built, unfreeze, cfg.model.batchnorm)
-        lr = phase.learning_rate
-        optimizer: Any = keras.optimizers.Adam(learning_rate=lr)
+        set_trainable(self.built, phase.unfreeze, self.cfg.model.batchnorm)
+        optimizer: Any = keras.optimizers.Adam(learning_rate=phase.learning_rate)
         if keras.mixed_precision.global_policy().name == "mixed_float16":
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-        step = self._make_train_step(optimizer)
-        evaluate = self._make_eval_step()
         # Build optimizer slots outside tf.function (Keras 3 needs this before tracing).
         optimizer.build(self.built.model.trainable_variables)
+        if optimizer_state is not None:
+            restore_optimizer(optimizer, optimizer_state)
         self.dist.broadcast_model(self.built.model, optimizer)
+        self.optimizer = optimizer
+        self.state.optimizer_phase = name
         trainable = int(sum(np.prod(v.shape) for v in self.built.model.trainable_variables))
         log.info("phase %s: %d epochs, lr %.1e, unfreeze %s, %d trainable parameters",
-                 name, phase.epochs, lr, unfreeze, trainable)
+                 name, phase.epochs, phase.learning_rate, phase.unfreeze, trainable)
+        return self._make_train_step(optimizer), self._make_eval_step()
 
-        phase_best = math.nan
-        since_best = 0
-        epoch_times: list[float] = []
+    def _run_phase(self, name: str, phase: PhaseConfig, optimizer_state: list[np.ndarray] | None) -> None:
+        cfg, s = self.cfg, self.state
+        if s.phase != name:  # entering a phase afresh
+            s.phase, s.phase_best, s.since_best = name, None, 0
+        step_fn, evaluate = self._start_phase(name, phase, optimizer_state)
+        phase_started = time.perf_counter()
+        seconds_before = s.phase_seconds.get(name, 0.0)
         bs = cfg.train.batch_size
-        steps = self.train.steps(bs, self.dist.size, drop_remainder=False)
-        for local in range(phase.epochs):
-            epoch += 1
-            t0 = time.perf_counter()
+        steps = self.train.steps(bs, self.dist.size)
+        epoch_times = [h["seconds"] for h in s.history if h["phase"] == name]
+        done_in_phase = len(epoch_times)
+
+        def phase_seconds() -> float:
+            return round(seconds_before + time.perf_counter() - phase_started, 3)
+
+        for local in range(done_in_phase, phase.epochs):
+            epoch = s.epoch + 1
+            lr = epoch_learning_rate(cfg.train, name, phase.learning_rate, local + 1, self.dist.size)
+            self.optimizer.learning_rate = lr  # x ranks, after the warmup (busi.schedule)
+            t0 = time.perf_counter() - s.epoch_seconds
+            skip = s.step
             ds = self.train.train_dataset(
-                bs, cfg.runtime.seed, epoch, cfg.data.augment, self.class_weights, shard=(self.dist.rank, self.dist.size)
+                bs, cfg.runtime.seed, epoch, cfg.data.augment, self.class_weights,
+                shard=(self.dist.rank, self.dist.size), skip_batches=skip,
             )
-            loss_sum = correct = seen = 0.0
+            sums = list(s.epoch_sums) if skip else [0.0, 0.0, 0.0]
             bar = _progress(steps, self.dist.is_primary)
-            for i, (x, y, w) in enumerate(ds):
-                loss, n_correct = step(x, y, w)
+            for i, (x, y, w) in enumerate(ds, start=skip):
+                self.dist.check_step((epoch - 1) * steps + i + 1)  # test hook: BUSI_FAIL_AT_STEP
+                loss, n_correct = step_fn(x, y, w)
                 n = float(x.shape[0])
-                loss_sum += float(loss) * n
-                correct += float(n_correct)
-                seen += n
+                sums[0] += float(loss) * n
+                sums[1] += float(n_correct)
+                sums[2] += n
+                s.step, s.epoch_sums = i + 1, sums
                 if bar is not None:
                     bar.update(i + 1, [("loss", float(loss))])
-            totals = self.dist.sum_scalars([loss_sum, correct, seen])
+                self._maybe_stop(mid_epoch=True, t0=t0, phase_seconds=phase_seconds)
+            totals = self.dist.sum_scalars(sums)
             train_loss, train_acc = totals[0] / max(totals[2], 1), totals[1] / max(totals[2], 1)
+            self.dist.average_model_state(self.built.model)  # BatchNorm statistics: one model on every rank
             val_loss, val_acc = self._validate(evaluate)
             seconds = time.perf_counter() - t0
-            epoch_times.append(seconds)
             record = EpochRecord(
                 phase=name, epoch=epoch, loss=round(train_loss, 6), accuracy=round(train_acc, 6),
                 val_loss=round(val_loss, 6), val_accuracy=round(val_acc, 6), lr=lr,
                 seconds=round(seconds, 3), images_per_second=round(totals[2] / seconds, 2),
             )
-            result.history.append(record)
-            remaining = self.total_epochs - epoch
-            eta = remaining * float(np.mean(epoch_times))
+            s.history.append(asdict(record))
+            s.epoch, s.step, s.epoch_sums, s.epoch_seconds = epoch, 0, [0.0, 0.0, 0.0], 0.0
+            epoch_times.append(seconds)
+            eta = (s.total_epochs - epoch) * float(np.mean(epoch_times))
             log.info(
                 "%s epoch %d/%d loss %.4f accuracy %.4f val_loss %.4f val_accuracy %.4f lr %.1e %.1f img/s ETA %s",
-                name, epoch, self.total_epochs, train_loss, train_acc, val_loss, val_acc, lr,
+                name, epoch, s.total_epochs, train_loss, train_acc, val_loss, val_acc, lr,
                 record.images_per_second, _hms(eta),
             )
             value = val_loss if cfg.train.monitor == "val_loss" else val_acc
-            if _better(cfg.train.monitor, value, result.best_value):
-                result.best_value, result.best_epoch = value, epoch
-                best_weights = [np.array(w) for w in self.built.model.get_weights()]
-            if _better(cfg.train.monitor, value, phase_best):
-                phase_best, since_best = value, 0
+            if _better(cfg.train.monitor, value, s.best_value):
+                s.best_value, s.best_epoch = value, epoch
+                self.best_weights = [np.array(w) for w in self.built.model.get_weights()]
+            if _better(cfg.train.monitor, value, s.phase_best):
+                s.phase_best, s.since_best = value, 0
             else:
-                since_best += 1
-            if self.on_epoch is not None:
-                self.on_epoch(record, result)
-            if since_best >= phase.patience and local + 1 < phase.epochs:
+                s.since_best += 1
+            last = local + 1 == phase.epochs
+            if s.since_best >= phase.patience and not last:
                 log.info("%s: no improvement of %s for %d epochs; stopping the phase early",
-                         name, cfg.train.monitor, since_best)
-                result.stopped_early[name] = True
-                self.total_epochs -= phase.epochs - (local + 1)
+                         name, cfg.train.monitor, s.since_best)
+                s.stopped_early[name] = True
+                s.total_epochs -= phase.epochs - (local + 1)
+                last = True
+            s.phase_seconds[name] = phase_seconds()
+            if last:
+                nxt = PHASES.index(name) + 1
+                if nxt < len(PHASES):
+                    s.phase, s.phase_best, s.since_best = PHASES[nxt], None, 0
+            if self.on_epoch is not None:
+                self.on_epoch(record, self.result())
+            later = [p for p in PHASES[PHASES.index(name) + 1 :] if getattr(cfg.train, p).epochs > 0]
+            final = last and not later
+            every = cfg.runtime.checkpoint_epochs
+            if every and epoch % every == 0 and not final:
+                self._checkpoint()
+            if not final:
+                # Time the next epoch will take: this phase's mean; a new phase first traces a
+                # new (bigger) step function, so allow 1.5x the slowest epoch so far.
+                if last:
+                    estimate = 1.5 * max(h["seconds"] for h in s.history)
+                else:
+                    estimate = float(np.mean(epoch_times))
+                self._maybe_stop(mid_epoch=False, t0=None, phase_seconds=phase_seconds, next_epoch=estimate)
+            if last:
                 break
-        result.stopped_early.setdefault(name, False)
-        return epoch, best_weights
+        s.stopped_early.setdefault(name, False)
+        s.phase_seconds[name] = phase_seconds()
+
+    # ------------------------------------------------------------ stop/resume
+
+    def _checkpoint(self) -> None:
+        if self.checkpointer is not None:
+            t = time.perf_counter()
+            path = self.checkpointer.save(self.state, self.built.model, self.optimizer, self.best_weights)
+            if path is not None:
+                log.info("checkpoint %s written in %.2f s (epoch %d, step %d)", path.name, time.perf_counter() - t,
+                         self.state.epoch, self.state.step)
+        self._last_checkpoint = time.monotonic()
+
+    def _maybe_stop(
+        self, mid_epoch: bool, t0: float | None, phase_seconds: Callable[[], float], next_epoch: float | None = None
+    ) -> None:
+        """Checkpoint and raise ``Interrupted`` if a signal came or the walltime budget is spent
+        (all ranks agree); also take the periodic time-based checkpoint."""
+        reason = self.stopper.reason(None if mid_epoch else next_epoch)
+        if self.dist.any_flag(reason is not None):
+            s = self.state
+            if mid_epoch and t0 is not None:
+                s.epoch_seconds = time.perf_counter() - t0
+            s.phase_seconds[s.phase] = phase_seconds()
+            self._checkpoint()
+            raise Interrupted(
+                f"stopped on {reason or 'another rank'} at epoch {s.epoch + (1 if s.step else 0)}, step {s.step}; "
+                "checkpoint written: run the same command again to resume"
+            )
+        minutes = self.cfg.runtime.checkpoint_minutes
+        if mid_epoch and minutes and time.monotonic() - self._last_checkpoint >= minutes * 60:
+            if t0 is not None:
+                self.state.epoch_seconds = time.perf_counter() - t0
+            self.state.phase_seconds[self.state.phase] = phase_seconds()
+            self._checkpoint()
 
     def _validate(self, evaluate: Callable[[Any, Any], Any]) -> tuple[float, float]:
         """Mean cross-entropy and accuracy on the validation split (each rank the whole split,
@@ -187,7 +296,8 @@ class Trainer:
             loss_sum += float(loss)
             correct += float(c)
             n += float(x.shape[0])
-        return loss_sum / n, correct / n
+        totals = self.dist.sum_scalars([loss_sum, correct, n])  # bit-identical on every rank
+        return totals[0] / totals[2], totals[1] / totals[2]
 
     # -------------------------------------------------------------- tf functions
 

@@ -202,3 +202,9 @@ def test_inspect_does_not_import_tensorflow(synth_small: Path) -> None:
     p = _no_tf(f"import sys, busi.cli\nassert busi.cli.main(['inspect', {str(synth_small)!r}]) == 0")
     assert p.returncode == 0, p.stderr
     assert "NO_TF" in p.stdout and "images: 36" in p.stdout
+
+
+def test_config_prints_a_prediction_job() -> None:
+    proc = run_cli("config", str(REPO / "job" / "predict.yaml"))
+    assert proc.returncode == 0, proc.stderr
+    assert "predict:" in proc.stdout and "inputs:" in proc.stdout

@@ -65,7 +65,9 @@ class Pipeline:
         self.base = base.cache() if cache else base
 
     def steps(self, batch_size: int, shards: int = 1, drop_remainder: bool = False) -> int:
-        per_shard = math.ceil(len(self.data) / shards) if not drop_remainder else len(self.data) // shards
+        """Batches per epoch on each shard, as ``train_dataset`` yields them (the ragged tail
+        of a sharded epoch is dropped, so every rank takes the same number of steps)."""
+        per_shard = len(self.data) // shards
         return math.ceil(per_shard / batch_size) if not drop_remainder else per_shard // batch_size
 
     def train_dataset(

@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# Install busi into a self-contained prefix: the ONE install script that both container recipes
+# (containers/Dockerfile and containers/busi*.def) run, and that tests/test_containers.py runs for
+# real, so the images and the tested install cannot drift apart.
+#
+#   containers/install.sh [SRC_DIR]          # SRC_DIR: the busi source tree (default: this checkout)
+#
+# Environment (all optional):
+#   BUSI_PREFIX=/opt/busi       the venv (python3 -m venv); busi-job ends up in $BUSI_PREFIX/bin
+#   PYTHON=python3              the interpreter that creates the venv
+#   TF_PACKAGE=                 empty: the TensorFlow pinned in pyproject.toml (tensorflow-cpu);
+#                               else that requirement instead, e.g. 'tensorflow[and-cuda]==2.21.0'
+#   BUSI_WITH_HOROVOD=0         1: build the patched Horovod (scripts/build_horovod.sh) into the venv
+#   BUSI_FETCH_WEIGHTS=0        1: download the ImageNet ResNet50 weights into BUSI_WEIGHTS_DIR
+#                               (needs internet: image build time, never on compute nodes)
+#   BUSI_WEIGHTS_DIR=$BUSI_PREFIX/weights
+#
+# What it lays out under the prefix:
+#   bin/busi-job                 the CLI (non-editable install of SRC_DIR)
+#   bin/busi-smoke-test          containers/smoke-test.sh: a tiny synthetic train + predict
+#   job/entrypoint.sh            the container entrypoint (job/entrypoint.sh)
+#   job/*.yaml                   the shipped job files (demo.yaml, busi.yaml, predict.yaml)
+#   weights/                     ImageNet weights, when BUSI_FETCH_WEIGHTS=1
+# and ends with a smoke check (busi-job --version/--help, TensorFlow imports, the demo job
+# validates; Horovod and the weights file when asked for).
+set -euo pipefail
+
+say() { echo "install.sh: $*" >&2; }
+die() { say "ERROR: $*"; exit 1; }
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+src="$(cd "${1:-$here/..}" && pwd)"
+prefix="${BUSI_PREFIX:-/opt/busi}"
+base_python="${PYTHON:-python3}"
+tf_package="${TF_PACKAGE:-}"
+with_horovod="${BUSI_WITH_HOROVOD:-0}"
+fetch_weights="${BUSI_FETCH_WEIGHTS:-0}"
+weights_dir="${BUSI_WEIGHTS_DIR:-$prefix/weights}"
+
+[[ -f "$src/pyproject.toml" ]] || die "$src is not the busi source tree (no pyproject.toml)"
+[[ -f "$src/job/entrypoint.sh" ]] || die "$src/job/entrypoint.sh is missing"
+command -v "$base_python" >/dev/null 2>&1 || die "PYTHON=$base_python not found"
+
+# 1. the venv
+if [[ ! -x "$prefix/bin/python" ]]; then
+    say "creating the venv $prefix ($("$base_python" --version 2>&1))"
+    "$base_python" -m venv "$prefix"
+fi
+py="$prefix/bin/python"
+pip=("$py" -m pip --disable-pip-version-check)
+
+# 2. busi and its dependencies (a regular, non-editable install: the source can go away)
+if [[ -z "$tf_package" ]]; then
+    say "installing busi from $src (TensorFlow as pinned in pyproject.toml)"
+    "${pip[@]}" install "$src"
+else
+    # Swap TensorFlow: install busi without dependencies, then its declared dependencies minus
+    # tensorflow(-cpu), plus TF_PACKAGE. (Installing tensorflow-cpu and tensorflow side by side
+    # would leave one package directory written by two distributions.)
+    say "installing busi from $src with $tf_package instead of the pinned TensorFlow"
+    "${pip[@]}" install --no-deps "$src"
+    deps_text="$("$py" - <<'EOF'
+import re
+from importlib.metadata import requires
+
+for req in requires("busi") or []:
+    if "extra ==" in req:
+        continue
+    name = re.split(r"[\s\[<>=!~;]", req, maxsplit=1)[0].lower().replace("_", "-")
+    if name not in ("tensorflow", "tensorflow-cpu"):
+        print(req)
+EOF
+    )"
+    deps=()
+    [[ -z "$deps_text" ]] || mapfile -t deps <<<"$deps_text"
+    "${pip[@]}" install "$tf_package" "${deps[@]}"
+fi
+
+# 3. the entrypoint, the job files and the smoke test, at fixed places under the prefix
+install -d "$prefix/job" "$prefix/bin"
+install -m 0755 "$src/job/entrypoint.sh" "$prefix/job/entrypoint.sh"
+install -m 0644 "$src"/job/*.yaml "$prefix/job/"
+install -m 0755 "$src/containers/smoke-test.sh" "$prefix/bin/busi-smoke-test"
+
+# 4. Horovod (optional; minutes of C++ compiling)
+if [[ "$with_horovod" == 1 ]]; then
+    say "building Horovod into $prefix"
+    PYTHON="$py" bash "$src/scripts/build_horovod.sh"
+fi
+
+# 5. ImageNet weights (optional; needs internet)
+if [[ "$fetch_weights" == 1 ]]; then
+    say "fetching the ImageNet ResNet50 weights into $weights_dir"
+    "$prefix/bin/busi-job" fetch-weights --dir "$weights_dir"
+    chmod -R a+rX "$weights_dir"
+fi
+
+# 6. smoke check: what every later step relies on
+say "smoke check"
+"$prefix/bin/busi-job" --version
+"$prefix/bin/busi-job" --help >/dev/null
+"$py" -c 'import tensorflow as tf, keras; print(f"tensorflow {tf.__version__}, keras {keras.__version__}")'
+"$prefix/bin/busi-job" config "$prefix/job/demo.yaml" >/dev/null
+if [[ "$with_horovod" == 1 ]]; then
+    "$py" -c 'import horovod, horovod.tensorflow; print(f"horovod {horovod.__version__}")'
+fi
+if [[ "$fetch_weights" == 1 ]]; then
+    BUSI_WEIGHTS_DIR="$weights_dir" "$py" -c 'from busi.model import resolve_weights; print("imagenet weights:", resolve_weights("imagenet"))'
+fi
+say "busi installed in $prefix"

@@ -1,0 +1,269 @@
+"""Data-parallel training (busi.dist, busi.hvd): rank detection and logging without Horovod, then
+real two-rank Horovod runs (``horovodrun --gloo -np 2``) on synthetic data: the ranks end with
+the same weights, the run directory is written once, and a failing rank ends the job.
+
+The Horovod tests skip where ``import horovod.tensorflow`` fails; CI builds it (``make horovod``).
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from busi.dist import ALL_RANKS, Dist, configure_rank_logging, failure_injection, init_dist, launched_local_size, launched_size
+from busi.errors import ConfigError
+from conftest import REPO
+
+
+
+
+# ------------------------------------------------------------------ one process, no Horovod
+
+
+def test_launched_size_from_launcher_env() -> None:
+    assert launched_size({}) == 1
+    assert launched_size({"HOROVOD_SIZE": "4"}) == 4
+    assert launched_size({"OMPI_COMM_WORLD_SIZE": "8"}) == 8
+    assert launched_size({"PMI_SIZE": "2"}) == 2
+    assert launched_size({"HOROVOD_SIZE": ""}) == 1
+    assert launched_local_size({}) == 1
+    assert launched_local_size({"HOROVOD_LOCAL_SIZE": "2"}) == 2
+    assert launched_local_size({"OMPI_COMM_WORLD_LOCAL_SIZE": "4"}) == 4
+
+
+@pytest.mark.parametrize("mode", ["none", "auto"])
+def test_single_process_dist(mode: str) -> None:
+    d = init_dist(mode, env={})
+    assert type(d) is Dist
+    assert (d.rank, d.size, d.local_size, d.backend, d.is_primary) == (0, 1, 1, "none", True)
+    grads = [1.0, None, 3.0]
+    assert d.average_gradients(grads) is grads
+    assert d.sum_scalars([1, 2.5]) == [1.0, 2.5]
+    assert d.any_flag(True) and not d.any_flag(False)
+    assert d.describe() == {"backend": "none", "size": 1, "local_size": 1}
+    d.broadcast_model(None, None)
+    d.average_model_state(None)
+    d.shutdown()
+
+
+def test_none_refuses_a_multi_rank_launch() -> None:
+    # N independent copies would all write the same output.dir
+    with pytest.raises(ConfigError, match="launcher started 2 ranks"):
+        init_dist("none", env={"HOROVOD_SIZE": "2"})
+
+
+def test_unknown_mode_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="runtime.distributed"):
+        init_dist("mpi", env={})
+
+
+def test_failure_injection_hook() -> None:
+    assert failure_injection(0, {}) == {}
+    assert failure_injection(1, {"BUSI_FAIL_AT_STEP": "1:2"}) == {"fail_at_step": 2, "fail_by": "raise"}
+    assert failure_injection(0, {"BUSI_FAIL_AT_STEP": "1:2"}) == {}
+    assert failure_injection(1, {"BUSI_FAIL_AT_STEP": "1:3:kill"}) == {"fail_at_step": 3, "fail_by": "kill"}
+    for bad in ("1", "a:2", "1:0", "1:2:explode", "1:2:3:4"):
+        with pytest.raises(ConfigError, match="BUSI_FAIL_AT_STEP"):
+            failure_injection(1, {"BUSI_FAIL_AT_STEP": bad})
+    d = init_dist("none", env={"BUSI_FAIL_AT_STEP": "0:2"})
+    d.check_step(1)
+    with pytest.raises(RuntimeError, match="injected failure on rank 0 at step 2"):
+        d.check_step(2)
+    d.check_step(3)
+
+
+def _log_lines(dist: Dist, all_ranks: bool = False) -> list[str]:
+    stream: list[str] = []
+
+    class ListHandler(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            stream.append(self.format(record))
+
+    logger = logging.getLogger(f"busi-test-{id(stream)}")
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    logger.addHandler(ListHandler())
+    configure_rank_logging(dist, logger, all_ranks)
+    logger.info("epoch line")
+    logger.warning("a warning")
+    logger.info("sha %s", "abc", extra=ALL_RANKS)
+    return stream
+
+
+def test_rank_logging() -> None:
+    # one process: untouched
+    assert _log_lines(Dist()) == ["epoch line", "a warning", "sha abc"]
+    # the primary of two: everything, named
+    assert _log_lines(Dist(rank=0, size=2)) == ["rank 0: epoch line", "rank 0: a warning", "rank 0: sha abc"]
+    # another rank: warnings and all-rank records only
+    assert _log_lines(Dist(rank=1, size=2)) == ["rank 1: a warning", "rank 1: sha abc"]
+    # runtime.log_all_ranks: everything
+    assert _log_lines(Dist(rank=1, size=2), all_ranks=True) == ["rank 1: epoch line", "rank 1: a warning", "rank 1: sha abc"]
+
+
+def test_launched_without_horovod_says_how_to_build_it() -> None:
+    if importlib.util.find_spec("horovod") is not None:
+        pytest.skip("horovod is installed here; this checks the message where it is not")
+    with pytest.raises(ConfigError, match="make horovod"):
+        init_dist("auto", env={"HOROVOD_SIZE": "2"})
+
+
+# ------------------------------------------------------------------ two ranks under horovodrun
+
+NP = 2
+FAIL_BOUND_SECONDS = 120  # a failing rank must end the whole job within this
+
+
+@pytest.fixture(scope="module")
+def horovod() -> None:
+    """Skip unless Horovod imports with TensorFlow support (checked in a subprocess: it imports TF)."""
+    if importlib.util.find_spec("horovod") is None:
+        pytest.skip("horovod is not installed in this environment; build it with `make horovod`")
+    proc = subprocess.run([sys.executable, "-c", "import horovod.tensorflow"], capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0:
+        pytest.skip(f"horovod.tensorflow does not import ({proc.stderr.strip().splitlines()[-1:]}); "
+                    "rebuild it with `make horovod`")
+
+
+def horovodrun(out: Path, data: Path, *sets: str, env: dict[str, str] | None = None,
+               timeout: float) -> tuple[subprocess.CompletedProcess[str], float]:
+    """``horovodrun --gloo -np 2 -H localhost:2 python -m busi train <tiny job>``: (process, seconds).
+    The tiny job: 32 px synthetic images, no pretrained weights, BatchNorm trained (its moving
+    statistics must be kept equal across ranks), 1 head + 1 fine-tuning epoch of batch 4."""
+    job = {
+        "data": {"source": str(data), "image_size": 32},
+        "model": {"weights": "none", "batchnorm": "train"},
+        "train": {"batch_size": 4, "precision": "float32", "head": {"epochs": 1, "learning_rate": 1e-3},
+                  "finetune": {"epochs": 1, "learning_rate": 1e-3, "unfreeze": "conv5"}},
+        "output": {"dir": str(out)},
+        "runtime": {"seed": 0},
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    job_file = out.parent / "job.yaml"
+    job_file.write_text(yaml.safe_dump(job))
+    cmd = [sys.executable, "-m", "horovod.runner.launch", "--gloo", "-np", str(NP), "-H", f"localhost:{NP}",
+           sys.executable, "-m", "busi", "train", str(job_file)]
+    for s in sets:
+        cmd += ["--set", s]
+    full_env = {k: v for k, v in os.environ.items() if k != "BUSI_FAIL_AT_STEP"}
+    full_env.update({"TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})})
+    t0 = time.monotonic()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=full_env, cwd=REPO, timeout=timeout)
+    return proc, time.monotonic() - t0
+
+
+def rank_lines(output: str, rank: int) -> list[str]:
+    """The lines rank ``rank`` printed (horovodrun prefixes them with ``[rank]<stdout|stderr>:``)."""
+    prefix = re.compile(rf"^\[{rank}\]<(?:stdout|stderr)>:")
+    return [prefix.sub("", line) for line in output.splitlines() if prefix.match(line)]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from busi.data.synth import write_synthetic_dataset
+
+    return write_synthetic_dataset(tmp_path_factory.mktemp("hvd") / "data", per_class=8, size=32)
+
+
+@pytest.fixture(scope="module")
+def two_ranks(horovod: None, tmp_path_factory: pytest.TempPathFactory, data: Path) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("hvd-run") / "run"
+    proc, seconds = horovodrun(out, data, "runtime.log_all_ranks=true", timeout=900)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-4000:]
+    return {"out": out, "output": output, "seconds": seconds}
+
+
+@pytest.mark.slow
+def test_ranks_end_with_identical_weights(two_ranks: dict[str, Any]) -> None:
+    sums = {}
+    for rank in range(NP):
+        found = [m.group(1) for line in rank_lines(two_ranks["output"], rank)
+                 if (m := re.search(r"final weights sha256 ([0-9a-f]{64})", line))]
+        assert len(found) == 1, f"rank {rank} did not log its weights checksum once: {found}"
+        sums[rank] = found[0]
+    assert sums[0] == sums[1], f"the ranks drifted apart: {sums}"
+    manifest = json.loads((two_ranks["out"] / "manifest.json").read_text())
+    assert manifest["weights_sha256"] == sums[0]
+
+
+@pytest.mark.slow
+def test_ranks_log_identical_epoch_metrics(two_ranks: dict[str, Any]) -> None:
+    # "head epoch 1/2 loss ... val_accuracy ... lr ..." up to the timing fields (img/s, ETA)
+    pattern = re.compile(r"rank \d: ((?:head|finetune) epoch \d+/\d+ .* lr \S+) [\d.]+ img/s")
+    per_rank = [[m.group(1) for line in rank_lines(two_ranks["output"], r) if (m := pattern.search(line))]
+                for r in range(NP)]
+    assert len(per_rank[0]) == 2, two_ranks["output"][-3000:]
+    assert per_rank[0] == per_rank[1]
+    with (two_ranks["out"] / "history.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["phase"] for r in rows] == ["head", "finetune"]
+    # train.scale_lr (default true): each phase's rate times the number of ranks
+    assert [float(r["lr"]) for r in rows] == pytest.approx([1e-3 * NP, 1e-3 * NP])
+
+
+@pytest.mark.slow
+def test_primary_writes_the_run_directory_once(two_ranks: dict[str, Any]) -> None:
+    from busi.artifacts import RUN_FILES
+    from busi.runtime import detect_cores
+
+    out = two_ranks["out"]
+    missing = [rel for rel in RUN_FILES.values() if not (out / rel).exists()]
+    assert not missing
+    leftovers = [str(p) for p in out.rglob("*") if ".tmp" in p.name]
+    assert not leftovers, f"temp files left behind: {leftovers}"
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["status"] == "completed"
+    assert (m["distributed"]["backend"], m["distributed"]["size"], m["distributed"]["local_size"]) == ("horovod", NP, NP)
+    assert m["distributed"]["controller"] in ("gloo", "mpi")
+    # the node's cores are divided among its ranks: on 2 cores, 1 intra-op thread per rank
+    expected = detect_cores("auto", local_ranks=NP)
+    assert m["cores"]["local_ranks"] == NP
+    assert m["cores"]["intra_op_threads"] == expected.intra_op_threads
+
+
+def _assert_job_failed_fast(proc: subprocess.CompletedProcess[str], seconds: float, out: Path) -> str:
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0, output[-3000:]
+    assert seconds < FAIL_BOUND_SECONDS
+    return output
+
+
+@pytest.mark.slow
+def test_a_rank_that_raises_ends_the_job(horovod: None, tmp_path: Path, data: Path) -> None:
+    out = tmp_path / "run"
+    try:
+        proc, seconds = horovodrun(out, data, env={"BUSI_FAIL_AT_STEP": "1:2"}, timeout=FAIL_BOUND_SECONDS)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"a failing rank left the job hanging for more than {FAIL_BOUND_SECONDS} s")
+    output = _assert_job_failed_fast(proc, seconds, out)
+    assert "injected failure on rank 1 at step 2" in "\n".join(rank_lines(output, 1))
+    # rank 0, blocked in the step's allreduce, failed too and recorded it
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["status"] == "failed" and m["error"]
+    # ranks other than the primary log warnings only (runtime.log_all_ranks is off)
+    assert not [line for line in rank_lines(output, 1) if " INFO " in line]
+    assert [line for line in rank_lines(output, 0) if " INFO rank 0: phase head" in line]
+
+
+@pytest.mark.slow
+def test_a_rank_that_dies_ends_the_job(horovod: None, tmp_path: Path, data: Path) -> None:
+    """SIGKILL, as the OOM killer does it: no exception handler, no Horovod shutdown on that rank."""
+    out = tmp_path / "run"
+    try:
+        proc, seconds = horovodrun(out, data, env={"BUSI_FAIL_AT_STEP": "1:2:kill"}, timeout=FAIL_BOUND_SECONDS)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"a killed rank left the job hanging for more than {FAIL_BOUND_SECONDS} s")
+    _assert_job_failed_fast(proc, seconds, out)
