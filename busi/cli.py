@@ -86,6 +86,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fetch-weights", help="download ImageNet ResNet50 weights (needs internet) into a folder")
     p.add_argument("--dir", default=None, help="target folder (default: $BUSI_WEIGHTS_DIR or ~/.keras/models)")
 
+    p = sub.add_parser(
+        "bench", help="measure training and inference images/s per core count and precision; "
+        "estimate a job's walltime (--estimate JOB.yaml)",
+    )
+    p.add_argument("--cores", help="comma-separated core counts, one subprocess each (default 1,2,4,... up to "
+                   "the cores available)")
+    p.add_argument("--precision", help="comma-separated: float32, mixed_bfloat16, mixed_float16, auto (default "
+                   "float32,mixed_bfloat16 where the CPU has fast bf16; with --estimate the job's)")
+    p.add_argument("--image-size", type=int, help="model input side in px (default 224; with --estimate the job's)")
+    p.add_argument("--batch-size", type=int, help="training batch (default 16; with --estimate the job's)")
+    p.add_argument("--infer-batch-size", type=int, help="inference batch (default 32; with --estimate the job's)")
+    p.add_argument("--unfreeze", choices=["conv5", "conv4", "all"],
+                   help="backbone blocks trained in the timed step (default all; with --estimate the job's finetune)")
+    p.add_argument("--steps", type=int, default=5, help="timed batches per repeat (default 5)")
+    p.add_argument("--repeats", type=int, default=3, help="timed repeats; the median is reported (default 3)")
+    p.add_argument("--out", default="bench", help="folder for bench.csv and bench.png (default bench/)")
+    p.add_argument("--estimate", metavar="JOB.yaml", help="print the walltime this job needs per core count")
+    p.add_argument("--images", type=int, help="(--estimate) number of images when data.source is not here")
+    p.add_argument("--rates", metavar="bench.csv", help="(--estimate) use an earlier bench.csv instead of measuring")
+    _add_set(p)
+
     p = sub.add_parser("synth", help="write a synthetic BUSI-like dataset (same layout, with masks)")
     p.add_argument("out_dir", help="folder to create (must not exist or be empty)")
     p.add_argument("--per-class", type=int, default=40, help="images per class (default 40)")
@@ -248,6 +269,12 @@ def cmd_fetch_weights(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from busi.bench import run_bench
+
+    return run_bench(args)
+
+
 COMMANDS = {
     "config": cmd_config,
     "inspect": cmd_inspect,
@@ -257,6 +284,7 @@ COMMANDS = {
     "run": cmd_run,
     "fetch-weights": cmd_fetch_weights,
     "synth": cmd_synth,
+    "bench": cmd_bench,
 }
 
 

@@ -21,6 +21,7 @@ import horovod.tensorflow as hvd
 
 from busi.dist import Dist, failure_injection
 
+
 @dataclass(frozen=True)
 class HorovodDist(Dist):
     """A rank of a Horovod job: the reductions of ``Dist`` as Horovod collectives."""

@@ -97,6 +97,7 @@ class Trainer:
         self.optimizer: Any = None
         self.state = TrainState(total_epochs=cfg.train.head.epochs + cfg.train.finetune.epochs)
         self._last_checkpoint = time.monotonic()
+        self._checkpoint_cost = 0.0
 
     # ------------------------------------------------------------------ driver
 
@@ -135,7 +136,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ phases
 
-    def _start_phase(self, name: str, phase: PhaseConfig, optimizer_state: list[np.ndarray] | None) -> tuple[Any, Any]:
+    def _start_phase(
+        self, name: str, phase: PhaseConfig, optimizer_state: list[np.ndarray] | None, forward: Callable[..., Any]
+    ) -> tuple[Any, Any]:
         import keras
 
         set_trainable(self.built, phase.unfreeze, self.cfg.model.batchnorm)
@@ -152,15 +155,24 @@ class Trainer:
         trainable = int(sum(np.prod(v.shape) for v in self.built.model.trainable_variables))
         log.info("phase %s: %d epochs, lr %.1e, unfreeze %s, %d trainable parameters",
                  name, phase.epochs, phase.learning_rate, phase.unfreeze, trainable)
-        return self._make_train_step(optimizer), self._make_eval_step()
+        return self._make_train_step(optimizer, forward), self._make_eval_step(forward)
 
     def _run_phase(self, name: str, phase: PhaseConfig, optimizer_state: list[np.ndarray] | None) -> None:
         cfg, s = self.cfg, self.state
         if s.phase != name:  # entering a phase afresh
             s.phase, s.phase_best, s.since_best = name, None, 0
-        step_fn, evaluate = self._start_phase(name, phase, optimizer_state)
         phase_started = time.perf_counter()
         seconds_before = s.phase_seconds.get(name, 0.0)
+        model = self.built.model
+        forward: Callable[..., Any] = lambda x, training: model(x, training=training)  # noqa: E731
+        cache = None
+        if phase.unfreeze == "none" and cfg.train.feature_cache != "off":
+            from busi.features import FeatureCache
+
+            cache = FeatureCache(cfg, model, self.train, self.val)
+            cache.build()
+            forward = cache.head
+        step_fn, evaluate = self._start_phase(name, phase, optimizer_state, forward)
         bs = cfg.train.batch_size
         steps = self.train.steps(bs, self.dist.size)
         epoch_times = [h["seconds"] for h in s.history if h["phase"] == name]
@@ -175,10 +187,14 @@ class Trainer:
             self.optimizer.learning_rate = lr  # x ranks, after the warmup (busi.schedule)
             t0 = time.perf_counter() - s.epoch_seconds
             skip = s.step
-            ds = self.train.train_dataset(
-                bs, cfg.runtime.seed, epoch, cfg.data.augment, self.class_weights,
-                shard=(self.dist.rank, self.dist.size), skip_batches=skip,
-            )
+            if cache is not None:
+                ds = cache.train_dataset(bs, cfg.runtime.seed, epoch, self.class_weights,
+                                         shard=(self.dist.rank, self.dist.size), skip_batches=skip)
+            else:
+                ds = self.train.train_dataset(
+                    bs, cfg.runtime.seed, epoch, cfg.data.augment, self.class_weights,
+                    shard=(self.dist.rank, self.dist.size), skip_batches=skip,
+                )
             sums = list(s.epoch_sums) if skip else [0.0, 0.0, 0.0]
             bar = _progress(steps, self.dist.is_primary)
             for i, (x, y, w) in enumerate(ds, start=skip):
@@ -195,7 +211,7 @@ class Trainer:
             totals = self.dist.sum_scalars(sums)
             train_loss, train_acc = totals[0] / max(totals[2], 1), totals[1] / max(totals[2], 1)
             self.dist.average_model_state(self.built.model)  # BatchNorm statistics: one model on every rank
-            val_loss, val_acc = self._validate(evaluate)
+            val_loss, val_acc = self._validate(evaluate, cache)
             seconds = time.perf_counter() - t0
             record = EpochRecord(
                 phase=name, epoch=epoch, loss=round(train_loss, 6), accuracy=round(train_acc, 6),
@@ -236,7 +252,10 @@ class Trainer:
             later = [p for p in PHASES[PHASES.index(name) + 1 :] if getattr(cfg.train, p).epochs > 0]
             final = last and not later
             every = cfg.runtime.checkpoint_epochs
-            if every and epoch % every == 0 and not final:
+            # Skip an epoch checkpoint that would cost more than a fifth of the work it protects
+            # (cached-feature epochs take a fraction of a second; writing ResNet50 takes ~1 s).
+            cheap = time.monotonic() - self._last_checkpoint >= 5 * self._checkpoint_cost
+            if every and epoch % every == 0 and not final and cheap:
                 self._checkpoint()
             if not final:
                 # Time the next epoch will take: this phase's mean; a new phase first traces a
@@ -257,8 +276,9 @@ class Trainer:
         if self.checkpointer is not None:
             t = time.perf_counter()
             path = self.checkpointer.save(self.state, self.built.model, self.optimizer, self.best_weights)
+            self._checkpoint_cost = time.perf_counter() - t
             if path is not None:
-                log.info("checkpoint %s written in %.2f s (epoch %d, step %d)", path.name, time.perf_counter() - t,
+                log.info("checkpoint %s written in %.2f s (epoch %d, step %d)", path.name, self._checkpoint_cost,
                          self.state.epoch, self.state.step)
         self._last_checkpoint = time.monotonic()
 
@@ -285,13 +305,14 @@ class Trainer:
             self.state.phase_seconds[self.state.phase] = phase_seconds()
             self._checkpoint()
 
-    def _validate(self, evaluate: Callable[[Any, Any], Any]) -> tuple[float, float]:
+    def _validate(self, evaluate: Callable[[Any, Any], Any], cache: Any = None) -> tuple[float, float]:
         """Mean cross-entropy and accuracy on the validation split (each rank the whole split,
         so every rank takes the same early-stopping decision)."""
         if len(self.val.data) == 0:
             return math.nan, math.nan
         loss_sum = correct = n = 0.0
-        for x, y in self.val.eval_dataset(self.cfg.train.batch_size):
+        bs = self.cfg.train.batch_size
+        for x, y in (cache.eval_dataset(bs) if cache is not None else self.val.eval_dataset(bs)):
             loss, c = evaluate(x, y)
             loss_sum += float(loss)
             correct += float(c)
@@ -301,7 +322,7 @@ class Trainer:
 
     # -------------------------------------------------------------- tf functions
 
-    def _make_train_step(self, optimizer: Any) -> Callable[..., Any]:
+    def _make_train_step(self, optimizer: Any, forward: Callable[..., Any]) -> Callable[..., Any]:
         import keras
         import tensorflow as tf
 
@@ -312,7 +333,7 @@ class Trainer:
         def step(x: Any, y: Any, w: Any) -> tuple[Any, Any]:
             variables = model.trainable_variables
             with tf.GradientTape() as tape:
-                probs = model(x, training=True)
+                probs = forward(x, training=True)
                 per_sample = keras.losses.sparse_categorical_crossentropy(y, probs)
                 loss = tf.reduce_mean(per_sample * w)
                 scaled = optimizer.scale_loss(loss)
@@ -324,15 +345,13 @@ class Trainer:
 
         return step
 
-    def _make_eval_step(self) -> Callable[..., Any]:
+    def _make_eval_step(self, forward: Callable[..., Any]) -> Callable[..., Any]:
         import keras
         import tensorflow as tf
 
-        model = self.built.model
-
         @tf.function
         def evaluate(x: Any, y: Any) -> tuple[Any, Any]:
-            probs = model(x, training=False)
+            probs = forward(x, training=False)
             loss = tf.reduce_sum(keras.losses.sparse_categorical_crossentropy(y, probs))
             correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(probs, axis=-1, output_type=tf.int32), y), tf.float32))
             return loss, correct

@@ -106,7 +106,9 @@ esac
 
 # Gloo: horovodrun starts the ranks. Each rank runs through a small wrapper that records its
 # pid (signals go straight to the ranks: horovodrun would turn them into a kill) and its exit
-# status (horovodrun reports 1 for any failure; rank 0's 75 means resumable).
+# status (horovodrun reports 1 for any failure; rank 0's 75 means resumable). horovodrun
+# terminates every rank as soon as one exits non-zero: so the other ranks report a 75 as 0,
+# else the first of them to exit would kill rank 0 while it writes the checkpoint or exits.
 hosts=""
 mapfile -t nodes < <(scontrol show hostnames "$SLURM_JOB_NODELIST")
 mapfile -t slots < <(tr ',' '\n' <<<"${SLURM_TASKS_PER_NODE:-$ntasks}" |
@@ -126,7 +128,9 @@ trap 'rm -rf "$rankdir"' EXIT
 wrapper='d=$1; shift; mkdir -p "$d"; "$@" & pid=$!; echo "$pid" > "$d/rank-$HOROVOD_RANK.pid"
 trap "kill -TERM $pid 2>/dev/null" TERM   # horovodrun ending the ranks: pass it on to busi
 while :; do wait "$pid"; rc=$?; kill -0 "$pid" 2>/dev/null || break; done
-echo "$rc" > "$d/rank-$HOROVOD_RANK.rc"; exit "$rc"'
+echo "$rc" > "$d/rank-$HOROVOD_RANK.rc"
+if [ "$rc" = 75 ] && [ "$HOROVOD_RANK" != 0 ]; then exit 0; fi
+exit "$rc"'
 
 # shellcheck disable=SC2317,SC2016  # called through BUSI_FORWARD; $1/$2 expand in the remote shell
 forward_ranks() {

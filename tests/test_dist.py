@@ -234,7 +234,7 @@ def test_primary_writes_the_run_directory_once(two_ranks: dict[str, Any]) -> Non
     assert m["cores"]["intra_op_threads"] == expected.intra_op_threads
 
 
-def _assert_job_failed_fast(proc: subprocess.CompletedProcess[str], seconds: float, out: Path) -> str:
+def _assert_job_failed_fast(proc: subprocess.CompletedProcess[str], seconds: float) -> str:
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0, output[-3000:]
     assert seconds < FAIL_BOUND_SECONDS
@@ -248,7 +248,7 @@ def test_a_rank_that_raises_ends_the_job(horovod: None, tmp_path: Path, data: Pa
         proc, seconds = horovodrun(out, data, env={"BUSI_FAIL_AT_STEP": "1:2"}, timeout=FAIL_BOUND_SECONDS)
     except subprocess.TimeoutExpired:
         pytest.fail(f"a failing rank left the job hanging for more than {FAIL_BOUND_SECONDS} s")
-    output = _assert_job_failed_fast(proc, seconds, out)
+    output = _assert_job_failed_fast(proc, seconds)
     assert "injected failure on rank 1 at step 2" in "\n".join(rank_lines(output, 1))
     # rank 0, blocked in the step's allreduce, failed too and recorded it
     m = json.loads((out / "manifest.json").read_text())
@@ -266,4 +266,4 @@ def test_a_rank_that_dies_ends_the_job(horovod: None, tmp_path: Path, data: Path
         proc, seconds = horovodrun(out, data, env={"BUSI_FAIL_AT_STEP": "1:2:kill"}, timeout=FAIL_BOUND_SECONDS)
     except subprocess.TimeoutExpired:
         pytest.fail(f"a killed rank left the job hanging for more than {FAIL_BOUND_SECONDS} s")
-    _assert_job_failed_fast(proc, seconds, out)
+    _assert_job_failed_fast(proc, seconds)

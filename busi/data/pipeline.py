@@ -107,6 +107,22 @@ class Pipeline:
             ds = ds.skip(skip_batches)
         return ds.prefetch(tf.data.AUTOTUNE)
 
+    def variant_dataset(self, batch_size: int, seed: int, variant: int, augment: AugmentConfig | None) -> Any:
+        """All images in file order, augmented as variant ``variant`` (``augment`` None: as is):
+        (images float32, labels int32). Feeds the feature cache (``busi.features``)."""
+        import tensorflow as tf
+
+        aug_seed = _mix(seed + 2, variant)
+
+        def prepare(image: Any, label: Any, idx: Any) -> tuple[Any, Any]:
+            x = tf.cast(image, tf.float32)
+            if augment is not None:
+                x = augment_image(x, tf.stack([tf.constant(aug_seed, tf.int64), idx]), augment)
+            return x, label
+
+        ds = self.base.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
     def eval_dataset(self, batch_size: int) -> Any:
         """All images in file order, unaugmented: (images float32, labels int32)."""
         import tensorflow as tf
