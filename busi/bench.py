@@ -106,7 +106,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     size, bs, ibs = int(spec["image_size"]), int(spec["batch_size"]), int(spec["infer_batch_size"])
     precision, unfreeze, batchnorm = spec["precision"], spec["unfreeze"], spec["batchnorm"]
     steps, repeats = int(spec["steps"]), int(spec["repeats"])
-    model, train_step, forward = build_bench_model(size, precision, unfreeze, batchnorm)
+    _, train_step, forward = build_bench_model(size, precision, unfreeze, batchnorm)
     rng = np.random.default_rng(0)
     x = tf.constant(rng.uniform(0, 255, (bs, size, size, 3)).astype(np.float32))
     y = tf.constant(rng.integers(0, 3, bs).astype(np.int32))

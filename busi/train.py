@@ -136,9 +136,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ phases
 
-    def _start_phase(
-        self, name: str, phase: PhaseConfig, optimizer_state: list[np.ndarray] | None, forward: Callable[..., Any]
-    ) -> tuple[Any, Any]:
+    def _start_phase(self, name: str, phase: PhaseConfig, optimizer_state: list[np.ndarray] | None) -> None:
         import keras
 
         set_trainable(self.built, phase.unfreeze, self.cfg.model.batchnorm)
@@ -155,7 +153,6 @@ class Trainer:
         trainable = int(sum(np.prod(v.shape) for v in self.built.model.trainable_variables))
         log.info("phase %s: %d epochs, lr %.1e, unfreeze %s, %d trainable parameters",
                  name, phase.epochs, phase.learning_rate, phase.unfreeze, trainable)
-        return self._make_train_step(optimizer, forward), self._make_eval_step(forward)
 
     def _run_phase(self, name: str, phase: PhaseConfig, optimizer_state: list[np.ndarray] | None) -> None:
         cfg, s = self.cfg, self.state
@@ -163,6 +160,7 @@ class Trainer:
             s.phase, s.phase_best, s.since_best = name, None, 0
         phase_started = time.perf_counter()
         seconds_before = s.phase_seconds.get(name, 0.0)
+        self._start_phase(name, phase, optimizer_state)  # every rank now holds rank 0's weights
         model = self.built.model
         forward: Callable[..., Any] = lambda x, training: model(x, training=training)  # noqa: E731
         cache = None
@@ -172,7 +170,7 @@ class Trainer:
             cache = FeatureCache(cfg, model, self.train, self.val)
             cache.build()
             forward = cache.head
-        step_fn, evaluate = self._start_phase(name, phase, optimizer_state, forward)
+        step_fn, evaluate = self._make_train_step(self.optimizer, forward), self._make_eval_step(forward)
         bs = cfg.train.batch_size
         steps = self.train.steps(bs, self.dist.size)
         epoch_times = [h["seconds"] for h in s.history if h["phase"] == name]
