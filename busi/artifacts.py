@@ -55,7 +55,8 @@ RUN_FILES = {
 }
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
+    """fsync a folder so a rename inside it survives a crash (best effort)."""
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:
@@ -96,7 +97,7 @@ def atomic_write_with(path: str | Path, writer: Callable[[Path], Any], suffix: s
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return path
 
 
@@ -107,6 +108,10 @@ def atomic_write_dir(path: str | Path, writer: Callable[[Path], Any]) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         writer(tmp)
+        for f in tmp.rglob("*"):  # contents on disk before the rename publishes them
+            if f.is_file():
+                with open(f, "rb+") as fh:
+                    os.fsync(fh.fileno())
         old = None
         if path.exists():
             old = path.with_name(f".{path.name}.old")
@@ -118,7 +123,7 @@ def atomic_write_dir(path: str | Path, writer: Callable[[Path], Any]) -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return path
 
 

@@ -137,11 +137,6 @@ class Checkpointer:
                 "format": FORMAT, "config_hash": self.hash, "settings": self.settings,
                 "n_model": len(variables), "n_optimizer": len(opt_vars), "state": state.to_json(),
             }))
-            for f in tmp.iterdir():
-                with open(f, "rb+") as fh:
-                    import os
-
-                    os.fsync(fh.fileno())
 
         self.dir.mkdir(parents=True, exist_ok=True)
         atomic_write_dir(self.dir / name, write)

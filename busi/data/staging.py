@@ -55,6 +55,7 @@ try:  # POSIX only; on other systems staging still works, without the lock.
 except ImportError:  # pragma: no cover - not exercised on Linux
     fcntl = None  # type: ignore[assignment]
 
+from busi.artifacts import atomic_write_text, fsync_dir
 from busi.errors import DataError, UnsafeArchiveError
 
 # Longest first, so ".tar.gz" wins over a hypothetical ".gz" match.
@@ -335,46 +336,15 @@ def _read_marker(final: Path) -> dict | None:
     return marker
 
 
-def _fsync_dir(path: Path) -> None:
-    """fsync a directory so a rename inside it survives a crash (best effort)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _write_json_atomic(path: Path, data: dict) -> None:
     """Write JSON via temp file + fsync + rename, so readers see the old or new file whole."""
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
     try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, sort_keys=True)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
     except OSError as exc:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
         raise DataError(
             f"Cannot write staging marker {path}: {exc}. Check free space and permissions of "
             "the staging dir, or set `data.staging_dir` (or $TMPDIR) elsewhere."
         ) from exc
-    except BaseException:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        raise
-    _fsync_dir(path.parent)
 
 
 def _extract_and_publish(
@@ -446,7 +416,7 @@ def _publish(tmp: Path, final: Path, archive: Path) -> None:
     finally:
         if aside is not None:
             _remove_path(aside)
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
 
 
 # --------------------------------------------------------------------------- validation
