@@ -147,7 +147,8 @@ def rss_part(args: argparse.Namespace, sources: list[Path]) -> None:
     code = ("import sys; sys.path.insert(0, %r); import common; from pathlib import Path; "
             "from busi.runtime import detect_cores, start_tensorflow; start_tensorflow(detect_cores('auto'), 0); "
             "common.make_model_dir(Path(%r), %d)") % (str(Path(__file__).parent), str(tmp / "run"), args.rss_size)
-    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                   env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     print(f"\n# peak RSS of `busi-job predict --model RUN --input DIR --output CSV` ({args.rss_size} px model, "
           "batch 32, files are hard links to the BUSI-sized PNGs)")
     results = {}

@@ -433,7 +433,7 @@ def estimate_seconds(job: Any, counts: SplitCounts, train_rate: float, infer_rat
     parts: dict[str, float] = {}
     n_tr, n_val = counts.train, counts.val
     if t.head.epochs:
-        if t.head.unfreeze == "none" and t.feature_cache != "off":
+        if t.head.unfreeze == "none" and t.feature_cache != "none":
             variants = t.feature_cache_variants if t.feature_cache == "variants" else 1
             parts["head"] = (variants * n_tr + n_val) / infer_rate + t.head.epochs * HEAD_EPOCH_SECONDS
         else:

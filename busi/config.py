@@ -109,10 +109,10 @@ class TrainConfig:
     warmup_epochs: int = _opt(
         0, min=0, doc="head-phase epochs that ramp linearly from learning_rate to the scaled rate (0: none)"
     )
-    feature_cache: Literal["off", "once", "variants"] = _opt(
+    feature_cache: Literal["none", "once", "variants"] = _opt(
         "once",
         doc="head phase on a frozen backbone: compute backbone features once per image (once), once per "
-        "augmentation variant (variants), or every epoch (off)",
+        "augmentation variant (variants), or every epoch (none)",
     )
     feature_cache_variants: int = _opt(4, min=1, max=64, doc="augmented copies per image with feature_cache: variants")
 

@@ -164,7 +164,7 @@ class Trainer:
         model = self.built.model
         forward: Callable[..., Any] = lambda x, training: model(x, training=training)  # noqa: E731
         cache = None
-        if phase.unfreeze == "none" and cfg.train.feature_cache != "off":
+        if phase.unfreeze == "none" and cfg.train.feature_cache != "none":
             from busi.features import FeatureCache
 
             cache = FeatureCache(cfg, model, self.train, self.val)
@@ -292,6 +292,7 @@ class Trainer:
                 s.epoch_seconds = time.perf_counter() - t0
             s.phase_seconds[s.phase] = phase_seconds()
             self._checkpoint()
+            self.dist.any_flag(False)  # a barrier: no rank exits before rank 0's checkpoint is on disk
             raise Interrupted(
                 f"stopped on {reason or 'another rank'} at epoch {s.epoch + (1 if s.step else 0)}, step {s.step}; "
                 "checkpoint written: run the same command again to resume"

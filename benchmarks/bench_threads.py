@@ -1,0 +1,125 @@
+"""Issue #8 item 4: thread settings under fewer cores than the machine has.
+
+Every configuration runs in a fresh process under ``taskset -c 0`` (one core of the machine's
+two), as a Slurm job or container given one core runs:
+
+* ``busi auto``: ``runtime.cores: auto`` (``detect_cores`` sees the affinity mask: 1 core ->
+  1 intra-op / 1 inter-op thread, ``OMP_NUM_THREADS=1``), set before TensorFlow starts;
+* manual settings: intra-op 1, 2, 4 x inter-op 1, 2 (through the same call, as a user would
+  set ``tf.config.threading``);
+* TensorFlow's defaults: nothing set at all (no thread variables in the environment).
+
+Each measures busi's training step (batch 16, fine-tuning conv5, BatchNorm frozen) and the
+inference forward pass (batch 32) at 128 px: median images/s of ``--repeats`` runs after
+warm-up. Prints numbers; not a test.
+
+    .venv/bin/python benchmarks/bench_threads.py [--size 128] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+import common
+
+THREAD_VARS = ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
+
+
+def worker(args: argparse.Namespace) -> dict:
+    from busi.runtime import CoreDecision, detect_cores
+
+    if args.mode == "defaults":
+        import tensorflow as tf
+
+        info = "TF defaults"
+    else:
+        from busi.runtime import start_tensorflow
+
+        if args.mode == "auto":
+            decision = detect_cores("auto")
+        else:
+            intra, inter = (int(v) for v in args.mode.split("x"))
+            base = detect_cores("auto")
+            decision = CoreDecision(cores=intra, source="config", affinity=base.affinity, cgroup_quota=None,
+                                    slurm_cpus_per_task=None, intra_op_threads=intra, inter_op_threads=inter)
+        tf = start_tensorflow(decision, seed=0)
+        info = f"{decision.intra_op_threads}/{decision.inter_op_threads}"
+    import numpy as np
+
+    from busi.bench import build_bench_model, time_calls
+
+    size = args.size
+    _, train_step, forward = build_bench_model(size, "float32", args.unfreeze, "frozen")
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.uniform(0, 255, (16, size, size, 3)).astype(np.float32))
+    y = tf.constant(rng.integers(0, 3, 16).astype(np.int32))
+    w = tf.constant(np.ones(16, np.float32))
+    xi = tf.constant(rng.uniform(0, 255, (32, size, size, 3)).astype(np.float32))
+    _, train = time_calls(train_step, (x, y, w), 16, args.train_steps, args.repeats)
+    _, infer = time_calls(forward, (xi,), 32, args.infer_steps, args.repeats)
+    return {
+        "threads": info, "affinity": len(os.sched_getaffinity(0)),
+        "tf_intra": tf.config.threading.get_intra_op_parallelism_threads(),
+        "tf_inter": tf.config.threading.get_inter_op_parallelism_threads(),
+        "train": train, "infer": infer,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--unfreeze", default="conv5")
+    ap.add_argument("--train-steps", type=int, default=3)
+    ap.add_argument("--infer-steps", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--cpu", default="0", help="taskset CPU list (default: core 0)")
+    ap.add_argument("--quick", action="store_true", help="auto, 1x1, 2x2, 4x2 and defaults only")
+    ap.add_argument("--no-wait", action="store_true")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--mode", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args)))
+        return
+    common.print_command()
+    modes = ["auto", "1x1", "1x2", "2x1", "2x2", "4x1", "4x2", "defaults"]
+    if args.quick:
+        modes = ["auto", "1x1", "2x2", "4x2", "defaults"]
+    print(f"# taskset -c {args.cpu}: {args.size} px, float32, train batch 16 (unfreeze {args.unfreeze}), "
+          f"inference batch 32; median of {args.repeats} repeats ({args.train_steps} / {args.infer_steps} batches)")
+    common.wait_for_quiet(skip=args.no_wait)
+    env = {k: v for k, v in os.environ.items() if k not in THREAD_VARS}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    print(f"{'setting':<22} {'TF intra/inter':>14} {'train img/s':>12} {'infer img/s':>12}  runs (train; infer)")
+    rows = {}
+    for mode in modes:
+        cmd = ["taskset", "-c", args.cpu, sys.executable, __file__, "--worker", "--mode", mode,
+               "--size", str(args.size), "--unfreeze", args.unfreeze, "--train-steps", str(args.train_steps),
+               "--infer-steps", str(args.infer_steps), "--repeats", str(args.repeats)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if proc.returncode != 0:
+            sys.exit(proc.stderr[-3000:])
+        r = json.loads(proc.stdout.strip().splitlines()[-1])
+        label = {"auto": "busi auto (cores: auto)", "defaults": "TensorFlow defaults"}.get(
+            mode, f"manual intra {mode.split('x')[0]} inter {mode.split('x')[1]}")
+        tr, inf = statistics.median(r["train"]), statistics.median(r["infer"])
+        rows[mode] = (tr, inf)
+        print(f"{label:<22} {str(r['tf_intra']) + '/' + str(r['tf_inter']):>14} {tr:>12.2f} {inf:>12.2f}  "
+              f"{[round(v, 2) for v in r['train']]}; {[round(v, 2) for v in r['infer']]}", flush=True)
+    manual = {m: v for m, v in rows.items() if "x" in m}
+    best_t = max(manual.items(), key=lambda kv: kv[1][0])
+    best_i = max(manual.items(), key=lambda kv: kv[1][1])
+    a, d = rows["auto"], rows["defaults"]
+    print(f"# busi auto vs best manual: training {a[0] / best_t[1][0]:.3f} ({best_t[0]}), "
+          f"inference {a[1] / best_i[1][1]:.3f} ({best_i[0]})")
+    print(f"# TensorFlow defaults vs busi auto: training {d[0] / a[0]:.3f}, inference {d[1] / a[1]:.3f}")
+    print(f"# load average at end: {common.load1():.2f}")
+
+
+if __name__ == "__main__":
+    main()
