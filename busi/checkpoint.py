@@ -195,17 +195,18 @@ class Checkpointer:
         return Checkpoint(TrainState.from_json(meta["state"]), variables, optimizer, best, path)
 
 
-def restore_variables(model: Any, values: list[np.ndarray]) -> None:
-    variables = model.variables
+def _assign(variables: list[Any], values: list[np.ndarray], what: str) -> None:
     if len(variables) != len(values):
-        raise ConfigError(f"checkpoint has {len(values)} model variables, the model {len(variables)}; use --restart")
+        raise ConfigError(f"checkpoint has {len(values)} {what} variables, the {what} {len(variables)}; use --restart")
     for v, a in zip(variables, values):
         v.assign(a)
+
+
+def restore_variables(model: Any, values: list[np.ndarray]) -> None:
+    """Model variables: weights, BatchNorm statistics, dropout RNG state."""
+    _assign(model.variables, values, "model")
 
 
 def restore_optimizer(optimizer: Any, values: list[np.ndarray]) -> None:
-    variables = optimizer.variables
-    if len(variables) != len(values):
-        raise ConfigError(f"checkpoint has {len(values)} optimizer variables, the optimizer {len(variables)}; use --restart")
-    for v, a in zip(variables, values):
-        v.assign(a)
+    """Optimizer variables: iteration count, learning rate, moments."""
+    _assign(optimizer.variables, values, "optimizer")
