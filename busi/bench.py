@@ -143,6 +143,7 @@ def build_bench_model(size: int, precision: str, unfreeze: str = "all", batchnor
 
     from busi.config import load_config
     from busi.model import build_model, set_trainable
+    from busi.train import make_optimizer, make_train_step
 
     keras.mixed_precision.set_global_policy(precision)
     cfg = load_config(None, base={
@@ -154,24 +155,8 @@ def build_bench_model(size: int, precision: str, unfreeze: str = "all", batchnor
     built = build_model(cfg, 3)
     model = built.model
     set_trainable(built, unfreeze, batchnorm)
-    optimizer: Any = keras.optimizers.Adam(learning_rate=learning_rate)
-    if precision == "mixed_float16":
-        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-    optimizer.build(model.trainable_variables)
-
-    # The step of busi.train.Trainer._make_train_step (single process: no gradient averaging).
-    @tf.function
-    def train_step(x: Any, y: Any, w: Any) -> tuple[Any, Any]:
-        variables = model.trainable_variables
-        with tf.GradientTape() as tape:
-            probs = model(x, training=True)
-            per_sample = keras.losses.sparse_categorical_crossentropy(y, probs)
-            loss = tf.reduce_mean(per_sample * w)
-            scaled = optimizer.scale_loss(loss)
-        grads = tape.gradient(scaled, variables)
-        optimizer.apply(grads, variables)
-        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(probs, axis=-1, output_type=tf.int32), y), tf.float32))
-        return loss, correct
+    optimizer = make_optimizer(learning_rate, model.trainable_variables)
+    train_step = make_train_step(model, optimizer, lambda x, training: model(x, training=training))
 
     @tf.function
     def forward(x: Any) -> Any:

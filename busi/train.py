@@ -16,7 +16,7 @@ import math
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -137,14 +137,8 @@ class Trainer:
     # ------------------------------------------------------------------ phases
 
     def _start_phase(self, name: str, phase: PhaseConfig, optimizer_state: list[np.ndarray] | None) -> None:
-        import keras
-
         set_trainable(self.built, phase.unfreeze, self.cfg.model.batchnorm)
-        optimizer: Any = keras.optimizers.Adam(learning_rate=phase.learning_rate)
-        if keras.mixed_precision.global_policy().name == "mixed_float16":
-            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-        # Build optimizer slots outside tf.function (Keras 3 needs this before tracing).
-        optimizer.build(self.built.model.trainable_variables)
+        optimizer = make_optimizer(phase.learning_rate, self.built.model.trainable_variables)
         if optimizer_state is not None:
             restore_optimizer(optimizer, optimizer_state)
         self.dist.broadcast_model(self.built.model, optimizer)
@@ -170,7 +164,7 @@ class Trainer:
             cache = FeatureCache(cfg, model, self.train, self.val)
             cache.build()
             forward = cache.head
-        step_fn, evaluate = self._make_train_step(self.optimizer, forward), self._make_eval_step(forward)
+        step_fn, evaluate = make_train_step(model, self.optimizer, forward, self.dist.average_gradients), self._make_eval_step(forward)
         bs = cfg.train.batch_size
         steps = self.train.steps(bs, self.dist.size)
         epoch_times = [h["seconds"] for h in s.history if h["phase"] == name]
@@ -321,29 +315,6 @@ class Trainer:
 
     # -------------------------------------------------------------- tf functions
 
-    def _make_train_step(self, optimizer: Any, forward: Callable[..., Any]) -> Callable[..., Any]:
-        import keras
-        import tensorflow as tf
-
-        model = self.built.model
-        dist = self.dist
-
-        @tf.function
-        def step(x: Any, y: Any, w: Any) -> tuple[Any, Any]:
-            variables = model.trainable_variables
-            with tf.GradientTape() as tape:
-                probs = forward(x, training=True)
-                per_sample = keras.losses.sparse_categorical_crossentropy(y, probs)
-                loss = tf.reduce_mean(per_sample * w)
-                scaled = optimizer.scale_loss(loss)
-            grads = tape.gradient(scaled, variables)
-            grads = dist.average_gradients(grads)
-            optimizer.apply(grads, variables)
-            correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(probs, axis=-1, output_type=tf.int32), y), tf.float32))
-            return loss, correct
-
-        return step
-
     def _make_eval_step(self, forward: Callable[..., Any]) -> Callable[..., Any]:
         import keras
         import tensorflow as tf
@@ -356,6 +327,45 @@ class Trainer:
             return loss, correct
 
         return evaluate
+
+
+def make_optimizer(learning_rate: float, variables: list[Any]) -> Any:
+    """Adam at ``learning_rate`` (wrapped for loss scaling under ``mixed_float16``), its slots
+    built for ``variables`` outside any ``tf.function`` (Keras 3 needs that before tracing)."""
+    import keras
+
+    optimizer: Any = keras.optimizers.Adam(learning_rate=learning_rate)
+    if keras.mixed_precision.global_policy().name == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    optimizer.build(variables)
+    return optimizer
+
+
+def make_train_step(model: Any, optimizer: Any, forward: Callable[..., Any],
+                    average_gradients: Callable[[Sequence[Any]], Sequence[Any]] | None = None) -> Callable[..., Any]:
+    """busi's training step, a ``tf.function`` ``step(x, y, w) -> (mean weighted loss, correct)``:
+    ``forward(x, training=True)`` under a gradient tape, sample-weighted sparse cross-entropy,
+    loss scaling where the optimizer does it, ``average_gradients`` across ranks (Horovod) when
+    given, then one optimizer update of ``model.trainable_variables``."""
+    import keras
+    import tensorflow as tf
+
+    @tf.function
+    def step(x: Any, y: Any, w: Any) -> tuple[Any, Any]:
+        variables = model.trainable_variables
+        with tf.GradientTape() as tape:
+            probs = forward(x, training=True)
+            per_sample = keras.losses.sparse_categorical_crossentropy(y, probs)
+            loss = tf.reduce_mean(per_sample * w)
+            scaled = optimizer.scale_loss(loss)
+        grads = tape.gradient(scaled, variables)
+        if average_gradients is not None:
+            grads = average_gradients(grads)
+        optimizer.apply(grads, variables)
+        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(probs, axis=-1, output_type=tf.int32), y), tf.float32))
+        return loss, correct
+
+    return step
 
 
 def predict_probs(model: Any, pipeline: Pipeline, batch_size: int) -> np.ndarray:
