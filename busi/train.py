@@ -164,7 +164,8 @@ class Trainer:
             cache = FeatureCache(cfg, model, self.train, self.val)
             cache.build()
             forward = cache.head
-        step_fn, evaluate = make_train_step(model, self.optimizer, forward, self.dist.average_gradients), self._make_eval_step(forward)
+        step_fn = make_train_step(model, self.optimizer, forward, self.dist.average_gradients)
+        evaluate = self._make_eval_step(forward)
         bs = cfg.train.batch_size
         steps = self.train.steps(bs, self.dist.size)
         epoch_times = [h["seconds"] for h in s.history if h["phase"] == name]
