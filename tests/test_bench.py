@@ -101,22 +101,3 @@ def test_bad_cores_exit_2_and_no_tensorflow() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert out.stdout.strip() == "False", out.stderr
 
-
-def test_predict_decode_threads_run_at_low_priority() -> None:
-    """busi-job predict's decode threads yield the cores to TensorFlow (benchmarks/bench_predict.py)."""
-    import os
-    import threading
-
-    from busi.predict import _decode_thread_priority
-
-    seen: list[int] = []
-
-    def run() -> None:
-        _decode_thread_priority()
-        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
-
-    t = threading.Thread(target=run)
-    t.start()
-    t.join()
-    assert seen == [19]
-    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) < 19  # this thread is untouched

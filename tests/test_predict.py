@@ -16,6 +16,7 @@ import sys
 import time
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -220,6 +221,34 @@ def test_predict_job_file_through_run(messy: dict, model_dir: Path, tmp_path: Pa
     proc = run_cli("run", str(job))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert len(_rows(out)) == 5  # palette, cmyk, gray, bmp, and notes.png with its error
+
+
+def test_decode_threads_run_at_low_cpu_priority(messy: dict, model_dir: Path, tmp_path: Path,  # type: ignore[type-arg]
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """predict_files decodes in threads at the lowest CPU priority, so they yield the cores to
+    TensorFlow (benchmarks/bench_predict.py); the calling thread keeps its own priority."""
+    import threading
+
+    import busi.predict as bp
+
+    niceness: list[int] = []
+    real_decode = bp._decode
+
+    def spy(f: Any, size: int, resize: str) -> Any:
+        niceness.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        return real_decode(f, size, resize)
+
+    monkeypatch.setattr(bp, "_decode", spy)
+    predictor = bp.load_predictor(model_dir)
+    files = expand_inputs([str(messy["root"])])
+    sink = bp.CsvSink(tmp_path / "p.csv", bp.prediction_columns(predictor.classes), resume=False)
+    try:
+        summary = bp.predict_files(predictor, files, sink, batch_size=4, workers=2)
+    finally:
+        sink.close()
+    assert summary.rows == len(files) == len(niceness)
+    assert set(niceness) == {19}
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) < 19
 
 
 def test_shard_selection_from_environment() -> None:
