@@ -44,6 +44,12 @@ UNFREEZE = ("none", "conv5", "conv4", "all")
 FIXED_SECONDS = 120.0  # imports, data scan, model build, evaluation plots, saving model.keras + SavedModel
 CHECKPOINT_SECONDS = 5.0  # one ResNet50 checkpoint with Adam state (measured ~1-3 s at 224 px)
 HEAD_EPOCH_SECONDS = 1.0  # a head epoch on cached features (a dense layer on 2048-d vectors)
+# Fine-tuning on the feature cache (busi.features): the share of a full-model training step and
+# of an inference pass that the cached, frozen stages take. conv5: measured at 224 px on 2 cores
+# (conv1-conv4 alone 13.6 img/s against 12.0 for the whole model; a cached conv5 epoch 38 s
+# against 88.5 s uncached, README "Performance"). conv4: from ResNet50's per-stage FLOPs
+# (conv1-conv3 ~45% of a forward pass), not measured.
+PREFIX_SHARE = {"conv5": (0.53, 0.88), "conv4": (0.21, 0.45)}
 MARGIN_FACTOR = 1.3
 MARGIN_SECONDS = 600.0
 
@@ -427,11 +433,31 @@ def estimate_seconds(job: Any, counts: SplitCounts, train_rate: float, infer_rat
     if t.finetune.epochs:
         if t.finetune.unfreeze == "none":
             parts["finetune"] = t.finetune.epochs * ((n_tr + n_val) / infer_rate + CHECKPOINT_SECONDS)
+        elif _prefix_cached(job, counts):
+            share_train, share_infer = PREFIX_SHARE[t.finetune.unfreeze]
+            variants = t.feature_cache_variants if t.feature_cache == "variants" else 1
+            cache_pass = (variants * n_tr + n_val) * share_infer / infer_rate
+            epoch = n_tr * (1 - share_train) / train_rate + n_val * (1 - share_infer) / infer_rate
+            parts["finetune"] = cache_pass + t.finetune.epochs * (epoch + CHECKPOINT_SECONDS)
         else:
             parts["finetune"] = t.finetune.epochs * (n_tr / train_rate + n_val / infer_rate + CHECKPOINT_SECONDS)
     parts["evaluate"] = counts.test / infer_rate
     parts["fixed"] = FIXED_SECONDS + trace_seconds
     return sum(parts.values()), parts
+
+
+def _prefix_cached(job: Any, counts: SplitCounts) -> bool:
+    """Whether fine-tuning runs on the feature cache: configured, a frozen prefix, and the cache
+    within ``train.feature_cache_max_gb`` (busi.features decides the same at run time)."""
+    t = job.train
+    if t.feature_cache == "none" or t.finetune.unfreeze not in PREFIX_SHARE:
+        return False
+    stride, channels = (16, 1024) if t.finetune.unfreeze == "conv5" else (8, 512)
+    side = math.ceil(job.data.image_size / stride)
+    itemsize = 2 if t.precision.startswith("mixed") else 4  # auto: assume float32, the larger
+    variants = t.feature_cache_variants if t.feature_cache == "variants" else 1
+    nbytes = side * side * channels * itemsize * (variants * counts.train + counts.val)
+    return nbytes <= t.feature_cache_max_gb * 2**30
 
 
 def with_margin(seconds: float) -> float:
@@ -484,7 +510,8 @@ def format_estimate(job_path: str, job: Any, counts: SplitCounts, estimates: Seq
         f"estimate for {job_path}: {counts.train} train / {counts.val} val / {counts.test} test images "
         f"({counts.source}), {job.data.image_size} px, batch {t.batch_size}, "
         f"head {t.head.epochs} epochs (feature cache {t.feature_cache}), "
-        f"finetune {t.finetune.epochs} epochs (unfreeze {t.finetune.unfreeze})",
+        f"finetune {t.finetune.epochs} epochs (unfreeze {t.finetune.unfreeze}, "
+        f"{'feature cache ' + t.feature_cache if _prefix_cached(job, counts) else 'uncached'})",
         "every epoch counted (early stopping only shortens a run); request = compute x "
         f"{MARGIN_FACTOR:g} + {MARGIN_SECONDS / 60:.0f} min",
     ]

@@ -111,10 +111,14 @@ class TrainConfig:
     )
     feature_cache: Literal["none", "once", "variants"] = _opt(
         "once",
-        doc="head phase on a frozen backbone: compute backbone features once per image (once), once per "
-        "augmentation variant (variants), or every epoch (none)",
+        doc="frozen layers (the whole backbone in the head phase, conv1-conv4 when fine-tuning conv5): "
+        "compute their output once per image (once, unaugmented), once per augmentation variant (variants), "
+        "or every epoch (none)",
     )
     feature_cache_variants: int = _opt(4, min=1, max=64, doc="augmented copies per image with feature_cache: variants")
+    feature_cache_max_gb: float = _opt(
+        4.0, min=0.0, doc="memory limit of a phase's feature cache per process; a phase over it runs uncached"
+    )
 
 
 @dataclass(frozen=True)

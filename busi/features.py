@@ -1,93 +1,174 @@
-"""Feature caching for the frozen-backbone phase.
+"""Feature caching: the frozen part of the network runs once per image, not once per epoch.
 
-While the backbone is frozen (and its BatchNorm in inference mode) its output for an image
-never changes, so recomputing it every epoch is pure waste: ResNet50's forward pass is
-~99.9% of a head-phase step. ``FeatureCache`` computes the pooled backbone features once per
-image (``train.feature_cache: once``), or once per augmentation variant (``variants``: epoch
-e trains on variant (e - 1) mod K), and the head trains on those 2048-d vectors. The head
-(dropout + dense softmax) is the model's own layers, so the result is the same model.
+A layer that is frozen (and whose BatchNorm runs in inference mode, as every frozen Keras 3
+BatchNorm does) gives the same output for an image in every epoch, so recomputing it is pure
+waste. ``FeatureCache`` runs the frozen part once per image (``train.feature_cache: once``), or
+once per augmentation variant (``variants``: epoch e trains on variant (e - 1) mod K), keeps
+its outputs in memory, and the phase trains the rest of the network on them:
+
+* head phase (``unfreeze: none``): the whole backbone and its pooling are frozen; the cache
+  holds the pooled 2048-d vectors and the head (dropout + dense softmax) trains on them.
+  ResNet50's forward pass is ~99.9% of a head step.
+* fine-tuning a top part (``unfreeze: conv5`` or ``conv4``): the stages before it are frozen;
+  the cache holds the output of the last frozen stage (``conv4_block6_out``, 14x14x1024 at
+  224 px, for conv5) and conv5 + pooling + head train on it. conv1-conv4 are ~80% of
+  ResNet50's forward FLOPs.
+* ``unfreeze: all``: nothing is frozen, nothing is cached.
+
+Both halves are the model's own layers (the same variables), so training on the cache is
+training the same model; ``tests/test_features.py`` checks that the two paths compute the
+same probabilities and the same training step. ``once`` trains on unaugmented images; use
+``variants`` (or ``none``) to keep augmentation. The cache lives in memory: a phase whose
+cache would exceed ``train.feature_cache_max_gb`` runs uncached, with a warning.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
 from busi.config import JobConfig
 from busi.data.pipeline import Pipeline, _mix
+from busi.model import BuiltModel
 
 log = logging.getLogger("busi")
 
+# The last frozen backbone layer, by ``unfreeze`` setting: the cache holds its output.
+PREFIX_END = {"conv5": "conv4_block6_out", "conv4": "conv3_block4_out"}
+
+
+def cacheable(cfg: JobConfig, unfreeze: str) -> bool:
+    """Whether a phase with this ``unfreeze`` setting has a frozen part worth caching."""
+    return cfg.train.feature_cache != "none" and (unfreeze == "none" or unfreeze in PREFIX_END)
+
 
 class FeatureCache:
-    """Pooled backbone features of the train (per variant) and validation splits."""
+    """Outputs of the frozen part of the network for the train (per variant) and validation
+    splits, and ``head``: the trainable rest of the network applied to them."""
 
-    def __init__(self, cfg: JobConfig, model: Any, train: Pipeline, val: Pipeline) -> None:
+    def __init__(self, cfg: JobConfig, built: BuiltModel, unfreeze: str, train: Pipeline, val: Pipeline) -> None:
         import keras
         import tensorflow as tf
 
+        if not cacheable(cfg, unfreeze):
+            raise ValueError(f"no feature cache for unfreeze {unfreeze!r} with feature_cache {cfg.train.feature_cache!r}")
         self.cfg = cfg
-        self.model = model
         self.train = train
         self.val = val
         self.variants = cfg.train.feature_cache_variants if cfg.train.feature_cache == "variants" else 1
-        pooled = keras.Model(model.input, model.get_layer("pool").output, name="features")
-        self.extract = tf.function(lambda x: pooled(x, training=False))
-        self.dropout = model.get_layer("dropout")
-        self.dense = model.get_layer("probs")
+        model = built.model
+        dropout, dense = model.get_layer("dropout"), model.get_layer("probs")
+        if unfreeze == "none":
+            self.layer = "pool"
+            frozen = keras.Model(model.input, model.get_layer("pool").output, name="frozen_part")
+            boundary = frozen.output
+            self.extract = tf.function(lambda x: frozen(x, training=False))
+            self.head: Callable[..., Any] = lambda f, training: dense(dropout(f, training=training))
+        else:
+            backbone = built.backbone
+            self.layer = PREFIX_END[unfreeze]
+            boundary = backbone.get_layer(self.layer).output
+            prefix = keras.Model(backbone.input, boundary, name="frozen_part")
+            suffix = keras.Model(boundary, backbone.output, name="trainable_part")
+            preprocess, pool = model.get_layer("preprocess"), model.get_layer("pool")
+            # As in busi.model: with batchnorm frozen the backbone always runs in inference mode.
+            bn_training = cfg.model.batchnorm == "train"
+            self.extract = tf.function(lambda x: prefix(preprocess(x), training=False))
+            self.head = lambda f, training: dense(
+                dropout(pool(suffix(f, training=training and bn_training)), training=training)
+            )
+        self.unfreeze = unfreeze
+        self.feature_shape = tuple(int(d) for d in boundary.shape[1:])
+        # Pooled vectors are kept in float32; a backbone stage's output in the dtype it was
+        # computed in (bfloat16 under mixed_bfloat16), so the cached values are the exact ones.
+        compute = keras.mixed_precision.global_policy().compute_dtype
+        self.itemsize = 4 if unfreeze == "none" or compute == "float32" else 2
         self.train_features: list[np.ndarray] = []
         self.val_features: np.ndarray | None = None
         self.seconds = 0.0
 
-    def _features(self, ds: Any) -> np.ndarray:
-        out = [self.extract(x).numpy() for x, _ in ds]
-        return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 0), np.float32)
+    def nbytes(self) -> int:
+        """Memory the cache will hold: every train image per variant, and the validation split."""
+        per_image = int(np.prod(self.feature_shape)) * self.itemsize
+        return per_image * (len(self.train.data) * self.variants + len(self.val.data))
 
-    def build(self) -> None:
-        """Run the backbone over every training image (per variant) and the validation split."""
+    def _features(self, ds: Any, between: Callable[[], None] | None) -> np.ndarray:
+        out = []
+        for x, _ in ds:
+            f = self.extract(x).numpy()
+            out.append(f.astype(np.float32) if self.unfreeze == "none" else f)
+            if between is not None:
+                between()
+        if not out:
+            return np.zeros((0, *self.feature_shape), np.float32)
+        return np.concatenate(out)
+
+    def build(self, between: Callable[[], None] | None = None) -> None:
+        """Run the frozen part over every training image (per variant) and the validation
+        split. ``between`` runs after every batch (the trainer's stop check)."""
         t = time.perf_counter()
         bs, seed = self.cfg.train.batch_size, self.cfg.runtime.seed
         augment = self.cfg.data.augment if self.variants > 1 else None
         self.train_features = [
-            self._features(self.train.variant_dataset(bs, seed, v, augment)) for v in range(self.variants)
+            self._features(self.train.variant_dataset(bs, seed, v, augment), between) for v in range(self.variants)
         ]
         if len(self.val.data):
-            self.val_features = self._features(self.val.variant_dataset(bs, seed, 0, None))
+            self.val_features = self._features(self.val.variant_dataset(bs, seed, 0, None), between)
         self.seconds = time.perf_counter() - t
-        log.info("feature cache: %d train image(s) x %d variant(s), %d val, in %.1f s",
-                 len(self.train.data), self.variants, len(self.val.data), self.seconds)
+        log.info("feature cache (%s output, %s): %d train image(s) x %d variant(s), %d val, %.0f MiB, in %.1f s",
+                 self.layer, "x".join(map(str, self.feature_shape)), len(self.train.data), self.variants,
+                 len(self.val.data), sum(f.nbytes for f in self.train_features) / 2**20
+                 + (0 if self.val_features is None else self.val_features.nbytes / 2**20), self.seconds)
 
     def train_dataset(
         self, batch_size: int, seed: int, epoch: int, class_weights: np.ndarray,
         shard: tuple[int, int] = (0, 1), skip_batches: int = 0,
-    ) -> Any:
-        """Like ``Pipeline.train_dataset`` (same shuffle and sharding), over cached features."""
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Like ``Pipeline.train_dataset`` (the same shuffle and sharding), over cached features:
+        (features, labels int32, sample weights float32) batches as numpy arrays (the features
+        are gathered from the in-memory arrays, never copied into the TensorFlow graph)."""
         import tensorflow as tf
 
         feats = self.train_features[(epoch - 1) % self.variants]
         labels = np.asarray(self.train.data.labels, np.int32)
         n = len(labels)
-        ds = tf.data.Dataset.from_tensor_slices((feats, labels))
-        ds = ds.shuffle(n, seed=_mix(seed, epoch), reshuffle_each_iteration=False)
+        ds = tf.data.Dataset.range(n).shuffle(n, seed=_mix(seed, epoch), reshuffle_each_iteration=False)
         rank, size = shard
         if size > 1:
             ds = ds.take((n // size) * size).shard(size, rank)
-        weights = tf.constant(class_weights, tf.float32)
-        ds = ds.map(lambda f, y: (f, y, tf.gather(weights, y))).batch(batch_size)
+        ds = ds.batch(batch_size)
         if skip_batches:
             ds = ds.skip(skip_batches)
-        return ds.prefetch(tf.data.AUTOTUNE)
+        weights = np.asarray(class_weights, np.float32)
+        for idx in ds.as_numpy_iterator():
+            y = labels[idx]
+            yield feats[idx], y, weights[y]
 
-    def eval_dataset(self, batch_size: int) -> Any:
-        import tensorflow as tf
-
+    def eval_dataset(self, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         assert self.val_features is not None
         labels = np.asarray(self.val.data.labels, np.int32)
-        return tf.data.Dataset.from_tensor_slices((self.val_features, labels)).batch(batch_size)
+        for i in range(0, len(labels), batch_size):
+            yield self.val_features[i : i + batch_size], labels[i : i + batch_size]
 
-    def head(self, features: Any, training: bool) -> Any:
-        """The model's own head on pooled features: dropout, then the float32 softmax layer."""
-        return self.dense(self.dropout(features, training=training))
+
+def feature_cache_for(cfg: JobConfig, built: BuiltModel, unfreeze: str, train: Pipeline,
+                      val: Pipeline) -> FeatureCache | None:
+    """The cache a phase trains on, or None: none configured, nothing frozen, or more memory
+    than ``train.feature_cache_max_gb`` (then the phase runs uncached, with a warning)."""
+    if not cacheable(cfg, unfreeze):
+        return None
+    cache = FeatureCache(cfg, built, unfreeze, train, val)
+    budget = cfg.train.feature_cache_max_gb * 2**30
+    if cache.nbytes() > budget:
+        log.warning(
+            "feature cache for unfreeze %s would hold %.1f GiB (%s per image x %d images), over "
+            "train.feature_cache_max_gb=%g: this phase recomputes the frozen layers every epoch. "
+            "Raise the limit if the node has the memory, or lower feature_cache_variants",
+            unfreeze, cache.nbytes() / 2**30, "x".join(map(str, cache.feature_shape)),
+            len(train.data) * cache.variants + len(val.data), cfg.train.feature_cache_max_gb,
+        )
+        return None
+    return cache

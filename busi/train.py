@@ -24,6 +24,7 @@ from busi.checkpoint import Checkpoint, Checkpointer, TrainState, restore_optimi
 from busi.config import JobConfig, PhaseConfig
 from busi.data.pipeline import Pipeline
 from busi.dist import Dist
+from busi.features import feature_cache_for
 from busi.model import BuiltModel, set_trainable
 from busi.schedule import epoch_learning_rate
 from busi.stopper import Interrupted, Stopper
@@ -156,13 +157,15 @@ class Trainer:
         seconds_before = s.phase_seconds.get(name, 0.0)
         self._start_phase(name, phase, optimizer_state)  # every rank now holds rank 0's weights
         model = self.built.model
-        forward: Callable[..., Any] = lambda x, training: model(x, training=training)  # noqa: E731
-        cache = None
-        if phase.unfreeze == "none" and cfg.train.feature_cache != "none":
-            from busi.features import FeatureCache
 
-            cache = FeatureCache(cfg, model, self.train, self.val)
-            cache.build()
+        def phase_seconds() -> float:
+            return round(seconds_before + time.perf_counter() - phase_started, 3)
+
+        forward: Callable[..., Any] = lambda x, training: model(x, training=training)  # noqa: E731
+        cache = feature_cache_for(cfg, self.built, phase.unfreeze, self.train, self.val)
+        if cache is not None:
+            # A signal or the walltime budget can stop the run while the cache fills.
+            cache.build(between=lambda: self._maybe_stop(mid_epoch=True, t0=None, phase_seconds=phase_seconds))
             forward = cache.head
         step_fn = make_train_step(model, self.optimizer, forward, self.dist.average_gradients)
         evaluate = self._make_eval_step(forward)
@@ -170,9 +173,6 @@ class Trainer:
         steps = self.train.steps(bs, self.dist.size)
         epoch_times = [h["seconds"] for h in s.history if h["phase"] == name]
         done_in_phase = len(epoch_times)
-
-        def phase_seconds() -> float:
-            return round(seconds_before + time.perf_counter() - phase_started, 3)
 
         for local in range(done_in_phase, phase.epochs):
             epoch = s.epoch + 1

@@ -1,5 +1,6 @@
-"""Feature caching: the head trained on cached features is the model's own head on the
-frozen backbone's output, so cached and uncached paths compute the same probabilities."""
+"""Feature caching: the part trained on cached features is the model's own layers on the
+frozen part's output, so cached and uncached paths compute the same probabilities and take
+the same training step."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ def test_cached_head_equals_the_full_model(tmp_path: Path) -> None:
     cfg = _cfg()
     train, val = _pipelines(tmp_path, cfg)
     built = build_model(cfg, 3)
-    cache = FeatureCache(cfg, built.model, train, val)
+    cache = FeatureCache(cfg, built, "none", train, val)
     cache.build()
     assert cache.variants == 1 and cache.train_features[0].shape == (9, 2048)
     x = np.concatenate([b[0].numpy() for b in val.eval_dataset(4)])
@@ -51,11 +52,81 @@ def test_variants_cache_one_feature_set_per_augmentation(tmp_path: Path) -> None
 
     cfg = _cfg("train.feature_cache=variants", "train.feature_cache_variants=3")
     train, val = _pipelines(tmp_path, cfg)
-    cache = FeatureCache(cfg, build_model(cfg, 3).model, train, val)
+    cache = FeatureCache(cfg, build_model(cfg, 3), "none", train, val)
     cache.build()
     assert len(cache.train_features) == 3
     assert not np.allclose(cache.train_features[0], cache.train_features[1])
     # epoch e trains on variant (e - 1) mod 3
-    f1 = np.concatenate([b[0].numpy() for b in cache.train_dataset(9, 0, 1, np.ones(3, np.float32))])
-    f4 = np.concatenate([b[0].numpy() for b in cache.train_dataset(9, 0, 4, np.ones(3, np.float32))])
+    f1 = np.concatenate([b[0] for b in cache.train_dataset(9, 0, 1, np.ones(3, np.float32))])
+    f4 = np.concatenate([b[0] for b in cache.train_dataset(9, 0, 4, np.ones(3, np.float32))])
     assert sorted(map(tuple, np.round(f1, 4))) == sorted(map(tuple, np.round(f4, 4)))
+
+
+@pytest.mark.parametrize("batchnorm", ["frozen", "train"])
+def test_finetune_on_cached_prefix_takes_the_full_models_step(tmp_path: Path, batchnorm: str) -> None:
+    """Fine-tuning conv5 on cached conv4 outputs: same probabilities, and one training step
+    moves every trainable variable (conv5, its BatchNorm statistics, the head) as the full
+    model's step does."""
+    import keras
+
+    from busi.features import FeatureCache
+    from busi.model import build_model, set_trainable
+    from busi.train import make_train_step
+
+    cfg = _cfg(f"model.batchnorm={batchnorm}", "model.dropout=0")
+    train, val = _pipelines(tmp_path, cfg)
+    keras.utils.set_random_seed(0)
+    a, b = build_model(cfg, 3), build_model(cfg, 3)
+    b.model.set_weights(a.model.get_weights())
+    for built in (a, b):
+        set_trainable(built, "conv5", batchnorm)
+    cache = FeatureCache(cfg, b, "conv5", train, val)
+    cache.build()
+    assert cache.train_features[0].shape == (9, 2, 2, 1024) and cache.layer == "conv4_block6_out"
+    x = np.concatenate([batch[0].numpy() for batch in val.eval_dataset(9)])
+    np.testing.assert_allclose(cache.head(cache.val_features, training=False).numpy(),
+                               a.model(x, training=False).numpy(), rtol=1e-4, atol=1e-5)
+
+    y = np.asarray(val.data.labels, np.int32)
+    w = np.ones(9, np.float32)
+    before = [v.numpy() for v in a.model.weights]
+    losses = []
+    for built, forward, inputs in ((a, lambda x, training: a.model(x, training=training), x),
+                                   (b, cache.head, cache.val_features)):
+        # Plain SGD, so each weight moves by lr x its gradient (Adam's first step is ~lr x sign(g),
+        # which turns float noise in near-zero gradients into full-size differences).
+        optimizer = keras.optimizers.SGD(learning_rate=1.0)
+        optimizer.build(built.model.trainable_variables)
+        loss, _ = make_train_step(built.model, optimizer, forward)(inputs, y, w)
+        losses.append(float(loss))
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    deltas = [(va.path, va.numpy() - v0, vb.numpy() - v0)
+              for va, vb, v0 in zip(a.model.weights, b.model.weights, before)]
+    # One tolerance for the whole step: a conv bias before a training-mode BatchNorm has a zero
+    # gradient in exact arithmetic, so its own "update" is float noise on both sides.
+    scale = max(float(np.abs(d).max()) for _, d, _ in deltas)
+    changed = set()
+    for path, delta_a, delta_b in deltas:
+        np.testing.assert_allclose(delta_b, delta_a, rtol=1e-3, atol=1e-4 * scale, err_msg=path)
+        if np.abs(delta_a).max() > 1e-4 * scale:
+            changed.add(path.split("/")[-2])
+    assert "probs" in changed and any(n.startswith("conv5_") for n in changed)
+    assert not any(n.startswith(("conv1_", "conv2_", "conv3_", "conv4_")) for n in changed), changed
+    if batchnorm == "train":  # conv5's BatchNorm statistics moved, the same on both sides
+        assert any(n.startswith("conv5_") and n.endswith("_bn") for n in changed)
+
+
+def test_cache_over_the_memory_limit_falls_back_to_uncached(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from busi.features import feature_cache_for
+    from busi.model import build_model
+
+    # 18 images (9 train + 9 val): pooled 2048-d float32 is 144 KiB, conv4 output (2x2x1024) 288 KiB.
+    cfg = _cfg(f"train.feature_cache_max_gb={200 / 2**20}")
+    train, val = _pipelines(tmp_path, cfg)
+    built = build_model(cfg, 3)
+    assert feature_cache_for(cfg, built, "none", train, val) is not None
+    with caplog.at_level("WARNING", logger="busi"):
+        assert feature_cache_for(cfg, built, "conv5", train, val) is None
+    assert "train.feature_cache_max_gb" in caplog.text and "conv5" in caplog.text
+    assert feature_cache_for(cfg, built, "all", train, val) is None  # nothing frozen
+    assert feature_cache_for(_cfg("train.feature_cache=none"), built, "conv5", train, val) is None
