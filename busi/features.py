@@ -12,7 +12,8 @@ its outputs in memory, and the phase trains the rest of the network on them:
 * fine-tuning a top part (``unfreeze: conv5`` or ``conv4``): the stages before it are frozen;
   the cache holds the output of the last frozen stage (``conv4_block6_out``, 14x14x1024 at
   224 px, for conv5) and conv5 + pooling + head train on it. conv1-conv4 are ~80% of
-  ResNet50's forward FLOPs.
+  ResNet50's forward FLOPs and took 88% of an inference pass at 224 px on 2 cores here; a
+  cached conv5 epoch took 38 s against 88.5 s recomputing them (README, "Performance").
 * ``unfreeze: all``: nothing is frozen, nothing is cached.
 
 Both halves are the model's own layers (the same variables), so training on the cache is
@@ -54,7 +55,7 @@ class FeatureCache:
         import tensorflow as tf
 
         if not cacheable(cfg, unfreeze):
-            raise ValueError(f"no feature cache for unfreeze {unfreeze!r} with feature_cache {cfg.train.feature_cache!r}")
+            raise ValueError(f"nothing to cache: unfreeze {unfreeze!r}, feature_cache {cfg.train.feature_cache!r}")
         self.cfg = cfg
         self.train = train
         self.val = val
