@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from busi.errors import BusiError, ConfigError, DataError
+from busi.features import cache_variants, cacheable
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 UNFREEZE = ("none", "conv5", "conv4", "all")
@@ -424,8 +425,8 @@ def estimate_seconds(job: Any, counts: SplitCounts, train_rate: float, infer_rat
     parts: dict[str, float] = {}
     n_tr, n_val = counts.train, counts.val
     if t.head.epochs:
-        if t.head.unfreeze == "none" and t.feature_cache != "none":
-            variants = t.feature_cache_variants if t.feature_cache == "variants" else 1
+        if cacheable(job, t.head.unfreeze) and t.head.unfreeze == "none":
+            variants = cache_variants(job)
             parts["head"] = (variants * n_tr + n_val) / infer_rate + t.head.epochs * HEAD_EPOCH_SECONDS
         else:
             rate = infer_rate if t.head.unfreeze == "none" else train_rate
@@ -435,7 +436,7 @@ def estimate_seconds(job: Any, counts: SplitCounts, train_rate: float, infer_rat
             parts["finetune"] = t.finetune.epochs * ((n_tr + n_val) / infer_rate + CHECKPOINT_SECONDS)
         elif _prefix_cached(job, counts):
             share_train, share_infer = PREFIX_SHARE[t.finetune.unfreeze]
-            variants = t.feature_cache_variants if t.feature_cache == "variants" else 1
+            variants = cache_variants(job)
             cache_pass = (variants * n_tr + n_val) * share_infer / infer_rate
             epoch = n_tr * (1 - share_train) / train_rate + n_val * (1 - share_infer) / infer_rate
             parts["finetune"] = cache_pass + t.finetune.epochs * (epoch + CHECKPOINT_SECONDS)
@@ -450,12 +451,12 @@ def _prefix_cached(job: Any, counts: SplitCounts) -> bool:
     """Whether fine-tuning runs on the feature cache: configured, a frozen prefix, and the cache
     within ``train.feature_cache_max_gb`` (busi.features decides the same at run time)."""
     t = job.train
-    if t.feature_cache == "none" or t.finetune.unfreeze not in PREFIX_SHARE:
+    if not cacheable(job, t.finetune.unfreeze) or t.finetune.unfreeze not in PREFIX_SHARE:
         return False
     stride, channels = (16, 1024) if t.finetune.unfreeze == "conv5" else (8, 512)
     side = math.ceil(job.data.image_size / stride)
     itemsize = 2 if t.precision.startswith("mixed") else 4  # auto: assume float32, the larger
-    variants = t.feature_cache_variants if t.feature_cache == "variants" else 1
+    variants = cache_variants(job)
     nbytes = side * side * channels * itemsize * (variants * counts.train + counts.val)
     return nbytes <= t.feature_cache_max_gb * 2**30
 

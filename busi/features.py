@@ -41,6 +41,11 @@ log = logging.getLogger("busi")
 PREFIX_END = {"conv5": "conv4_block6_out", "conv4": "conv3_block4_out"}
 
 
+def cache_variants(cfg: JobConfig) -> int:
+    """Cached copies of each training image: ``feature_cache_variants`` under ``variants``, else 1."""
+    return cfg.train.feature_cache_variants if cfg.train.feature_cache == "variants" else 1
+
+
 def cacheable(cfg: JobConfig, unfreeze: str) -> bool:
     """Whether a phase with this ``unfreeze`` setting has a frozen part worth caching."""
     return cfg.train.feature_cache != "none" and (unfreeze == "none" or unfreeze in PREFIX_END)
@@ -59,7 +64,7 @@ class FeatureCache:
         self.cfg = cfg
         self.train = train
         self.val = val
-        self.variants = cfg.train.feature_cache_variants if cfg.train.feature_cache == "variants" else 1
+        self.variants = cache_variants(cfg)
         model = built.model
         dropout, dense = model.get_layer("dropout"), model.get_layer("probs")
         if unfreeze == "none":
