@@ -17,6 +17,7 @@ from typing import Any, Mapping
 from busi.errors import ConfigError
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+CPUINFO = Path("/proc/cpuinfo")
 
 
 @dataclass(frozen=True)
@@ -125,10 +126,10 @@ def thread_env(decision: CoreDecision) -> dict[str, str]:
     }
 
 
-def cpu_has_bf16() -> bool:
+def cpu_has_bf16(cpuinfo: Path = CPUINFO) -> bool:
     """True on CPUs with AMX-BF16 or AVX512-BF16, where bfloat16 matmuls are fast."""
     try:
-        text = Path("/proc/cpuinfo").read_text()
+        text = cpuinfo.read_text()
     except OSError:
         return False
     for line in text.splitlines():
@@ -165,10 +166,11 @@ def seed_everything(seed: int) -> None:
     keras.utils.set_random_seed(seed)
 
 
-def resolve_precision(setting: str, has_gpu: bool) -> str:
-    """``auto``: bf16 on CPUs that have fast bf16, fp16 on a GPU, else float32."""
+def resolve_precision(setting: str, has_gpu: bool, cpuinfo: Path = CPUINFO) -> str:
+    """``auto``: bf16 on CPUs that have fast bf16 (flags read from ``cpuinfo``), fp16 on a GPU,
+    else float32."""
     if setting != "auto":
         return setting
     if has_gpu:
         return "mixed_float16"
-    return "mixed_bfloat16" if cpu_has_bf16() else "float32"
+    return "mixed_bfloat16" if cpu_has_bf16(cpuinfo) else "float32"

@@ -84,6 +84,7 @@ class Trainer:
         on_epoch: Callable[[EpochRecord, TrainResult], None] | None = None,
         stopper: Stopper | None = None,
         checkpointer: Checkpointer | None = None,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.cfg = cfg
         self.built = built
@@ -94,10 +95,13 @@ class Trainer:
         self.on_epoch = on_epoch
         self.stopper = stopper or Stopper(signals=())
         self.checkpointer = checkpointer
+        # Seconds for epoch times, ETAs and the checkpoint cadence (tests pass a fake clock, as
+        # they pass the Stopper one for the walltime budget).
+        self.clock = clock
         self.best_weights: list[np.ndarray] | None = None
         self.optimizer: Any = None
         self.state = TrainState(total_epochs=cfg.train.head.epochs + cfg.train.finetune.epochs)
-        self._last_checkpoint = time.monotonic()
+        self._last_checkpoint = clock()
         self._checkpoint_cost = 0.0
 
     # ------------------------------------------------------------------ driver
@@ -153,13 +157,13 @@ class Trainer:
         cfg, s = self.cfg, self.state
         if s.phase != name:  # entering a phase afresh
             s.phase, s.phase_best, s.since_best = name, None, 0
-        phase_started = time.perf_counter()
+        phase_started = self.clock()
         seconds_before = s.phase_seconds.get(name, 0.0)
         self._start_phase(name, phase, optimizer_state)  # every rank now holds rank 0's weights
         model = self.built.model
 
         def phase_seconds() -> float:
-            return round(seconds_before + time.perf_counter() - phase_started, 3)
+            return round(seconds_before + self.clock() - phase_started, 3)
 
         forward: Callable[..., Any] = lambda x, training: model(x, training=training)  # noqa: E731
         cache = feature_cache_for(cfg, self.built, phase.unfreeze, self.train, self.val)
@@ -178,7 +182,7 @@ class Trainer:
             epoch = s.epoch + 1
             lr = epoch_learning_rate(cfg.train, name, phase.learning_rate, local + 1, self.dist.size)
             self.optimizer.learning_rate = lr  # x ranks, after the warmup (busi.schedule)
-            t0 = time.perf_counter() - s.epoch_seconds
+            t0 = self.clock() - s.epoch_seconds
             skip = s.step
             if cache is not None:
                 ds = cache.train_dataset(bs, cfg.runtime.seed, epoch, self.class_weights,
@@ -205,11 +209,11 @@ class Trainer:
             train_loss, train_acc = totals[0] / max(totals[2], 1), totals[1] / max(totals[2], 1)
             self.dist.average_model_state(self.built.model)  # BatchNorm statistics: one model on every rank
             val_loss, val_acc = self._validate(evaluate, cache)
-            seconds = time.perf_counter() - t0
+            seconds = self.clock() - t0
             record = EpochRecord(
                 phase=name, epoch=epoch, loss=round(train_loss, 6), accuracy=round(train_acc, 6),
                 val_loss=round(val_loss, 6), val_accuracy=round(val_acc, 6), lr=lr,
-                seconds=round(seconds, 3), images_per_second=round(totals[2] / seconds, 2),
+                seconds=round(seconds, 3), images_per_second=round(totals[2] / max(seconds, 1e-6), 2),
             )
             s.history.append(asdict(record))
             s.epoch, s.step, s.epoch_sums, s.epoch_seconds = epoch, 0, [0.0, 0.0, 0.0], 0.0
@@ -247,7 +251,7 @@ class Trainer:
             every = cfg.runtime.checkpoint_epochs
             # Skip an epoch checkpoint that would cost more than a fifth of the work it protects
             # (cached-feature epochs take a fraction of a second; writing ResNet50 takes ~1 s).
-            cheap = time.monotonic() - self._last_checkpoint >= 5 * self._checkpoint_cost
+            cheap = self.clock() - self._last_checkpoint >= 5 * self._checkpoint_cost
             if every and epoch % every == 0 and not final and cheap:
                 self._checkpoint()
             if not final:
@@ -267,13 +271,13 @@ class Trainer:
 
     def _checkpoint(self) -> None:
         if self.checkpointer is not None:
-            t = time.perf_counter()
+            t = self.clock()
             path = self.checkpointer.save(self.state, self.built.model, self.optimizer, self.best_weights)
-            self._checkpoint_cost = time.perf_counter() - t
+            self._checkpoint_cost = self.clock() - t
             if path is not None:
                 log.info("checkpoint %s written in %.2f s (epoch %d, step %d)", path.name, self._checkpoint_cost,
                          self.state.epoch, self.state.step)
-        self._last_checkpoint = time.monotonic()
+        self._last_checkpoint = self.clock()
 
     def _maybe_stop(
         self, mid_epoch: bool, t0: float | None, phase_seconds: Callable[[], float], next_epoch: float | None = None
@@ -284,7 +288,7 @@ class Trainer:
         if self.dist.any_flag(reason is not None):
             s = self.state
             if mid_epoch and t0 is not None:
-                s.epoch_seconds = time.perf_counter() - t0
+                s.epoch_seconds = self.clock() - t0
             s.phase_seconds[s.phase] = phase_seconds()
             self._checkpoint()
             self.dist.any_flag(False)  # a barrier: no rank exits before rank 0's checkpoint is on disk
@@ -293,9 +297,9 @@ class Trainer:
                 "checkpoint written: run the same command again to resume"
             )
         minutes = self.cfg.runtime.checkpoint_minutes
-        if mid_epoch and minutes and time.monotonic() - self._last_checkpoint >= minutes * 60:
+        if mid_epoch and minutes and self.clock() - self._last_checkpoint >= minutes * 60:
             if t0 is not None:
-                self.state.epoch_seconds = time.perf_counter() - t0
+                self.state.epoch_seconds = self.clock() - t0
             self.state.phase_seconds[self.state.phase] = phase_seconds()
             self._checkpoint()
 

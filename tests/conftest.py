@@ -15,6 +15,20 @@ REPO = Path(__file__).resolve().parents[1]
 SAMPLE_ZIP = REPO.parent / "shared" / "data" / "busi-sample.zip"
 CLASSES = ("normal", "benign", "malignant")
 
+# `make test` runs the suite on two pytest-xdist workers, one module per worker at a time
+# (`--dist loadscope`). Modules start longest first, so the last one to start is short and
+# the two workers finish together. Order only: every module also runs alone (`pytest tests/X.py`).
+LONGEST_FIRST = ("test_resume", "test_slurm", "test_dist", "test_containers", "test_predict", "test_job",
+                 "test_trainer", "test_features", "test_bench", "test_model")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        module = Path(str(item.fspath)).stem
+        return LONGEST_FIRST.index(module) if module in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: the order within a module stays as written
+
 
 @pytest.fixture(scope="session")
 def sample_zip() -> Path:
@@ -51,6 +65,20 @@ def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = No
         [sys.executable, "-m", "busi", *args],
         capture_output=True, text=True, env=full_env, cwd=cwd or REPO, timeout=timeout,
     )
+
+
+def linked_copies(src: Path, dest: Path, copies: int) -> int:
+    """``copies`` hard-linked copies of every image under ``src`` (masks left out) in
+    ``dest/copy-K/...``: more files to predict at no cost in disk or set-up, so a test that
+    stops a run part-way has more work than any machine finishes before the stop arrives.
+    Returns the number of files."""
+    images = sorted(p for p in src.rglob("*.png") if "_mask" not in p.name)
+    for k in range(copies):
+        for p in images:
+            target = dest / f"copy-{k:03d}" / p.relative_to(src)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.link(p, target)
+    return copies * len(images)
 
 
 def make_model_dir(root: Path, size: int = 32, classes: tuple[str, ...] = CLASSES, seed: int = 0) -> Path:

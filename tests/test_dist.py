@@ -13,8 +13,10 @@ import json
 import logging
 import os
 import re
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -114,16 +116,35 @@ def test_rank_logging() -> None:
 
 
 def test_launched_without_horovod_says_how_to_build_it() -> None:
-    if importlib.util.find_spec("horovod") is not None:
-        pytest.skip("horovod is installed here; this checks the message where it is not")
-    with pytest.raises(ConfigError, match="make horovod"):
-        init_dist("auto", env={"HOROVOD_SIZE": "2"})
+    """Where Horovod is not built (a user's laptop, a fresh venv): a multi-rank launch exits 2
+    saying how to build it. Run in a process where ``import horovod`` fails, so this runs where
+    Horovod is installed too (CI builds it)."""
+    code = (
+        "import sys\n"
+        "sys.modules['horovod'] = None  # import horovod raises ImportError, as where it is not installed\n"
+        "from busi.dist import init_dist\n"
+        "from busi.errors import ConfigError\n"
+        "try:\n"
+        "    init_dist('auto', env={'HOROVOD_SIZE': '2'})\n"
+        "except ConfigError as e:\n"
+        "    print(e)\n"
+        "    print('tensorflow imported:', 'tensorflow' in sys.modules)\n"
+        "    sys.exit(2)\n"
+        "print('no error')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "make horovod" in proc.stdout and "runtime.distributed" in proc.stdout and "2 ranks" in proc.stdout
+    assert "tensorflow imported: False" in proc.stdout  # refused before any TensorFlow work
 
 
 # ------------------------------------------------------------------ two ranks under horovodrun
 
 NP = 2
-FAIL_BOUND_SECONDS = 120  # a failing rank must end the whole job within this
+# A failing rank must end the whole job within this, counted from the moment training starts
+# (rank 0 logs "phase head"), so the bound does not depend on how long start-up takes.
+FAIL_BOUND_SECONDS = 120
+TRAINING_STARTED = "rank 0: phase head"
 
 
 @pytest.fixture(scope="module")
@@ -137,11 +158,16 @@ def horovod() -> None:
                     "rebuild it with `make horovod`")
 
 
-def horovodrun(out: Path, data: Path, *sets: str, env: dict[str, str] | None = None,
-               timeout: float) -> tuple[subprocess.CompletedProcess[str], float]:
-    """``horovodrun --gloo -np 2 -H localhost:2 python -m busi train <tiny job>``: (process, seconds).
-    The tiny job: 32 px synthetic images, no pretrained weights, BatchNorm trained (its moving
-    statistics must be kept equal across ranks), 1 head + 1 fine-tuning epoch of batch 4."""
+def horovodrun(out: Path, data: Path, *sets: str, env: dict[str, str] | None = None, timeout: float = 900,
+               audit: Path | None = None, bound_after: str | None = None,
+               ) -> tuple[subprocess.CompletedProcess[str], float]:
+    """``horovodrun --gloo -np 2 -H localhost:2 python -m busi train <tiny job>``: (process with
+    the ranks' output, seconds). The tiny job: 32 px synthetic images, no pretrained weights,
+    BatchNorm trained (its moving statistics must be kept equal across ranks), 1 head + 1
+    fine-tuning epoch of batch 4. ``audit``: run each rank under tests/audit_writes.py, which
+    records every write under ``out`` in ``<audit>rank<N>.txt``. ``bound_after``: the seconds
+    count from the first output line holding this text, and the job is killed (TimeoutExpired)
+    ``FAIL_BOUND_SECONDS`` after it; else from the launch, killed after ``timeout``."""
     job = {
         "data": {"source": str(data), "image_size": 32},
         "model": {"weights": "none", "batchnorm": "train"},
@@ -153,15 +179,41 @@ def horovodrun(out: Path, data: Path, *sets: str, env: dict[str, str] | None = N
     out.parent.mkdir(parents=True, exist_ok=True)
     job_file = out.parent / "job.yaml"
     job_file.write_text(yaml.safe_dump(job))
+    rank_cmd = [sys.executable, "-m", "busi"]
+    if audit is not None:
+        rank_cmd = [sys.executable, str(REPO / "tests" / "audit_writes.py"), f"{audit}rank", str(out), "busi"]
     cmd = [sys.executable, "-m", "horovod.runner.launch", "--gloo", "-np", str(NP), "-H", f"localhost:{NP}",
-           sys.executable, "-m", "busi", "train", str(job_file)]
+           *rank_cmd, "train", str(job_file)]
     for s in sets:
         cmd += ["--set", s]
     full_env = {k: v for k, v in os.environ.items() if k != "BUSI_FAIL_AT_STEP"}
     full_env.update({"TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})})
     t0 = time.monotonic()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=full_env, cwd=REPO, timeout=timeout)
-    return proc, time.monotonic() - t0
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=full_env,
+                            cwd=REPO, start_new_session=True)
+    lines: list[str] = []
+    marked: list[float] = []
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if bound_after is not None and not marked and bound_after in line:
+                marked.append(time.monotonic())
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    while proc.poll() is None:
+        now = time.monotonic()
+        if now > t0 + timeout or (marked and now > marked[0] + FAIL_BOUND_SECONDS):
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise subprocess.TimeoutExpired(cmd, now - (marked[0] if marked else t0), output="".join(lines))
+        time.sleep(0.2)
+    reader.join(timeout=30)
+    end = time.monotonic()
+    seconds = end - (marked[0] if marked else t0)
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout="".join(lines), stderr=""), seconds
 
 
 def rank_lines(output: str, rank: int) -> list[str]:
@@ -179,11 +231,13 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def two_ranks(horovod: None, tmp_path_factory: pytest.TempPathFactory, data: Path) -> dict[str, Any]:
-    out = tmp_path_factory.mktemp("hvd-run") / "run"
-    proc, seconds = horovodrun(out, data, "runtime.log_all_ranks=true", timeout=900)
+    root = tmp_path_factory.mktemp("hvd-run")
+    out = root / "run"
+    proc, seconds = horovodrun(out, data, "runtime.log_all_ranks=true", timeout=900, audit=root / "writes-")
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-4000:]
-    return {"out": out, "output": output, "seconds": seconds}
+    writes = {rank: root / f"writes-rank{rank}.txt" for rank in range(NP)}
+    return {"out": out, "output": output, "seconds": seconds, "writes": writes}
 
 
 @pytest.mark.slow
@@ -222,6 +276,13 @@ def test_primary_writes_the_run_directory_once(two_ranks: dict[str, Any]) -> Non
     out = two_ranks["out"]
     missing = [rel for rel in RUN_FILES.values() if not (out / rel).exists()]
     assert not missing
+    # Every write under the run directory came from rank 0 (an audit hook saw each open for
+    # writing, rename, mkdir and delete of each rank: tests/audit_writes.py).
+    primary = two_ranks["writes"][0].read_text().splitlines()
+    assert any(line.endswith("manifest.json'") for line in primary), primary[:20]  # the hook sees the writes
+    other = two_ranks["writes"][1]
+    written = other.read_text().splitlines() if other.exists() else []
+    assert not written, f"rank 1 wrote into the run directory: {written[:20]}"
     leftovers = [str(p) for p in out.rglob("*") if ".tmp" in p.name]
     assert not leftovers, f"temp files left behind: {leftovers}"
     m = json.loads((out / "manifest.json").read_text())
@@ -245,9 +306,9 @@ def _assert_job_failed_fast(proc: subprocess.CompletedProcess[str], seconds: flo
 def test_a_rank_that_raises_ends_the_job(horovod: None, tmp_path: Path, data: Path) -> None:
     out = tmp_path / "run"
     try:
-        proc, seconds = horovodrun(out, data, env={"BUSI_FAIL_AT_STEP": "1:2"}, timeout=FAIL_BOUND_SECONDS)
+        proc, seconds = horovodrun(out, data, env={"BUSI_FAIL_AT_STEP": "1:2"}, bound_after=TRAINING_STARTED)
     except subprocess.TimeoutExpired:
-        pytest.fail(f"a failing rank left the job hanging for more than {FAIL_BOUND_SECONDS} s")
+        pytest.fail(f"a failing rank left the job hanging for more than {FAIL_BOUND_SECONDS} s after training started")
     output = _assert_job_failed_fast(proc, seconds)
     assert "injected failure on rank 1 at step 2" in "\n".join(rank_lines(output, 1))
     # rank 0, blocked in the step's allreduce, failed too and recorded it
@@ -263,7 +324,7 @@ def test_a_rank_that_dies_ends_the_job(horovod: None, tmp_path: Path, data: Path
     """SIGKILL, as the OOM killer does it: no exception handler, no Horovod shutdown on that rank."""
     out = tmp_path / "run"
     try:
-        proc, seconds = horovodrun(out, data, env={"BUSI_FAIL_AT_STEP": "1:2:kill"}, timeout=FAIL_BOUND_SECONDS)
+        proc, seconds = horovodrun(out, data, env={"BUSI_FAIL_AT_STEP": "1:2:kill"}, bound_after=TRAINING_STARTED)
     except subprocess.TimeoutExpired:
-        pytest.fail(f"a killed rank left the job hanging for more than {FAIL_BOUND_SECONDS} s")
+        pytest.fail(f"a killed rank left the job hanging for more than {FAIL_BOUND_SECONDS} s after training started")
     _assert_job_failed_fast(proc, seconds)

@@ -24,7 +24,7 @@ from PIL import Image
 
 from busi.inputs import Shard, expand_inputs, parse_shard, shard_from_env, shard_output_path
 from busi.errors import ConfigError
-from conftest import CLASSES, REPO, make_model_dir, run_cli
+from conftest import CLASSES, REPO, linked_copies, make_model_dir, run_cli
 
 SIZE = 32
 
@@ -176,7 +176,9 @@ def test_shards_cover_everything_once_and_merge_to_the_unsharded_csv(messy: dict
 def test_resume_after_a_killed_run(model_dir: Path, tmp_path: Path) -> None:
     from busi.data.synth import write_synthetic_dataset
 
-    data = write_synthetic_dataset(tmp_path / "data", per_class=40, size=48, seed=5)
+    source = write_synthetic_dataset(tmp_path / "source", per_class=10, size=48, seed=5)
+    data = tmp_path / "data"
+    n = linked_copies(source, data, 20)  # 600 files: still running when the kill comes, however fast
     out = tmp_path / "p.csv"
     cmd = [sys.executable, "-m", "busi", "predict", "--model", str(model_dir), "--input", str(data),
            "--output", str(out), "--batch-size", "1", "--cores", "1"]
@@ -190,14 +192,14 @@ def test_resume_after_a_killed_run(model_dir: Path, tmp_path: Path) -> None:
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     before = _rows(out)
-    assert 5 <= len(before) < 120, "the run should have been killed part-way"
+    assert 5 <= len(before) < n, "the run should have been killed part-way"
     with out.open("a") as fh:  # a row cut off mid-write, as a kill can leave it
         fh.write(str(data / "x.png") + ",benign,1,0.1")
     proc2 = run_cli("predict", "--model", str(model_dir), "--input", str(data), "--output", str(out), "--resume")
     assert proc2.returncode == 0, proc2.stderr[-2000:]
     rows = _rows(out)
     paths = [r["path"] for r in rows]
-    assert len(paths) == len(set(paths)) == 120
+    assert len(paths) == len(set(paths)) == n
     assert not any(p.endswith("x.png") for p in paths)
     assert [r["path"] for r in rows[: len(before)]] == [r["path"] for r in before]
 

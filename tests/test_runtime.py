@@ -81,7 +81,23 @@ def test_tensorflow_gets_the_threads() -> None:
     assert out.stdout.split() == ["1", "slurm", "1", "1", "1"]
 
 
-def test_precision_resolution() -> None:
-    assert resolve_precision("float32", has_gpu=True) == "float32"
-    assert resolve_precision("auto", has_gpu=True) == "mixed_float16"
-    assert resolve_precision("auto", has_gpu=False) in ("mixed_bfloat16", "float32")
+def _cpuinfo(tmp_path: Path, name: str, flags: str) -> Path:
+    """A /proc/cpuinfo with two processors carrying ``flags``."""
+    block = f"processor\t: {{}}\nvendor_id\t: GenuineIntel\nflags\t\t: {flags}\n\n"
+    path = tmp_path / name
+    path.write_text(block.format(0) + block.format(1))
+    return path
+
+
+def test_precision_resolution(tmp_path: Path) -> None:
+    amx = _cpuinfo(tmp_path, "amx", "fpu sse2 avx2 avx512f avx512_bf16 amx_bf16 amx_tile")
+    avx512_bf16 = _cpuinfo(tmp_path, "avx512bf16", "fpu sse2 avx2 avx512f avx512_bf16")
+    plain = _cpuinfo(tmp_path, "plain", "fpu sse2 avx2 avx512f avx512_vnni")
+    assert resolve_precision("float32", has_gpu=True, cpuinfo=amx) == "float32"
+    assert resolve_precision("mixed_bfloat16", has_gpu=False, cpuinfo=plain) == "mixed_bfloat16"
+    assert resolve_precision("auto", has_gpu=True, cpuinfo=amx) == "mixed_float16"
+    assert resolve_precision("auto", has_gpu=False, cpuinfo=amx) == "mixed_bfloat16"
+    assert resolve_precision("auto", has_gpu=False, cpuinfo=avx512_bf16) == "mixed_bfloat16"
+    assert resolve_precision("auto", has_gpu=False, cpuinfo=plain) == "float32"
+    # no cpuinfo to read (another OS, a locked-down container): float32, the safe answer
+    assert resolve_precision("auto", has_gpu=False, cpuinfo=tmp_path / "missing") == "float32"

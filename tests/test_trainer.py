@@ -1,0 +1,180 @@
+"""The training loop's stop, checkpoint and early-stopping policy, in-process, on a fake clock.
+
+Every training step advances the clock by one second (through ``Dist.check_step``, which the
+loop calls before each step), so walltime budgets, checkpoint cadences and the epoch-time
+estimates are exact whatever the speed of the machine. Real signals and real walltime
+budgets in real subprocesses are in tests/test_resume.py.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from busi.checkpoint import Checkpointer
+from busi.config import load_config
+from busi.dist import Dist
+from busi.errors import Interrupted
+from busi.stopper import Stopper
+
+SIZE = 32
+PER_CLASS = 4  # 12 images: train and val are the same 12, so 6 steps of 2 per epoch
+BATCH = 2
+STEPS = 3 * PER_CLASS // BATCH
+START = 1000.0  # the fake clock's start
+
+
+@dataclass
+class FakeClock:
+    now: float = START
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass(frozen=True)
+class SteppingDist(Dist):
+    """One process whose every training step takes one second on ``clock``."""
+
+    clock: FakeClock = field(default_factory=FakeClock)
+    steps: list[int] = field(default_factory=list)
+
+    def check_step(self, step: int) -> None:
+        self.steps.append(step)
+        self.clock.now += 1.0
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from busi.data.pipeline import SplitData
+    from busi.data.synth import write_synthetic_dataset
+
+    root = write_synthetic_dataset(tmp_path_factory.mktemp("trainer") / "d", per_class=PER_CLASS, size=SIZE, seed=0)
+    paths = sorted(str(p) for p in root.rglob("*.png") if "_mask" not in p.name)
+    labels = [("normal", "benign", "malignant").index(Path(p).parent.name) for p in paths]
+    return SplitData(tuple(paths), tuple(labels))
+
+
+def _trainer(images: Any, out: Path, *sets: str, deadline: float | None = None, margin: float = 0.0,
+             checkpoint: bool = True) -> tuple[Any, SteppingDist, Checkpointer]:
+    from busi.data.pipeline import Pipeline
+    from busi.model import build_model
+    from busi.train import Trainer
+
+    cfg = load_config(None, [
+        "data.source=x", f"output.dir={out}", f"data.image_size={SIZE}", "model.weights=none",
+        f"train.batch_size={BATCH}", "train.precision=float32", "runtime.checkpoint_epochs=0",
+        "runtime.checkpoint_minutes=0", *sets,
+    ])
+    clock = FakeClock()
+    dist = SteppingDist(clock=clock)
+    stopper = Stopper(signals=(), deadline=deadline, margin=margin, clock=clock)
+    checkpointer = Checkpointer(out, cfg)
+    pipeline = Pipeline(images, SIZE, "stretch")
+    trainer = Trainer(cfg, build_model(cfg, 3), pipeline, pipeline, np.ones(3, np.float32), dist,
+                      stopper=stopper, checkpointer=checkpointer if checkpoint else None, clock=clock)
+    return trainer, dist, checkpointer
+
+
+def _latest(checkpointer: Checkpointer) -> dict[str, Any]:
+    loaded = checkpointer.load()
+    assert loaded is not None
+    return loaded.state.to_json()
+
+
+def test_walltime_budget_stops_at_an_epoch_end_when_the_next_epoch_does_not_fit(images: Any, tmp_path: Path) -> None:
+    # Each epoch takes 6 s. After epoch 2 (t = 12 s) 13 s are left: less than the next epoch
+    # (6 s) plus the margin (8 s), so the loop checkpoints at the epoch boundary and stops.
+    trainer, dist, checkpointer = _trainer(
+        images, tmp_path / "run", "train.head.epochs=100", "train.head.patience=100", "train.finetune.epochs=0",
+        deadline=START + 25, margin=8,
+    )
+    with pytest.raises(Interrupted, match="walltime budget.*epoch 2, step 0"):
+        trainer.fit()
+    assert dist.steps == list(range(1, 2 * STEPS + 1))
+    state = _latest(checkpointer)
+    assert (state["epoch"], state["step"], len(state["history"])) == (2, 0, 2)
+    assert [h["seconds"] for h in state["history"]] == [float(STEPS)] * 2
+
+
+def test_walltime_budget_stops_mid_epoch_inside_the_margin(images: Any, tmp_path: Path) -> None:
+    # 8 s of budget, a 5 s margin: after step 4 of epoch 1 (t = 4 s) 4 s are left, inside the
+    # margin: the loop checkpoints mid-epoch, keeping the partial epoch's sums for the resume.
+    trainer, dist, checkpointer = _trainer(
+        images, tmp_path / "run", "train.head.epochs=100", "train.finetune.epochs=0", deadline=START + 8, margin=5,
+    )
+    with pytest.raises(Interrupted, match="walltime budget.*epoch 1, step 4"):
+        trainer.fit()
+    assert dist.steps == [1, 2, 3, 4]
+    state = _latest(checkpointer)
+    assert (state["epoch"], state["step"], state["history"]) == (0, 4, [])
+    assert state["epoch_sums"][2] == 4 * BATCH and state["epoch_seconds"] == 4.0
+
+
+def test_a_new_phase_needs_room_for_one_and_a_half_of_the_slowest_epoch(images: Any, tmp_path: Path) -> None:
+    # The head's one epoch ends at t = 6 s with 10 s left. Within its phase the loop would
+    # continue (10 >= 6 + 2), but a new phase first traces a new step function, so the check
+    # asks for 1.5 x 6 + 2 = 11 s and stops before fine-tuning.
+    trainer, dist, checkpointer = _trainer(
+        images, tmp_path / "run", "train.head.epochs=1", "train.finetune.epochs=5", "train.finetune.unfreeze=conv5",
+        deadline=START + 16, margin=2,
+    )
+    with pytest.raises(Interrupted, match="walltime budget"):
+        trainer.fit()
+    state = _latest(checkpointer)
+    assert (state["phase"], state["epoch"], state["step"]) == ("finetune", 1, 0)
+    assert dist.steps == list(range(1, STEPS + 1))
+
+
+@dataclass
+class RecordingCheckpointer:
+    """Records when the loop asks for a checkpoint; each save costs ``cost`` seconds of ``clock``."""
+
+    clock: FakeClock
+    cost: float = 0.0
+    saves: list[tuple[int, int]] = field(default_factory=list)
+
+    def save(self, state: Any, model: Any, optimizer: Any, best: Any) -> None:
+        self.saves.append((state.epoch, state.step))
+        self.clock.now += self.cost
+
+
+def test_time_based_checkpoints_mid_epoch(images: Any, tmp_path: Path) -> None:
+    # runtime.checkpoint_minutes=1: a checkpoint after the first step at least 60 s after the last.
+    trainer, dist, _ = _trainer(images, tmp_path / "run", "train.head.epochs=25", "train.head.patience=100",
+                                "train.finetune.epochs=0", "runtime.checkpoint_minutes=1", checkpoint=False)
+    trainer.checkpointer = recorder = RecordingCheckpointer(dist.clock)
+    trainer.fit()
+    steps = [e * STEPS + s for e, s in recorder.saves]  # global step at each checkpoint
+    assert steps == [60, 120]
+
+
+def test_epoch_checkpoints_skip_those_that_cost_over_a_fifth_of_the_work(images: Any, tmp_path: Path) -> None:
+    # runtime.checkpoint_epochs=1, but a save costs 2 s and an epoch 6 s: after a save the next
+    # one waits until 5 x 2 s of work have passed, so every other epoch is checkpointed, and
+    # the last epoch never (the final model replaces the checkpoint).
+    trainer, dist, _ = _trainer(images, tmp_path / "run", "train.head.epochs=6", "train.head.patience=100",
+                                "train.finetune.epochs=0", "runtime.checkpoint_epochs=1", checkpoint=False)
+    trainer.checkpointer = recorder = RecordingCheckpointer(dist.clock, cost=2.0)
+    trainer.fit()
+    assert recorder.saves == [(1, 0), (3, 0), (5, 0)]
+
+
+def test_early_stopping_after_patience_epochs_without_improvement(images: Any, tmp_path: Path) -> None:
+    # A learning rate of 1e-30 leaves every weight as it is (below float32's resolution), so
+    # val_loss is the same every epoch: epoch 1 is the best, and patience 2 ends the head phase
+    # after epoch 3; the fine-tuning phase then runs its epochs.
+    trainer, dist, _ = _trainer(images, tmp_path / "run", "train.head.epochs=10", "train.head.patience=2",
+                                "train.head.learning_rate=1e-30", "train.finetune.epochs=1",
+                                "train.finetune.unfreeze=conv5", checkpoint=False)
+    result = trainer.fit()
+    assert [(h.phase, h.epoch) for h in result.history] == [("head", 1), ("head", 2), ("head", 3), ("finetune", 4)]
+    assert result.stopped_early == {"head": True, "finetune": False}
+    assert len({h.val_loss for h in result.history[:3]}) == 1
+    assert result.best_epoch in (1, 4) and trainer.state.total_epochs == 4
+    assert dist.steps == list(range(1, 4 * STEPS + 1))
