@@ -50,7 +50,7 @@ def main() -> None:
     for unfreeze in args.unfreeze.split(","):
         cfg = load_config(None, base={"data": {"source": "unused", "image_size": args.size},
                                       "output": {"dir": str(root / unfreeze)}, "model": {"weights": "none"}})
-        built = build_model(cfg, 3)
+        built = build_model(cfg.model, cfg.data.image_size, cfg.data.classes)
         model = built.model
         set_trainable(built, unfreeze, cfg.model.batchnorm)
         optimizer = keras.optimizers.Adam(1e-5)

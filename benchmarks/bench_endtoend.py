@@ -85,7 +85,7 @@ def notebook(args: argparse.Namespace) -> dict:
     import keras
     import numpy as np
 
-    from busi.config import load_config
+    from busi.config import ModelConfig
     from busi.data.pipeline import balanced_class_weights
     from busi.model import build_model, set_trainable
 
@@ -109,11 +109,8 @@ def notebook(args: argparse.Namespace) -> dict:
     _, y_te, test_paths = load("test")
     t_load = time.perf_counter() - t
 
-    cfg = load_config(None, base={
-        "data": {"source": "unused", "image_size": args.size}, "output": {"dir": "unused"},
-        "model": {"weights": "none", "batchnorm": args.batchnorm, "dropout": args.dropout},
-    })
-    built = build_model(cfg, 3)
+    model_cfg = ModelConfig(weights="none", batchnorm=args.batchnorm, dropout=args.dropout)
+    built = build_model(model_cfg, args.size, ("normal", "benign", "malignant"))
     model = built.model
     cw = balanced_class_weights(y_tr.tolist(), 3)
     class_weight = {i: float(w) for i, w in enumerate(cw)}

@@ -31,7 +31,8 @@ def worker(args: argparse.Namespace) -> None:
     """One rank: time ``--steps`` training steps after ``--warmup`` untimed ones (tracing),
     then the gradient allreduce alone. Rank 0 prints one JSON line."""
     from busi.config import load_config
-    from busi.dist import init_dist, launched_local_size
+    from busi.dist import init_dist
+    from busi.ranks import launched_local_size
     from busi.runtime import detect_cores, start_tensorflow
 
     dist = init_dist("auto")
@@ -44,7 +45,7 @@ def worker(args: argparse.Namespace) -> None:
 
     cfg = load_config(None, ["data.source=unused", "output.dir=unused", f"data.image_size={args.size}",
                              "model.weights=none", "model.batchnorm=train", "train.precision=float32"])
-    built = build_model(cfg, 3)
+    built = build_model(cfg.model, cfg.data.image_size, cfg.data.classes)
     set_trainable(built, "all", "train")
     model = built.model
     optimizer = keras.optimizers.Adam(1e-4)

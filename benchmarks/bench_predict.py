@@ -48,7 +48,8 @@ def worker(args: argparse.Namespace) -> dict:
     from PIL import Image
 
     from busi.inputs import expand_inputs
-    from busi.predict import CsvSink, load_predictor, predict_files, prediction_columns
+    from busi.predict import load_predictor, predict_files
+    from busi.predictions import CsvSink, prediction_columns
 
     tmp = Path(tempfile.mkdtemp(prefix="busi-bench-predict-"))
     common.make_model_dir(tmp / "run", args.size, args.precision)

@@ -98,25 +98,19 @@ def image_files(folder: Path) -> list[Path]:
 
 
 def make_model_dir(root: Path, size: int, precision: str = "float32", classes: tuple[str, ...] = ("normal", "benign", "malignant")) -> Path:
-    """A run directory's model folder as training writes it (model.keras, labels.json,
-    preprocessing.json), from a ``weights: none`` model under ``precision`` (the policy is saved
-    with the model, so prediction runs in it too). TensorFlow must be started."""
-    import json
-
+    """A run directory's model folder as training writes it (``busi.modeldir``, without the
+    SavedModel), from a ``weights: none`` model under ``precision`` (the policy is saved with the
+    model, so prediction runs in it too). TensorFlow must be started."""
     import keras
 
-    from busi.config import load_config
+    from busi.artifacts import RunDir
+    from busi.config import ModelConfig
     from busi.model import build_model
+    from busi.modeldir import write_model_dir
 
     keras.mixed_precision.set_global_policy(precision)
-    cfg = load_config(None, base={"data": {"source": "unused", "image_size": size}, "output": {"dir": "unused"},
-                                  "model": {"weights": "none"}})
-    model = build_model(cfg, len(classes)).model
-    model_dir = root / "model"
-    model_dir.mkdir(parents=True, exist_ok=True)
-    model.save(str(model_dir / "model.keras"))
-    (model_dir / "labels.json").write_text(json.dumps({str(i): c for i, c in enumerate(classes)}))
-    (model_dir / "preprocessing.json").write_text(json.dumps({"image_size": size, "resize": "stretch"}))
+    model = build_model(ModelConfig(weights="none"), size, classes).model
+    write_model_dir(RunDir(root), model, classes, size, "stretch", saved_model=False)
     keras.mixed_precision.set_global_policy("float32")
     return root
 

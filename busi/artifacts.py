@@ -25,9 +25,11 @@ renamed into place: a run killed at any moment leaves each file complete or abse
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import io
 import json
 import os
+import secrets
 import shutil
 import tempfile
 from pathlib import Path
@@ -112,19 +114,46 @@ def atomic_write_dir(path: str | Path, writer: Callable[[Path], Any]) -> Path:
             if f.is_file():
                 with open(f, "rb+") as fh:
                     os.fsync(fh.fileno())
-        old = None
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-        os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        publish_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    fsync_dir(path.parent)
     return path
+
+
+def publish_dir(tmp: Path, final: Path) -> Path:
+    """Move the complete folder ``tmp`` to ``final`` (same file system) in one rename. Whatever
+    ``final`` held (a folder, file or link) is first renamed aside (``<name>.old-<pid>-<hex>``)
+    and deleted afterwards, so at no moment does ``final`` name a partly written or partly
+    deleted tree. Raises OSError (``tmp`` is then left for the caller to remove). The one
+    folder-publishing step of the run directory, dataset staging and ``busi-job synth``."""
+    aside: Path | None = None
+    try:
+        if final.exists() or final.is_symlink():
+            aside = final.with_name(f"{final.name}.old-{os.getpid()}-{secrets.token_hex(4)}")
+            os.replace(final, aside)
+        os.replace(tmp, final)
+    finally:
+        if aside is not None:
+            remove_path(aside)
+    fsync_dir(final.parent)
+    return final
+
+
+def remove_path(path: Path) -> None:
+    """Remove a folder tree, file or symlink, ignoring errors (best-effort cleanup)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        try:
+            path.unlink()
+        except OSError:
+            pass
+
+
+def utc_now() -> str:
+    """The current time in UTC, ISO 8601 to the second: every timestamp busi writes into a file."""
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def json_text(obj: Any) -> str:
@@ -171,3 +200,40 @@ class RunDir:
     def read_json(self, key: str) -> Any:
         p = self.path(key)
         return json.loads(p.read_text(encoding="utf-8")) if p.exists() else None
+
+
+class Manifest:
+    """``manifest.json``: what ran, where and how, one entry per attempt (a resumed run adds
+    one), and how the run ended. Facts are recorded with ``record`` as the run learns them;
+    ``start`` and ``finish`` write the file (primary rank only, atomically, as every
+    ``RunDir`` write), so each of its writers is one call."""
+
+    def __init__(self, run: RunDir, facts: dict[str, Any], previous: dict[str, Any] | None = None,
+                 host: str = "", resumed_from: dict[str, Any] | None = None) -> None:
+        self.run = run
+        previous = previous or {}
+        attempts = list(previous.get("attempts", []))
+        attempts.append({"started_at": utc_now(), "host": host, "resumed_from": resumed_from})
+        self.data: dict[str, Any] = {
+            "status": "running", "started_at": previous.get("started_at") or utc_now(), "ended_at": None,
+            **facts, "attempts": attempts, "seconds": {},
+        }
+
+    @property
+    def seconds(self) -> dict[str, float]:
+        """Seconds per stage of the run (data, model_build, phase_*, evaluate, save, total)."""
+        return self.data["seconds"]
+
+    def record(self, **facts: Any) -> None:
+        self.data.update(facts)
+
+    def start(self) -> None:
+        self.run.write_json("manifest", self.data)
+
+    def finish(self, status: str, **facts: Any) -> None:
+        """End the run (and its attempt) as ``completed``, ``interrupted`` or ``failed``."""
+        now = utc_now()
+        self.data.update(status=status, ended_at=now, **facts)
+        self.data["attempts"][-1].update(ended_at=now, status=status)
+        self.run.write_json("manifest", self.data)
+

@@ -18,7 +18,7 @@ from busi.errors import BusiError, ConfigError
 
 log = logging.getLogger("busi")
 
-EXIT_OK, EXIT_FAILURE, EXIT_CONFIG, EXIT_DATA, EXIT_INTERRUPTED = 0, 1, 2, 3, 75
+EXIT_OK, EXIT_DATA = 0, 3  # the other codes: busi.errors (2, 3, 75) and Python's 1
 
 
 def _add_set(p: argparse.ArgumentParser) -> None:
@@ -209,32 +209,33 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from busi.config import load_predict_config
-    from busi.predict import run_predict
-
     flags = {
         "model": args.model, "inputs": args.inputs, "output": args.output, "batch_size": args.batch_size,
         "include_masks": args.include_masks, "resume": args.resume, "overwrite": args.overwrite,
         "shard": args.shard, "gradcam": args.gradcam,
     }
-    base: dict[str, Any] = {"predict": {k: v for k, v in flags.items() if v is not None}}
-    overrides = list(args.overrides)
-    if args.job:
-        # command-line flags win over the job file
-        overrides = [f"predict.{k}={json.dumps(v)}" for k, v in base["predict"].items()] + overrides
+    settings = {f"predict.{k}": v for k, v in flags.items() if v is not None}
     if args.cores is not None:
-        overrides.append(f"runtime.cores={args.cores}")
-    if not args.job and "model" not in base["predict"]:
+        settings["runtime.cores"] = int(args.cores) if args.cores.strip().isdigit() else args.cores
+    if not args.job and "predict.model" not in settings:
         raise ConfigError("predict: give --model RUN_DIR|model.keras and --input PATH (or a job file)")
-    if not args.job and "inputs" not in base["predict"]:
+    if not args.job and "predict.inputs" not in settings:
         raise ConfigError("predict: give at least one --input PATH")
-    cfg = load_predict_config(args.job, overrides, base=None if args.job else base)
+    return _predict(args.job, settings, args.overrides)
+
+
+def _predict(job: str | None, settings: dict[str, Any], overrides: Sequence[str]) -> int:
+    """A prediction job: the job file (if any), command-line flags over it, ``--set`` last."""
+    from busi.config import load_predict_config
+    from busi.predict import run_predict
+
+    cfg = load_predict_config(job, overrides, settings=settings)
     summary = run_predict(cfg)
     return EXIT_OK if summary.classified > 0 else EXIT_DATA
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from busi.predict import merge_shards
+    from busi.predictions import merge_shards
 
     output = Path(args.output)
     if output.suffix.lower() in (".yaml", ".yml"):  # the array's job file names the output
@@ -252,11 +253,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from busi.config import job_kind
 
     if job_kind(args.job) == "predict":
-        ns = argparse.Namespace(
-            job=args.job, model=None, inputs=None, output=None, batch_size=None, include_masks=None,
-            resume=None, overwrite=None, shard=None, gradcam=None, cores=None, overrides=args.overrides,
-        )
-        return cmd_predict(ns)
+        return _predict(args.job, {}, args.overrides)
     return cmd_train(args)
 
 
@@ -270,9 +267,13 @@ def cmd_fetch_weights(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from busi.bench import run_bench
+    from busi.bench import BenchRequest, run_bench
 
-    return run_bench(args)
+    return run_bench(BenchRequest(
+        cores=args.cores, precision=args.precision, image_size=args.image_size, batch_size=args.batch_size,
+        infer_batch_size=args.infer_batch_size, unfreeze=args.unfreeze, steps=args.steps, repeats=args.repeats,
+        out=args.out, estimate=args.estimate, images=args.images, rates=args.rates, overrides=tuple(args.overrides),
+    ))
 
 
 COMMANDS = {

@@ -280,11 +280,14 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
-def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """Return a copy of data with each ``key.path=value`` applied in order."""
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str],
+                    settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Return a copy of data with ``settings`` (``{"key.path": value}``, already typed: the
+    command-line flags) and then each ``--set key.path=value`` (YAML-typed) applied in order."""
     out = _deepcopy(data)
-    for item in overrides:
-        keys, value = parse_override(item)
+    pairs = [(key.split("."), value) for key, value in (settings or {}).items()]
+    pairs += [parse_override(item) for item in overrides]
+    for keys, value in pairs:
         node = out
         for i, k in enumerate(keys[:-1]):
             child = node.get(k)
@@ -293,7 +296,7 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
             elif not isinstance(child, dict):
                 raise ConfigError(f"--set {'.'.join(keys)}: {'.'.join(keys[: i + 1])} is not a section")
             node = child
-        node[keys[-1]] = value
+        node[keys[-1]] = _deepcopy(value)
     return out
 
 
@@ -310,11 +313,13 @@ def _resolve(
     overrides: Sequence[str],
     env: Mapping[str, str] | None,
     base: Mapping[str, Any] | None,
+    settings: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """The job file (or ``base`` without one), then ``settings``, then ``--set`` overrides."""
     data: dict[str, Any] = dict(base or {})
     if path is not None:
         data = read_yaml(path)
-    data = apply_overrides(data, overrides)
+    data = apply_overrides(data, overrides, settings)
     return _interpolate_tree(data, "", os.environ if env is None else env)
 
 
@@ -336,9 +341,11 @@ def load_predict_config(
     overrides: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
     base: Mapping[str, Any] | None = None,
+    settings: Mapping[str, Any] | None = None,
 ) -> PredictJobConfig:
-    """Like ``load_config`` for a prediction job file (a ``predict:`` section)."""
-    return build(PredictJobConfig, _resolve(path, overrides, env, base), "")
+    """Like ``load_config`` for a prediction job file (a ``predict:`` section). ``settings``:
+    ``{"predict.output": ...}`` from command-line flags, over the file, under ``--set``."""
+    return build(PredictJobConfig, _resolve(path, overrides, env, base, settings), "")
 
 
 def job_kind(path: str | Path) -> str:
@@ -536,9 +543,3 @@ def validate_semantics(cfg: JobConfig) -> None:
             f"train.warmup_epochs: the warmup ramps the head phase, so it needs at most train.head.epochs "
             f"({cfg.train.head.epochs}) epochs, got {cfg.train.warmup_epochs}"
         )
-
-
-def resolve_path(value: str, base: Path | None = None) -> Path:
-    """Relative paths in a job file are relative to the working directory (as sbatch runs it)."""
-    p = Path(os.path.expanduser(value))
-    return p if p.is_absolute() or base is None else base / p

@@ -1,4 +1,5 @@
-"""Test-split metrics (scikit-learn) and the plots of a run (matplotlib, headless).
+"""Test-split evaluation: the forward pass, metrics (scikit-learn) and the plots of a run
+(matplotlib, headless).
 
 scikit-learn gives audited implementations of balanced accuracy, macro F1 and one-vs-rest
 ROC AUC; matplotlib draws the curves researchers expect. Both run without a display.
@@ -11,6 +12,19 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+
+
+def predict_probs(model: Any, pipeline: Any, batch_size: int) -> np.ndarray:
+    """The evaluation forward pass: class probabilities for every image of a pipeline
+    (``busi.data.pipeline.Pipeline``), in its file order."""
+    import tensorflow as tf
+
+    @tf.function
+    def forward(x: Any) -> Any:
+        return model(x, training=False)
+
+    out = [forward(x).numpy() for x, _ in pipeline.eval_dataset(batch_size)]
+    return np.concatenate(out) if out else np.zeros((0, model.output_shape[-1]), np.float32)
 
 
 def compute_metrics(y_true: Sequence[int], probs: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:

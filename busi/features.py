@@ -12,8 +12,7 @@ its outputs in memory, and the phase trains the rest of the network on them:
 * fine-tuning a top part (``unfreeze: conv5`` or ``conv4``): the stages before it are frozen;
   the cache holds the output of the last frozen stage (``conv4_block6_out``, 14x14x1024 at
   224 px, for conv5) and conv5 + pooling + head train on it. conv1-conv4 are ~80% of
-  ResNet50's forward FLOPs and took 88% of an inference pass at 224 px on 2 cores here; a
-  cached conv5 epoch took 38 s against 88.5 s recomputing them (README, "Performance").
+  ResNet50's forward FLOPs (what that saves per epoch: README, "Performance").
 * ``unfreeze: all``: nothing is frozen, nothing is cached.
 
 Both halves are the model's own layers (the same variables), so training on the cache is
@@ -26,13 +25,15 @@ cache would exceed ``train.feature_cache_max_gb`` runs uncached, with a warning.
 from __future__ import annotations
 
 import logging
+import math
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from busi.config import JobConfig
-from busi.data.pipeline import Pipeline, _mix
+from busi.config import AugmentConfig, JobConfig, TrainConfig
+from busi.data.pipeline import Pipeline, epoch_order
 from busi.model import BuiltModel
 
 log = logging.getLogger("busi")
@@ -41,30 +42,68 @@ log = logging.getLogger("busi")
 PREFIX_END = {"conv5": "conv4_block6_out", "conv4": "conv3_block4_out"}
 
 
-def cache_variants(cfg: JobConfig) -> int:
+# The frozen prefix's output per ``unfreeze`` setting: (downsampling stride, channels) of
+# ResNet50's ``PREFIX_END`` layer; tests/test_features.py checks these against the built model.
+PREFIX_OUTPUT = {"conv5": (16, 1024), "conv4": (8, 512)}
+
+
+def cache_feature_shape(unfreeze: str, image_size: int) -> tuple[int, ...]:
+    """The shape of one cached item, without building a model: the pooled 2048-d vector for the
+    head phase, the frozen prefix's output map when fine-tuning ``conv5`` or ``conv4``."""
+    if unfreeze == "none":
+        return (2048,)
+    stride, channels = PREFIX_OUTPUT[unfreeze]
+    side = math.ceil(image_size / stride)
+    return (side, side, channels)
+
+
+def cache_nbytes(feature_shape: tuple[int, ...], itemsize: int, train_images: int, variants: int,
+                 val_images: int) -> int:
+    """Memory a phase's cache holds: every train image per variant, and the validation split.
+    The one formula of the run (``FeatureCache``) and of the walltime estimate (``busi.bench``)."""
+    return int(np.prod(feature_shape)) * itemsize * (train_images * variants + val_images)
+
+
+def cache_variants(train: TrainConfig) -> int:
     """Cached copies of each training image: ``feature_cache_variants`` under ``variants``, else 1."""
-    return cfg.train.feature_cache_variants if cfg.train.feature_cache == "variants" else 1
+    return train.feature_cache_variants if train.feature_cache == "variants" else 1
 
 
-def cacheable(cfg: JobConfig, unfreeze: str) -> bool:
+def cacheable(train: TrainConfig, unfreeze: str) -> bool:
     """Whether a phase with this ``unfreeze`` setting has a frozen part worth caching."""
-    return cfg.train.feature_cache != "none" and (unfreeze == "none" or unfreeze in PREFIX_END)
+    return train.feature_cache != "none" and (unfreeze == "none" or unfreeze in PREFIX_END)
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """What the feature cache needs of a job: the ``train.feature_cache*`` keys, the batch size
+    and seed its passes run with, the augmentation of ``variants``, the BatchNorm mode."""
+
+    train: TrainConfig
+    augment: AugmentConfig
+    batchnorm: str
+    seed: int
+
+    @classmethod
+    def of(cls, cfg: JobConfig) -> "CacheSettings":
+        return cls(cfg.train, cfg.data.augment, cfg.model.batchnorm, cfg.runtime.seed)
 
 
 class FeatureCache:
     """Outputs of the frozen part of the network for the train (per variant) and validation
     splits, and ``head``: the trainable rest of the network applied to them."""
 
-    def __init__(self, cfg: JobConfig, built: BuiltModel, unfreeze: str, train: Pipeline, val: Pipeline) -> None:
+    def __init__(self, settings: CacheSettings, built: BuiltModel, unfreeze: str, train: Pipeline,
+                 val: Pipeline) -> None:
         import keras
         import tensorflow as tf
 
-        if not cacheable(cfg, unfreeze):
-            raise ValueError(f"nothing to cache: unfreeze {unfreeze!r}, feature_cache {cfg.train.feature_cache!r}")
-        self.cfg = cfg
+        if not cacheable(settings.train, unfreeze):
+            raise ValueError(f"nothing to cache: unfreeze {unfreeze!r}, feature_cache {settings.train.feature_cache!r}")
+        self.settings = settings
         self.train = train
         self.val = val
-        self.variants = cache_variants(cfg)
+        self.variants = cache_variants(settings.train)
         model = built.model
         dropout, dense = model.get_layer("dropout"), model.get_layer("probs")
         if unfreeze == "none":
@@ -81,7 +120,7 @@ class FeatureCache:
             suffix = keras.Model(boundary, backbone.output, name="trainable_part")
             preprocess, pool = model.get_layer("preprocess"), model.get_layer("pool")
             # As in busi.model: with batchnorm frozen the backbone always runs in inference mode.
-            bn_training = cfg.model.batchnorm == "train"
+            bn_training = settings.batchnorm == "train"
             self.extract = tf.function(lambda x: prefix(preprocess(x), training=False))
             self.head = lambda f, training: dense(
                 dropout(pool(suffix(f, training=training and bn_training)), training=training)
@@ -98,8 +137,7 @@ class FeatureCache:
 
     def nbytes(self) -> int:
         """Memory the cache will hold: every train image per variant, and the validation split."""
-        per_image = int(np.prod(self.feature_shape)) * self.itemsize
-        return per_image * (len(self.train.data) * self.variants + len(self.val.data))
+        return cache_nbytes(self.feature_shape, self.itemsize, len(self.train.data), self.variants, len(self.val.data))
 
     def _features(self, ds: Any, between: Callable[[], None] | None) -> np.ndarray:
         out = []
@@ -116,8 +154,8 @@ class FeatureCache:
         """Run the frozen part over every training image (per variant) and the validation
         split. ``between`` runs after every batch (the trainer's stop check)."""
         t = time.perf_counter()
-        bs, seed = self.cfg.train.batch_size, self.cfg.runtime.seed
-        augment = self.cfg.data.augment if self.variants > 1 else None
+        bs, seed = self.settings.train.batch_size, self.settings.seed
+        augment = self.settings.augment if self.variants > 1 else None
         self.train_features = [
             self._features(self.train.variant_dataset(bs, seed, v, augment), between) for v in range(self.variants)
         ]
@@ -141,11 +179,7 @@ class FeatureCache:
         feats = self.train_features[(epoch - 1) % self.variants]
         labels = np.asarray(self.train.data.labels, np.int32)
         n = len(labels)
-        ds = tf.data.Dataset.range(n).shuffle(n, seed=_mix(seed, epoch), reshuffle_each_iteration=False)
-        rank, size = shard
-        if size > 1:
-            ds = ds.take((n // size) * size).shard(size, rank)
-        ds = ds.batch(batch_size)
+        ds = epoch_order(tf.data.Dataset.range(n), n, seed, epoch, shard).batch(batch_size)
         if skip_batches:
             ds = ds.skip(skip_batches)
         weights = np.asarray(class_weights, np.float32)
@@ -160,21 +194,21 @@ class FeatureCache:
             yield self.val_features[i : i + batch_size], labels[i : i + batch_size]
 
 
-def feature_cache_for(cfg: JobConfig, built: BuiltModel, unfreeze: str, train: Pipeline,
+def feature_cache_for(settings: CacheSettings, built: BuiltModel, unfreeze: str, train: Pipeline,
                       val: Pipeline) -> FeatureCache | None:
     """The cache a phase trains on, or None: none configured, nothing frozen, or more memory
     than ``train.feature_cache_max_gb`` (then the phase runs uncached, with a warning)."""
-    if not cacheable(cfg, unfreeze):
+    if not cacheable(settings.train, unfreeze):
         return None
-    cache = FeatureCache(cfg, built, unfreeze, train, val)
-    budget = cfg.train.feature_cache_max_gb * 2**30
+    cache = FeatureCache(settings, built, unfreeze, train, val)
+    budget = settings.train.feature_cache_max_gb * 2**30
     if cache.nbytes() > budget:
         log.warning(
             "feature cache for unfreeze %s would hold %.1f GiB (%s per image x %d images), over "
             "train.feature_cache_max_gb=%g: this phase recomputes the frozen layers every epoch. "
             "Raise the limit if the node has the memory, or lower feature_cache_variants",
             unfreeze, cache.nbytes() / 2**30, "x".join(map(str, cache.feature_shape)),
-            len(train.data) * cache.variants + len(val.data), cfg.train.feature_cache_max_gb,
+            len(train.data) * cache.variants + len(val.data), settings.train.feature_cache_max_gb,
         )
         return None
     return cache

@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence
 
 import horovod.tensorflow as hvd
 
-from busi.dist import Dist, failure_injection
+from busi.ranks import Dist, failure_injection
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from busi.data.names import is_junk
 from busi.data.scan import is_mask_name, natural_key
 from busi.data.staging import ArchiveLimits, is_archive, stage_source
 from busi.errors import ConfigError, DataError
+from busi.ranks import LAUNCHERS
 
 ARCHIVE_SEP = "!/"  # archive members are reported as "<archive>!/<member>", like jar URLs
 
@@ -84,8 +86,8 @@ def _expand_lists(inputs: Sequence[str]) -> list[str]:
 def _walk(folder: Path) -> list[Path]:
     files = []
     for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".") and d != "__MACOSX"]
-        files.extend(Path(dirpath) / n for n in filenames if not n.startswith("."))
+        dirnames[:] = [d for d in dirnames if not is_junk(d)]
+        files.extend(Path(dirpath) / n for n in filenames if not is_junk(n))
     return files
 
 
@@ -115,7 +117,8 @@ def parse_shard(text: str) -> Shard:
 
 
 def shard_from_env(env: Mapping[str, str] | None = None) -> Shard:
-    """The shard of an array job: Slurm, AWS Batch, Google Cloud Batch, or the Horovod rank."""
+    """The shard of an array job (Slurm, AWS Batch, Google Cloud Batch), or this process's rank
+    under a multi-process launcher (``busi.ranks.LAUNCHERS``)."""
     env = os.environ if env is None else env
 
     def num(name: str) -> int | None:
@@ -127,13 +130,13 @@ def shard_from_env(env: Mapping[str, str] | None = None) -> Shard:
         except ValueError:
             raise ConfigError(f"environment variable {name}={raw!r} is not an integer") from None
 
-    candidates = [
+    candidates: list[tuple[str, str, str, str | None]] = [
         ("slurm", "SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK_MIN"),
         # AWS Batch exports only the index; the job definition sets the size (README).
         ("aws-batch", "AWS_BATCH_JOB_ARRAY_INDEX", "AWS_BATCH_JOB_ARRAY_SIZE", None),
         ("gcp-batch", "BATCH_TASK_INDEX", "BATCH_TASK_COUNT", None),
-        ("horovod", "HOROVOD_RANK", "HOROVOD_SIZE", None),
-        ("mpi", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", None),
+        # ranks of a multi-process launch: busi.ranks' table, the one list of launcher variables
+        *((launcher.name, launcher.rank, launcher.size, None) for launcher in LAUNCHERS),
     ]
     for source, index_var, count_var, min_var in candidates:
         index, count = num(index_var), num(count_var)

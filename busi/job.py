@@ -7,7 +7,6 @@ the two phases, the test-split evaluation and every artifact of the run director
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import logging
 import platform
@@ -20,22 +19,19 @@ from typing import Any
 import numpy as np
 
 from busi import __version__
-from busi.artifacts import RunDir, csv_text
+from busi.artifacts import Manifest, RunDir, csv_text
 from busi.checkpoint import Checkpoint, Checkpointer
 from busi.config import JobConfig, dump_config
 from busi.data.pipeline import Pipeline, SplitData, balanced_class_weights
 from busi.data.prepare import PreparedData, prepare_data
 from busi.data.split import SPLITS_COLUMNS
-from busi.dist import ALL_RANKS, Dist, configure_rank_logging, init_dist, launched_local_size
+from busi.dist import configure_rank_logging, init_dist
+from busi.ranks import ALL_RANKS, Dist, launched_local_size
 from busi.errors import ConfigError
 from busi.runtime import detect_cores, resolve_precision, start_tensorflow
 from busi.stopper import Interrupted, Stopper, process_start_time, resolve_deadline
 
 log = logging.getLogger("busi")
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def check_output_dir(run: RunDir, restart: bool) -> None:
@@ -74,14 +70,8 @@ def run_training(cfg: JobConfig, restart: bool = False, argv: list[str] | None =
     cores = detect_cores(cfg.runtime.cores, local_ranks=launched_local_size() if dist.size > 1 else 1)
     deadline, deadline_source = resolve_deadline(cfg.runtime.walltime, process_start_time())
     stopper = Stopper(cfg.runtime.signals, deadline, cfg.runtime.walltime_margin)
-    attempts = list((previous or {}).get("attempts", []))
-    attempts.append({"started_at": _now(), "host": socket.gethostname(),
-                     "resumed_from": {"epoch": resume.state.epoch, "step": resume.state.step} if resume else None})
-    manifest: dict[str, Any] = {
+    manifest = Manifest(run, {
         "busi_version": __version__,
-        "status": "running",
-        "started_at": (previous or {}).get("started_at") or _now(),
-        "ended_at": None,
         "command": argv if argv is not None else sys.argv,
         "host": socket.gethostname(),
         "python": platform.python_version(),
@@ -91,35 +81,30 @@ def run_training(cfg: JobConfig, restart: bool = False, argv: list[str] | None =
         "cores": cores.as_dict(),
         "distributed": dist.describe(),
         "walltime": {"deadline": deadline, "source": deadline_source, "margin": cfg.runtime.walltime_margin},
-        "attempts": attempts,
-        "seconds": {},
-    }
+    }, previous, host=socket.gethostname(),
+        resumed_from={"epoch": resume.state.epoch, "step": resume.state.step} if resume else None)
     run.write_text("config", dump_config(cfg))
-    run.write_json("manifest", manifest)
+    manifest.start()
     # Signals set a flag from here on; the loop checkpoints and exits 75 at the next step.
     with stopper:
         try:
             result = _train(cfg, run, dist, cores, manifest, t_start, stopper, checkpointer, resume)
         except Interrupted as e:
-            manifest.update(status="interrupted", ended_at=_now(), interrupted=str(e))
-            attempts[-1].update(ended_at=_now(), status="interrupted")
-            run.write_json("manifest", manifest)
+            manifest.finish("interrupted", interrupted=str(e))
             log.warning("interrupted: %s", e)
             raise
         except BaseException as e:
-            manifest.update(status="failed", ended_at=_now(), error=f"{type(e).__name__}: {e}")
-            attempts[-1].update(ended_at=_now(), status="failed")
-            run.write_json("manifest", manifest)
+            manifest.finish("failed", error=f"{type(e).__name__}: {e}")
             dist.shutdown()  # peers waiting in a collective fail now instead of hanging
             raise
     return result
 
 
 def _train(
-    cfg: JobConfig, run: RunDir, dist: Dist, cores: Any, manifest: dict[str, Any], t_start: float,
+    cfg: JobConfig, run: RunDir, dist: Dist, cores: Any, manifest: Manifest, t_start: float,
     stopper: Stopper, checkpointer: Checkpointer, resume: Checkpoint | None,
 ) -> dict[str, Any]:
-    seconds = manifest["seconds"]
+    seconds = manifest.seconds
     t = time.perf_counter()
     prepared = prepare_data(cfg.data, cfg.runtime.seed)
     splits_text = csv_text(SPLITS_COLUMNS, ([r.path, r.label, r.group, r.split] for r in prepared.rows))
@@ -144,7 +129,7 @@ def _train(
 
     precision = resolve_precision(cfg.train.precision, bool(tf.config.list_physical_devices("GPU")))
     keras.mixed_precision.set_global_policy(precision)
-    manifest.update(
+    manifest.record(
         tensorflow=tf.__version__, keras=keras.__version__, numpy=np.__version__, precision=precision,
     )
     log.info(
@@ -153,16 +138,16 @@ def _train(
     )
 
     from busi.model import build_model, count_params, weights_sha256
-    from busi.train import HISTORY_COLUMNS, Trainer, predict_probs
+    from busi.evaluate import predict_probs
+    from busi.train import HISTORY_COLUMNS, Trainer
 
     t = time.perf_counter()
-    built = build_model(cfg, len(classes))
-    manifest["weights"] = {
+    built = build_model(cfg.model, cfg.data.image_size, classes)
+    manifest.record(weights={
         "setting": cfg.model.weights,
         "file": str(built.weights_file) if built.weights_file else None,
         "loaded_into": built.weights_loaded_into,
-    }
-    manifest["parameters"] = count_params(built.model)
+    }, parameters=count_params(built.model))
     seconds["model_build"] = round(time.perf_counter() - t, 3)
 
     pipelines = {name: Pipeline(s, cfg.data.image_size, cfg.data.resize, cfg.data.cache) for name, s in splits.items()}
@@ -170,7 +155,7 @@ def _train(
         class_weights = balanced_class_weights(splits["train"].labels, len(classes))
     else:
         class_weights = np.ones(len(classes), np.float32)
-    manifest["class_weights"] = {c: float(w) for c, w in zip(classes, class_weights)}
+    manifest.record(class_weights={c: float(w) for c, w in zip(classes, class_weights)})
 
     def on_epoch(record: Any, result: Any) -> None:
         run.write_csv("history", HISTORY_COLUMNS, [r.row() for r in result.history])
@@ -180,9 +165,10 @@ def _train(
     trainer.state.splits_sha256 = splits_sha
     result = trainer.fit(resume)
     seconds.update({f"phase_{k}": v for k, v in result.phase_seconds.items()})
-    manifest.update(best_epoch=result.best_epoch, monitor=cfg.train.monitor, best_value=result.best_value)
-    manifest["weights_sha256"] = weights_sha256(built.model)
-    log.info("final weights sha256 %s", manifest["weights_sha256"], extra=ALL_RANKS)
+    sha = weights_sha256(built.model)
+    manifest.record(best_epoch=result.best_epoch, monitor=cfg.train.monitor, best_value=result.best_value,
+                    weights_sha256=sha)
+    log.info("final weights sha256 %s", sha, extra=ALL_RANKS)
 
     t = time.perf_counter()
     test_name = "test" if len(splits["test"]) else "val"
@@ -198,16 +184,14 @@ def _train(
     _write_outputs(cfg, run, prepared, splits[test_name], y_true, probs, metrics, result, built)
     seconds["save"] = round(time.perf_counter() - t, 3)
     seconds["total"] = round(time.perf_counter() - t_start, 3)
-    manifest.update(status="completed", ended_at=_now())
-    manifest["attempts"][-1].update(ended_at=_now(), status="completed")
-    run.write_json("manifest", manifest)
+    manifest.finish("completed")
     checkpointer.remove()  # the final model replaces it
     log.info(
         "done: test accuracy %.3f, balanced accuracy %.3f, macro F1 %.3f; run directory %s",
         metrics.get("accuracy", float("nan")), metrics.get("balanced_accuracy", float("nan")),
         metrics.get("macro_f1", float("nan")), run.root,
     )
-    return manifest
+    return manifest.data
 
 
 def _write_outputs(
@@ -216,17 +200,14 @@ def _write_outputs(
 ) -> None:
     from busi.evaluate import plot_confusion, plot_curves, plot_roc
     from busi.modelcard import model_card
-    from busi.predict import prediction_columns, prediction_row
+    from busi.modeldir import write_model_dir
+    from busi.predictions import prediction_columns, prediction_row
     from busi.train import HISTORY_COLUMNS
 
     classes = cfg.data.classes
     history = [r.row() for r in result.history]
     run.write_csv("history", HISTORY_COLUMNS, history)
     run.write_json("metrics", metrics)
-    run.write_json("labels", {str(i): c for i, c in enumerate(classes)})
-    run.write_json("preprocessing", {
-        "image_size": cfg.data.image_size, "resize": cfg.data.resize, "input": "RGB, float32, 0-255",
-    })
     rel = [str(Path(p).relative_to(prepared.root)) for p in test.paths]
     columns = prediction_columns(classes) + ["true_label"]
     rows = [prediction_row(p, pr, classes) + [classes[t]] for p, pr, t in zip(rel, probs, y_true)]
@@ -236,7 +217,5 @@ def _write_outputs(
     if "confusion_matrix" in metrics:
         run.write_file_with("plot_confusion", lambda p: plot_confusion(metrics["confusion_matrix"], classes, p), ".png")
         run.write_file_with("plot_roc", lambda p: plot_roc(y_true, probs, classes, p), ".png")
-    model = built.model
-    run.write_file_with("model", lambda p: model.save(str(p)), ".keras")
-    run.write_dir_with("saved_model", lambda p: model.export(str(p), verbose=False))
+    write_model_dir(run, built.model, classes, cfg.data.image_size, cfg.data.resize)
     run.write_text("model_card", model_card(cfg, prepared.report, metrics, result))

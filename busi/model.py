@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from busi.config import JobConfig
+from busi.config import ModelConfig
 from busi.errors import WeightsError
 
 IMAGENET_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
@@ -78,17 +78,21 @@ class BuiltModel:
     weights_loaded_into: str  # backbone | model | none
 
 
-def build_model(cfg: JobConfig, num_classes: int, weights_env: dict[str, str] | None = None) -> BuiltModel:
-    """Build the classifier and load its weights. The backbone starts frozen (head phase)."""
+def build_model(
+    model_cfg: ModelConfig, image_size: int, classes: Sequence[str], weights_env: dict[str, str] | None = None
+) -> BuiltModel:
+    """Build the classifier for ``image_size`` px inputs and one output per class, and load its
+    weights (``model_cfg.weights``). The backbone starts frozen (head phase)."""
     import keras
 
-    weights = resolve_weights(cfg.model.weights, weights_env)
-    size = cfg.data.image_size
+    weights = resolve_weights(model_cfg.weights, weights_env)
+    size = image_size
+    num_classes = len(classes)
     inputs = keras.Input(shape=(size, size, 3), name="image", dtype="float32")
     x = preprocess_layer_class()(name="preprocess")(inputs)
     backbone = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(size, size, 3))
     backbone.trainable = False
-    if cfg.model.batchnorm == "frozen":
+    if model_cfg.batchnorm == "frozen":
         # keras-io recipe: BatchNorm stays in inference mode in every phase, so fine-tuning
         # on a few hundred images cannot wreck the ImageNet statistics.
         x = backbone(x, training=False)
@@ -100,9 +104,9 @@ def build_model(cfg: JobConfig, num_classes: int, weights_env: dict[str, str] | 
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.momentum = 0.9
         x = backbone(x)
-    pool = keras.layers.GlobalAveragePooling2D if cfg.model.pooling == "avg" else keras.layers.GlobalMaxPooling2D
+    pool = keras.layers.GlobalAveragePooling2D if model_cfg.pooling == "avg" else keras.layers.GlobalMaxPooling2D
     x = pool(name="pool")(x)
-    x = keras.layers.Dropout(cfg.model.dropout, name="dropout")(x)
+    x = keras.layers.Dropout(model_cfg.dropout, name="dropout")(x)
     # The output layer stays float32 under mixed precision: softmax and loss need the range.
     outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="probs")(x)
     model = keras.Model(inputs, outputs, name="busi_resnet50")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import os
 import re
 import signal
@@ -20,7 +21,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from busi.errors import ConfigError, Interrupted
 
-__all__ = ["Interrupted", "Stopper", "parse_hms", "resolve_deadline", "slurm_end_time"]
+__all__ = ["Interrupted", "Stopper", "format_hms", "parse_hms", "resolve_deadline", "slurm_end_time"]
 
 log = logging.getLogger("busi")
 
@@ -35,6 +36,13 @@ def parse_hms(text: str, key: str = "runtime.walltime") -> float:
         raise ConfigError(f"{key}: expected HH:MM:SS, D-HH:MM:SS or auto, got {text!r}")
     days, h, mi, s = (int(g) if g else 0 for g in m.groups())
     return float(((days * 24 + h) * 60 + mi) * 60 + s)
+
+
+def format_hms(seconds: float) -> str:
+    """Seconds -> ``HH:MM:SS``, rounded up (hours may exceed 24): what ``sbatch --time`` takes,
+    and the ETA of the epoch log line. The inverse of ``parse_hms``."""
+    s = max(0, int(math.ceil(seconds)))
+    return f"{s // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
 def slurm_end_time(env: Mapping[str, str], run: Callable[..., Any] = subprocess.run) -> float | None:

@@ -23,11 +23,11 @@ import numpy as np
 from busi.checkpoint import Checkpoint, Checkpointer, TrainState, restore_optimizer, restore_variables
 from busi.config import JobConfig, PhaseConfig
 from busi.data.pipeline import Pipeline
-from busi.dist import Dist
-from busi.features import feature_cache_for
+from busi.ranks import Dist
+from busi.features import CacheSettings, feature_cache_for
 from busi.model import BuiltModel, set_trainable
 from busi.schedule import epoch_learning_rate
-from busi.stopper import Interrupted, Stopper
+from busi.stopper import Interrupted, Stopper, format_hms
 
 log = logging.getLogger("busi")
 
@@ -60,6 +60,15 @@ class TrainResult:
     phase_seconds: dict[str, float] = field(default_factory=dict)
     stopped_early: dict[str, bool] = field(default_factory=dict)
     resumed_from: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class _PhaseFunctions:
+    """What a phase trains with: its feature cache (or None), training step and validation step."""
+
+    cache: Any
+    step: Callable[..., Any]
+    evaluate: Callable[..., Any]
 
 
 def _better(monitor: str, value: float, best: float | None) -> bool:
@@ -154,118 +163,141 @@ class Trainer:
                  name, phase.epochs, phase.learning_rate, phase.unfreeze, trainable)
 
     def _run_phase(self, name: str, phase: PhaseConfig, optimizer_state: list[np.ndarray] | None) -> None:
-        cfg, s = self.cfg, self.state
+        """One phase, epoch by epoch, from wherever the state says it stopped."""
+        s = self.state
         if s.phase != name:  # entering a phase afresh
             s.phase, s.phase_best, s.since_best = name, None, 0
-        phase_started = self.clock()
-        seconds_before = s.phase_seconds.get(name, 0.0)
+        phase_seconds = self._phase_timer(name)
         self._start_phase(name, phase, optimizer_state)  # every rank now holds rank 0's weights
-        model = self.built.model
-
-        def phase_seconds() -> float:
-            return round(seconds_before + self.clock() - phase_started, 3)
-
-        forward: Callable[..., Any] = lambda x, training: model(x, training=training)  # noqa: E731
-        cache = feature_cache_for(cfg, self.built, phase.unfreeze, self.train, self.val)
-        if cache is not None:
-            # A signal or the walltime budget can stop the run while the cache fills.
-            cache.build(between=lambda: self._maybe_stop(mid_epoch=True, t0=None, phase_seconds=phase_seconds))
-            forward = cache.head
-        step_fn = make_train_step(model, self.optimizer, forward, self.dist.average_gradients)
-        evaluate = self._make_eval_step(forward)
-        bs = cfg.train.batch_size
-        steps = self.train.steps(bs, self.dist.size)
+        fns = self._phase_functions(phase, phase_seconds)
         epoch_times = [h["seconds"] for h in s.history if h["phase"] == name]
-        done_in_phase = len(epoch_times)
-
-        for local in range(done_in_phase, phase.epochs):
-            epoch = s.epoch + 1
-            lr = epoch_learning_rate(cfg.train, name, phase.learning_rate, local + 1, self.dist.size)
-            self.optimizer.learning_rate = lr  # x ranks, after the warmup (busi.schedule)
-            t0 = self.clock() - s.epoch_seconds
-            skip = s.step
-            if cache is not None:
-                ds = cache.train_dataset(bs, cfg.runtime.seed, epoch, self.class_weights,
-                                         shard=(self.dist.rank, self.dist.size), skip_batches=skip)
-            else:
-                ds = self.train.train_dataset(
-                    bs, cfg.runtime.seed, epoch, cfg.data.augment, self.class_weights,
-                    shard=(self.dist.rank, self.dist.size), skip_batches=skip,
-                )
-            sums = list(s.epoch_sums) if skip else [0.0, 0.0, 0.0]
-            bar = _progress(steps, self.dist.is_primary)
-            for i, (x, y, w) in enumerate(ds, start=skip):
-                self.dist.check_step((epoch - 1) * steps + i + 1)  # test hook: BUSI_FAIL_AT_STEP
-                loss, n_correct = step_fn(x, y, w)
-                n = float(x.shape[0])
-                sums[0] += float(loss) * n
-                sums[1] += float(n_correct)
-                sums[2] += n
-                s.step, s.epoch_sums = i + 1, sums
-                if bar is not None:
-                    bar.update(i + 1, [("loss", float(loss))])
-                self._maybe_stop(mid_epoch=True, t0=t0, phase_seconds=phase_seconds)
-            totals = self.dist.sum_scalars(sums)
-            train_loss, train_acc = totals[0] / max(totals[2], 1), totals[1] / max(totals[2], 1)
-            self.dist.average_model_state(self.built.model)  # BatchNorm statistics: one model on every rank
-            val_loss, val_acc = self._validate(evaluate, cache)
-            seconds = self.clock() - t0
-            record = EpochRecord(
-                phase=name, epoch=epoch, loss=round(train_loss, 6), accuracy=round(train_acc, 6),
-                val_loss=round(val_loss, 6), val_accuracy=round(val_acc, 6), lr=lr,
-                seconds=round(seconds, 3), images_per_second=round(totals[2] / max(seconds, 1e-6), 2),
-            )
-            s.history.append(asdict(record))
-            s.epoch, s.step, s.epoch_sums, s.epoch_seconds = epoch, 0, [0.0, 0.0, 0.0], 0.0
-            epoch_times.append(seconds)
-            eta = (s.total_epochs - epoch) * float(np.mean(epoch_times))
-            log.info(
-                "%s epoch %d/%d loss %.4f accuracy %.4f val_loss %.4f val_accuracy %.4f lr %.1e %.1f img/s ETA %s",
-                name, epoch, s.total_epochs, train_loss, train_acc, val_loss, val_acc, lr,
-                record.images_per_second, _hms(eta),
-            )
-            value = val_loss if cfg.train.monitor == "val_loss" else val_acc
-            if _better(cfg.train.monitor, value, s.best_value):
-                s.best_value, s.best_epoch = value, epoch
-                self.best_weights = [np.array(w) for w in self.built.model.get_weights()]
-            if _better(cfg.train.monitor, value, s.phase_best):
-                s.phase_best, s.since_best = value, 0
-            else:
-                s.since_best += 1
-            last = local + 1 == phase.epochs
-            if s.since_best >= phase.patience and not last:
-                log.info("%s: no improvement of %s for %d epochs; stopping the phase early",
-                         name, cfg.train.monitor, s.since_best)
-                s.stopped_early[name] = True
-                s.total_epochs -= phase.epochs - (local + 1)
-                last = True
+        for local in range(len(epoch_times), phase.epochs):
+            record = self._run_epoch(name, phase, local, fns, phase_seconds)
+            epoch_times.append(record.seconds)
+            self._log_epoch(record, epoch_times)
+            last = self._update_best(name, phase, local, record)
             s.phase_seconds[name] = phase_seconds()
             if last:
-                nxt = PHASES.index(name) + 1
-                if nxt < len(PHASES):
-                    s.phase, s.phase_best, s.since_best = PHASES[nxt], None, 0
+                self._advance_phase(name)
             if self.on_epoch is not None:
                 self.on_epoch(record, self.result())
-            later = [p for p in PHASES[PHASES.index(name) + 1 :] if getattr(cfg.train, p).epochs > 0]
-            final = last and not later
-            every = cfg.runtime.checkpoint_epochs
-            # Skip an epoch checkpoint that would cost more than a fifth of the work it protects
-            # (cached-feature epochs take a fraction of a second; writing ResNet50 takes ~1 s).
-            cheap = self.clock() - self._last_checkpoint >= 5 * self._checkpoint_cost
-            if every and epoch % every == 0 and not final and cheap:
-                self._checkpoint()
-            if not final:
-                # Time the next epoch will take: this phase's mean; a new phase first traces a
-                # new (bigger) step function, so allow 1.5x the slowest epoch so far.
-                if last:
-                    estimate = 1.5 * max(h["seconds"] for h in s.history)
-                else:
-                    estimate = float(np.mean(epoch_times))
-                self._maybe_stop(mid_epoch=False, t0=None, phase_seconds=phase_seconds, next_epoch=estimate)
+            self._end_epoch(name, last, epoch_times, phase_seconds)
             if last:
                 break
         s.stopped_early.setdefault(name, False)
         s.phase_seconds[name] = phase_seconds()
+
+    def _phase_timer(self, name: str) -> Callable[[], float]:
+        """Seconds spent in phase ``name`` so far, this attempt and the earlier ones."""
+        before, started = self.state.phase_seconds.get(name, 0.0), self.clock()
+        return lambda: round(before + self.clock() - started, 3)
+
+    def _phase_functions(self, phase: PhaseConfig, phase_seconds: Callable[[], float]) -> "_PhaseFunctions":
+        """The phase's feature cache (filled now: a signal or the walltime budget can stop the
+        run while it fills), its traced training step and its validation step."""
+        model = self.built.model
+        forward: Callable[..., Any] = lambda x, training: model(x, training=training)  # noqa: E731
+        cache = feature_cache_for(CacheSettings.of(self.cfg), self.built, phase.unfreeze, self.train, self.val)
+        if cache is not None:
+            cache.build(between=lambda: self._maybe_stop(mid_epoch=True, t0=None, phase_seconds=phase_seconds))
+            forward = cache.head
+        step = make_train_step(model, self.optimizer, forward, self.dist.average_gradients)
+        return _PhaseFunctions(cache, step, self._make_eval_step(forward))
+
+    def _run_epoch(self, name: str, phase: PhaseConfig, local: int, fns: "_PhaseFunctions",
+                   phase_seconds: Callable[[], float]) -> EpochRecord:
+        """Train one epoch (continuing a partial one after a resume), then validate it."""
+        cfg, s = self.cfg, self.state
+        epoch, bs, shard = s.epoch + 1, cfg.train.batch_size, (self.dist.rank, self.dist.size)
+        steps = self.train.steps(bs, self.dist.size)
+        lr = epoch_learning_rate(cfg.train, name, phase.learning_rate, local + 1, self.dist.size)
+        self.optimizer.learning_rate = lr  # x ranks, after the warmup (busi.schedule)
+        t0 = self.clock() - s.epoch_seconds
+        skip = s.step
+        if fns.cache is not None:
+            ds = fns.cache.train_dataset(bs, cfg.runtime.seed, epoch, self.class_weights, shard=shard,
+                                         skip_batches=skip)
+        else:
+            ds = self.train.train_dataset(bs, cfg.runtime.seed, epoch, cfg.data.augment, self.class_weights,
+                                          shard=shard, skip_batches=skip)
+        sums = list(s.epoch_sums) if skip else [0.0, 0.0, 0.0]  # loss x n, correct, n
+        bar = _progress(steps, self.dist.is_primary)
+        for i, (x, y, w) in enumerate(ds, start=skip):
+            self.dist.check_step((epoch - 1) * steps + i + 1)  # test hook: BUSI_FAIL_AT_STEP
+            loss, n_correct = fns.step(x, y, w)
+            n = float(x.shape[0])
+            sums[0] += float(loss) * n
+            sums[1] += float(n_correct)
+            sums[2] += n
+            s.step, s.epoch_sums = i + 1, sums
+            if bar is not None:
+                bar.update(i + 1, [("loss", float(loss))])
+            self._maybe_stop(mid_epoch=True, t0=t0, phase_seconds=phase_seconds)
+        totals = self.dist.sum_scalars(sums)
+        self.dist.average_model_state(self.built.model)  # BatchNorm statistics: one model on every rank
+        val_loss, val_acc = self._validate(fns.evaluate, fns.cache)
+        seconds = self.clock() - t0
+        record = EpochRecord(
+            phase=name, epoch=epoch, loss=round(totals[0] / max(totals[2], 1), 6),
+            accuracy=round(totals[1] / max(totals[2], 1), 6), val_loss=round(val_loss, 6),
+            val_accuracy=round(val_acc, 6), lr=lr, seconds=round(seconds, 3),
+            images_per_second=round(totals[2] / max(seconds, 1e-6), 2),
+        )
+        s.history.append(asdict(record))
+        s.epoch, s.step, s.epoch_sums, s.epoch_seconds = epoch, 0, [0.0, 0.0, 0.0], 0.0
+        return record
+
+    def _log_epoch(self, record: EpochRecord, epoch_times: list[float]) -> None:
+        eta = (self.state.total_epochs - record.epoch) * float(np.mean(epoch_times))
+        log.info(
+            "%s epoch %d/%d loss %.4f accuracy %.4f val_loss %.4f val_accuracy %.4f lr %.1e %.1f img/s ETA %s",
+            record.phase, record.epoch, self.state.total_epochs, record.loss, record.accuracy, record.val_loss,
+            record.val_accuracy, record.lr, record.images_per_second, format_hms(eta),
+        )
+
+    def _update_best(self, name: str, phase: PhaseConfig, local: int, record: EpochRecord) -> bool:
+        """Keep the best weights by ``train.monitor``; early stopping. True if the phase ends."""
+        cfg, s = self.cfg, self.state
+        value = record.val_loss if cfg.train.monitor == "val_loss" else record.val_accuracy
+        if _better(cfg.train.monitor, value, s.best_value):
+            s.best_value, s.best_epoch = value, record.epoch
+            self.best_weights = [np.array(w) for w in self.built.model.get_weights()]
+        if _better(cfg.train.monitor, value, s.phase_best):
+            s.phase_best, s.since_best = value, 0
+        else:
+            s.since_best += 1
+        last = local + 1 == phase.epochs
+        if s.since_best >= phase.patience and not last:
+            log.info("%s: no improvement of %s for %d epochs; stopping the phase early",
+                     name, cfg.train.monitor, s.since_best)
+            s.stopped_early[name] = True
+            s.total_epochs -= phase.epochs - (local + 1)
+            last = True
+        return last
+
+    def _advance_phase(self, name: str) -> None:
+        """The state points at the next phase, so a checkpoint from here resumes there."""
+        nxt = PHASES.index(name) + 1
+        if nxt < len(PHASES):
+            self.state.phase, self.state.phase_best, self.state.since_best = PHASES[nxt], None, 0
+
+    def _end_epoch(self, name: str, last: bool, epoch_times: list[float], phase_seconds: Callable[[], float]) -> None:
+        """The epoch checkpoint (``runtime.checkpoint_epochs``), then the stop check that needs
+        room for the next epoch (raises ``Interrupted``). Nothing after the run's last epoch."""
+        cfg, s = self.cfg, self.state
+        later = [p for p in PHASES[PHASES.index(name) + 1 :] if getattr(cfg.train, p).epochs > 0]
+        if last and not later:
+            return
+        every = cfg.runtime.checkpoint_epochs
+        # Skip an epoch checkpoint that would cost more than a fifth of the work it protects
+        # (cached-feature epochs take a fraction of a second; writing ResNet50 takes ~1 s).
+        cheap = self.clock() - self._last_checkpoint >= 5 * self._checkpoint_cost
+        if every and s.epoch % every == 0 and cheap:
+            self._checkpoint()
+        # Time the next epoch will take: this phase's mean; a new phase first traces a new
+        # (bigger) step function, so allow 1.5x the slowest epoch so far.
+        estimate = 1.5 * max(h["seconds"] for h in s.history) if last else float(np.mean(epoch_times))
+        self._maybe_stop(mid_epoch=False, t0=None, phase_seconds=phase_seconds, next_epoch=estimate)
 
     # ------------------------------------------------------------ stop/resume
 
@@ -373,18 +405,6 @@ def make_train_step(model: Any, optimizer: Any, forward: Callable[..., Any],
     return step
 
 
-def predict_probs(model: Any, pipeline: Pipeline, batch_size: int) -> np.ndarray:
-    """Class probabilities for every image of a pipeline, in its file order."""
-    import tensorflow as tf
-
-    @tf.function
-    def forward(x: Any) -> Any:
-        return model(x, training=False)
-
-    out = [forward(x).numpy() for x, _ in pipeline.eval_dataset(batch_size)]
-    return np.concatenate(out) if out else np.zeros((0, model.output_shape[-1]), np.float32)
-
-
 def _progress(steps: int, primary: bool) -> Any:
     """A live progress bar only on an interactive terminal (batch logs stay one line per epoch)."""
     if not (primary and sys.stderr.isatty()):
@@ -392,8 +412,3 @@ def _progress(steps: int, primary: bool) -> Any:
     import keras
 
     return keras.utils.Progbar(steps, stateful_metrics=["loss"])
-
-
-def _hms(seconds: float) -> str:
-    s = int(round(seconds))
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"

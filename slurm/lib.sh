@@ -27,6 +27,21 @@ busi_die() {  # busi_die CODE MESSAGE
     exit "$code"
 }
 
+# busi_job_args DEFAULT USAGE "$@": the job-file argument every script takes first. Sets
+# BUSI_JOB (the first argument unless it is an option, else DEFAULT) and the array BUSI_ARGS
+# (the arguments after it, the --set overrides); exits 2 naming the file when it is missing.
+busi_job_args() {
+    local default=$1 usage=$2
+    shift 2
+    BUSI_JOB=$default
+    if [[ $# -gt 0 && "$1" != -* ]]; then
+        BUSI_JOB=$1
+        shift
+    fi
+    BUSI_ARGS=("$@")
+    [[ -f "$BUSI_JOB" ]] || busi_die 2 "job file $BUSI_JOB not found (from $(pwd)); usage: $usage"
+}
+
 # busi_cmd PROGRAM: sets the array BUSI_CMD to the command that runs PROGRAM (busi-job,
 # horovodrun): in the container image, from the venv, or from PATH.
 busi_cmd() {

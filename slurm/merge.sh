@@ -32,12 +32,9 @@ busi_slurm_dir() {
 # shellcheck source=slurm/lib.sh
 source "$(busi_slurm_dir)/lib.sh"
 
-job="job/predict.yaml"
-if [[ $# -gt 0 && "$1" != -* ]]; then
-    job=$1
-    shift
-fi
-[[ -f "$job" ]] || busi_die 2 "job file $job not found (from $(pwd))"
+busi_job_args job/predict.yaml "sbatch slurm/merge.sh [JOB.yaml] [--set predict.key=value ...]" "$@"
+set -- ${BUSI_ARGS[@]+"${BUSI_ARGS[@]}"}
+job=$BUSI_JOB
 busi_cmd busi-job
 busi_log "merging the shards of $job"
 rc=0

@@ -55,12 +55,9 @@ busi_slurm_dir() {
 source "$(busi_slurm_dir)/lib.sh"
 busi_trap_signals
 
-job="job/predict.yaml"
-if [[ $# -gt 0 && "$1" != -* ]]; then
-    job=$1
-    shift
-fi
-[[ -f "$job" ]] || busi_die 2 "job file $job not found (from $(pwd)); usage: sbatch slurm/predict.sh [JOB.yaml] [--set predict.key=value ...]"
+busi_job_args job/predict.yaml "sbatch slurm/predict.sh [JOB.yaml] [--set predict.key=value ...]" "$@"
+set -- ${BUSI_ARGS[@]+"${BUSI_ARGS[@]}"}
+job=$BUSI_JOB
 
 busi_scratch
 busi_cmd busi-job

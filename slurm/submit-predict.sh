@@ -17,7 +17,11 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 array_opts=()
-if [[ " $* " == *" -- "* ]]; then
+separated=0
+for arg in "$@"; do   # an argument that is exactly "--" (not one that merely contains it)
+    [[ "$arg" == -- ]] && { separated=1; break; }
+done
+if (( separated )); then
     while [[ $# -gt 0 && "$1" != -- ]]; do
         array_opts+=("$1")
         shift

@@ -13,7 +13,8 @@
 #   Gloo only     -> horovodrun --gloo -np $SLURM_NTASKS -H <node>:<tasks>,...: ranks on other
 #                    nodes are started over ssh (passwordless ssh between the job's nodes needed;
 #                    with BUSI_IMAGE, Gloo works on one node only - use an MPI build across nodes).
-# The global batch is ranks x train.batch_size; the learning rate is not scaled for you.
+# The global batch is ranks x train.batch_size; train.scale_lr (default true) multiplies each
+# phase's learning rate by the number of ranks, and train.warmup_epochs ramps the head phase to it.
 #
 # #SBATCH lines (sbatch command-line options override them; CHANGE marks the usual edits):
 #   --nodes           CHANGE: nodes
@@ -54,12 +55,9 @@ busi_slurm_dir() {
 source "$(busi_slurm_dir)/lib.sh"
 busi_trap_signals
 
-job="job/busi.yaml"
-if [[ $# -gt 0 && "$1" != -* ]]; then
-    job=$1
-    shift
-fi
-[[ -f "$job" ]] || busi_die 2 "job file $job not found (from $(pwd)); usage: sbatch slurm/train-horovod.sh [JOB.yaml] [--set key=value ...]"
+busi_job_args job/busi.yaml "sbatch slurm/train-horovod.sh [JOB.yaml] [--set key=value ...]" "$@"
+set -- ${BUSI_ARGS[@]+"${BUSI_ARGS[@]}"}
+job=$BUSI_JOB
 [[ -n "${SLURM_JOB_ID:-}" ]] || busi_die 2 "run this script with sbatch (it reads the Slurm allocation)"
 ntasks="${SLURM_NTASKS:-1}"
 cpus="${SLURM_CPUS_PER_TASK:-1}"

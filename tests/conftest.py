@@ -82,22 +82,16 @@ def linked_copies(src: Path, dest: Path, copies: int) -> int:
 
 
 def make_model_dir(root: Path, size: int = 32, classes: tuple[str, ...] = CLASSES, seed: int = 0) -> Path:
-    """A model directory as training writes it (model.keras, labels.json, preprocessing.json),
-    from a ``weights: none`` model: real weights, no training needed."""
-    import json
-
+    """A run directory's model folder as training writes it (``busi.modeldir``, without the
+    SavedModel), from a ``weights: none`` model: real weights, no training needed."""
     import keras
 
-    from busi.config import load_config
+    from busi.artifacts import RunDir
+    from busi.config import ModelConfig
     from busi.model import build_model
+    from busi.modeldir import write_model_dir
 
     keras.utils.set_random_seed(seed)
-    cfg = load_config(None, ["data.source=x", "output.dir=y", f"data.image_size={size}", "model.weights=none",
-                             f"data.classes={list(classes)}"])
-    built = build_model(cfg, len(classes))
-    model_dir = root / "model"
-    model_dir.mkdir(parents=True, exist_ok=True)
-    built.model.save(str(model_dir / "model.keras"))
-    (model_dir / "labels.json").write_text(json.dumps({str(i): c for i, c in enumerate(classes)}))
-    (model_dir / "preprocessing.json").write_text(json.dumps({"image_size": size, "resize": "stretch"}))
+    built = build_model(ModelConfig(weights="none"), size, classes)
+    write_model_dir(RunDir(root), built.model, classes, size, "stretch", saved_model=False)
     return root

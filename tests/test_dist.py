@@ -24,7 +24,8 @@ from typing import Any
 import pytest
 import yaml
 
-from busi.dist import ALL_RANKS, Dist, configure_rank_logging, failure_injection, init_dist, launched_local_size, launched_size
+from busi.dist import configure_rank_logging, init_dist
+from busi.ranks import ALL_RANKS, Dist, failure_injection, launched_local_size, launched_size
 from busi.errors import ConfigError
 from conftest import REPO
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from busi.config import load_config
+from busi.features import CacheSettings, cache_feature_shape
 
 
 def _cfg(*sets: str):  # type: ignore[no-untyped-def]
@@ -35,10 +36,12 @@ def test_cached_head_equals_the_full_model(tmp_path: Path) -> None:
 
     cfg = _cfg()
     train, val = _pipelines(tmp_path, cfg)
-    built = build_model(cfg, 3)
-    cache = FeatureCache(cfg, built, "none", train, val)
+    built = build_model(cfg.model, cfg.data.image_size, cfg.data.classes)
+    cache = FeatureCache(CacheSettings.of(cfg), built, "none", train, val)
     cache.build()
     assert cache.variants == 1 and cache.train_features[0].shape == (9, 2048)
+    assert cache.feature_shape == cache_feature_shape("none", 32)
+    assert cache.nbytes() == sum(f.nbytes for f in cache.train_features) + cache.val_features.nbytes
     x = np.concatenate([b[0].numpy() for b in val.eval_dataset(4)])
     full = built.model(x, training=False).numpy()
     head = cache.head(cache.val_features, training=False).numpy()
@@ -53,7 +56,7 @@ def test_variants_cache_one_feature_set_per_augmentation(tmp_path: Path) -> None
 
     cfg = _cfg("train.feature_cache=variants", "train.feature_cache_variants=3")
     train, val = _pipelines(tmp_path, cfg)
-    cache = FeatureCache(cfg, build_model(cfg, 3), "none", train, val)
+    cache = FeatureCache(CacheSettings.of(cfg), build_model(cfg.model, cfg.data.image_size, cfg.data.classes), "none", train, val)
     cache.build()
     assert len(cache.train_features) == 3
     assert not np.allclose(cache.train_features[0], cache.train_features[1])
@@ -111,13 +114,14 @@ def test_finetune_on_cached_prefix_takes_the_full_models_step(
     cfg = _cfg(f"model.batchnorm={batchnorm}", "model.dropout=0")
     train, val = _pipelines(tmp_path, cfg)
     keras.utils.set_random_seed(0)
-    a, b = build_model(cfg, 3), build_model(cfg, 3)
+    a, b = build_model(cfg.model, cfg.data.image_size, cfg.data.classes), build_model(cfg.model, cfg.data.image_size, cfg.data.classes)
     b.model.set_weights(a.model.get_weights())
     for built in (a, b):
         set_trainable(built, "conv5", batchnorm)
-    cache = FeatureCache(cfg, b, "conv5", train, val)
+    cache = FeatureCache(CacheSettings.of(cfg), b, "conv5", train, val)
     cache.build()
     assert cache.train_features[0].shape == (9, 2, 2, 1024) and cache.layer == "conv4_block6_out"
+    assert cache.feature_shape == cache_feature_shape("conv5", 32)  # the estimate's sizes are the run's
     x = np.concatenate([batch[0].numpy() for batch in val.eval_dataset(9)])
     np.testing.assert_allclose(cache.head(cache.val_features, training=False).numpy(),
                                a.model(x, training=False).numpy(), rtol=rtol, atol=1e-2 * rtol)
@@ -158,10 +162,25 @@ def test_cache_over_the_memory_limit_falls_back_to_uncached(tmp_path: Path, capl
     # 18 images (9 train + 9 val): pooled 2048-d float32 is 144 KiB, conv4 output (2x2x1024) 288 KiB.
     cfg = _cfg(f"train.feature_cache_max_gb={200 / 2**20}")
     train, val = _pipelines(tmp_path, cfg)
-    built = build_model(cfg, 3)
-    assert feature_cache_for(cfg, built, "none", train, val) is not None
+    built = build_model(cfg.model, cfg.data.image_size, cfg.data.classes)
+    assert feature_cache_for(CacheSettings.of(cfg), built, "none", train, val) is not None
     with caplog.at_level("WARNING", logger="busi"):
-        assert feature_cache_for(cfg, built, "conv5", train, val) is None
+        assert feature_cache_for(CacheSettings.of(cfg), built, "conv5", train, val) is None
     assert "train.feature_cache_max_gb" in caplog.text and "conv5" in caplog.text
-    assert feature_cache_for(cfg, built, "all", train, val) is None  # nothing frozen
-    assert feature_cache_for(_cfg("train.feature_cache=none"), built, "conv5", train, val) is None
+    assert feature_cache_for(CacheSettings.of(cfg), built, "all", train, val) is None  # nothing frozen
+    assert feature_cache_for(CacheSettings.of(_cfg("train.feature_cache=none")), built, "conv5", train, val) is None
+
+
+@pytest.mark.parametrize("size", [32, 50])
+def test_cache_sizes_without_a_model_match_the_model(size: int) -> None:
+    """The walltime estimate sizes the cache from strides (no model built); the run from the
+    built model: both are ``cache_feature_shape``, checked here against ResNet50 itself."""
+    import keras
+
+    from busi.features import PREFIX_END
+
+    backbone = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(size, size, 3))
+    for unfreeze, layer in PREFIX_END.items():
+        assert tuple(backbone.get_layer(layer).output.shape[1:]) == cache_feature_shape(unfreeze, size), unfreeze
+    assert cache_feature_shape("none", size) == (int(backbone.output.shape[-1]),)
+

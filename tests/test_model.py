@@ -7,16 +7,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from busi.config import load_config
+from busi.config import ModelConfig
 from busi.errors import WeightsError
 from busi.model import IMAGENET_FILE, resolve_weights
 
 from conftest import run_cli
 
 
-def _cfg(**sets: object):  # type: ignore[no-untyped-def]
-    base = ["data.source=x", "output.dir=y", "data.image_size=32", "model.weights=none"]
-    return load_config(None, base + [f"{k}={v}" for k, v in sets.items()])
+def _build(weights: str = "none", classes: int = 3, size: int = 32):  # type: ignore[no-untyped-def]
+    """A busi model of ``classes`` outputs for ``size`` px images, with ``weights``."""
+    from busi.model import build_model
+
+    return build_model(ModelConfig(weights=weights), size, [f"class{i}" for i in range(classes)])
 
 
 def test_imagenet_lookup_order(tmp_path: Path) -> None:
@@ -59,55 +61,48 @@ def test_train_with_imagenet_and_empty_cache_exits_2(tmp_path: Path, synth_small
 
 def test_weights_file_by_path_gives_identical_predictions(tmp_path: Path) -> None:
     """A weights file the test makes (save_weights of a weights: none model) loads by path."""
-    from busi.model import build_model
-
-    cfg = _cfg()
-    first = build_model(cfg, 3)
+    first = _build()
     path = tmp_path / "mine.weights.h5"
     first.model.save_weights(str(path))
     x = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
     expected = first.model(x, training=False).numpy()
 
-    second = build_model(_cfg(**{"model.weights": str(path)}), 3)
+    second = _build(str(path))
     assert second.weights_loaded_into == "model"
     np.testing.assert_allclose(second.model(x, training=False).numpy(), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_backbone_weights_file_loads_into_backbone(tmp_path: Path) -> None:
     """A backbone-only file (the shape of Keras' ImageNet notop file) goes into the backbone."""
-    from busi.model import build_model
-
-    donor = build_model(_cfg(), 3)
+    donor = _build()
     path = tmp_path / "backbone.weights.h5"
     donor.backbone.save_weights(str(path))
-    built = build_model(_cfg(**{"model.weights": str(path)}), 3)
+    built = _build(str(path))
     assert built.weights_loaded_into == "backbone"
     for a, b in zip(donor.backbone.get_weights(), built.backbone.get_weights()):
         np.testing.assert_array_equal(a, b)
 
 
 def test_mismatching_weights_file_is_an_error(tmp_path: Path) -> None:
-    from busi.model import build_model
-
-    other = build_model(_cfg(), 5)  # 5 classes: head shape differs, backbone differs not
+    other = _build(classes=5)  # 5 classes: head shape differs, backbone differs not
     path = tmp_path / "five.weights.h5"
     other.model.save_weights(str(path))
     with pytest.raises(WeightsError, match="does not fit this model"):
-        build_model(_cfg(**{"model.weights": str(path)}), 3)
+        _build(str(path))
     bad = tmp_path / "garbage.weights.h5"
     bad.write_bytes(b"not hdf5")
     with pytest.raises(WeightsError, match="does not fit this model"):
-        build_model(_cfg(**{"model.weights": str(bad)}), 3)
-    bigger = build_model(_cfg(**{"data.image_size": 48}), 3)  # same shapes: image size is not in the weights
+        _build(str(bad))
+    bigger = _build(size=48)  # same shapes: image size is not in the weights
     path48 = tmp_path / "48.weights.h5"
     bigger.model.save_weights(str(path48))
-    assert build_model(_cfg(**{"model.weights": str(path48)}), 3).weights_loaded_into == "model"
+    assert _build(str(path48)).weights_loaded_into == "model"
 
 
 def test_preprocessing_lives_in_the_model_and_survives_reload(tmp_path: Path) -> None:
-    from busi.model import build_model, load_saved_model
+    from busi.model import load_saved_model
 
-    built = build_model(_cfg(), 3)
+    built = _build()
     assert built.model.get_layer("preprocess") is not None
     x = np.random.default_rng(1).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
     path = tmp_path / "m.keras"
@@ -117,9 +112,9 @@ def test_preprocessing_lives_in_the_model_and_survives_reload(tmp_path: Path) ->
 
 
 def test_unfreeze_stages() -> None:
-    from busi.model import build_model, set_trainable
+    from busi.model import set_trainable
 
-    built = build_model(_cfg(), 3)
+    built = _build()
     head_only = len(built.model.trainable_weights)
     set_trainable(built, "conv5", "frozen")
     conv5 = len(built.model.trainable_weights)

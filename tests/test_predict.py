@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from busi.inputs import Shard, expand_inputs, parse_shard, shard_from_env, shard_output_path
-from busi.errors import ConfigError
+from busi.inputs import expand_inputs
+from busi.predictions import CsvSink, prediction_columns
 from conftest import CLASSES, REPO, linked_copies, make_model_dir, run_cli
 
 SIZE = 32
@@ -243,7 +243,7 @@ def test_decode_threads_run_at_low_cpu_priority(messy: dict, model_dir: Path, tm
     monkeypatch.setattr(bp, "_decode", spy)
     predictor = bp.load_predictor(model_dir)
     files = expand_inputs([str(messy["root"])])
-    sink = bp.CsvSink(tmp_path / "p.csv", bp.prediction_columns(predictor.classes), resume=False)
+    sink = CsvSink(tmp_path / "p.csv", prediction_columns(predictor.classes), resume=False)
     try:
         summary = bp.predict_files(predictor, files, sink, batch_size=4, workers=2)
     finally:
@@ -251,23 +251,3 @@ def test_decode_threads_run_at_low_cpu_priority(messy: dict, model_dir: Path, tm
     assert summary.rows == len(files) == len(niceness)
     assert set(niceness) == {19}
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) < 19
-
-
-def test_shard_selection_from_environment() -> None:
-    assert shard_from_env({}) == Shard(0, 1, "none")
-    assert shard_from_env({"SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_TASK_MIN": "5", "SLURM_ARRAY_TASK_COUNT": "4"}) == Shard(2, 4, "slurm")
-    assert shard_from_env({"AWS_BATCH_JOB_ARRAY_INDEX": "3", "AWS_BATCH_JOB_ARRAY_SIZE": "10"}) == Shard(3, 10, "aws-batch")
-    assert shard_from_env({"BATCH_TASK_INDEX": "0", "BATCH_TASK_COUNT": "2"}) == Shard(0, 2, "gcp-batch")
-    assert shard_from_env({"HOROVOD_RANK": "1", "HOROVOD_SIZE": "2"}) == Shard(1, 2, "horovod")
-    with pytest.raises(ConfigError, match="AWS_BATCH_JOB_ARRAY_SIZE"):
-        shard_from_env({"AWS_BATCH_JOB_ARRAY_INDEX": "3"})
-    with pytest.raises(ConfigError, match="outside"):
-        shard_from_env({"BATCH_TASK_INDEX": "4", "BATCH_TASK_COUNT": "2"})
-    assert parse_shard("1/3") == Shard(1, 3, "option")
-    for bad in ("3/3", "x", "1/0"):
-        with pytest.raises(ConfigError):
-            parse_shard(bad)
-    assert shard_output_path(Path("o/p.csv"), Shard(2, 8, "x")) == Path("o/p.part-00002-of-00008.csv")
-    items = list(range(10))
-    covered = sorted(i for k in range(3) for i in Shard(k, 3, "x").select(items))  # type: ignore[arg-type]
-    assert covered == items

@@ -8,13 +8,15 @@ import signal
 import pytest
 
 from busi.errors import ConfigError
-from busi.stopper import Stopper, parse_hms, resolve_deadline
+from busi.stopper import Stopper, format_hms, parse_hms, resolve_deadline
 
 
 def test_parse_hms_and_deadlines() -> None:
     assert parse_hms("01:30:00") == 5400 and parse_hms("1-00:00:10") == 86410
     with pytest.raises(ConfigError):
         parse_hms("90 minutes")
+    assert format_hms(5400) == "01:30:00" and format_hms(59.2) == "00:01:00" and format_hms(-3) == "00:00:00"
+    assert parse_hms(format_hms(86410)) == 86410
     assert resolve_deadline(None, 100.0, {}) == (None, "none")
     assert resolve_deadline("00:01:00", 100.0, {}) == (160.0, "config")
     assert resolve_deadline(3600, 100.0, {}) == (3700.0, "config")

@@ -8,7 +8,6 @@ budgets in real subprocesses are in tests/test_resume.py.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ import pytest
 
 from busi.checkpoint import Checkpointer
 from busi.config import load_config
-from busi.dist import Dist
+from busi.ranks import Dist
 from busi.errors import Interrupted
 from busi.stopper import Stopper
 
@@ -76,28 +75,28 @@ def _trainer(images: Any, out: Path, *sets: str, deadline: float | None = None, 
     stopper = Stopper(signals=(), deadline=deadline, margin=margin, clock=clock)
     checkpointer = Checkpointer(out, cfg)
     pipeline = Pipeline(images, SIZE, "stretch")
-    trainer = Trainer(cfg, build_model(cfg, 3), pipeline, pipeline, np.ones(3, np.float32), dist,
+    trainer = Trainer(cfg, build_model(cfg.model, SIZE, ("normal", "benign", "malignant")), pipeline, pipeline, np.ones(3, np.float32), dist,
                       stopper=stopper, checkpointer=checkpointer if checkpoint else None, clock=clock)
     return trainer, dist, checkpointer
 
 
-def _latest(checkpointer: Checkpointer) -> dict[str, Any]:
+def _stopped(images: Any, out: Path, *sets: str, deadline: float, margin: float) -> tuple[str, list[int], dict[str, Any]]:
+    """Train until the walltime budget stops the loop: (its message, the steps taken, the
+    state in the checkpoint it wrote)."""
+    trainer, dist, checkpointer = _trainer(images, out, *sets, deadline=deadline, margin=margin)
+    with pytest.raises(Interrupted, match="walltime budget") as stop:
+        trainer.fit()
     loaded = checkpointer.load()
-    assert loaded is not None
-    return loaded.state.to_json()
+    assert loaded is not None, "no checkpoint written on the stop"
+    return str(stop.value), dist.steps, loaded.state.to_json()
 
 
 def test_walltime_budget_stops_at_an_epoch_end_when_the_next_epoch_does_not_fit(images: Any, tmp_path: Path) -> None:
     # Each epoch takes 6 s. After epoch 2 (t = 12 s) 13 s are left: less than the next epoch
     # (6 s) plus the margin (8 s), so the loop checkpoints at the epoch boundary and stops.
-    trainer, dist, checkpointer = _trainer(
-        images, tmp_path / "run", "train.head.epochs=100", "train.head.patience=100", "train.finetune.epochs=0",
-        deadline=START + 25, margin=8,
-    )
-    with pytest.raises(Interrupted, match="walltime budget.*epoch 2, step 0"):
-        trainer.fit()
-    assert dist.steps == list(range(1, 2 * STEPS + 1))
-    state = _latest(checkpointer)
+    message, steps, state = _stopped(images, tmp_path / "run", "train.head.epochs=100", "train.head.patience=100",
+                                     "train.finetune.epochs=0", deadline=START + 25, margin=8)
+    assert "at epoch 2, step 0" in message and steps == list(range(1, 2 * STEPS + 1))
     assert (state["epoch"], state["step"], len(state["history"])) == (2, 0, 2)
     assert [h["seconds"] for h in state["history"]] == [float(STEPS)] * 2
 
@@ -105,13 +104,9 @@ def test_walltime_budget_stops_at_an_epoch_end_when_the_next_epoch_does_not_fit(
 def test_walltime_budget_stops_mid_epoch_inside_the_margin(images: Any, tmp_path: Path) -> None:
     # 8 s of budget, a 5 s margin: after step 4 of epoch 1 (t = 4 s) 4 s are left, inside the
     # margin: the loop checkpoints mid-epoch, keeping the partial epoch's sums for the resume.
-    trainer, dist, checkpointer = _trainer(
-        images, tmp_path / "run", "train.head.epochs=100", "train.finetune.epochs=0", deadline=START + 8, margin=5,
-    )
-    with pytest.raises(Interrupted, match="walltime budget.*epoch 1, step 4"):
-        trainer.fit()
-    assert dist.steps == [1, 2, 3, 4]
-    state = _latest(checkpointer)
+    message, steps, state = _stopped(images, tmp_path / "run", "train.head.epochs=100", "train.finetune.epochs=0",
+                                     deadline=START + 8, margin=5)
+    assert "at epoch 1, step 4" in message and steps == [1, 2, 3, 4]
     assert (state["epoch"], state["step"], state["history"]) == (0, 4, [])
     assert state["epoch_sums"][2] == 4 * BATCH and state["epoch_seconds"] == 4.0
 
@@ -120,15 +115,10 @@ def test_a_new_phase_needs_room_for_one_and_a_half_of_the_slowest_epoch(images: 
     # The head's one epoch ends at t = 6 s with 10 s left. Within its phase the loop would
     # continue (10 >= 6 + 2), but a new phase first traces a new step function, so the check
     # asks for 1.5 x 6 + 2 = 11 s and stops before fine-tuning.
-    trainer, dist, checkpointer = _trainer(
-        images, tmp_path / "run", "train.head.epochs=1", "train.finetune.epochs=5", "train.finetune.unfreeze=conv5",
-        deadline=START + 16, margin=2,
-    )
-    with pytest.raises(Interrupted, match="walltime budget"):
-        trainer.fit()
-    state = _latest(checkpointer)
+    _, steps, state = _stopped(images, tmp_path / "run", "train.head.epochs=1", "train.finetune.epochs=5",
+                               "train.finetune.unfreeze=conv5", deadline=START + 16, margin=2)
     assert (state["phase"], state["epoch"], state["step"]) == ("finetune", 1, 0)
-    assert dist.steps == list(range(1, STEPS + 1))
+    assert steps == list(range(1, STEPS + 1))
 
 
 @dataclass

@@ -64,11 +64,10 @@ class Pipeline:
         base = base.map(tf_decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         self.base = base.cache() if cache else base
 
-    def steps(self, batch_size: int, shards: int = 1, drop_remainder: bool = False) -> int:
+    def steps(self, batch_size: int, shards: int = 1) -> int:
         """Batches per epoch on each shard, as ``train_dataset`` yields them (the ragged tail
         of a sharded epoch is dropped, so every rank takes the same number of steps)."""
-        per_shard = len(self.data) // shards
-        return math.ceil(per_shard / batch_size) if not drop_remainder else per_shard // batch_size
+        return math.ceil(len(self.data) // shards / batch_size)
 
     def train_dataset(
         self,
@@ -87,13 +86,8 @@ class Pipeline:
         """
         import tensorflow as tf
 
-        rank, size = shard
         weights = tf.constant(class_weights, dtype=tf.float32)
-        ds = self.base.shuffle(len(self.data), seed=_mix(seed, epoch), reshuffle_each_iteration=False)
-        if size > 1:
-            # Equal step counts on every rank (a collective per step): drop the ragged tail.
-            per_rank = len(self.data) // size
-            ds = ds.take(per_rank * size).shard(size, rank)
+        ds = epoch_order(self.base, len(self.data), seed, epoch, shard)
         aug_seed = _mix(seed + 1, epoch)
 
         def prepare(image: Any, label: Any, idx: Any) -> tuple[Any, Any, Any]:
@@ -129,6 +123,20 @@ class Pipeline:
 
         ds = self.base.map(lambda im, y, i: (tf.cast(im, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
         return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def epoch_order(ds: Any, n: int, seed: int, epoch: int, shard: tuple[int, int] = (0, 1)) -> Any:
+    """The one definition of a training epoch's order: the ``n`` elements of ``ds`` shuffled by
+    ``(seed, epoch)``, then rank ``shard[0]``'s share of ``shard[1]``. Training on images
+    (``Pipeline.train_dataset``) and on cached features (``busi.features``, over
+    ``tf.data.Dataset.range(n)``) both call it, so an epoch visits the same samples in the same
+    order on either path, and a resumed epoch (``skip`` of the batches done) continues exactly."""
+    ds = ds.shuffle(n, seed=_mix(seed, epoch), reshuffle_each_iteration=False)
+    rank, size = shard
+    if size > 1:
+        # Equal step counts on every rank (a collective per step): drop the ragged tail.
+        ds = ds.take((n // size) * size).shard(size, rank)
+    return ds
 
 
 def _mix(seed: int, epoch: int) -> int:

@@ -17,10 +17,10 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from busi.data.names import has_junk_part, is_junk
 from busi.errors import DataError
 
 MASK_RE = re.compile(r"^(?P<stem>.+)_mask(?:_(?P<n>\d+))?$", re.IGNORECASE)
-IGNORED_DIRS = {"__MACOSX", ".ipynb_checkpoints"}
 
 
 def natural_key(text: str) -> list[object]:
@@ -73,7 +73,7 @@ def find_dataset_root(root: str | Path, classes: Sequence[str]) -> Path:
     if _has_classes(root, classes):
         return root
     below = sorted(
-        (d for d in root.iterdir() if d.is_dir() and d.name not in IGNORED_DIRS and _has_classes(d, classes)),
+        (d for d in root.iterdir() if d.is_dir() and not is_junk(d.name) and _has_classes(d, classes)),
         key=lambda d: natural_key(d.name),
     )
     if len(below) == 1:
@@ -147,7 +147,7 @@ def scan_dataset(root: str | Path, classes: Sequence[str]) -> ScanResult:
         if count == 0:
             raise DataError(f"{class_dir}: no readable images in class '{label}'")
     extra = sorted(
-        d.name for d in base.iterdir() if d.is_dir() and d.name not in classes and d.name not in IGNORED_DIRS
+        d.name for d in base.iterdir() if d.is_dir() and d.name not in classes and not is_junk(d.name)
     )
     return ScanResult(
         root=base,
@@ -161,7 +161,7 @@ def scan_dataset(root: str | Path, classes: Sequence[str]) -> ScanResult:
 
 def _walk(folder: Path) -> Iterable[Path]:
     for p in folder.rglob("*"):
-        if p.is_file() and not p.name.startswith(".") and not (set(p.parts) & IGNORED_DIRS):
+        if p.is_file() and not has_junk_part(p.relative_to(folder).parts):
             yield p
 
 

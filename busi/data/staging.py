@@ -36,7 +36,6 @@ import logging
 import lzma
 import os
 import re
-import secrets
 import shutil
 import stat
 import tarfile
@@ -46,7 +45,6 @@ import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Union
 
@@ -55,7 +53,8 @@ try:  # POSIX only; on other systems staging still works, without the lock.
 except ImportError:  # pragma: no cover - not exercised on Linux
     fcntl = None  # type: ignore[assignment]
 
-from busi.artifacts import atomic_write_text, fsync_dir
+from busi.artifacts import atomic_write_text, publish_dir, remove_path, utc_now
+from busi.data.names import has_junk_part
 from busi.errors import DataError, UnsafeArchiveError
 
 # Longest first, so ".tar.gz" wins over a hypothetical ".gz" match.
@@ -64,8 +63,6 @@ MARKER_NAME = ".busi-staged.json"
 MARKER_FORMAT = 1
 STAGING_DIR_NAME = "busi-staging"
 PATH_HASH_CHARS = 12
-SKIPPED_DIR_NAMES = frozenset({"__MACOSX"})
-SKIPPED_FILE_NAMES = frozenset({".DS_Store"})
 
 _CHUNK = 1024 * 1024
 _DRIVE_RE = re.compile(r"^[A-Za-z]:")
@@ -203,7 +200,7 @@ def stage_source(
             digest = _sha256(path)
             if digest == marker["sha256"]:
                 marker["mtime"] = st.st_mtime_ns
-                marker["verified_at"] = _now()
+                marker["verified_at"] = utc_now()
                 _write_json_atomic(final / MARKER_NAME, marker)
                 _LOG.info("busi staging: reusing %s for %s (mtime changed, sha256 same)", final, path)
                 return final
@@ -243,11 +240,6 @@ def _sha256(path: Path) -> str:
     except OSError as exc:
         raise DataError(f"Cannot read archive {path}: {exc}. Check that it is readable.") from exc
     return h.hexdigest()
-
-
-def _now() -> str:
-    """Current UTC time as an ISO 8601 string, for the marker."""
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 @contextmanager
@@ -302,18 +294,7 @@ def _remove_stale(root: Path, name: str) -> None:
     for entry in entries:
         if entry.name.startswith(prefixes):
             _LOG.info("busi staging: removing stale %s", entry.path)
-            _remove_path(Path(entry.path))
-
-
-def _remove_path(path: Path) -> None:
-    """Remove a folder tree, file or symlink, ignoring errors (best-effort cleanup)."""
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        try:
-            path.unlink()
-        except OSError:
-            pass
+            remove_path(Path(entry.path))
 
 
 def _read_marker(final: Path) -> dict | None:
@@ -383,7 +364,7 @@ def _extract_and_publish(
                 "size": st.st_size,
                 "mtime": st.st_mtime_ns,
                 "sha256": digest,
-                "staged_at": _now(),
+                "staged_at": utc_now(),
                 "files": n_files,
                 "bytes": n_bytes,
             },
@@ -397,26 +378,14 @@ def _extract_and_publish(
 
 
 def _publish(tmp: Path, final: Path, archive: Path) -> None:
-    """Atomically move the complete temp folder to its final name.
-
-    An old (invalid or outdated) folder is first renamed aside and deleted afterwards, so
-    at no moment does ``final`` name a partially deleted or partially written tree.
-    """
-    aside: Path | None = None
+    """Atomically move the complete temp folder to its final name (``busi.artifacts.publish_dir``)."""
     try:
-        if final.exists() or final.is_symlink():
-            aside = final.with_name(f"{final.name}.old-{os.getpid()}-{secrets.token_hex(4)}")
-            os.replace(final, aside)
-        os.replace(tmp, final)
+        publish_dir(tmp, final)
     except OSError as exc:
         raise DataError(
             f"Cannot move unpacked {archive} into place at {final}: {exc}. Remove {final} and "
             "run again."
         ) from exc
-    finally:
-        if aside is not None:
-            _remove_path(aside)
-    fsync_dir(final.parent)
 
 
 # --------------------------------------------------------------------------- validation
@@ -447,10 +416,9 @@ def _member_parts(archive: Path, name: str) -> tuple[str, ...]:
 
 
 def _is_skipped(parts: tuple[str, ...]) -> bool:
-    """True for macOS metadata (``__MACOSX/``, ``.DS_Store``) and the archive root itself."""
-    if not parts:
-        return True
-    return parts[-1] in SKIPPED_FILE_NAMES or any(p in SKIPPED_DIR_NAMES for p in parts)
+    """True for names that are never data (``busi.data.names``: ``__MACOSX/``, ``.DS_Store``,
+    other hidden files) and the archive root itself."""
+    return not parts or has_junk_part(parts)
 
 
 def _check_count(archive: Path, count: int, member: str, limits: ArchiveLimits) -> None:

@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from busi.artifacts import publish_dir
 from busi.errors import ConfigError
 
 __all__ = ["DEFAULT_CLASSES", "write_synthetic_dataset"]
@@ -105,7 +106,7 @@ def write_synthetic_dataset(
                 )
         _refuse_non_empty(out)  # somebody may have filled it meanwhile
         try:
-            os.replace(tmp, out)  # atomic; allowed onto an empty directory
+            publish_dir(tmp, out)  # an existing empty directory is swapped out
         except OSError as exc:
             raise ConfigError(
                 f"synthetic data: cannot move the dataset into {out} ({exc}); "

@@ -1,0 +1,84 @@
+"""The model folder of a run directory (``OUT/model/``): its one writer and its one reader.
+
+What it holds (file names from ``busi.artifacts.RUN_FILES``, the run-directory contract):
+``model.keras`` (preprocessing inside), ``saved_model/`` (TF serving), ``labels.json``
+(index -> class name) and ``preprocessing.json`` (the input side and resize mode prediction
+must use). Training writes it through ``write_model_dir``; prediction, tests and benchmarks
+read it through ``find_model_file`` and ``read_model_info``, so no other module spells out
+these names.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from busi.artifacts import RUN_FILES, RunDir
+from busi.errors import DataError
+
+MODEL_DIR = Path(RUN_FILES["model"]).parent.name  # "model"
+MODEL_FILE = Path(RUN_FILES["model"]).name  # "model.keras"
+LABELS_FILE = Path(RUN_FILES["labels"]).name
+PREPROCESSING_FILE = Path(RUN_FILES["preprocessing"]).name
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a model's inputs and outputs mean: class names by output index, input side, resize."""
+
+    classes: tuple[str, ...]
+    image_size: int
+    resize: str = "stretch"
+
+    def labels_json(self) -> dict[str, str]:
+        return {str(i): c for i, c in enumerate(self.classes)}
+
+    def preprocessing_json(self) -> dict[str, Any]:
+        return {"image_size": self.image_size, "resize": self.resize, "input": "RGB, float32, 0-255"}
+
+
+def write_model_dir(run: RunDir, model: Any, classes: Sequence[str], image_size: int, resize: str,
+                    saved_model: bool = True) -> ModelInfo:
+    """Write ``model`` and what it means into ``run``'s model folder (atomically, primary rank
+    only, as every ``RunDir`` write). ``saved_model=False`` skips the SavedModel export (tests
+    and benchmarks that only predict)."""
+    info = ModelInfo(tuple(classes), int(image_size), resize)
+    run.write_json("labels", info.labels_json())
+    run.write_json("preprocessing", info.preprocessing_json())
+    run.write_file_with("model", lambda p: model.save(str(p)), ".keras")
+    if saved_model:
+        run.write_dir_with("saved_model", lambda p: model.export(str(p), verbose=False))
+    return info
+
+
+def find_model_file(model_arg: str | Path) -> Path:
+    """``RUN_DIR``, its ``model/`` folder or a ``model.keras`` file -> the model file, with its
+    labels beside it. DataError naming what is missing."""
+    p = Path(model_arg)
+    if p.is_dir():
+        folder = p / MODEL_DIR if (p / MODEL_DIR / MODEL_FILE).exists() else p
+        model_file = folder / MODEL_FILE
+    else:
+        model_file = p
+    if not model_file.is_file():
+        raise DataError(f"--model {model_arg}: no {MODEL_FILE} found (give a run directory or a {MODEL_FILE} file)")
+    labels = model_file.parent / LABELS_FILE
+    if not labels.is_file():
+        raise DataError(f"{labels}: {LABELS_FILE} not found beside the model; it maps indices to class names")
+    return model_file
+
+
+def read_model_info(model_file: Path, image_size: int) -> ModelInfo:
+    """The classes (``labels.json``) and resize mode (``preprocessing.json``, ``stretch`` where
+    absent) of the model at ``model_file``, whose input side is ``image_size``."""
+    labels = model_file.parent / LABELS_FILE
+    try:
+        raw = json.loads(labels.read_text(encoding="utf-8"))
+        classes = tuple(raw[str(i)] for i in range(len(raw)))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DataError(f"{labels}: expected {{\"0\": \"class\", \"1\": ...}}: {e}") from None
+    prep_file = model_file.parent / PREPROCESSING_FILE
+    prep = json.loads(prep_file.read_text(encoding="utf-8")) if prep_file.is_file() else {}
+    return ModelInfo(classes, image_size, prep.get("resize", "stretch"))

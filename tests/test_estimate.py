@@ -1,0 +1,33 @@
+"""The walltime model: seconds from rates, split sizes and the job's schedule; the margin."""
+
+from __future__ import annotations
+
+import pytest
+
+from busi.config import load_config
+from busi.estimate import SplitCounts, estimate_seconds, with_margin
+from busi.stopper import format_hms
+
+
+def test_estimate_model() -> None:
+    job = load_config("job/busi.yaml", ["data.source=x.zip"])
+    counts = SplitCounts(546, 117, 117, "test")
+    total, parts = estimate_seconds(job, counts, train_rate=10.0, infer_rate=20.0)
+    # head: one cached inference pass over train + val, 10 epochs of ~1 s on features
+    assert parts["head"] == pytest.approx((546 + 117) / 20.0 + 10 * 1.0)
+    # finetune conv5 on cached conv4 outputs: one pass of conv1-conv4 (88% of inference) over
+    # train + val, then 10 x (the rest of a train step + the rest of val inference + checkpoint)
+    epoch = 546 * (1 - 0.53) / 10.0 + 117 * (1 - 0.88) / 20.0 + 5.0
+    assert parts["finetune"] == pytest.approx((546 + 117) * 0.88 / 20.0 + 10 * epoch)
+    # uncached (configured so, or the cache over train.feature_cache_max_gb: 14x14x1024 float32
+    # is 0.77 MiB per image, 0.5 GiB for 663 images): 10 x (train pass + val inference + checkpoint)
+    uncached = 10 * (546 / 10.0 + 117 / 20.0 + 5.0)
+    for sets in (["train.feature_cache=none"], ["train.feature_cache_max_gb=0.4"]):
+        job = load_config("job/busi.yaml", ["data.source=x.zip", *sets])
+        assert estimate_seconds(job, counts, train_rate=10.0, infer_rate=20.0)[1]["finetune"] == pytest.approx(uncached)
+    job = load_config("job/busi.yaml", ["data.source=x.zip", "train.feature_cache_max_gb=0.6"])
+    assert estimate_seconds(job, counts, train_rate=10.0, infer_rate=20.0)[1]["finetune"] < uncached
+    assert parts["evaluate"] == pytest.approx(117 / 20.0)
+    assert total == pytest.approx(sum(parts.values()))
+    assert with_margin(3600) == 3600 * 1.3 + 600
+    assert format_hms(3600 * 1.3 + 600) == "01:28:00" and format_hms(100 * 3600) == "100:00:00"

@@ -1,0 +1,75 @@
+"""The tf.data pipeline: class weights, steps per epoch, and one epoch order for images and
+cached features (deterministic, sharded, resumable)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from busi.config import AugmentConfig
+from busi.data.pipeline import balanced_class_weights
+
+N = 11  # odd, so two shards drop a ragged tail
+NO_AUGMENT = AugmentConfig(flip=False, rotation=0.0, zoom=0.0, brightness=0.0, contrast=0.0)
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from busi.data.pipeline import Pipeline, SplitData
+    from busi.data.synth import write_synthetic_dataset
+
+    root = write_synthetic_dataset(tmp_path_factory.mktemp("pipeline") / "d", per_class=4, size=32, seed=4)
+    paths = sorted(str(p) for p in root.rglob("*.png") if "_mask" not in p.name)[:N]
+    labels = [("normal", "benign", "malignant").index(Path(p).parent.name) for p in paths]
+    return Pipeline(SplitData(tuple(paths), tuple(labels)), 32, "stretch")
+
+
+def _order(pipeline: Any, seed: int, epoch: int, shard: tuple[int, int] = (0, 1), skip: int = 0) -> list[int]:
+    """Which samples an epoch of images visits, in order (each synthetic image is unique)."""
+    index = {bytes(x.numpy().astype(np.uint8)): i for i, (x, _) in enumerate(pipeline.eval_dataset(1).unbatch())}
+    order = []
+    for x, _, _ in pipeline.train_dataset(3, seed, epoch, NO_AUGMENT, np.ones(3, np.float32), shard, skip):
+        order.extend(index[bytes(im.astype(np.uint8))] for im in x.numpy())
+    return order
+
+
+def _feature_order(pipeline: Any, seed: int, epoch: int, shard: tuple[int, int] = (0, 1), skip: int = 0) -> list[int]:
+    """Which samples an epoch on cached features visits: FeatureCache.train_dataset over
+    features that are each sample's own index."""
+    from busi.features import FeatureCache
+
+    cache = FeatureCache.__new__(FeatureCache)  # no model needed: only the epoch order is read
+    cache.train, cache.variants = pipeline, 1
+    cache.train_features = [np.arange(N, dtype=np.float32)[:, None]]
+    batches = cache.train_dataset(3, seed, epoch, np.ones(3, np.float32), shard=shard, skip_batches=skip)
+    return [int(f[0]) for feats, _, _ in batches for f in feats]
+
+
+def test_images_and_cached_features_take_one_epoch_order(pipeline: Any) -> None:
+    for seed, epoch in ((0, 1), (0, 2), (7, 1)):
+        images = _order(pipeline, seed, epoch)
+        assert sorted(images) == list(range(N))
+        assert _feature_order(pipeline, seed, epoch) == images
+    assert _order(pipeline, 0, 1) != _order(pipeline, 0, 2)  # a new order every epoch
+    assert _order(pipeline, 0, 1) == _order(pipeline, 0, 1)  # and the same one on a rerun
+
+
+def test_shards_split_one_order_and_resume_skips_batches(pipeline: Any) -> None:
+    whole = _order(pipeline, 3, 5)
+    shards = [_order(pipeline, 3, 5, shard=(r, 2)) for r in range(2)]
+    # ranks take alternate samples of the epoch's order, the ragged tail (1 of 11) dropped
+    assert shards == [whole[0:10:2], whole[1:10:2]]
+    assert [_feature_order(pipeline, 3, 5, shard=(r, 2)) for r in range(2)] == shards
+    # a resumed epoch skips the batches done (of 3 samples) and continues in the same order
+    assert _order(pipeline, 3, 5, skip=2) == whole[6:] == _feature_order(pipeline, 3, 5, skip=2)
+    assert pipeline.steps(3) == 4 and pipeline.steps(3, shards=2) == 2  # 11 -> 4 batches; 5 per rank -> 2
+
+
+def test_balanced_class_weights() -> None:
+    w = balanced_class_weights([0, 1, 1, 1, 2, 2], 3)
+    np.testing.assert_allclose(w, [2.0, 2 / 3, 1.0])
+    assert float(np.dot(np.bincount([0, 1, 1, 1, 2, 2]), w)) == pytest.approx(6.0)  # mean weight 1
+    np.testing.assert_allclose(balanced_class_weights([0, 0, 2], 3), [0.75, 0.0, 1.5])  # absent class: 0
