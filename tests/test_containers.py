@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 
 import busi
-from busi.cli import EXIT_INTERRUPTED
+from busi.errors import Interrupted
 from busi.config import job_kind, load_config, load_predict_config
 from busi.inputs import shard_from_env
 
@@ -393,7 +393,7 @@ def test_entrypoint_execs_busi_job_so_signals_reach_it(fake_prefix: Path) -> Non
                 break
         assert lines[0] == f"pid={proc.pid}", "busi-job must replace the entrypoint's shell (exec)"
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=20) == EXIT_INTERRUPTED
+        assert proc.wait(timeout=20) == Interrupted.exit_code
         assert "got-TERM" in proc.stdout.read()
     finally:
         if proc.poll() is None:
@@ -536,9 +536,9 @@ def test_aws_batch_job_definition(name: str) -> None:
         if "onExitCode" in rule:
             assert re.fullmatch(r"\d*\*?", rule["onExitCode"]), rule
     retried_codes = [int(r["onExitCode"]) for r in rules if r["action"] == "RETRY" and "onExitCode" in r]
-    assert retried_codes == [EXIT_INTERRUPTED]
+    assert retried_codes == [Interrupted.exit_code]
     reason = "Essential container in task exited"
-    assert aws_action(rules, EXIT_INTERRUPTED, reason) == "RETRY"
+    assert aws_action(rules, Interrupted.exit_code, reason) == "RETRY"
     for code in (1, 2, 3, 137, 143):
         assert aws_action(rules, code, reason) == "EXIT", code
     assert aws_action(rules, None, "", "Host EC2 (instance i-0123) terminated.") == "RETRY"
@@ -601,7 +601,7 @@ def test_gcp_batch_job(name: str) -> None:
     assert 1 <= task["maxRetryCount"] <= 10, "retries need maxRetryCount > 0"
     (policy,) = task["lifecyclePolicies"]  # Batch supports one lifecycle policy
     assert policy["action"] == "RETRY_TASK"
-    assert policy["actionCondition"]["exitCodes"] == [EXIT_INTERRUPTED]
+    assert policy["actionCondition"]["exitCodes"] == [Interrupted.exit_code]
 
     env = task["environment"]["variables"]
     m = re.fullmatch(r"(\d+)s", task["maxRunDuration"])
