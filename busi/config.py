@@ -25,6 +25,7 @@ from typing import Any, Literal, Mapping, Sequence, Union
 import yaml
 
 from busi.errors import ConfigError
+from busi.safeio import NotRegularFile, read_regular_file
 
 # --------------------------------------------------------------------------- schema
 
@@ -243,17 +244,46 @@ def _join(prefix: str, key: Any) -> str:
     return f"{prefix}.{key}" if prefix else str(key)
 
 
+class _JobLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, stricter for job files. It refuses anchors and aliases (``&a`` /
+    ``*a``): a job file has no use for them, and they allow a recursive alias or a
+    "billion laughs" file that exhausts memory before anything is validated. It refuses a key
+    given twice in one mapping, naming both lines (YAML would silently keep the last)."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent) or getattr(self.peek_event(), "anchor", None):
+            event = self.peek_event()
+            raise yaml.MarkedYAMLError(problem="anchors and aliases (&name, *name) are not allowed in a job file",
+                                       problem_mark=event.start_mark)
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.MarkedYAMLError(
+                    problem=f"key {key!r} is given twice in this mapping (lines {seen[key].line + 1} and "
+                            f"{key_node.start_mark.line + 1}); keep one",
+                    problem_mark=key_node.start_mark)
+            if isinstance(key, (str, int, float, bool)):
+                seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping; syntax errors name the file, line and column."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        text = read_regular_file(p).decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{p}: job file not found") from None
+    except NotRegularFile as e:
+        raise ConfigError(f"{p}: cannot read job file: it is {e}; give a YAML file") from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{p}: cannot read job file: {e}") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_JobLoader)  # noqa: S506 (a SafeLoader: no aliases, no duplicate keys)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
@@ -274,7 +304,9 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if not sep or not key or any(not part for part in key.split(".")):
         raise ConfigError(f"--set {item!r}: expected key.path=value, e.g. --set train.head.epochs=3")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml.load(raw, Loader=_JobLoader) if raw.strip() else ""  # noqa: S506 (safe, stricter)
+    except yaml.MarkedYAMLError as e:
+        raise ConfigError(f"--set {key}: value {raw!r} is not valid YAML: {e.problem or e.context}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"--set {key}: value {raw!r} is not valid YAML: {e}") from None
     return key.split("."), value

@@ -17,6 +17,7 @@ from busi.data.scan import is_mask_name, natural_key
 from busi.data.staging import ArchiveLimits, is_archive, stage_source
 from busi.errors import ConfigError, DataError
 from busi.ranks import LAUNCHERS
+from busi.safeio import read_regular_file
 
 ARCHIVE_SEP = "!/"  # archive members are reported as "<archive>!/<member>", like jar URLs
 
@@ -51,7 +52,7 @@ def expand_inputs(
             root = stage_source(p, staging_dir, limits)
             for f in _walk(root):
                 _add(found, InputFile(path=f"{item}{ARCHIVE_SEP}{f.relative_to(root).as_posix()}", file=f), include_masks)
-        elif p.is_file() or p.is_symlink():
+        elif p.exists() or p.is_symlink():  # a FIFO or device too: its row gets the error, nothing blocks
             _add(found, InputFile(path=item, file=p), include_masks)
         else:
             raise DataError(f"{item}: input not found (give folders, image files, archives or @list.txt files)")
@@ -73,9 +74,9 @@ def _expand_lists(inputs: Sequence[str]) -> list[str]:
             continue
         list_file = Path(item[1:])
         try:
-            lines = list_file.read_text(encoding="utf-8").splitlines()
-        except OSError as e:
-            raise DataError(f"{list_file}: cannot read input list: {e.strerror or e}") from None
+            lines = read_regular_file(list_file).decode("utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise DataError(f"{list_file}: cannot read input list: {getattr(e, 'strerror', None) or e}") from None
         for line in lines:
             line = line.strip()
             if line and not line.startswith("#"):

@@ -11,6 +11,7 @@ columns plus ``true_label``.
 from __future__ import annotations
 
 import csv
+import glob
 import json
 import os
 from pathlib import Path
@@ -120,7 +121,8 @@ def write_done_marker(csv_path: Path, summary: dict[str, Any], shard: Shard, inp
 def merge_shards(output: Path) -> int:
     """Join ``<stem>.part-IIIII-of-NNNNN.csv`` files into ``output`` (atomically), in sorted path
     order. Fails naming every shard that is missing or incomplete. Returns the row count."""
-    parts = sorted(output.parent.glob(f"{output.stem}.part-*-of-*{output.suffix or '.csv'}"))
+    # glob.escape: a name such as br[1].csv holds glob characters
+    parts = sorted(output.parent.glob(f"{glob.escape(output.stem)}.part-*-of-*{output.suffix or '.csv'}"))
     if not parts:
         raise DataError(f"{output}: no shard files {output.stem}.part-*-of-*.csv beside it")
     counts = {p.name.rsplit("-of-", 1)[1].split(".")[0] for p in parts}

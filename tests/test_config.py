@@ -389,3 +389,33 @@ def test_scientific_notation_is_a_number(write_job) -> None:  # type: ignore[no-
     assert load_config(job).train.head.learning_rate == 1e-3
     with pytest.raises(ConfigError, match="train.head.learning_rate: expected a positive number, got 'fast'"):
         load_config(None, ["data.source=d", "output.dir=o", "train.head.learning_rate=fast"])
+
+
+@pytest.mark.timeout(20)
+def test_a_fifo_job_file_is_refused_not_waited_on(tmp_path: Path) -> None:
+    fifo = tmp_path / "job.yaml"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError, match="job.yaml: cannot read job file: it is a FIFO"):
+        load_config(fifo)
+
+
+def test_a_key_given_twice_is_refused_naming_both_lines(tmp_path: Path) -> None:
+    job = tmp_path / "job.yaml"
+    job.write_text("data:\n  source: x\noutput:\n  dir: y\ntrain:\n  head:\n    epochs: 10\n    epochs: 0\n")
+    with pytest.raises(ConfigError, match=r"job.yaml:8:5: .*'epochs' is given twice .*lines 7 and 8"):
+        load_config(job)
+
+
+@pytest.mark.parametrize("text", [
+    "data: &r [*r]\n",  # recursive
+    "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: [*b, *b, *b, *b, *b]\n",  # laughs
+    "data: &d {source: x}\noutput: {dir: y}\nextra: *d\n",
+])
+def test_anchors_and_aliases_are_refused_before_anything_is_built(tmp_path: Path, text: str) -> None:
+    job = tmp_path / "job.yaml"
+    job.write_text(text)
+    with pytest.raises(ConfigError, match=r"job.yaml:1:\d+: .*anchors and aliases"):
+        load_config(job)
+    with pytest.raises(ConfigError, match="--set data.classes: .*anchors and aliases"):
+        load_config(None, ["data.source=x", "output.dir=y", "data.classes=&r [*r]"])
+

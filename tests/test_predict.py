@@ -251,3 +251,22 @@ def test_decode_threads_run_at_low_cpu_priority(messy: dict, model_dir: Path, tm
     assert summary.rows == len(files) == len(niceness)
     assert set(niceness) == {19}
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) < 19
+
+
+def test_a_fifo_in_the_input_folder_gets_an_error_row_and_never_hangs(model_dir: Path, tmp_path: Path) -> None:
+    """A named pipe in a shared folder: opening it for reading would wait for a writer forever."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(_rgb(np.random.default_rng(1))).save(folder / "scan.png")
+    os.mkfifo(folder / "pipe.png")
+    os.mkfifo(tmp_path / "named.png")  # and one named on the command line
+    out = tmp_path / "p.csv"
+    proc = run_cli("predict", "--model", str(model_dir), "--input", str(folder), "--input", str(tmp_path / "named.png"),
+                   "--output", str(out), timeout=180)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = {Path(r["path"]).name: r for r in _rows(out)}
+    assert set(rows) == {"scan.png", "pipe.png", "named.png"}
+    assert rows["scan.png"]["error"] == "" and rows["scan.png"]["label"] in CLASSES
+    for name in ("pipe.png", "named.png"):
+        assert "FIFO" in rows[name]["error"] and rows[name]["label"] == "", rows[name]
+

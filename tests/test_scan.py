@@ -141,6 +141,39 @@ def test_scan_orphans_skipped_corrupt(messy: Path) -> None:
     assert sorted(accounted) == sorted(on_disk)
 
 
+@pytest.mark.timeout(30)  # a FIFO opened for reading would block the scan forever
+def test_fifos_and_broken_links_are_skipped_and_reported_never_read(tmp_path: Path) -> None:
+    import os
+
+    root = tmp_path / "ds"
+    put(root, "a/x.png", seed=1)
+    put(root, "b/y.png", seed=2)
+    os.mkfifo(root / "a" / "pipe.png")
+    (root / "b" / "gone.png").symlink_to(root / "b" / "nowhere.png")
+    (root / "b" / "loop.png").symlink_to(root / "b" / "loop.png")
+    put(root, "b/.ipynb_checkpoints/y-checkpoint.png", seed=3)  # junk: neither a sample nor reported
+    r = scan_dataset(root, ["a", "b"])
+    assert [s.path for s in r.samples] == ["a/x.png", "b/y.png"]
+    assert sorted(r.skipped) == ["a/pipe.png", "b/gone.png", "b/loop.png"]
+    assert r.corrupt == ()
+
+
+def test_a_decoder_raising_anything_makes_that_file_corrupt_not_the_scan(tmp_path: Path) -> None:
+    """Pillow's DDS plug-in raises NotImplementedError on unknown pixel-format flags (other
+    plug-ins raise AttributeError, ...): the file is reported corrupt, the scan goes on."""
+    import struct
+
+    root = tmp_path / "ds"
+    put(root, "a/x.png", seed=1)
+    put(root, "b/y.png", seed=2)
+    header = struct.pack("<4s7I44s", b"DDS ", 124, 0x1007, 8, 8, 0, 0, 0, b"\0" * 44)
+    pixel_format = struct.pack("<8I", 32, 0, 0, 0, 0, 0, 0, 0)  # flags 0: no format Pillow knows
+    put(root, "a/odd.dds", data=header + pixel_format + struct.pack("<5I", 0x1000, 0, 0, 0, 0) + bytes(256))
+    r = scan_dataset(root, ["a", "b"])
+    assert [s.path for s in r.samples] == ["a/x.png", "b/y.png"]
+    assert dict(r.corrupt) == {"a/odd.dds": "cannot decode image: NotImplementedError: Unknown pixel format flags 0"}
+
+
 def test_scan_is_deterministic(messy: Path) -> None:
     assert scan_dataset(messy, CLASSES) == scan_dataset(messy, CLASSES)
 

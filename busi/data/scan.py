@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,9 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from busi.data.images import decode_error, read_image_bytes
 from busi.data.names import has_junk_part, is_junk
+from busi.safeio import is_regular_file
 from busi.errors import DataError
 
 MASK_RE = re.compile(r"^(?P<stem>.+)_mask(?:_(?P<n>\d+))?$", re.IGNORECASE)
@@ -115,7 +118,7 @@ def scan_dataset(root: str | Path, classes: Sequence[str]) -> ScanResult:
         masks: dict[tuple[Path, str], list[Path]] = {}
         for f in files:
             rel = f.relative_to(base).as_posix()
-            if f.suffix.lower() not in exts:
+            if f.suffix.lower() not in exts or not is_regular_file(f):  # FIFOs, sockets, broken links
                 skipped.append(rel)
                 continue
             m = MASK_RE.match(f.stem)
@@ -160,23 +163,25 @@ def scan_dataset(root: str | Path, classes: Sequence[str]) -> ScanResult:
 
 
 def _walk(folder: Path) -> Iterable[Path]:
+    """Every entry under ``folder`` that is not a folder (regular files, and the FIFOs, sockets
+    and broken links a shared folder holds, which the scan reports as skipped)."""
     for p in folder.rglob("*"):
-        if p.is_file() and not has_junk_part(p.relative_to(folder).parts):
+        if not p.is_dir() and not has_junk_part(p.relative_to(folder).parts):
             yield p
 
 
 def read_image_info(path: Path) -> dict[str, object]:
     """Decode an image fully; size, mode, content hash and perceptual hash. DataError if unreadable."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
+    raw = read_image_bytes(path)
     try:
-        raw = path.read_bytes()
-        with Image.open(path) as im:
+        with Image.open(io.BytesIO(raw)) as im:
             im.load()
             width, height, mode = im.width, im.height, im.mode
             gray = im.convert("L")
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise DataError(f"{path}: cannot decode image: {e}") from None
+    except Exception as e:  # any failure of a decoder on one file makes that file corrupt, not the scan
+        raise decode_error(path, e) from None
     return {
         "width": width,
         "height": height,
