@@ -261,13 +261,14 @@ class _JobLoader(yaml.SafeLoader):
         seen: dict[Any, Any] = {}
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=True)
-            if isinstance(key, (str, int, float, bool)) and key in seen:
+            if not isinstance(key, (str, int, float, bool)):
+                continue  # an unhashable key: construct_mapping below reports it
+            if key in seen:
                 raise yaml.MarkedYAMLError(
                     problem=f"key {key!r} is given twice in this mapping (lines {seen[key].line + 1} and "
                             f"{key_node.start_mark.line + 1}); keep one",
                     problem_mark=key_node.start_mark)
-            if isinstance(key, (str, int, float, bool)):
-                seen[key] = key_node.start_mark
+            seen[key] = key_node.start_mark
         return super().construct_mapping(node, deep=deep)
 
 

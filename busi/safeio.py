@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
+from typing import BinaryIO
 
 KINDS = {stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device",
          stat.S_IFBLK: "a block device", stat.S_IFDIR: "a directory"}
@@ -32,20 +33,22 @@ def is_regular_file(path: str | Path) -> bool:
         return False
 
 
-def read_regular_file(path: str | Path) -> bytes:
-    """The bytes of the regular file at ``path``. Raises FileNotFoundError, NotRegularFile
-    (naming the kind) or another OSError; never waits on a FIFO."""
+def open_regular_file(path: str | Path) -> BinaryIO:
+    """The regular file at ``path``, open for binary reading (a decoder reads only what it
+    needs). Raises FileNotFoundError, NotRegularFile (naming the kind) or another OSError;
+    never waits on a FIFO: the open is non-blocking, and ``fstat`` checks what was opened."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise NotRegularFile(f"{kind_of(st.st_mode)}, not a regular file")
-        chunks = []
-        while True:
-            chunk = os.read(fd, 1 << 20)
-            if not chunk:
-                break
-            chunks.append(chunk)
-        return b"".join(chunks)
-    finally:
+        return os.fdopen(fd, "rb")  # O_NONBLOCK changes nothing for a regular file's reads
+    except BaseException:
         os.close(fd)
+        raise
+
+
+def read_regular_file(path: str | Path) -> bytes:
+    """The bytes of the regular file at ``path`` (``open_regular_file``'s rules)."""
+    with open_regular_file(path) as fh:
+        return fh.read()

@@ -9,27 +9,27 @@ notebook did; ``pad`` keeps the aspect ratio and pads with black (the ultrasound
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
 from busi.errors import DataError
-from busi.safeio import read_regular_file
+from busi.safeio import open_regular_file
 
 
 def load_image(path: str | Path, size: int, resize: str = "stretch") -> np.ndarray:
     """Decode and resize one image. DataError (naming the path) if Pillow cannot decode it."""
     from PIL import Image
 
-    raw = read_image_bytes(path)
-    try:
-        with Image.open(io.BytesIO(raw)) as im:
-            if im.format == "JPEG":
-                im.draft("RGB", (size, size))  # decode JPEGs at reduced scale: much faster
-            rgb = to_rgb8(im)
-    except Exception as e:  # any failure of a decoder on one file makes that file unreadable
-        raise decode_error(path, e) from None
+    with open_image_file(path) as fh:
+        try:
+            with Image.open(fh) as im:
+                if im.format == "JPEG":
+                    im.draft("RGB", (size, size))  # decode JPEGs at reduced scale: much faster
+                rgb = to_rgb8(im)
+        except Exception as e:  # any failure of a decoder on one file makes that file unreadable
+            raise decode_error(path, e) from None
     return np.asarray(resize_rgb(rgb, size, resize), dtype=np.uint8)
 
 
@@ -38,18 +38,18 @@ def decode_error(path: str | Path, e: Exception) -> DataError:
     plug-ins raise OSError, ValueError, SyntaxError, but also NotImplementedError, AttributeError...)."""
     from PIL import UnidentifiedImageError
 
-    if isinstance(e, UnidentifiedImageError):  # its text holds the repr of an in-memory buffer
+    if isinstance(e, UnidentifiedImageError):  # its text holds the repr of the open file object
         why = "cannot identify image file (not a format Pillow reads)"
     else:
         why = f"{type(e).__name__}: {e}"
     return DataError(f"{path}: cannot decode image: {why}")
 
 
-def read_image_bytes(path: str | Path) -> bytes:
-    """The file's bytes, refusing (DataError naming the path) what is not a regular file: a FIFO
-    in an input folder must give an error row, not hang the job (``busi.safeio``)."""
+def open_image_file(path: str | Path) -> BinaryIO:
+    """The file, open for reading, refusing (DataError naming the path) what is not a regular
+    file: a FIFO in an input folder must give an error row, not hang the job (``busi.safeio``)."""
     try:
-        return read_regular_file(path)
+        return open_regular_file(path)
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except OSError as e:

@@ -18,7 +18,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from busi.data.images import decode_error, read_image_bytes
+from busi.data.images import decode_error, open_image_file
 from busi.data.names import has_junk_part, is_junk
 from busi.safeio import is_regular_file
 from busi.errors import DataError
@@ -174,7 +174,8 @@ def read_image_info(path: Path) -> dict[str, object]:
     """Decode an image fully; size, mode, content hash and perceptual hash. DataError if unreadable."""
     from PIL import Image
 
-    raw = read_image_bytes(path)
+    with open_image_file(path) as fh:
+        raw = fh.read()  # all of it: the content hash
     try:
         with Image.open(io.BytesIO(raw)) as im:
             im.load()
