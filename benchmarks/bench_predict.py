@@ -220,7 +220,7 @@ def main() -> None:
 
         real = common.cached_dir("busi-sample", unpack)
         sources = common.image_files(real)
-        linked = linked_folder(f"busi-sample-x15", sources, 15 * len(sources))
+        linked = linked_folder("busi-sample-x15", sources, 15 * len(sources))
         common.wait_for_quiet(skip=args.no_wait)
         report("float32 (real)", run_worker(linked, "float32", args, 0))
     if not args.no_rss:

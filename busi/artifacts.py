@@ -19,23 +19,40 @@ Layout (a contract, documented in the README and held by tests)::
 
 Every writer is a no-op off the primary rank (``RunDir(..., primary=False)``), so callers
 need no rank checks. Files are written to a temp file in the same folder, fsynced, and
-renamed into place: a run killed at any moment leaves each file complete or absent.
+renamed into place: a run killed at any moment leaves each file complete or absent. Files
+get the process umask (``umask 002`` makes a run group-readable and writable).
+
+A run directory is claimed (``RunDir.claim``) before anything is written: one lock per
+directory (``OUT/.busi.lock``, ``busi.locks``), temp files of killed writers removed, and a
+folder busi did not write refused (no ``manifest.json`` but other files) unless ``--restart``.
+busi deletes or replaces only the paths of this layout, never a file it did not write.
+
+Text files (CSVs, lists) are UTF-8. A file name that is not valid UTF-8 (bytes such as
+``\xff`` from old shares) is written as its own bytes (Python's ``surrogateescape``), so
+reading the CSV back with ``open_text`` gives the same path, byte for byte.
 """
 
 from __future__ import annotations
 
 import csv
-import datetime as dt
 import io
 import json
+import logging
 import os
+import re
 import secrets
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import IO, Any, Callable, Iterable, Iterator, Sequence
 
 import yaml
+
+from busi.clock import utc_now
+from busi.errors import ConfigError
+
+log = logging.getLogger("busi")
 
 RUN_FILES = {
     "config": "config.yaml",
@@ -55,6 +72,53 @@ RUN_FILES = {
     "plot_roc": "plots/roc.png",
     "test_predictions": "predictions/test.csv",
 }
+
+
+RUN_DIRS = ("checkpoint",)  # folders busi writes besides the parents of RUN_FILES
+LOCK_FILE = ".busi.lock"
+
+# What busi's own temp and aside names look like: mkstemp/mkdtemp ``.<name>.<8 random>.tmp[.ext]``
+# and publish_dir's ``<name>.old-<pid>-<8 hex>``. Only these are ever removed as stale.
+_TEMP_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp(\.[A-Za-z0-9]+)?$|^.+\.old-\d+-[0-9a-f]{8}$")
+
+TEXT_ENCODING = "utf-8"
+TEXT_ERRORS = "surrogateescape"  # a name that is not UTF-8 keeps its bytes
+
+
+def open_text(path: str | Path, mode: str = "r") -> IO[str]:
+    """A text file busi writes or reads back (CSVs, input lists): UTF-8, names' bytes kept."""
+    return open(path, mode, encoding=TEXT_ENCODING, errors=TEXT_ERRORS, newline="")
+
+
+def text_bytes(text: str) -> bytes:
+    return text.encode(TEXT_ENCODING, TEXT_ERRORS)
+
+
+def is_temp_name(name: str) -> bool:
+    """A temp or aside name of busi's atomic writers (a killed writer leaves these behind)."""
+    return _TEMP_NAME.match(name) is not None
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it (Linux ``/proc``), else by set-and-restore."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _honour_umask(path: Path, directory: bool) -> None:
+    """mkstemp and mkdtemp create 0600/0700 whatever the umask: give the umask's mode instead."""
+    try:
+        os.chmod(path, (0o777 if directory else 0o666) & ~current_umask())
+    except OSError:
+        pass
 
 
 def fsync_dir(folder: Path) -> None:
@@ -77,7 +141,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
+    return atomic_write_bytes(path, text_bytes(text))
 
 
 def atomic_write_with(path: str | Path, writer: Callable[[Path], Any], suffix: str = "") -> Path:
@@ -91,6 +155,7 @@ def atomic_write_with(path: str | Path, writer: Callable[[Path], Any], suffix: s
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    _honour_umask(tmp, directory=False)
     try:
         writer(tmp)
         with open(tmp, "rb+") as fh:
@@ -108,6 +173,7 @@ def atomic_write_dir(path: str | Path, writer: Callable[[Path], Any]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    _honour_umask(tmp, directory=True)
     try:
         writer(tmp)
         for f in tmp.rglob("*"):  # contents on disk before the rename publishes them
@@ -151,18 +217,37 @@ def remove_path(path: Path) -> None:
             pass
 
 
-def utc_now() -> str:
-    """The current time in UTC, ISO 8601 to the second: every timestamp busi writes into a file."""
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-
-
 def json_text(obj: Any) -> str:
     return json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n"
 
 
+class CsvWriter:
+    """The csv module's writer for every CSV busi writes: rows end in ``\n``, and a row with a
+    carriage return in a field ends in ``\r\n`` instead, because only then does the csv
+    module quote a bare ``\r`` (a name holding one would otherwise split the row). Read them
+    back with the csv module (``read_csv_text``), never by lines: names may hold ``\n``,
+    U+2028 or ``\x1c``, which ``str.splitlines`` breaks on."""
+
+    def __init__(self, fh: IO[str]) -> None:
+        self._lf = csv.writer(fh, lineterminator="\n")
+        self._crlf = csv.writer(fh, lineterminator="\r\n")
+
+    def writerow(self, row: Sequence[Any]) -> None:
+        (self._crlf if any("\r" in str(v) for v in row) else self._lf).writerow(row)
+
+    def writerows(self, rows: Iterable[Sequence[Any]]) -> None:
+        for row in rows:
+            self.writerow(row)
+
+
+def read_csv_text(text: str) -> list[list[str]]:
+    """Every record of CSV ``text`` (csv.Error on a malformed one)."""
+    return list(csv.reader(io.StringIO(text, newline="")))
+
+
 def csv_text(columns: Sequence[str], rows: Iterable[Sequence[Any] | dict[str, Any]]) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
+    buf = io.StringIO(newline="")
+    w = CsvWriter(buf)
     w.writerow(columns)
     for r in rows:
         w.writerow([r.get(c, "") for c in columns] if isinstance(r, dict) else r)
@@ -200,6 +285,132 @@ class RunDir:
     def read_json(self, key: str) -> Any:
         p = self.path(key)
         return json.loads(p.read_text(encoding="utf-8")) if p.exists() else None
+
+    # ------------------------------------------------------------ claiming the folder
+
+    def read_manifest(self) -> dict[str, Any] | None:
+        """The manifest, None if there is none; ConfigError naming it if it is not busi's JSON."""
+        p = self.path("manifest")
+        if not p.exists():
+            return None
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+            if not isinstance(data, dict) or "status" not in data:
+                raise ValueError("no status")
+            return data
+        except (OSError, ValueError) as e:
+            raise ConfigError(
+                f"output.dir: {p} is not a busi manifest ({type(e).__name__}: {e}); pass --restart to "
+                "start this run again from scratch, or choose another output.dir"
+            ) from None
+
+    def layout(self) -> list[tuple[Path, bool]]:
+        """Every path of the run-directory layout with whether it is a folder, parents first."""
+        out: dict[Path, bool] = {}
+        for rel in RUN_FILES.values():
+            parts = Path(rel).parts
+            for i in range(1, len(parts)):
+                out.setdefault(self.root.joinpath(*parts[:i]), True)
+        for rel in RUN_FILES.values():
+            out[self.root / rel] = rel == RUN_FILES["saved_model"]
+        for rel in RUN_DIRS:
+            out[self.root / rel] = True
+        return list(out.items())
+
+    @contextmanager
+    def claim(self, restart: bool = False) -> Iterator[None]:
+        """Own the run directory for the ``with`` block (primary rank only): create it, lock it
+        (a second job exits 2 naming the holder's host and pid), remove temp files of killed
+        writers, and refuse what busi must not touch. ``restart``: clear this layout's files of
+        the previous run first (rename aside, then delete), behind a manifest marked
+        ``restarting``, so an interrupted restart never leaves old results that look current."""
+        if not self.primary:
+            yield
+            return
+        from busi.locks import exclusive_lock
+
+        if self.root.exists() and not self.root.is_dir():
+            raise ConfigError(f"output.dir: {self.root} is a file, not a folder; choose another output.dir")
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"output.dir: cannot create {self.root}: {e.strerror or e}; choose a writable "
+                              "output.dir") from None
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            raise ConfigError(f"output.dir: {self.root} is not writable (read-only mount or permissions); "
+                              "choose a writable output.dir")
+        with exclusive_lock(self.root / LOCK_FILE, f"output.dir {self.root}"):
+            self._remove_stale()
+            self._check_layout(restart)
+            if restart:
+                self._clear()
+            yield
+
+    def _remove_stale(self) -> None:
+        """Temp and aside files of killed writers (the lock is held: no live writer owns them)."""
+        for folder in [self.root] + [p for p, is_dir in self.layout() if is_dir]:
+            try:
+                entries = list(os.scandir(folder))
+            except OSError:
+                continue
+            for entry in entries:
+                if is_temp_name(entry.name):
+                    log.info("output.dir: removing %s, left by a killed run", entry.path)
+                    remove_path(Path(entry.path))
+
+    def _check_layout(self, restart: bool) -> None:
+        wrong = [p for p, is_dir in self.layout()
+                 if (p.exists() or p.is_symlink()) and (p.is_dir() and not p.is_symlink()) != is_dir]
+        if wrong:
+            shown = ", ".join(f"{p} ({'a folder' if p.is_dir() else 'not a folder'})" for p in wrong[:5])
+            raise ConfigError(f"output.dir: {shown}: busi writes a {'file' if wrong[0].is_dir() else 'folder'} "
+                              "there and did not write this; move it away or choose another output.dir")
+        try:
+            manifest = self.read_manifest()
+        except ConfigError:
+            if not restart:
+                raise
+            manifest = {"status": "unreadable"}
+        if manifest is not None:
+            return  # busi's run directory: files outside the layout are the user's, left alone
+        foreign = sorted(e.name for e in os.scandir(self.root) if e.name != LOCK_FILE and not is_temp_name(e.name))
+        if foreign and not restart:
+            raise ConfigError(
+                f"output.dir: {self.root} holds files busi did not write ({', '.join(foreign[:5])}"
+                f"{', ...' if len(foreign) > 5 else ''}) and no {RUN_FILES['manifest']}; choose an empty or "
+                "new output.dir, or pass --restart to write the run beside them"
+            )
+        taken = [p for p, is_dir in self.layout() if not is_dir and (p.exists() or p.is_symlink())]
+        taken += [p for p in (self.root / d for d in RUN_DIRS) if p.exists()]
+        if taken:
+            raise ConfigError(
+                f"output.dir: {', '.join(str(p) for p in taken[:5])}: busi would replace "
+                f"{'these files' if len(taken) > 1 else 'this'}, which it did not write (there is no "
+                f"{RUN_FILES['manifest']}); move them away or choose another output.dir"
+            )
+
+    def _clear(self) -> None:
+        """``--restart``: the previous run's files go (each renamed aside, then deleted) behind a
+        manifest that says so; folders of the layout stay if they hold the user's files."""
+        previous = self.path("manifest")
+        if previous.exists():
+            atomic_write_text(previous, json_text({"status": "restarting", "restarted_at": utc_now()}))
+        for p, is_dir in reversed(self.layout()):
+            if p == previous:
+                continue
+            if not is_dir or p.name in RUN_DIRS or p == self.path("saved_model"):
+                if p.exists() or p.is_symlink():
+                    aside = p.with_name(f"{p.name}.old-{os.getpid()}-{secrets.token_hex(4)}")
+                    try:
+                        os.replace(p, aside)
+                    except OSError as e:
+                        raise ConfigError(f"--restart: cannot remove {p}: {e.strerror or e}") from None
+                    remove_path(aside)
+            else:
+                try:
+                    p.rmdir()  # only if empty: a layout folder may hold the user's files too
+                except OSError:
+                    pass
 
 
 class Manifest:

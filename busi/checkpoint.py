@@ -17,16 +17,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
+import logging
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from busi.artifacts import atomic_write_dir, atomic_write_text, json_text
+from busi.artifacts import atomic_write_dir, atomic_write_text, is_temp_name, json_text, remove_path
 from busi.config import JobConfig
 from busi.errors import ConfigError
+
+log = logging.getLogger("busi")
 
 FORMAT = 1
 
@@ -38,6 +41,7 @@ NEUTRAL_KEYS = (
     "data.staging_dir",
     "data.max_archive_members",
     "data.max_archive_bytes",
+    "data.max_archive_ratio",
     "runtime.cores",
     "runtime.walltime",
     "runtime.walltime_margin",
@@ -143,12 +147,16 @@ class Checkpointer:
         atomic_write_text(self.dir / "latest.json", json_text({"name": name, "epoch": state.epoch, "step": state.step}))
         for old in self.dir.glob("ckpt-*"):
             if old.name != name:
-                shutil.rmtree(old, ignore_errors=True)
+                remove_path(old)
         return self.dir / name
 
     def _latest_index(self) -> int:
-        latest = self._read_latest()
-        return int(latest["name"].split("-")[1]) if latest else 0
+        return max((int(p.name.split("-")[1]) for p in self._checkpoints()), default=0)
+
+    def _checkpoints(self) -> list[Path]:
+        """The published ``ckpt-NNNNNN`` folders, oldest first (not temp or aside names)."""
+        return sorted((p for p in self.dir.glob("ckpt-*") if re.fullmatch(r"ckpt-\d+", p.name)),
+                      key=lambda p: int(p.name.split("-")[1]))
 
     def _read_latest(self) -> dict[str, Any] | None:
         try:
@@ -157,24 +165,47 @@ class Checkpointer:
             return None
 
     def remove(self) -> None:
-        """Drop all checkpoints (a completed run keeps its final model instead)."""
-        if self.primary:
-            shutil.rmtree(self.dir, ignore_errors=True)
+        """Drop all checkpoints (a completed run keeps its final model instead): busi's own
+        entries only; the folder goes too unless it holds something else."""
+        if not self.primary or not self.dir.is_dir():
+            return
+        for entry in self.dir.iterdir():
+            if entry.name.startswith("ckpt-") or entry.name == "latest.json" or is_temp_name(entry.name):
+                remove_path(entry)
+        try:
+            self.dir.rmdir()
+        except OSError:
+            pass
 
     # --------------------------------------------------------------- reading
 
     def exists(self) -> bool:
+        return self._find() is not None
+
+    def _find(self) -> Path | None:
+        """The checkpoint to resume: the one ``latest.json`` names, or, where that is missing
+        or unreadable (a file system that lost it), the newest complete ``ckpt-*`` left, with
+        a warning. None: start from scratch."""
         latest = self._read_latest()
-        return bool(latest) and (self.dir / latest["name"] / "state.json").is_file()
+        name = latest.get("name") if isinstance(latest, dict) else None
+        if isinstance(name, str) and _complete(self.dir / name):
+            return self.dir / name
+        found = [p for p in self._checkpoints() if _complete(p)]
+        if (self.dir / "latest.json").exists() or found:
+            log.warning("checkpoint: %s names %s, which is missing or incomplete; %s", self.dir / "latest.json",
+                        name, f"resuming from {found[-1].name}" if found else "starting from scratch")
+        return found[-1] if found else None
 
     def load(self) -> Checkpoint | None:
         """The latest checkpoint, or None. ConfigError (exit 2) if it was made by a config
         that computes something else; the message lists the keys that differ."""
-        latest = self._read_latest()
-        if not latest:
+        path = self._find()
+        if path is None:
             return None
-        path = self.dir / latest["name"]
-        meta = json.loads((path / "state.json").read_text())
+        try:
+            meta = json.loads((path / "state.json").read_text())
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"output.dir: {path / 'state.json'} is unreadable ({e}); pass --restart") from None
         if meta.get("config_hash") != self.hash:
             old = meta.get("settings", {})
             diff = sorted(k for k in set(old) | set(self.settings) if old.get(k) != self.settings.get(k))
@@ -191,8 +222,13 @@ class Checkpointer:
         if (path / "best.npz").is_file():
             with np.load(path / "best.npz") as z:
                 best = [z[f"b{i}"] for i in range(len(z.files))]
-        self.counter = int(latest["name"].split("-")[1])
+        self.counter = int(path.name.split("-")[1])
         return Checkpoint(TrainState.from_json(meta["state"]), variables, optimizer, best, path)
+
+
+def _complete(path: Path) -> bool:
+    """A published checkpoint folder (published only once complete, so state.json is the test)."""
+    return (path / "state.json").is_file() and (path / "variables.npz").is_file()
 
 
 def _assign(variables: list[Any], values: list[np.ndarray], what: str) -> None:

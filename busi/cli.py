@@ -142,7 +142,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     else:
         base = {"data": {"source": str(target)}, "output": {"dir": "unused-by-inspect"}}
         cfg = load_config(None, args.overrides, base=base)
-    prepared = prepare_data(cfg.data, cfg.runtime.seed)
+    prepared = prepare_data(cfg.data, cfg.runtime.seed, exclude=[cfg.output.dir])
     if args.json:
         sys.stdout.write(json.dumps(prepared.report, indent=2) + "\n")
     else:

@@ -14,6 +14,7 @@ gives the integer 4 or the string ``auto``.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import types
@@ -31,10 +32,26 @@ from busi.safeio import NotRegularFile, read_regular_file
 
 
 def _opt(default: Any = dataclasses.MISSING, *, doc: str = "", **check: Any) -> Any:
-    """A dataclass field with validation metadata (min, max, min_items, ...) and a doc line."""
+    """A dataclass field with validation metadata (min, max, min_items, ...) and a doc line.
+    ``limit``: an upper bound no real job reaches, which stops typos (``epochs: 1e30``)."""
     if isinstance(default, (list, dict)):
         raise TypeError("use tuples for sequence defaults")
     return field(default=default, metadata={"doc": doc, **check})
+
+
+MAX_EPOCHS = 1_000_000  # far beyond any real run; bounds what a typo (1e30) can ask for
+
+
+def _archive_members() -> Any:
+    return _opt(200_000, min=1, doc="refuse archives with more members")
+
+
+def _archive_bytes() -> Any:
+    return _opt(20 * 1024**3, min=1, doc="refuse archives that unpack to more bytes")
+
+
+def _archive_ratio() -> Any:
+    return _opt(100, min=1, doc="refuse archives that unpack to more than this many times their size (floor 64 MiB)")
 
 
 @dataclass(frozen=True)
@@ -63,8 +80,9 @@ class DataConfig:
     image_size: int = _opt(224, min=32, max=1024, doc="side of the square model input, pixels")
     resize: Literal["stretch", "pad"] = _opt("stretch", doc="stretch (as the notebook did) or pad to keep aspect")
     staging_dir: Union[str, None] = _opt(None, doc="where archives unpack; default $TMPDIR/busi-staging")
-    max_archive_members: int = _opt(200_000, min=1, doc="refuse archives with more members")
-    max_archive_bytes: int = _opt(20 * 1024**3, min=1, doc="refuse archives that unpack to more bytes")
+    max_archive_members: int = _archive_members()
+    max_archive_bytes: int = _archive_bytes()
+    max_archive_ratio: int = _archive_ratio()
     dedupe: Literal["none", "exact", "near"] = _opt("near", doc="group duplicate images so no group straddles splits")
     near_threshold: int = _opt(6, min=0, max=32, doc="max Hamming distance of 63-bit perceptual hashes")
     conflicts: Literal["drop", "keep"] = _opt("drop", doc="duplicate groups whose members carry different labels")
@@ -86,9 +104,9 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class PhaseConfig:
-    epochs: int = _opt(10, min=0, doc="epochs of this phase (0 skips it)")
+    epochs: int = _opt(10, min=0, limit=MAX_EPOCHS, doc="epochs of this phase (0 skips it)")
     learning_rate: float = _opt(1e-3, min=0.0, exclusive_min=True, doc="Adam learning rate")
-    patience: int = _opt(5, min=1, doc="epochs without improvement of train.monitor before stopping")
+    patience: int = _opt(5, min=1, limit=MAX_EPOCHS, doc="epochs without improvement of train.monitor before stopping")
     unfreeze: Literal["none", "conv5", "conv4", "all"] = _opt(
         "none", doc="backbone blocks made trainable in this phase"
     )
@@ -108,7 +126,7 @@ class TrainConfig:
         True, doc="multiply each phase's learning_rate by the number of ranks (the global batch is that much bigger)"
     )
     warmup_epochs: int = _opt(
-        0, min=0, doc="head-phase epochs that ramp linearly from learning_rate to the scaled rate (0: none)"
+        0, min=0, limit=MAX_EPOCHS, doc="head-phase epochs that ramp linearly from learning_rate to the scaled rate (0: none)"
     )
     feature_cache: Literal["none", "once", "variants"] = _opt(
         "once",
@@ -129,9 +147,9 @@ class OutputConfig:
 
 @dataclass(frozen=True)
 class RuntimeConfig:
-    seed: int = _opt(42, min=0, doc="one seed for Python, NumPy, TensorFlow and the split")
+    seed: int = _opt(42, min=0, limit=2**32 - 1, doc="one seed for Python, NumPy, TensorFlow and the split")
     cores: Union[int, Literal["auto"]] = _opt(
-        "auto", min=1, doc="auto: min of affinity mask, cgroup quota, SLURM_CPUS_PER_TASK"
+        "auto", min=1, limit=65_536, doc="auto: min of affinity mask, cgroup quota, SLURM_CPUS_PER_TASK"
     )
     deterministic: bool = _opt(False, doc="deterministic TF ops: same seed and data give the same metrics")
     distributed: Literal["auto", "none", "horovod"] = _opt(
@@ -141,7 +159,7 @@ class RuntimeConfig:
         False, doc="every rank logs at INFO (debugging a multi-rank run); else only the primary, others warnings"
     )
     walltime: Union[int, str, None] = _opt(
-        None, min=1,
+        None, min=1, limit=10**9,
         doc="budget from the start: HH:MM:SS or seconds (YAML reads unquoted 1:00:00 as 3600: same thing), "
         "or auto (BUSI_WALLTIME_END, BUSI_WALLTIME, the Slurm job's end)",
     )
@@ -150,7 +168,7 @@ class RuntimeConfig:
         ("SIGTERM", "SIGUSR1", "SIGINT"), doc="signals that checkpoint the run and exit 75"
     )
     checkpoint_minutes: float = _opt(10.0, min=0.0, doc="checkpoint at least this often, mid-epoch too (0: off)")
-    checkpoint_epochs: int = _opt(1, min=0, doc="checkpoint every N epochs (0: off)")
+    checkpoint_epochs: int = _opt(1, min=0, limit=MAX_EPOCHS, doc="checkpoint every N epochs (0: off)")
 
 
 @dataclass(frozen=True)
@@ -178,6 +196,9 @@ class PredictConfig:
     shard: str = _opt("auto", doc="auto (array job env vars), none, or I/N")
     gradcam: Union[str, None] = _opt(None, doc="folder for Grad-CAM overlay PNGs, one per image")
     staging_dir: Union[str, None] = _opt(None, doc="where input archives unpack; default $TMPDIR/busi-staging")
+    max_archive_members: int = _archive_members()
+    max_archive_bytes: int = _archive_bytes()
+    max_archive_ratio: int = _archive_ratio()
 
 
 @dataclass(frozen=True)
@@ -199,26 +220,69 @@ def _to_plain(value: Any) -> Any:
 
 # ----------------------------------------------------------------------- loading
 
-_VAR = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def interpolate(text: str, path: str, env: Mapping[str, str]) -> str:
-    """Replace ``${VAR}`` and ``${VAR:-default}`` from env; ``$${`` is a literal ``${``."""
+    """Replace ``${VAR}`` and ``${VAR:-default}`` from env (a default may hold references
+    itself: ``${A:-${HOME}/data}``); ``$${`` is a literal ``${``."""
+    out: list[str] = []
+    i = 0
+    while i < len(text):
+        if text.startswith("$${", i):
+            out.append("${")
+            i += 3
+        elif text.startswith("${", i) and _NAME.match(text, i + 2):
+            value, i = _reference(text, i, path, env)
+            out.append(value)
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
 
-    def repl(m: re.Match[str]) -> str:
-        if m.group(0) == "$${":
-            return "${"
-        name, default = m.group(1), m.group(2)
-        value = env.get(name)
-        if value is None or (value == "" and default is not None):
-            if default is None:
-                raise ConfigError(
-                    f"{path}: environment variable {name} is not set; export it or write ${{{name}:-default}}"
-                )
-            return default
-        return value
 
-    return _VAR.sub(repl, text)
+def _reference(text: str, start: int, path: str, env: Mapping[str, str]) -> tuple[str, int]:
+    """The value of the reference at ``text[start:]`` (``${NAME...}``) and the index after it."""
+    m = _NAME.match(text, start + 2)
+    assert m is not None
+    name, i = m.group(0), m.end()
+    default: str | None = None
+    if text.startswith(":-", i):
+        depth, j = 1, i + 2
+        while j < len(text):
+            if text.startswith("$${", j):
+                j += 3
+                continue
+            if text.startswith("${", j):
+                depth, j = depth + 1, j + 2
+                continue
+            if text[j] == "}":
+                depth -= 1
+                if depth == 0:
+                    break
+            j += 1
+        if depth:
+            raise ConfigError(f"{path}: ${{{name}:-...}} is not closed; add the missing }}")
+        default, end = text[i + 2 : j], j + 1
+    elif text.startswith("}", i):
+        end = i + 1
+    else:
+        raise ConfigError(f"{path}: expected ${{{name}}} or ${{{name}:-default}} in {text!r}")
+    value = env.get(name)
+    if value is None or (value == "" and default is not None):
+        if default is None:
+            raise ConfigError(
+                f"{path}: environment variable {name} is not set; export it or write ${{{name}:-default}}"
+            )
+        return interpolate(default, path, env), end
+    return value, end
+
+
+def _is_one_reference(text: str, path: str, env: Mapping[str, str]) -> bool:
+    """True when ``text`` is exactly one ``${...}`` reference (its value then keeps YAML typing)."""
+    if not (text.startswith("${") and _NAME.match(text, 2)):
+        return False
+    return _reference(text, 0, path, env)[1] == len(text)
 
 
 def _interpolate_tree(value: Any, path: str, env: Mapping[str, str]) -> Any:
@@ -227,7 +291,7 @@ def _interpolate_tree(value: Any, path: str, env: Mapping[str, str]) -> Any:
     if isinstance(value, list):
         return [_interpolate_tree(v, f"{path}[{i}]", env) for i, v in enumerate(value)]
     if isinstance(value, str) and "${" in value:
-        whole = _VAR.fullmatch(value) is not None and value != "$${"
+        whole = _is_one_reference(value, path, env)
         result = interpolate(value, path, env)
         if whole:
             # A value that is one ${...} keeps YAML typing: "4" -> 4, "true" -> True.
@@ -378,7 +442,9 @@ def load_predict_config(
 ) -> PredictJobConfig:
     """Like ``load_config`` for a prediction job file (a ``predict:`` section). ``settings``:
     ``{"predict.output": ...}`` from command-line flags, over the file, under ``--set``."""
-    return build(PredictJobConfig, _resolve(path, overrides, env, base, settings), "")
+    cfg = build(PredictJobConfig, _resolve(path, overrides, env, base, settings), "")
+    check_signals(cfg.runtime.signals)
+    return cfg
 
 
 def job_kind(path: str | Path) -> str:
@@ -488,8 +554,14 @@ def _check(value: Any, tp: Any, path: str, meta: Mapping[str, Any]) -> Any:
             value = float(value)  # PyYAML (YAML 1.1) reads 1e-3 as a string; users mean a number
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path}: expected {_describe(tp, meta)}, got {_show(value)}")
-        _range(float(value), path, tp, meta)
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an int too large for a float
+            number = math.inf
+        if not math.isfinite(number):
+            raise ConfigError(f"{path}: expected {_describe(tp, meta)} (finite), got {_show(value)}")
+        _range(number, path, tp, meta)
+        return number
     if tp is str:
         if not isinstance(value, str) or not value.strip():
             raise ConfigError(f"{path}: expected a non-empty string, got {_show(value)}")
@@ -507,6 +579,9 @@ def _range(value: float, path: str, tp: Any, meta: Mapping[str, Any]) -> None:
     )
     if bad:
         raise ConfigError(f"{path}: expected {_describe(tp, meta)}, got {_show(value)}")
+    limit = meta.get("limit")  # a bound no real job reaches: it only stops typos (1e30 epochs)
+    if limit is not None and value > limit:
+        raise ConfigError(f"{path}: expected at most {limit:,}, got {_show(value)}")
 
 
 def _describe(tp: Any, meta: Mapping[str, Any]) -> str:
@@ -549,6 +624,21 @@ def _show(value: Any) -> str:
 # ------------------------------------------------------------------ derived values
 
 
+UNCATCHABLE_SIGNALS = ("SIGKILL", "SIGSTOP")
+
+
+def check_signals(names: Sequence[str]) -> None:
+    """``runtime.signals``: names of signals a handler can catch (SIGKILL and SIGSTOP cannot be)."""
+    import signal as _signal
+
+    for name in names:
+        if name not in _signal.Signals.__members__:
+            raise ConfigError(f"runtime.signals: {name!r} is not a signal name (e.g. SIGTERM, SIGUSR1)")
+        if name in UNCATCHABLE_SIGNALS:
+            raise ConfigError(f"runtime.signals: {name} cannot be caught by any program; list signals such as "
+                              "SIGTERM, SIGUSR1, SIGINT")
+
+
 def validate_semantics(cfg: JobConfig) -> None:
     """Checks that span several keys."""
     s = cfg.data.split
@@ -564,11 +654,13 @@ def validate_semantics(cfg: JobConfig) -> None:
         from busi.stopper import parse_hms
 
         parse_hms(walltime)
-    import signal as _signal
-
-    for name in cfg.runtime.signals:
-        if not name.startswith("SIG") or not hasattr(_signal, name):
-            raise ConfigError(f"runtime.signals: {name!r} is not a signal name (e.g. SIGTERM, SIGUSR1)")
+    check_signals(cfg.runtime.signals)
+    for name in cfg.data.classes:
+        if name in (".", "..") or "/" in name or "\0" in name or name != name.strip() or name.startswith("."):
+            raise ConfigError(
+                f"data.classes: {name!r} is not a folder name; each class is one folder directly under the "
+                "dataset root (no '/', not '.', '..' or hidden, no leading or trailing spaces)"
+            )
     if cfg.train.head.epochs + cfg.train.finetune.epochs == 0:
         raise ConfigError("train.head.epochs, train.finetune.epochs: at least one phase needs epochs > 0")
     if cfg.train.warmup_epochs > cfg.train.head.epochs:

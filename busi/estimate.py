@@ -44,7 +44,7 @@ def split_counts(job: Any, images: int | None) -> SplitCounts:
     if source.exists():
         from busi.data.prepare import prepare_data
 
-        prepared = prepare_data(job.data, job.runtime.seed)
+        prepared = prepare_data(job.data, job.runtime.seed, exclude=[job.output.dir])
         n = {s: sum(1 for r in prepared.rows if r.split == s) for s in ("train", "val", "test")}
         return SplitCounts(n["train"], n["val"], n["test"], f"{source} ({sum(n.values())} images after de-duplication)")
     if images is None:

@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
+from busi.artifacts import TEXT_ENCODING, TEXT_ERRORS
 from busi.data.names import is_junk
 from busi.data.scan import is_mask_name, natural_key
 from busi.data.staging import ArchiveLimits, is_archive, stage_source
@@ -35,18 +36,19 @@ def expand_inputs(
     include_masks: bool = False,
     staging_dir: str | None = None,
     limits: ArchiveLimits = ArchiveLimits(),
+    skip: Callable[[Path], bool] | None = None,
 ) -> list[InputFile]:
     """Folders (recursive), files, archives and ``@list.txt`` files -> sorted, de-duplicated files.
 
     Every regular, non-hidden file counts (a non-image gets a row with its error later);
-    mask files (``X_mask.png``) are left out unless ``include_masks``. A missing input is a
-    DataError naming it.
+    mask files (``X_mask.png``) are left out unless ``include_masks``, and files in folders for
+    which ``skip`` is true (the job's own outputs). A missing input is a DataError naming it.
     """
     found: dict[str, InputFile] = {}
     for item in _expand_lists(inputs):
         p = Path(item)
         if p.is_dir():
-            for f in _walk(p):
+            for f in _walk(p, skip):
                 _add(found, InputFile(path=os.path.join(item, f.relative_to(p).as_posix()), file=f), include_masks)
         elif p.is_file() and is_archive(p):
             root = stage_source(p, staging_dir, limits)
@@ -74,21 +76,22 @@ def _expand_lists(inputs: Sequence[str]) -> list[str]:
             continue
         list_file = Path(item[1:])
         try:
-            lines = read_regular_file(list_file).decode("utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as e:
+            # one path a line; a name that is not UTF-8 keeps its bytes (busi.artifacts.open_text's rule)
+            lines = read_regular_file(list_file).decode(TEXT_ENCODING, TEXT_ERRORS).split("\n")
+        except OSError as e:
             raise DataError(f"{list_file}: cannot read input list: {getattr(e, 'strerror', None) or e}") from None
         for line in lines:
-            line = line.strip()
+            line = line.strip(" \t\r")  # not str.strip(): U+2028 or \x1c may end a name
             if line and not line.startswith("#"):
                 out.append(line if os.path.isabs(line) else os.path.join(list_file.parent, line))
     return out
 
 
-def _walk(folder: Path) -> list[Path]:
+def _walk(folder: Path, skip: Callable[[Path], bool] | None = None) -> list[Path]:
     files = []
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = [d for d in dirnames if not is_junk(d)]
-        files.extend(Path(dirpath) / n for n in filenames if not is_junk(n))
+        files.extend(f for f in (Path(dirpath) / n for n in filenames if not is_junk(n)) if skip is None or not skip(f))
     return files
 
 

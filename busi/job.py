@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from busi import __version__
-from busi.artifacts import Manifest, RunDir, csv_text
+from busi.artifacts import Manifest, RunDir, csv_text, text_bytes
 from busi.checkpoint import Checkpoint, Checkpointer
 from busi.config import JobConfig, dump_config
 from busi.data.pipeline import Pipeline, SplitData, balanced_class_weights
@@ -36,7 +36,7 @@ log = logging.getLogger("busi")
 
 def check_output_dir(run: RunDir, restart: bool) -> None:
     """Refuse to overwrite a completed run unless asked to (``--restart``)."""
-    manifest = run.read_json("manifest")
+    manifest = run.read_manifest()
     if manifest and manifest.get("status") == "completed" and not restart:
         raise ConfigError(
             f"output.dir: {run.root} already holds a completed run; choose another output.dir "
@@ -58,10 +58,13 @@ def run_training(cfg: JobConfig, restart: bool = False, argv: list[str] | None =
     dist = init_dist(cfg.runtime.distributed)
     configure_rank_logging(dist, log, cfg.runtime.log_all_ranks)
     run = RunDir(cfg.output.dir, primary=dist.is_primary)
-    check_output_dir(run, restart)
+    with run.claim(restart):  # the lock on output.dir, held to the end of the run
+        check_output_dir(run, restart)
+        return _claimed(cfg, run, dist, argv, t_start)
+
+
+def _claimed(cfg: JobConfig, run: RunDir, dist: Dist, argv: list[str] | None, t_start: float) -> dict[str, Any]:
     checkpointer = Checkpointer(run.root, cfg, primary=dist.is_primary)
-    if restart:
-        checkpointer.remove()
     resume = checkpointer.load()  # a checkpoint of other settings is an error (exit 2) here
     previous = run.read_json("manifest") if resume is not None else None
     from busi.model import resolve_weights
@@ -83,8 +86,8 @@ def run_training(cfg: JobConfig, restart: bool = False, argv: list[str] | None =
         "walltime": {"deadline": deadline, "source": deadline_source, "margin": cfg.runtime.walltime_margin},
     }, previous, host=socket.gethostname(),
         resumed_from={"epoch": resume.state.epoch, "step": resume.state.step} if resume else None)
+    manifest.start()  # first: a folder with busi's files but no manifest is never busi's
     run.write_text("config", dump_config(cfg))
-    manifest.start()
     # Signals set a flag from here on; the loop checkpoints and exits 75 at the next step.
     with stopper:
         try:
@@ -106,9 +109,9 @@ def _train(
 ) -> dict[str, Any]:
     seconds = manifest.seconds
     t = time.perf_counter()
-    prepared = prepare_data(cfg.data, cfg.runtime.seed)
+    prepared = prepare_data(cfg.data, cfg.runtime.seed, exclude=[run.root])
     splits_text = csv_text(SPLITS_COLUMNS, ([r.path, r.label, r.group, r.split] for r in prepared.rows))
-    splits_sha = hashlib.sha256(splits_text.encode()).hexdigest()
+    splits_sha = hashlib.sha256(text_bytes(splits_text)).hexdigest()
     if resume is not None and resume.state.splits_sha256 not in ("", splits_sha):
         raise ConfigError(
             f"output.dir: the checkpoint in {checkpointer.dir} was trained on another split of the data "

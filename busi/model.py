@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from busi.config import ModelConfig
-from busi.errors import WeightsError
+from busi.errors import DataError, WeightsError
 
 IMAGENET_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
 IMAGENET_URL = "https://storage.googleapis.com/tensorflow/keras-applications/resnet/" + IMAGENET_FILE
@@ -179,7 +179,11 @@ def load_saved_model(path: str | Path) -> Any:
     import keras
 
     preprocess_layer_class()  # registers the layer for deserialisation
-    return keras.models.load_model(str(path), compile=False)
+    try:
+        return keras.models.load_model(str(path), compile=False)
+    except Exception as e:  # a truncated or foreign file: Keras raises many kinds
+        raise DataError(f"{path}: not a readable Keras model ({type(e).__name__}: {str(e)[:200]}); "
+                        "point --model at a complete run directory or model.keras") from None
 
 
 def count_params(model: Any) -> dict[str, int]:

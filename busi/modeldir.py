@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from busi.artifacts import RUN_FILES, RunDir
-from busi.errors import DataError
+from busi.errors import ConfigError, DataError
 
 MODEL_DIR = Path(RUN_FILES["model"]).parent.name  # "model"
 MODEL_FILE = Path(RUN_FILES["model"]).name  # "model.keras"
@@ -58,6 +58,7 @@ def find_model_file(model_arg: str | Path) -> Path:
     labels beside it. DataError naming what is missing."""
     p = Path(model_arg)
     if p.is_dir():
+        _check_run_finished(p, model_arg)
         folder = p / MODEL_DIR if (p / MODEL_DIR / MODEL_FILE).exists() else p
         model_file = folder / MODEL_FILE
     else:
@@ -80,5 +81,31 @@ def read_model_info(model_file: Path, image_size: int) -> ModelInfo:
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise DataError(f"{labels}: expected {{\"0\": \"class\", \"1\": ...}}: {e}") from None
     prep_file = model_file.parent / PREPROCESSING_FILE
-    prep = json.loads(prep_file.read_text(encoding="utf-8")) if prep_file.is_file() else {}
-    return ModelInfo(classes, image_size, prep.get("resize", "stretch"))
+    try:
+        prep = json.loads(prep_file.read_text(encoding="utf-8")) if prep_file.is_file() else {}
+        resize = prep.get("resize", "stretch")
+        if resize not in ("stretch", "pad"):
+            raise ValueError(f"resize {resize!r}")
+    except (OSError, ValueError, AttributeError) as e:
+        raise DataError(f"{prep_file}: expected {{\"image_size\": N, \"resize\": \"stretch\" or \"pad\"}}: {e}") from None
+    return ModelInfo(classes, image_size, resize)
+
+
+def _check_run_finished(folder: Path, model_arg: str | Path) -> None:
+    """A run directory's model (``folder`` is the run directory or its model folder) is used
+    only once the run completed: an interrupted or failed run (or a ``--restart`` cut short)
+    may hold an older run's model beside its manifest."""
+    manifest = folder / RUN_FILES["manifest"]
+    if not manifest.exists() and folder.name == MODEL_DIR:
+        manifest = folder.parent / RUN_FILES["manifest"]
+    if not manifest.exists():
+        return  # a model folder without a run around it (copied, or written by a benchmark)
+    try:
+        status = json.loads(manifest.read_text(encoding="utf-8")).get("status")
+    except (OSError, ValueError, AttributeError):
+        status = "unreadable"
+    if status != "completed":
+        raise ConfigError(
+            f"--model {model_arg}: that run is {status!r}, not completed ({manifest}); its model may be "
+            f"an older run's. Finish or resume the run, or pass the {MODEL_FILE} file itself to use it anyway"
+        )

@@ -22,10 +22,10 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from busi.data.images import load_image
-from busi.errors import DataError, Interrupted
+from busi.errors import ConfigError, DataError, Interrupted
 from busi.inputs import InputFile, Shard
 from busi.modeldir import LABELS_FILE, find_model_file, read_model_info
-from busi.predictions import CsvSink, prediction_columns, prediction_row, write_done_marker
+from busi.predictions import CsvSink, own_outputs, prediction_columns, prediction_row, write_done_marker
 
 log = logging.getLogger("busi")
 
@@ -172,7 +172,10 @@ def predict_files(
                 probs = {i: out[j] for j, i in enumerate(ok)}
                 if cam is not None and gradcam_dir is not None:
                     for i in ok:
-                        cam.write_overlay(decoded[i][0], int(np.argmax(probs[i])), chunk[i], gradcam_dir)
+                        try:
+                            cam.write_overlay(decoded[i][0], int(np.argmax(probs[i])), chunk[i], gradcam_dir)
+                        except OSError as e:  # an overlay that cannot be written never costs the rows
+                            log.warning("gradcam: no overlay for %s: %s", chunk[i].path, e.strerror or e)
             rows = []
             for i, f in enumerate(chunk):
                 if i in probs:
@@ -213,7 +216,13 @@ def run_predict(cfg: Any) -> Summary:
     else:
         shard = parse_shard(p.shard)
     output = shard_output_path(Path(p.output), shard)
-    files = shard.select(expand_inputs(p.inputs, p.include_masks, p.staging_dir, ArchiveLimits()))
+    find_model_file(p.model)  # a missing model, or a run that did not complete, fails before any work
+    gradcam = Path(p.gradcam) if p.gradcam else None
+    if gradcam is not None and (gradcam.exists() or gradcam.is_symlink()) and not gradcam.is_dir():
+        raise ConfigError(f"--gradcam {gradcam} exists and is not a folder; give a folder for the overlays")
+    own = own_outputs(Path(p.output), gradcam)  # never inputs, even inside an input folder
+    found = expand_inputs(p.inputs, p.include_masks, p.staging_dir, ArchiveLimits.from_config(p), skip=own)
+    files = shard.select(found)
     cores = detect_cores(cfg.runtime.cores)
     start_tensorflow(cores, cfg.runtime.seed)
     predictor = load_predictor(p.model)
@@ -222,13 +231,14 @@ def run_predict(cfg: Any) -> Summary:
         len(files), shard.index, shard.count, shard.source, predictor.source, predictor.image_size,
         cores.cores, cores.source, p.batch_size, output,
     )
-    sink = CsvSink(output, prediction_columns(predictor.classes), resume=p.resume, overwrite=p.overwrite)
+    sink = CsvSink(output, prediction_columns(predictor.classes), resume=p.resume, overwrite=p.overwrite,
+                   model=predictor.source)
     deadline, _ = resolve_deadline(cfg.runtime.walltime, process_start_time())
     try:
         with Stopper(cfg.runtime.signals, deadline, cfg.runtime.walltime_margin) as stopper:
             summary = predict_files(
                 predictor, files, sink, p.batch_size, workers=cores.cores,
-                gradcam_dir=Path(p.gradcam) if p.gradcam else None, stopper=stopper,
+                gradcam_dir=gradcam, stopper=stopper,
             )
     finally:
         sink.close()

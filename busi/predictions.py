@@ -14,15 +14,23 @@ import csv
 import glob
 import json
 import os
+from collections import Counter
+from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from busi.artifacts import atomic_write_text, csv_text, json_text, utc_now
+from busi.artifacts import (
+    TEXT_ENCODING, TEXT_ERRORS, CsvWriter, atomic_write_text, csv_text, json_text, open_text, read_csv_text,
+    text_bytes,
+)
+from busi.clock import utc_now
 from busi.data.scan import natural_key
 from busi.errors import ConfigError, DataError
 from busi.inputs import Shard
+from busi.locks import exclusive_lock
+from busi.safeio import is_regular_file, read_regular_file
 
 
 def prediction_columns(classes: Sequence[str]) -> list[str]:
@@ -38,52 +46,91 @@ def prediction_row(path: str, probs: np.ndarray | None, classes: Sequence[str], 
 
 
 class CsvSink:
-    """Appends prediction rows to a CSV, flushed per batch; knows which paths are done."""
+    """Appends prediction rows to a CSV, flushed per batch; knows which paths are done.
 
-    def __init__(self, path: Path, columns: Sequence[str], resume: bool, overwrite: bool = False) -> None:
+    Holds an exclusive lock (``.<name>.lock`` beside the CSV, ``busi.locks``) until ``close``:
+    a second job on the same output exits 2 naming the first one's host and pid. ``resume``
+    continues only a CSV with this job's columns (and, if it has a done marker, this model);
+    anything else is refused before a byte of it changes."""
+
+    def __init__(self, path: Path, columns: Sequence[str], resume: bool, overwrite: bool = False,
+                 model: Path | None = None) -> None:
         self.path = path
         self.columns = list(columns)
         self.done: set[str] = set()
         self.previous_rows: list[dict[str, str]] = []
-        path.parent.mkdir(parents=True, exist_ok=True)
-        marker = done_marker(path)
-        if path.exists() and resume:
-            self._load_existing()
-            self.fh = path.open("a", newline="", encoding="utf-8")
-        elif path.exists() and not overwrite:
-            raise ConfigError(
-                f"--output {path} exists; pass --resume to continue it, or --overwrite to start again"
-            )
-        else:
-            marker.unlink(missing_ok=True)
-            self.fh = path.open("w", newline="", encoding="utf-8")
-            csv.writer(self.fh, lineterminator="\n").writerow(self.columns)
-            self._sync()
-        self.writer = csv.writer(self.fh, lineterminator="\n")
+        if path.is_dir():
+            raise ConfigError(f"--output {path} is a folder; give the path of a CSV file (e.g. {path}/predictions.csv)")
+        exists = path.exists() or path.is_symlink()
+        if exists and not is_regular_file(path):
+            raise ConfigError(f"--output {path} exists and is not a regular file; give another --output")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"--output {path}: cannot create its folder: {e.strerror or e}") from None
+        self._stack = ExitStack()
+        self._stack.enter_context(exclusive_lock(path.with_name(f".{path.name}.lock"), f"--output {path}"))
+        try:
+            if exists and resume:
+                self._load_existing(model)
+                self.fh = open_text(path, "a")
+            elif exists and not overwrite:
+                raise ConfigError(
+                    f"--output {path} exists; pass --resume to continue it, or --overwrite to start again"
+                )
+            else:
+                done_marker(path).unlink(missing_ok=True)
+                atomic_write_text(path, csv_text(self.columns, []))
+                self.fh = open_text(path, "a")
+        except OSError as e:
+            self._stack.close()
+            raise ConfigError(f"--output {path}: cannot write it: {e.strerror or e}; choose a writable --output") from None
+        except BaseException:
+            self._stack.close()
+            raise
+        self.writer = CsvWriter(self.fh)
 
-    def _load_existing(self) -> None:
-        data = self.path.read_bytes()
-        if data and not data.endswith(b"\n"):
-            # A run killed mid-write leaves a partial last line: drop it, it is predicted again.
-            cut = data.rfind(b"\n") + 1
-            with self.path.open("r+b") as fh:
-                fh.truncate(cut)
-            data = data[:cut]
-        lines = data.decode("utf-8").splitlines()
-        if not lines:
-            with self.path.open("w", newline="", encoding="utf-8") as fh:
-                csv.writer(fh, lineterminator="\n").writerow(self.columns)
+    def _load_existing(self, model: Path | None) -> None:
+        """Read the CSV to continue; check first, change nothing unless it is this job's CSV."""
+        data = read_regular_file(self.path)
+        if not data:
+            atomic_write_text(self.path, csv_text(self.columns, []))  # empty: nothing to lose
             return
-        header = next(csv.reader([lines[0]]))
-        if header != self.columns:
-            raise ConfigError(
-                f"--resume: {self.path} has columns {header}, this model writes {self.columns}; "
-                "use another --output"
-            )
-        for row in csv.DictReader(lines):
+        try:
+            records = read_csv_text(data.decode(TEXT_ENCODING, TEXT_ERRORS))
+        except csv.Error as e:  # e.g. a field over the csv module's size limit: a binary file
+            raise self._not_ours(f"it is not a CSV: {e}") from None
+        if not records or records[0] != self.columns:
+            shown = ",".join(records[0])[:120] if records else ""
+            raise self._not_ours(f"its first line is {shown!r}, this job writes {','.join(self.columns)!r}")
+        marker = done_marker(self.path)
+        if model is not None and marker.exists():
+            try:
+                recorded = json.loads(marker.read_text(encoding="utf-8")).get("model")
+            except (OSError, ValueError, AttributeError):
+                recorded = None
+            if recorded is not None and recorded != str(model):
+                raise self._not_ours(f"its {marker.name} says model {recorded}, this job uses {model}")
+        body = records[1:]
+        complete = data.endswith(b"\n")
+        # A run killed mid-write leaves a partial last row: drop it, it is predicted again.
+        if body and (not complete or len(body[-1]) != len(self.columns)):
+            body = body[:-1]
+        bad = [i for i, r in enumerate(body, start=2) if len(r) != len(self.columns)]
+        if bad:
+            raise self._not_ours(f"record {bad[0]} has {len(body[bad[0] - 2])} fields, not {len(self.columns)}")
+        text = csv_text(self.columns, body)
+        if text_bytes(text) != data:
+            atomic_write_text(self.path, text)
+        for r in body:
+            row = dict(zip(self.columns, r))
             self.done.add(row["path"])
             self.previous_rows.append(row)
-        done_marker(self.path).unlink(missing_ok=True)
+        marker.unlink(missing_ok=True)
+
+    def _not_ours(self, why: str) -> ConfigError:
+        return ConfigError(f"--resume: {self.path} is not this job's prediction CSV ({why}); it is left as it was. "
+                           "Give another --output, or --overwrite (without --resume) to replace it")
 
     def write(self, rows: Sequence[Sequence[Any]]) -> None:
         self.writer.writerows(rows)
@@ -94,7 +141,29 @@ class CsvSink:
         os.fsync(self.fh.fileno())
 
     def close(self) -> None:
-        self.fh.close()
+        try:
+            self.fh.close()
+        finally:
+            self._stack.close()
+
+
+def own_outputs(output: Path, gradcam: Path | None = None) -> Callable[[Path], bool]:
+    """A test for files a prediction job writes (its CSV and every shard's, their done markers
+    and locks, Grad-CAM overlays): never inputs, even where ``--output`` lies in an input folder."""
+    folder = os.path.realpath(output.parent)
+    stem, suffix = output.stem, output.suffix or ".csv"
+    cams = os.path.realpath(gradcam) if gradcam is not None else None
+
+    def owned(path: Path) -> bool:
+        where = os.path.realpath(path.parent)
+        if cams is not None and (where == cams or where.startswith(cams + os.sep)):
+            return True
+        if where != folder:
+            return False
+        name = path.name.removesuffix(".done.json")
+        return name == output.name or (name.startswith(f"{stem}.part-") and name.endswith(suffix))
+
+    return owned
 
 
 def done_marker(csv_path: Path) -> Path:
@@ -121,6 +190,8 @@ def write_done_marker(csv_path: Path, summary: dict[str, Any], shard: Shard, inp
 def merge_shards(output: Path) -> int:
     """Join ``<stem>.part-IIIII-of-NNNNN.csv`` files into ``output`` (atomically), in sorted path
     order. Fails naming every shard that is missing or incomplete. Returns the row count."""
+    if output.is_dir():
+        raise ConfigError(f"merge: {output} is a folder; give the CSV path the shards were written for")
     # glob.escape: a name such as br[1].csv holds glob characters
     parts = sorted(output.parent.glob(f"{glob.escape(output.stem)}.part-*-of-*{output.suffix or '.csv'}"))
     if not parts:
@@ -141,11 +212,20 @@ def merge_shards(output: Path) -> int:
         if not marker.exists():
             problems.append(f"{part.name}: incomplete (no {marker.name}; resume that shard with --resume)")
             continue
-        with part.open(newline="", encoding="utf-8") as fh:
-            reader = csv.reader(fh)
-            h = next(reader, None)
-            body = list(reader)
-        expected = json.loads(marker.read_text())["rows"]
+        try:
+            records = read_csv_text(read_regular_file(part).decode(TEXT_ENCODING, TEXT_ERRORS))
+        except (OSError, csv.Error) as e:
+            problems.append(f"{part.name}: unreadable ({e})")
+            continue
+        if not records:
+            problems.append(f"{part.name}: empty (not even a header); run that shard again")
+            continue
+        h, body = records[0], records[1:]
+        expected = _marker_rows(marker)
+        if expected is None:
+            problems.append(f"{marker.name}: not a done marker with a row count (damaged); run that shard again "
+                            "with --resume")
+            continue
         if len(body) != expected:
             problems.append(f"{part.name}: {len(body)} rows but its marker says {expected}")
             continue
@@ -157,10 +237,22 @@ def merge_shards(output: Path) -> int:
     if problems:
         raise DataError(f"cannot merge into {output}: " + "; ".join(problems))
     assert header is not None
-    paths = [r[0] for r in rows]
-    if len(set(paths)) != len(paths):
-        dup = sorted({p for p in paths if paths.count(p) > 1})[:5]
+    seen = Counter(r[0] for r in rows)
+    if len(seen) != len(rows):
+        dup = sorted(p for p, k in seen.items() if k > 1)[:5]
         raise DataError(f"cannot merge into {output}: paths in more than one shard, e.g. {dup}")
     rows.sort(key=lambda r: natural_key(r[0]))
-    atomic_write_text(output, csv_text(header, rows))
+    try:
+        atomic_write_text(output, csv_text(header, rows))
+    except OSError as e:
+        raise ConfigError(f"merge: cannot write {output}: {e.strerror or e}") from None
     return len(rows)
+
+
+def _marker_rows(marker: Path) -> int | None:
+    """The row count a done marker records, or None if it is damaged."""
+    try:
+        rows = json.loads(marker.read_text(encoding="utf-8"))["rows"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return rows if isinstance(rows, int) and not isinstance(rows, bool) else None

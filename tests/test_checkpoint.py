@@ -12,18 +12,20 @@ from busi.config import load_config
 from busi.errors import ConfigError
 
 
+class Var:
+    def __init__(self, a: np.ndarray) -> None:
+        self.a = a
+
+    def numpy(self) -> np.ndarray:
+        return self.a
+
+
+class Holder:
+    def __init__(self, n: int) -> None:
+        self.variables = [Var(np.full((2, 2), float(i))) for i in range(n)]
+
+
 def test_checkpointer_round_trip_and_crash_safety(tmp_path: Path) -> None:
-    class Var:
-        def __init__(self, a: np.ndarray) -> None:
-            self.a = a
-
-        def numpy(self) -> np.ndarray:
-            return self.a
-
-    class Holder:
-        def __init__(self, n: int) -> None:
-            self.variables = [Var(np.full((2, 2), float(i))) for i in range(n)]
-
     cfg = load_config(None, ["data.source=x", "output.dir=y"])
     ck = Checkpointer(tmp_path, cfg)
     assert ck.load() is None
@@ -40,3 +42,34 @@ def test_checkpointer_round_trip_and_crash_safety(tmp_path: Path) -> None:
         Checkpointer(tmp_path, other).load()
     neutral = load_config(None, ["data.source=elsewhere", "output.dir=y", "runtime.cores=1"])
     assert Checkpointer(tmp_path, neutral).load() is not None
+
+
+def test_latest_json_naming_a_missing_checkpoint_falls_back_to_the_newest_complete_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = load_config(None, ["data.source=x", "output.dir=y"])
+    ck = Checkpointer(tmp_path, cfg)
+    ck.save(TrainState(epoch=3, step=0), Holder(2), Holder(1), best=None)
+    (tmp_path / "checkpoint" / "latest.json").write_text('{"name": "ckpt-000099", "epoch": 9, "step": 0}')
+    loaded = Checkpointer(tmp_path, cfg).load()
+    assert loaded is not None and loaded.state.epoch == 3 and "resuming from ckpt-000001" in caplog.text
+    # nothing complete left: start from scratch, with a warning
+    import shutil
+
+    shutil.rmtree(tmp_path / "checkpoint" / "ckpt-000001")
+    (tmp_path / "checkpoint" / "latest.json").write_text("{half")
+    assert Checkpointer(tmp_path, cfg).load() is None and "starting from scratch" in caplog.text
+    # the next save numbers after what is on disk, never reusing a name
+    assert ck.save(TrainState(epoch=1, step=0), Holder(2), Holder(1), best=None).name == "ckpt-000002"
+
+
+def test_remove_deletes_only_what_the_checkpointer_wrote(tmp_path: Path) -> None:
+    cfg = load_config(None, ["data.source=x", "output.dir=y"])
+    ck = Checkpointer(tmp_path, cfg)
+    ck.save(TrainState(epoch=1, step=0), Holder(2), Holder(1), best=None)
+    (tmp_path / "checkpoint" / "my-notes.txt").write_text("keep")
+    ck.remove()
+    assert sorted(p.name for p in (tmp_path / "checkpoint").iterdir()) == ["my-notes.txt"]
+    (tmp_path / "checkpoint" / "my-notes.txt").unlink()
+    ck.remove()
+    assert not (tmp_path / "checkpoint").exists()

@@ -208,3 +208,40 @@ def test_config_prints_a_prediction_job() -> None:
     proc = run_cli("config", str(REPO / "job" / "predict.yaml"))
     assert proc.returncode == 0, proc.stderr
     assert "predict:" in proc.stdout and "inputs:" in proc.stdout
+
+
+# ------------------------------------------------------------- the run directory
+
+
+def _train_on(out: Path, synth_small: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return run_cli("train", str(REPO / "job" / "demo.yaml"), "--set", f"data.source={synth_small}",
+                   "--set", f"output.dir={out}", *extra)
+
+
+def test_train_refuses_an_output_dir_busi_did_not_write_and_leaves_it_alone(tmp_path: Path, synth_small: Path) -> None:
+    out = tmp_path / "project"
+    (out / "checkpoint").mkdir(parents=True)
+    (out / "checkpoint" / "theirs.pt").write_bytes(b"weights")
+    (out / "model").mkdir()
+    (out / "model" / "README.md").write_text("their notes")
+    before = sorted((str(p.relative_to(out)), p.read_bytes() if p.is_file() else b"") for p in out.rglob("*"))
+    for extra in ((), ("--restart",)):
+        p = _train_on(out, synth_small, *extra)
+        assert p.returncode == 2, p.stderr[-2000:]
+        assert "did not write" in p.stderr and "Traceback" not in p.stderr
+    after = sorted((str(p.relative_to(out)), p.read_bytes() if p.is_file() else b"") for p in out.rglob("*")
+                   if p.name != ".busi.lock")
+    assert after == before
+
+
+def test_train_on_an_output_dir_that_is_a_file_exits_2(tmp_path: Path, synth_small: Path) -> None:
+    (tmp_path / "run").write_text("a file")
+    p = _train_on(tmp_path / "run", synth_small)
+    assert p.returncode == 2 and "is a file, not a folder" in p.stderr and "Traceback" not in p.stderr
+    assert (tmp_path / "run").read_text() == "a file"
+
+
+def test_synth_refuses_a_size_that_would_exhaust_memory(tmp_path: Path) -> None:
+    p = run_cli("synth", str(tmp_path / "d"), "--size", "100000")
+    assert p.returncode == 2 and "size must be from 16 to 4096" in p.stderr and "Traceback" not in p.stderr
+    assert not (tmp_path / "d").exists()

@@ -419,3 +419,62 @@ def test_anchors_and_aliases_are_refused_before_anything_is_built(tmp_path: Path
     with pytest.raises(ConfigError, match="--set data.classes: .*anchors and aliases"):
         load_config(None, ["data.source=x", "output.dir=y", "data.classes=&r [*r]"])
 
+
+
+@pytest.mark.parametrize("override, key", [
+    ("train.head.learning_rate=.nan", "train.head.learning_rate"),
+    ("train.finetune.learning_rate=.inf", "train.finetune.learning_rate"),
+    ("model.dropout=.nan", "model.dropout"),
+    ("data.split.train=.nan", "data.split.train"),
+    ("data.split.val=-.inf", "data.split.val"),
+    ("runtime.walltime_margin=.nan", "runtime.walltime_margin"),
+    ("train.feature_cache_max_gb=.inf", "train.feature_cache_max_gb"),
+])
+def test_nan_and_infinity_are_refused_naming_the_key(override: str, key: str) -> None:
+    assert _error(overrides=(override,)).startswith(f"{key}: expected")
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("runtime.seed=4294967296", "runtime.seed: expected at most 4,294,967,295, got 4294967296"),
+    ("train.head.epochs=1000000000000000000000000000000", "train.head.epochs: expected at most 1,000,000"),
+    ("train.head.learning_rate=1e400", "train.head.learning_rate: expected a positive number (finite)"),
+    ("runtime.signals=[SIGKILL]", "runtime.signals: SIGKILL cannot be caught"),
+    ("runtime.signals=[SIGTERM, SIGSTOP]", "runtime.signals: SIGSTOP cannot be caught"),
+    ("runtime.signals=[SIG_DFL]", "runtime.signals: 'SIG_DFL' is not a signal name"),
+    ("data.classes=[/etc, benign]", "data.classes: '/etc' is not a folder name"),
+    ("data.classes=[normal, ../x]", "data.classes: '../x' is not a folder name"),
+    ("data.classes=[normal, '..']", "data.classes: '..' is not a folder name"),
+    ("data.classes=[normal, .hidden]", "data.classes: '.hidden' is not a folder name"),
+])
+def test_values_that_fail_later_are_refused_now(override: str, expected: str) -> None:
+    assert _error(overrides=(override,)).startswith(expected)
+
+
+def test_the_largest_seed_and_a_long_run_are_accepted() -> None:
+    cfg = _load(overrides=("runtime.seed=4294967295", "train.head.epochs=100000"))
+    assert cfg.runtime.seed == 2**32 - 1 and cfg.train.head.epochs == 100_000
+
+
+def test_prediction_jobs_refuse_uncatchable_signals() -> None:
+    from busi.config import load_predict_config
+
+    with pytest.raises(ConfigError, match="SIGKILL cannot be caught"):
+        load_predict_config(None, ("runtime.signals=[SIGKILL]",), env={},
+                            base={"predict": {"model": "m", "inputs": ["x"]}})
+
+
+def test_defaults_may_hold_references_themselves() -> None:
+    from busi.config import interpolate
+
+    env = {"HOME": "/home/u", "EMPTY": ""}
+    assert interpolate("${A:-${HOME}}/data", "k", env) == "/home/u/data"
+    assert interpolate("${A:-${B:-${HOME}/x}}", "k", env) == "/home/u/x"
+    assert interpolate("${EMPTY:-${HOME}}", "k", env) == "/home/u"
+    assert interpolate("${HOME:-${NOT_SET}}", "k", env) == "/home/u"  # an unused default is not looked up
+    assert interpolate("$${A:-x}", "k", env) == "${A:-x}"
+    with pytest.raises(ConfigError, match="is not set"):
+        interpolate("${A:-${NOT_SET}}", "data.source", env)
+    with pytest.raises(ConfigError, match=r"data.source: \$\{A:-...\} is not closed"):
+        interpolate("${A:-${HOME}", "data.source", env)
+    cfg = _load({**MINIMAL, "data": {"source": "${A:-${HOME}/busi}"}}, env=env)
+    assert cfg.data.source == "/home/u/busi"

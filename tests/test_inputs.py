@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -64,3 +65,15 @@ def test_shard_selection_from_environment() -> None:
     items = list(range(10))
     covered = sorted(i for k in range(3) for i in Shard(k, 3, "x").select(items))  # type: ignore[arg-type]
     assert covered == items
+
+
+def test_a_list_file_with_names_that_are_not_utf8_or_have_odd_line_breaks(tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    names = [b"scan\xe9.png", "a\u2028b.png".encode(), b"c\x1cd.png"]
+    for n in names:
+        (Path(os.fsdecode(os.path.join(os.fsencode(tmp_path / "d"), n)))).write_bytes(b"x")
+    lst = tmp_path / "list.txt"
+    lst.write_bytes(b"# inputs\r\n" + b"\r\n".join(b"d/" + n for n in names) + b"\r\n")
+    found = expand_inputs([f"@{lst}"])
+    assert sorted(os.fsencode(Path(f.path).name) for f in found) == sorted(names)
+    assert all(f.file.is_file() for f in found)

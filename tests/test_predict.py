@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,8 +23,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from busi.artifacts import open_text
 from busi.inputs import expand_inputs
-from busi.predictions import CsvSink, prediction_columns
+from busi.predictions import CsvSink, done_marker, prediction_columns
 from conftest import CLASSES, REPO, linked_copies, make_model_dir, run_cli
 
 SIZE = 32
@@ -270,3 +272,69 @@ def test_a_fifo_in_the_input_folder_gets_an_error_row_and_never_hangs(model_dir:
     for name in ("pipe.png", "named.png"):
         assert "FIFO" in rows[name]["error"] and rows[name]["label"] == "", rows[name]
 
+
+
+def test_names_with_line_breaks_bytes_and_255_byte_lengths_round_trip_through_resume(model_dir: Path,
+                                                                                    tmp_path: Path) -> None:
+    """Old shares hold names that are not UTF-8, and names with \\r, \\n or U+2028: one row each,
+    also after --resume; a name too long for an overlay file still gets its row and overlay."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    names = [b"scan\xff.png", "a\nb.png".encode(), "c\rd.png".encode(), "e\u2028f.png".encode(),
+             ("x" * 240 + ".png").encode()]
+    rng = np.random.default_rng(3)
+    for n in names:
+        Image.fromarray(_rgb(rng)).save(os.path.join(os.fsencode(folder), n), format="PNG")
+    out = tmp_path / "p.csv"
+    cams = tmp_path / "cams"
+    args = ("predict", "--model", str(model_dir), "--input", str(folder), "--output", str(out), "--batch-size", "2")
+    proc = run_cli(*args, "--gradcam", str(cams), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    first = out.read_bytes()
+    proc = run_cli(*args, "--resume", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert out.read_bytes() == first  # nothing predicted twice, nothing lost
+    with open_text(out) as fh:
+        rows = list(csv.DictReader(fh))
+    assert sorted(os.fsencode(Path(r["path"]).name) for r in rows) == sorted(names)
+    assert all(r["error"] == "" and r["label"] in CLASSES for r in rows)
+    assert json.loads(done_marker(out).read_text())["rows"] == len(names)
+    overlays = [p for p in cams.rglob("*.gradcam.png")]
+    assert len(overlays) == len(names) and all(len(os.fsencode(p.name)) <= 255 for p in overlays)
+
+
+def test_a_run_that_did_not_complete_is_not_used_for_prediction(model_dir: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(model_dir, run)
+    (run / "manifest.json").write_text(json.dumps({"status": "interrupted"}))
+    (tmp_path / "scan.png").write_bytes(b"x")
+    proc = run_cli("predict", "--model", str(run), "--input", str(tmp_path / "scan.png"), "--output",
+                   str(tmp_path / "p.csv"), timeout=300)
+    assert proc.returncode == 2 and "that run is 'interrupted', not completed" in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and not (tmp_path / "p.csv").exists()
+
+
+def test_corrupt_model_files_are_data_errors_naming_the_file(model_dir: Path, tmp_path: Path) -> None:
+    from busi.errors import DataError
+    from busi.predict import load_predictor
+
+    bad = tmp_path / "bad"
+    shutil.copytree(model_dir, bad)
+    keras_file = next(bad.rglob("model.keras"))
+    data = keras_file.read_bytes()
+    keras_file.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match=r"model.keras: not a readable Keras model"):
+        load_predictor(bad)
+    keras_file.write_bytes(data)
+    (keras_file.parent / "preprocessing.json").write_text("{half")
+    with pytest.raises(DataError, match=r"preprocessing.json: expected"):
+        load_predictor(bad)
+
+
+def test_a_gradcam_path_that_is_a_file_is_refused_before_any_work(model_dir: Path, tmp_path: Path) -> None:
+    (tmp_path / "cams").write_text("not a folder")
+    (tmp_path / "scan.png").write_bytes(b"x")
+    proc = run_cli("predict", "--model", str(model_dir), "--input", str(tmp_path / "scan.png"), "--output",
+                   str(tmp_path / "p.csv"), "--gradcam", str(tmp_path / "cams"))
+    assert proc.returncode == 2 and "--gradcam" in proc.stderr and "not a folder" in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "p.csv").exists() and (tmp_path / "cams").read_text() == "not a folder"

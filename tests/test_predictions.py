@@ -1,15 +1,19 @@
-"""The prediction CSV's merge: shards found beside the output, checked against their markers."""
+"""The prediction CSV: the sink (resume, lock, foreign files) and the merge of shards, checked
+against their markers."""
 
 from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from busi.errors import DataError
-from busi.predictions import done_marker, merge_shards, prediction_columns
+from busi.artifacts import open_text
+from busi.errors import ConfigError, DataError
+from busi.predictions import CsvSink, done_marker, merge_shards, own_outputs, prediction_columns, prediction_row
 
 CLASSES = ("normal", "benign", "malignant")
 
@@ -43,3 +47,112 @@ def test_merge_names_every_missing_or_incomplete_shard(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"p.part-00001-of-00003.csv: missing.*p.part-00002-of-00003.csv: incomplete"):
         merge_shards(output)
     assert not output.exists()
+
+
+# ------------------------------------------------------------------ the sink
+
+AWKWARD = ["a\rb.png", "c\nd.png", "e\r\nf.png", "g\u2028h.png", "i\x1cj.png", "k\x85l.png", os.fsdecode(b"p\xffq.png")]
+COLUMNS = prediction_columns(CLASSES)
+
+
+def _rows(paths: list[str]) -> list[list[object]]:
+    return [prediction_row(p, np.array([0.1, 0.8, 0.1]), CLASSES) for p in paths]
+
+
+def test_resume_rereads_names_with_line_breaks_and_non_utf8_bytes_once_each(tmp_path: Path) -> None:
+    out = tmp_path / "p.csv"
+    sink = CsvSink(out, COLUMNS, resume=False)
+    sink.write(_rows(AWKWARD[:4]))
+    sink.close()
+    with out.open("ab") as fh:  # a kill mid-row: a partial last record
+        fh.write(b'"x\ny.png,benign,1,0.1')
+    sink = CsvSink(out, COLUMNS, resume=True)
+    assert sink.done == set(AWKWARD[:4]) and len(sink.previous_rows) == 4
+    sink.write(_rows([p for p in AWKWARD if p not in sink.done]))
+    sink.close()
+    with open_text(out) as fh:
+        records = list(csv.reader(fh))
+    assert records[0] == COLUMNS and [r[0] for r in records[1:]] == AWKWARD
+    # the shard's marker agrees with the file, so merge takes it
+    shard = tmp_path / "m.part-00000-of-00001.csv"
+    shard.write_bytes(out.read_bytes())
+    done_marker(shard).write_text(json.dumps({"rows": len(AWKWARD)}))
+    assert merge_shards(tmp_path / "m.csv") == len(AWKWARD)
+
+
+@pytest.mark.parametrize("content", [b"my notes\n", b"path,label\nx.png,benign\n", b"\x89PNG\r\n\x1a\n\x00\xff" * 50,
+                                     ",".join(prediction_columns(("a", "b"))).encode() + b"\nx.png,a,0,0.9,0.1,\n"])
+def test_resume_changes_nothing_that_is_not_this_jobs_csv(tmp_path: Path, content: bytes) -> None:
+    out = tmp_path / "notes.txt"
+    out.write_bytes(content)
+    with pytest.raises(ConfigError, match=r"notes.txt is not this job's prediction CSV.*left as it was"):
+        CsvSink(out, COLUMNS, resume=True)
+    assert out.read_bytes() == content
+
+
+def test_resume_refuses_another_models_finished_csv(tmp_path: Path) -> None:
+    out = tmp_path / "p.csv"
+    sink = CsvSink(out, COLUMNS, resume=False)
+    sink.write(_rows(["a.png"]))
+    sink.close()
+    done_marker(out).write_text(json.dumps({"rows": 1, "model": "/models/a/model.keras"}))
+    before = out.read_bytes()
+    with pytest.raises(ConfigError, match="says model /models/a/model.keras"):
+        CsvSink(out, COLUMNS, resume=True, model=Path("/models/b/model.keras"))
+    assert out.read_bytes() == before and done_marker(out).exists()
+
+
+def test_output_that_is_a_folder_or_in_use_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "out").mkdir()
+    with pytest.raises(ConfigError, match="is a folder"):
+        CsvSink(tmp_path / "out", COLUMNS, resume=False)
+    first = CsvSink(tmp_path / "p.csv", COLUMNS, resume=False)
+    try:
+        with pytest.raises(ConfigError, match=rf"--output {tmp_path / 'p.csv'} is in use .*pid {os.getpid()}"):
+            CsvSink(tmp_path / "p.csv", COLUMNS, resume=True)
+    finally:
+        first.close()
+    CsvSink(tmp_path / "p.csv", COLUMNS, resume=True).close()  # released on close
+
+
+def test_merge_names_damaged_markers_and_shards(tmp_path: Path) -> None:
+    output = tmp_path / "p.csv"
+    _shard(output, 0, 4, ["a.png"])
+    done_marker(_shard(output, 1, 4, ["b.png"])).write_text("{half")
+    done_marker(_shard(output, 2, 4, ["c.png"])).write_text(json.dumps({"inputs": 1}))
+    part = _shard(output, 3, 4, [])
+    part.write_bytes(b"")
+    with pytest.raises(DataError) as e:
+        merge_shards(output)
+    msg = str(e.value)
+    assert "p.part-00001-of-00004.csv.done.json: not a done marker" in msg
+    assert "p.part-00002-of-00004.csv.done.json: not a done marker" in msg
+    assert "p.part-00003-of-00004.csv: empty" in msg
+    assert not output.exists()
+
+
+def test_merge_keeps_non_utf8_names_and_refuses_a_folder_output(tmp_path: Path) -> None:
+    output = tmp_path / "p.csv"
+    name = os.fsdecode(b"scan\xe9.png")  # Latin-1 bytes from an old share
+    part = output.with_name("p.part-00000-of-00001.csv")
+    part.write_bytes(",".join(COLUMNS).encode() + b"\nscan\xe9.png,benign,1,0.1,0.8,0.1,\n")
+    done_marker(part).write_text(json.dumps({"rows": 1}))
+    assert merge_shards(output) == 1
+    with open_text(output) as fh:
+        assert list(csv.reader(fh))[1][0] == name
+    (tmp_path / "dir.csv").mkdir()
+    with pytest.raises(ConfigError, match="is a folder"):
+        merge_shards(tmp_path / "dir.csv")
+
+
+def test_own_outputs_are_never_inputs(tmp_path: Path) -> None:
+    from busi.inputs import expand_inputs
+
+    (tmp_path / "in").mkdir()
+    for n in ("a.png", "p.csv", "p.csv.done.json", "p.part-00001-of-00002.csv", "p.part-00001-of-00002.csv.done.json",
+              "other.csv"):
+        (tmp_path / "in" / n).write_bytes(b"x")
+    (tmp_path / "in" / "cams" / "x").mkdir(parents=True)
+    (tmp_path / "in" / "cams" / "x" / "a.png.gradcam.png").write_bytes(b"x")
+    found = expand_inputs([str(tmp_path / "in")], skip=own_outputs(tmp_path / "in" / "p.csv", tmp_path / "in" / "cams"))
+    assert sorted(Path(f.path).name for f in found) == ["a.png", "other.csv"]

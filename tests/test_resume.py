@@ -7,7 +7,9 @@ import csv
 import json
 import os
 import random
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,7 +20,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from busi.artifacts import is_temp_name
 from busi.config import load_config
+from busi.locks import is_locked
 from conftest import REPO, linked_copies, make_model_dir, run_cli
 
 pytestmark = pytest.mark.slow
@@ -116,18 +120,25 @@ def test_sigterm_checkpoints_exits_75_and_resume_matches_an_uninterrupted_run(
             np.testing.assert_allclose([float(v) for v in fa[3:6]], [float(v) for v in fb[3:6]], atol=1e-4)
 
 
+def _published(out: Path, pattern: str) -> list[Path]:
+    """Files matching ``pattern`` outside busi's temp names: a killed writer's temp file or
+    folder (``.x.json.ab12cd34.tmp``, ``.ckpt-000002.ab12cd34.tmp/``) is not an artifact; the
+    next run on the folder removes it (checked at the end of the test)."""
+    return [p for p in out.rglob(pattern) if not any(is_temp_name(part) for part in p.relative_to(out).parts)]
+
+
 def _check_artifacts(out: Path) -> None:
     """Every artifact present parses: a kill leaves files complete or absent."""
-    for p in out.rglob("*.json"):
+    for p in _published(out, "*.json"):
         json.loads(p.read_text())
-    for p in out.rglob("*.csv"):
+    for p in _published(out, "*.csv"):
         with p.open(newline="") as fh:
             rows = list(csv.reader(fh))
         assert rows and all(len(r) == len(rows[0]) for r in rows), p
-    for p in out.rglob("*.png"):
+    for p in _published(out, "*.png"):
         with Image.open(p) as im:
             im.verify()
-    for p in out.rglob("*.npz"):
+    for p in _published(out, "*.npz"):
         with np.load(p) as z:
             [z[k] for k in z.files]
     if (out / "config.yaml").exists():
@@ -162,6 +173,7 @@ def test_sigkill_at_random_moments_never_leaves_a_broken_artifact(tmp_path: Path
     assert manifest["status"] == "completed"
     assert [r["epoch"] for r in _history(out)] == ["1", "2", "3", "4"]
     _check_artifacts(out)
+    assert [p for p in out.rglob("*") if is_temp_name(p.name)] == [], "the last run cleans killed writers' temps"
     assert kills >= 3
 
 
@@ -226,3 +238,54 @@ def test_predict_stops_on_sigterm_and_resumes(tmp_path: Path, data: Path) -> Non
     with out.open(newline="") as fh:
         paths = [r["path"] for r in csv.DictReader(fh)]
     assert len(paths) == len(set(paths)) == n and paths[: len(before)] == before
+
+
+UNBOUNDED = ("--set", "train.head.epochs=0", "--set", "train.finetune.epochs=100000",
+             "--set", "train.finetune.patience=100000")  # still running when the test acts, however fast
+
+
+def _started(out: Path) -> bool:
+    """The run holds its lock and handles signals (splits.csv is written inside the handled block)."""
+    return (out / "data" / "splits.csv").exists()
+
+
+def test_a_second_run_on_the_same_output_dir_exits_2_naming_the_first(tmp_path: Path, data: Path) -> None:
+    out = tmp_path / "run"
+    first = _popen(out, data, *UNBOUNDED)
+    try:
+        _wait_for(lambda: _started(out) or first.poll() is not None)
+        assert first.poll() is None, first.communicate()[1][-3000:]
+        manifest = (out / "manifest.json").read_bytes()
+        second = _train(out, data)
+        assert second.returncode == 2, second.stderr[-3000:]
+        assert f"output.dir {out} is in use by another busi job" in second.stderr
+        assert f"pid {first.pid}" in second.stderr and socket.gethostname() in second.stderr
+        assert (out / "manifest.json").read_bytes() == manifest  # the second changed nothing
+        assert is_locked(out / ".busi.lock")
+    finally:
+        first.kill()  # however the holder dies, the kernel frees its lock
+        first.communicate()
+    assert not is_locked(out / ".busi.lock")
+
+
+def test_an_interrupted_restart_leaves_no_old_results_and_predict_refuses_it(
+    tmp_path: Path, data: Path, uninterrupted: Path
+) -> None:
+    out = tmp_path / "run"
+    shutil.copytree(uninterrupted, out)
+    (out / "predictions" / "all.csv").write_text("the user's own predictions\n")  # not busi's: kept
+    old = [out / rel for rel in ("model/model.keras", "metrics.json", "plots/loss.png", "predictions/test.csv")]
+    assert all(p.exists() for p in old)
+    (out / "data" / "splits.csv").unlink()  # so _started() sees the new run's file
+    proc = _popen(out, data, "--restart", *UNBOUNDED)
+    try:
+        _wait_for(lambda: _started(out) or proc.poll() is not None)
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+    finally:
+        proc.kill()  # the hardest interruption: no handler runs
+        proc.communicate()
+    assert [p for p in old if p.exists()] == [], "an old run's results must not survive a restart"
+    assert (out / "predictions" / "all.csv").read_text() == "the user's own predictions\n"
+    assert json.loads((out / "manifest.json").read_text())["status"] == "running"
+    pred = run_cli("predict", "--model", str(out), "--input", str(data), "--output", str(tmp_path / "p.csv"))
+    assert pred.returncode == 2 and "not completed" in pred.stderr, pred.stderr[-2000:]

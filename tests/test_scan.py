@@ -274,3 +274,22 @@ def test_real_sample_masks_and_order(sample_scan) -> None:
     benign = [Path(s.path).name for s in sample_scan.samples if s.label == "benign"]
     assert benign == [f"benign ({n}).png" for n in (*range(1, 17), 54, 195, 433)]
     assert by["benign (433).png"].sha256 == by["malignant (145).png"].sha256
+
+
+def test_a_run_directory_inside_the_dataset_is_not_scanned(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from busi.config import load_config
+    from busi.data.prepare import prepare_data
+
+    for k, label in enumerate(("normal", "benign", "malignant")):
+        for i in range(4):
+            put(tmp_path / "ds", f"{label}/{label} ({i}).png", seed=10 * k + i)
+    run = tmp_path / "ds" / "normal" / "runs" / "r1"  # e.g. output.dir=${data}/normal/runs/r1
+    put(run, "plots/loss.png", seed=5)
+    put(run, "plots/accuracy.png", seed=6)
+    cfg = load_config(None, [f"data.source={tmp_path / 'ds'}", f"output.dir={run}", "data.dedupe=none"])
+    prepared = prepare_data(cfg.data, 0, exclude=[run])
+    assert all("runs" not in s.path for s in prepared.scan.samples)
+    assert prepared.report["counts"]["per_class"]["normal"] == 4
+    assert prepared.report["excluded_folders"] == ["normal/runs/r1"] and "inside the dataset" in caplog.text
+    # without the exclusion the plots would have been 'normal' images
+    assert sum(s.label == "normal" for s in scan_dataset(tmp_path / "ds", ("normal", "benign", "malignant")).samples) == 6

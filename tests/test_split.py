@@ -169,3 +169,29 @@ def test_read_splits_file_missing_or_bad_header(tmp_path: Path) -> None:
     with pytest.raises(DataError) as info:
         read_splits_file(path, samples)
     assert str(info.value).startswith(f"{path}: data.splits file lacks column(s) ['group']")
+
+
+def test_a_written_splits_csv_is_reusable_whatever_the_file_names(tmp_path: Path) -> None:
+    """Names that are not UTF-8 or hold \\r, \\n, U+2028 or \\x1c: train writes splits.csv
+    (busi.artifacts), and data.splits reads it back to the same rows."""
+    import os
+
+    import numpy as np
+    from PIL import Image
+
+    from busi.artifacts import atomic_write_text
+    from busi.data.scan import scan_dataset
+
+    odd = [b"scan\xff.png", b"a\rb.png", b"c\nd.png", "e\u2028f.png".encode(), b"g\x1ch.png", b"plain.png"]
+    rng = np.random.default_rng(0)
+    for label in CLASSES:
+        folder = os.path.join(os.fsencode(tmp_path), label.encode())
+        os.makedirs(folder)
+        for n in odd:
+            Image.fromarray(rng.integers(0, 255, (16, 16), np.uint8)).save(os.path.join(folder, n), format="PNG")
+    samples = scan_dataset(tmp_path, CLASSES).samples
+    assert len(samples) == 3 * len(odd)
+    rows = split_groups(samples, group_duplicates(samples, "none"), FRACTIONS, seed=1)
+    path = atomic_write_text(tmp_path / "splits.csv", csv_text(SPLITS_COLUMNS, ([r.path, r.label, r.group, r.split] for r in rows)))
+    back, left_out = read_splits_file(path, samples)
+    assert back == rows and left_out == []

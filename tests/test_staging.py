@@ -452,3 +452,46 @@ def test_busi_sample_zip(tmp_path: Path) -> None:
         assert folder.is_dir(), folder
         assert any(folder.glob("*.png"))
 
+
+
+def test_a_killed_unpack_of_another_archive_is_cleaned_once_no_one_holds_its_lock(tmp_path: Path) -> None:
+    staging = tmp_path / "stage"
+    staging.mkdir()
+    orphan = staging / "other-0123456789ab.tmp-999999-x1"  # a killed unpack of another archive
+    orphan.mkdir()
+    (orphan / "big.bin").write_bytes(b"x" * 1000)
+    live = staging / "busy-0123456789ab.tmp-1-x2"  # another archive being unpacked right now
+    live.mkdir()
+    from busi.locks import exclusive_lock
+
+    with exclusive_lock(staging / "busy-0123456789ab.lock", "test"):
+        out = stage_source(make_zip(tmp_path / "busi.zip", FILES), staging)
+        assert not orphan.exists() and live.exists()
+    assert_tree(out, FILES)
+
+
+def test_a_high_compression_ratio_is_refused_before_the_disk_fills(tmp_path: Path) -> None:
+    # 80 MiB of zeros compress to ~80 KB: ratio ~1000, over the default 100 (and the 64 MiB floor)
+    archive = tmp_path / "zeros.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        with zf.open("normal/zeros.png", "w") as fh:
+            for _ in range(80):
+                fh.write(bytes(1024 * 1024))
+    assert archive.stat().st_size < 1024 * 1024
+    staging = tmp_path / "stage"
+    with pytest.raises(UnsafeArchiveError, match=r"max_archive_ratio"):
+        stage_source(archive, staging)
+    assert [n for n in staged_entries(staging) if not n.endswith(".lock")] == []
+    # a genuine archive of that kind stages with the ratio raised
+    out = stage_source(archive, staging, ArchiveLimits(max_ratio=10_000))
+    assert (out / "normal" / "zeros.png").stat().st_size == 80 * 1024 * 1024
+
+
+def test_archive_limits_come_from_the_job_for_training_and_prediction() -> None:
+    from busi.config import load_config, load_predict_config
+
+    cfg = load_config(None, ["data.source=x", "output.dir=y", "data.max_archive_members=7", "data.max_archive_ratio=3"])
+    assert ArchiveLimits.from_config(cfg.data) == ArchiveLimits(max_members=7, max_ratio=3)
+    pcfg = load_predict_config(None, ["predict.max_archive_members=9"], base={"predict": {"model": "m", "inputs": ["i"]}})
+    assert ArchiveLimits.from_config(pcfg.predict) == ArchiveLimits(max_members=9)
+    assert ArchiveLimits().max_members == 200_000  # one default: the config's

@@ -6,10 +6,11 @@ except the staging dir (archives), so it is safe to run anywhere.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from busi.config import DataConfig
 from busi.data.dedupe import Group, group_duplicates
@@ -17,6 +18,8 @@ from busi.data.scan import ScanResult, Sample, scan_dataset
 from busi.data.split import SPLITS, SplitRow, read_splits_file, split_groups
 from busi.data.staging import ArchiveLimits, stage_source
 from busi.errors import DataError
+
+log = logging.getLogger("busi")
 
 
 @dataclass(frozen=True)
@@ -36,11 +39,14 @@ class PreparedData:
         return [(by_path[r.path], r) for r in self.rows if r.split == name]
 
 
-def prepare_data(cfg: DataConfig, seed: int) -> PreparedData:
-    """Stage ``cfg.source``, scan it, group duplicates and split (or read ``cfg.splits``)."""
-    limits = ArchiveLimits(max_members=cfg.max_archive_members, max_bytes=cfg.max_archive_bytes)
-    root = stage_source(cfg.source, cfg.staging_dir, limits)
-    scan = scan_dataset(root, cfg.classes)
+def prepare_data(cfg: DataConfig, seed: int, exclude: Sequence[str | Path] = ()) -> PreparedData:
+    """Stage ``cfg.source``, scan it, group duplicates and split (or read ``cfg.splits``).
+    ``exclude``: busi's own output folders (the run directory), never scanned as data."""
+    root = stage_source(cfg.source, cfg.staging_dir, ArchiveLimits.from_config(cfg))
+    scan = scan_dataset(root, cfg.classes, exclude=[*exclude, *([cfg.staging_dir] if cfg.staging_dir else [])])
+    for rel in scan.excluded_dirs:
+        log.warning("data: %s is inside the dataset %s; busi's own output there is not scanned as data",
+                    scan.root / rel, scan.root)
     groups = group_duplicates(scan.samples, cfg.dedupe, cfg.near_threshold)
     left_out: list[str] = []
     if cfg.splits:
@@ -103,6 +109,7 @@ def build_report(
         "skipped_files": list(scan.skipped),
         "corrupt_images": [{"path": p, "error": e} for p, e in scan.corrupt],
         "extra_folders": list(scan.extra_dirs),
+        "excluded_folders": list(scan.excluded_dirs),  # busi's own output inside the dataset
     }
 
 

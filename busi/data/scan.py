@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,6 +67,7 @@ class ScanResult:
     skipped: tuple[str, ...]  # files that are not images (by extension)
     corrupt: tuple[tuple[str, str], ...]  # (path, error) of images Pillow could not decode
     extra_dirs: tuple[str, ...] = field(default=())  # top-level folders that are not a class
+    excluded_dirs: tuple[str, ...] = field(default=())  # busi's own output folders inside the dataset
 
 
 def find_dataset_root(root: str | Path, classes: Sequence[str]) -> Path:
@@ -97,13 +99,16 @@ def _has_classes(folder: Path, classes: Sequence[str]) -> bool:
     return any((folder / c).is_dir() for c in classes)
 
 
-def scan_dataset(root: str | Path, classes: Sequence[str]) -> ScanResult:
+def scan_dataset(root: str | Path, classes: Sequence[str], exclude: Sequence[str | Path] = ()) -> ScanResult:
     """Scan class folders under ``root`` (or one level down) into samples in natural order.
 
     Every file is accounted for: a sample, a mask (attached or orphan), a skipped
     non-image, or a corrupt image with its error. A class with no images is an error.
+    Folders in ``exclude`` (busi's run directory, its staging dir) are never scanned, so a run
+    directory placed inside the dataset does not train the next run on its own plots.
     """
     base = find_dataset_root(root, classes)
+    excluded = _inside(base, exclude)
     exts = image_extensions()
     samples: list[Sample] = []
     orphans: list[str] = []
@@ -113,7 +118,7 @@ def scan_dataset(root: str | Path, classes: Sequence[str]) -> ScanResult:
         class_dir = base / label
         if not class_dir.is_dir():
             raise DataError(f"{base}: class folder '{label}' is missing (data.classes lists it)")
-        files = sorted(_walk(class_dir), key=lambda p: natural_key(p.relative_to(base).as_posix()))
+        files = sorted(_walk(class_dir, excluded), key=lambda p: natural_key(p.relative_to(base).as_posix()))
         images: dict[tuple[Path, str], list[Path]] = {}  # a list: x.png and x.jpg are two samples
         masks: dict[tuple[Path, str], list[Path]] = {}
         for f in files:
@@ -150,7 +155,8 @@ def scan_dataset(root: str | Path, classes: Sequence[str]) -> ScanResult:
         if count == 0:
             raise DataError(f"{class_dir}: no readable images in class '{label}'")
     extra = sorted(
-        d.name for d in base.iterdir() if d.is_dir() and d.name not in classes and not is_junk(d.name)
+        d.name for d in base.iterdir()
+        if d.is_dir() and d.name not in classes and not is_junk(d.name) and (d.name,) not in excluded
     )
     return ScanResult(
         root=base,
@@ -159,15 +165,34 @@ def scan_dataset(root: str | Path, classes: Sequence[str]) -> ScanResult:
         skipped=tuple(skipped),
         corrupt=tuple(corrupt),
         extra_dirs=tuple(extra),
+        excluded_dirs=tuple("/".join(parts) for parts in excluded),
     )
 
 
-def _walk(folder: Path) -> Iterable[Path]:
+def _inside(base: Path, folders: Sequence[str | Path]) -> list[tuple[str, ...]]:
+    """The relative path parts of each of ``folders`` that lies inside ``base``."""
+    real_base = Path(os.path.realpath(base))
+    out = []
+    for f in folders:
+        real = Path(os.path.realpath(f))
+        if real != real_base and real.is_relative_to(real_base):
+            out.append(real.relative_to(real_base).parts)
+    return out
+
+
+def _walk(folder: Path, excluded: Sequence[tuple[str, ...]] = ()) -> Iterable[Path]:
     """Every entry under ``folder`` that is not a folder (regular files, and the FIFOs, sockets
-    and broken links a shared folder holds, which the scan reports as skipped)."""
+    and broken links a shared folder holds, which the scan reports as skipped), except those
+    under an ``excluded`` folder (relative parts from the dataset root, ``folder``'s parent)."""
+    prefix = folder.name
     for p in folder.rglob("*"):
-        if not p.is_dir() and not has_junk_part(p.relative_to(folder).parts):
-            yield p
+        parts = p.relative_to(folder).parts
+        if p.is_dir() or has_junk_part(parts):
+            continue
+        full = (prefix, *parts)
+        if any(full[: len(e)] == e for e in excluded):
+            continue
+        yield p
 
 
 def read_image_info(path: Path) -> dict[str, object]:

@@ -7,6 +7,7 @@ machine. A duplicate group never straddles splits, so a copy of a test image is 
 from __future__ import annotations
 
 import csv
+import io
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,8 @@ from typing import Sequence
 
 import numpy as np
 
+from busi.artifacts import TEXT_ENCODING, TEXT_ERRORS
+from busi.safeio import read_regular_file
 from busi.data.dedupe import Group
 from busi.data.scan import Sample
 from busi.errors import DataError
@@ -81,18 +84,19 @@ def read_splits_file(path: str | Path, samples: Sequence[Sample]) -> tuple[list[
     """
     p = Path(path)
     try:
-        with p.open(newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            missing_cols = [c for c in SPLITS_COLUMNS if c not in (reader.fieldnames or [])]
-            if missing_cols:
-                raise DataError(
-                    f"{p}: data.splits file lacks column(s) {missing_cols}; expected header {','.join(SPLITS_COLUMNS)}"
-                )
-            listed = list(reader)
+        # the rule splits.csv was written with: non-UTF-8 names keep their bytes; a FIFO never blocks
+        text = read_regular_file(p).decode(TEXT_ENCODING, TEXT_ERRORS)
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        listed = list(reader)
     except FileNotFoundError:
         raise DataError(f"{p}: data.splits file not found") from None
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise DataError(f"{p}: cannot read data.splits file: {e}") from None
+    except (OSError, csv.Error) as e:
+        raise DataError(f"{p}: cannot read data.splits file: {getattr(e, 'strerror', None) or e}") from None
+    missing_cols = [c for c in SPLITS_COLUMNS if c not in (reader.fieldnames or [])]
+    if missing_cols:
+        raise DataError(
+            f"{p}: data.splits file lacks column(s) {missing_cols}; expected header {','.join(SPLITS_COLUMNS)}"
+        )
     by_path = {s.path: s for s in samples}
     rows: dict[str, SplitRow] = {}
     for line, r in enumerate(listed, start=2):

@@ -12,7 +12,7 @@ Why it is built the way it is:
   the archive; when only the mtime changed (the archive was copied again, ``touch``-ed)
   the sha256 decides, so an identical copy is not unpacked again.
 * **Concurrency.** Several processes on one node may stage the same archive at the same
-  moment. An ``fcntl.flock`` lock file serialises check-and-extract, and extraction goes
+  moment. A lock file (``busi.locks``) serialises check-and-extract, and extraction goes
   into a private temp folder that is renamed into place only when complete, with the
   marker written (temp file + fsync + rename) before that rename. A reader therefore
   never sees a half-extracted folder with a valid marker, even if the lock is not
@@ -29,7 +29,7 @@ This module must stay importable without TensorFlow.
 
 from __future__ import annotations
 
-import errno
+import dataclasses
 import hashlib
 import json
 import logging
@@ -42,20 +42,16 @@ import tarfile
 import tempfile
 import zipfile
 import zlib
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Union
 
-try:  # POSIX only; on other systems staging still works, without the lock.
-    import fcntl
-except ImportError:  # pragma: no cover - not exercised on Linux
-    fcntl = None  # type: ignore[assignment]
-
-from busi.artifacts import atomic_write_text, publish_dir, remove_path, utc_now
+from busi.artifacts import atomic_write_text, publish_dir, remove_path
+from busi.clock import utc_now
+from busi.config import DataConfig
 from busi.data.names import has_junk_part
 from busi.errors import DataError, UnsafeArchiveError
+from busi.locks import exclusive_lock, is_locked
 
 # Longest first, so ".tar.gz" wins over a hypothetical ".gz" match.
 ARCHIVE_SUFFIXES: tuple[str, ...] = (".tar.bz2", ".tar.gz", ".tar.xz", ".tgz", ".tar", ".zip")
@@ -77,16 +73,17 @@ _CORRUPT_ERRORS: tuple[type[BaseException], ...] = (
     NotImplementedError,  # zip compression method this Python cannot decode
     OSError,  # gzip.BadGzipFile, bz2 "Invalid data stream"
 )
-# flock errnos meaning "this filesystem does not support locks" rather than a real failure.
-_NO_LOCK_ERRNOS = frozenset(
-    {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL, getattr(errno, "ENOTSUP", errno.EOPNOTSUPP)}
-)
 _LOG = logging.getLogger(__name__)
 
 _PATH_ADVICE = (
     "Re-create the archive with plain relative paths under one top folder "
     "(e.g. `cd parent && zip -r data.zip Dataset_BUSI_with_GT`), or unpack and inspect it "
     "yourself and pass the folder as the data source."
+)
+_RAISE_BYTES = (
+    "If the archive is genuine, raise the size limits (`data.max_archive_bytes` and "
+    "`data.max_archive_ratio`, or `predict.max_archive_*` for prediction inputs) or unpack it "
+    "yourself and pass the folder."
 )
 _LINK_ADVICE = (
     "Archives must contain only regular files and folders. Re-create it without links "
@@ -101,11 +98,29 @@ class ArchiveLimits:
 
     ``max_members`` counts every entry (files, folders, skipped entries);
     ``max_bytes`` bounds the total uncompressed size of regular files, both as declared
-    in the archive and as actually written.
+    in the archive and as actually written; ``max_ratio`` bounds it too, at that many times
+    the archive's own size (never below ``RATIO_FLOOR``): a 2 MB zip of zeros that would
+    unpack to 2 GB stops at 200 MB instead of at the 20 GiB byte limit. Image datasets
+    compress hardly at all (BUSI's zip: 1.0x), so the ratio only ever stops bombs. These are
+    the defaults of ``data.max_archive_*`` and ``predict.max_archive_*`` (``busi.config``).
     """
 
-    max_members: int = 100_000
-    max_bytes: int = 20 * 1024**3  # total uncompressed bytes
+    max_members: int = DataConfig.max_archive_members
+    max_bytes: int = DataConfig.max_archive_bytes  # total uncompressed bytes
+    max_ratio: int = DataConfig.max_archive_ratio
+
+    RATIO_FLOOR = 64 * 1024**2  # small archives may hold up to 64 MiB whatever their ratio
+
+    @classmethod
+    def from_config(cls, section: object) -> "ArchiveLimits":
+        """The limits a config section sets (``data`` or ``predict``: ``max_archive_*`` keys)."""
+        return cls(max_members=getattr(section, "max_archive_members"), max_bytes=getattr(section, "max_archive_bytes"),
+                   max_ratio=getattr(section, "max_archive_ratio"))
+
+    def for_archive(self, archive_bytes: int) -> "ArchiveLimits":
+        """These limits with ``max_bytes`` lowered to what the ratio allows an archive this size."""
+        by_ratio = max(self.max_ratio * archive_bytes, self.RATIO_FLOOR)
+        return dataclasses.replace(self, max_bytes=min(self.max_bytes, by_ratio))
 
 
 @dataclass(frozen=True)
@@ -187,8 +202,10 @@ def stage_source(
 
     name = _stage_name(path)
     final = root / name
-    with _locked(root / f"{name}.lock", path) as have_lock:
-        if have_lock:
+    lock = root / f"{name}.lock"
+    with exclusive_lock(lock, f"staging {path} in {root}", wait=True,
+                        on_wait=lambda who: _LOG.info("busi staging: waiting for %s, staging %s", who, path)) as held:
+        if held:
             _remove_stale(root, name)
         st = _stat_archive(path)
         marker = _read_marker(final)
@@ -242,57 +259,22 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-@contextmanager
-def _locked(lock_path: Path, archive: Path) -> Iterator[bool]:
-    """Hold an exclusive ``flock`` on ``lock_path``; yield whether a lock is really held.
-
-    The lock file is never deleted (deleting lock files reintroduces the race they
-    prevent). On filesystems without lock support this yields False and staging relies
-    on the atomic rename alone, which is still safe, only possibly duplicated work.
-    """
-    try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as exc:
-        raise DataError(
-            f"Cannot create lock file {lock_path} to stage {archive}: {exc}. Set `data.staging_dir` "
-            "(or $TMPDIR) to a writable local folder."
-        ) from exc
-    try:
-        have_lock = False
-        if fcntl is not None:
-            try:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    _LOG.info("busi staging: waiting for another process staging %s", archive)
-                    fcntl.flock(fd, fcntl.LOCK_EX)
-                have_lock = True
-            except OSError as exc:
-                if exc.errno not in _NO_LOCK_ERRNOS:
-                    raise DataError(f"Cannot lock {lock_path} to stage {archive}: {exc}.") from exc
-                _LOG.warning(
-                    "busi staging: %s does not support file locks (%s); relying on atomic rename",
-                    lock_path.parent,
-                    exc,
-                )
-        yield have_lock
-    finally:
-        os.close(fd)  # releases the flock
-
-
 def _remove_stale(root: Path, name: str) -> None:
-    """Delete temp/aside folders of ``name`` left by killed processes.
-
-    Only called while holding the lock: any other process working on ``name`` would be
-    holding it too, so every such folder seen now is an orphan.
-    """
-    prefixes = (f"{name}.tmp-", f"{name}.old-")
+    """Delete temp/aside folders left by killed processes: those of ``name`` (whose lock this
+    process holds, so any seen now is an orphan), and those of other archives whose lock no
+    live process holds (a killed unpack's hundreds of MB do not wait for that archive to be
+    staged again)."""
+    markers = (".tmp-", ".old-")
     try:
         entries = list(os.scandir(root))
     except OSError:
         return
     for entry in entries:
-        if entry.name.startswith(prefixes):
+        cut = min((entry.name.find(m) for m in markers if m in entry.name), default=-1)
+        if cut <= 0:
+            continue
+        owner = entry.name[:cut]
+        if owner == name or not is_locked(root / f"{owner}.lock"):
             _LOG.info("busi staging: removing stale %s", entry.path)
             remove_path(Path(entry.path))
 
@@ -428,8 +410,8 @@ def _check_count(archive: Path, count: int, member: str, limits: ArchiveLimits) 
             archive,
             member,
             f"is member number {count}, over the limit of {limits.max_members} members",
-            "If the archive is genuine, raise the archive member limit (ArchiveLimits.max_members, "
-            "`data.max_archive_members` in the job file) or unpack it yourself and pass the folder.",
+            "If the archive is genuine, raise the archive member limit (`data.max_archive_members`, "
+            "or `predict.max_archive_members` for prediction inputs) or unpack it yourself and pass the folder.",
         )
 
 
@@ -441,8 +423,7 @@ def _check_total(archive: Path, total: int, member: str, limits: ArchiveLimits) 
             member,
             f"brings the declared uncompressed size to {total} bytes, over the limit of "
             f"{limits.max_bytes} bytes",
-            "If the archive is genuine, raise the size limit (ArchiveLimits.max_bytes, "
-            "`data.max_archive_bytes` in the job file) or unpack it yourself and pass the folder.",
+            _RAISE_BYTES,
         )
 
 
@@ -533,8 +514,7 @@ class _BudgetWriter:
                 self.archive,
                 self.member.name,
                 f"unpacks to more bytes than the limit of {self.limit} allows",
-                "The archive's size headers are wrong (possibly an archive bomb). Check the "
-                "archive; if it is genuine, raise ArchiveLimits.max_bytes or unpack it yourself.",
+                "The archive's size headers are wrong, or it is an archive bomb. " + _RAISE_BYTES,
             )
         if self.written > self.member.size:
             raise _unsafe(
@@ -611,6 +591,7 @@ def _extract(archive: Path, dest: Path, limits: ArchiveLimits) -> tuple[int, int
     Returns (files written, bytes written). Raises UnsafeArchiveError for unsafe content,
     DataError for a corrupt or unreadable archive.
     """
+    limits = limits.for_archive(_stat_archive(archive).st_size)
     try:
         if archive.name.lower().endswith(".zip"):
             with zipfile.ZipFile(archive) as zf:

@@ -50,6 +50,9 @@ __all__ = ["DEFAULT_CLASSES", "write_synthetic_dataset"]
 DEFAULT_CLASSES = ("normal", "benign", "malignant")
 
 _MIN_SIZE = 16
+_MAX_SIZE = 4096  # BUSI's images are about 500 px; a 100,000 px side would need ~40 GB per image
+_MAX_PER_CLASS = 100_000
+_MAX_SEED = 2**32 - 1
 _NORMAL, _BENIGN, _MALIGNANT = 0, 1, 2
 
 
@@ -74,9 +77,9 @@ def write_synthetic_dataset(
     place, so ``out_dir`` is either absent or complete. An existing, non-empty
     ``out_dir`` is refused (ConfigError); an existing empty directory is replaced.
     """
-    per_class = _check_int("per_class", per_class, minimum=1)
-    size = _check_int("size", size, minimum=_MIN_SIZE)
-    seed = _check_int("seed", seed, minimum=0)
+    per_class = _check_int("per_class", per_class, minimum=1, maximum=_MAX_PER_CLASS)
+    size = _check_int("size", size, minimum=_MIN_SIZE, maximum=_MAX_SIZE)
+    seed = _check_int("seed", seed, minimum=0, maximum=_MAX_SEED)
     class_names = _check_classes(classes)
 
     out = Path(os.path.abspath(os.fspath(Path(out_dir).expanduser())))
@@ -121,11 +124,11 @@ def write_synthetic_dataset(
 # ----------------------------------------------------------------------- validation
 
 
-def _check_int(name: str, value: object, *, minimum: int) -> int:
+def _check_int(name: str, value: object, *, minimum: int, maximum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ConfigError(f"synthetic data: {name} must be an integer >= {minimum}, got {value!r}")
-    if value < minimum:
-        raise ConfigError(f"synthetic data: {name} must be >= {minimum}, got {value}")
+        raise ConfigError(f"synthetic data: {name} must be an integer from {minimum} to {maximum}, got {value!r}")
+    if not minimum <= value <= maximum:
+        raise ConfigError(f"synthetic data: {name} must be from {minimum} to {maximum}, got {value}")
     return int(value)
 
 
