@@ -8,7 +8,9 @@ import io
 import json
 import os
 import stat
+import subprocess
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -173,19 +175,44 @@ def test_claim_refuses_a_file_where_busi_writes_a_folder(tmp_path: Path) -> None
     assert (run.root / "checkpoint").read_text() == "not a folder"
 
 
-def test_claim_of_a_file_or_read_only_folder_is_a_config_error(tmp_path: Path) -> None:
+@pytest.fixture
+def read_only_dir(tmp_path: Path) -> Iterator[Path]:
+    """A read-only folder: a read-only tmpfs mount as root (root ignores permission bits), a
+    0555 folder otherwise."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    if os.geteuid() != 0:
+        ro.chmod(0o555)
+        yield ro
+        ro.chmod(0o755)
+        return
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)], capture_output=True).returncode:
+        pytest.skip("root without mount rights: no read-only folder to test with")
+    try:
+        yield ro
+    finally:
+        subprocess.run(["umount", str(ro)], check=True)
+
+
+def test_claim_of_a_file_is_a_config_error(tmp_path: Path) -> None:
     (tmp_path / "afile").write_text("x")
     with pytest.raises(ConfigError, match="is a file, not a folder"):
         with RunDir(tmp_path / "afile").claim():
             pass
-    if os.geteuid() == 0:
-        pytest.skip("root writes into read-only folders; the file case above ran")
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    ro.chmod(0o555)
+    assert (tmp_path / "afile").read_text() == "x"
+
+
+def test_a_read_only_output_dir_or_csv_is_a_config_error(read_only_dir: Path) -> None:
+    from busi.predictions import CsvSink
+
     with pytest.raises(ConfigError, match="not writable"):
-        with RunDir(ro).claim():
+        with RunDir(read_only_dir).claim():
             pass
+    with pytest.raises(ConfigError, match="cannot create"):
+        with RunDir(read_only_dir / "run").claim():
+            pass
+    with pytest.raises(ConfigError, match=r"--output .*p.csv"):
+        CsvSink(read_only_dir / "p.csv", ["path", "label"], resume=False)
 
 
 def test_restart_clears_the_old_results_behind_a_restarting_manifest(tmp_path: Path) -> None:

@@ -73,3 +73,23 @@ def test_balanced_class_weights() -> None:
     np.testing.assert_allclose(w, [2.0, 2 / 3, 1.0])
     assert float(np.dot(np.bincount([0, 1, 1, 1, 2, 2]), w)) == pytest.approx(6.0)  # mean weight 1
     np.testing.assert_allclose(balanced_class_weights([0, 0, 2], 3), [0.75, 0.0, 1.5])  # absent class: 0
+
+
+def test_files_whose_names_are_not_utf8_or_hold_line_breaks_are_read(tmp_path: Path) -> None:
+    """A share's names as the scan reports them (os.fsdecode: surrogates for non-UTF-8 bytes)
+    must reach the decoder intact through tf.data, which holds bytes."""
+    import os
+
+    from PIL import Image
+
+    from busi.data.pipeline import Pipeline, SplitData
+
+    names = [b"scan\xff.png", b"a\nb.png", "c\u2028d.png".encode()]
+    paths = []
+    for i, n in enumerate(names):
+        raw = os.path.join(os.fsencode(tmp_path), n)
+        Image.fromarray(np.full((20, 20), 40 * (i + 1), np.uint8)).save(raw, format="PNG")
+        paths.append(os.fsdecode(raw))
+    p = Pipeline(SplitData(tuple(paths), (0, 1, 2)), 32, "stretch", cache=False)
+    means = [float(x.numpy().mean()) for x, _ in p.eval_dataset(1).unbatch()]
+    assert means == pytest.approx([40.0, 80.0, 120.0], abs=0.5)

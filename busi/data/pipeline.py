@@ -8,6 +8,7 @@ rank of a distributed run can take its own shard of the same global order.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -50,7 +51,7 @@ class Pipeline:
         index = np.arange(n, dtype=np.int64)
 
         def decode(path: Any) -> np.ndarray:
-            return load_image(path.decode("utf-8"), image_size, resize)
+            return load_image(os.fsdecode(path), image_size, resize)
 
         def tf_decode(path: Any, label: Any, idx: Any) -> tuple[Any, Any, Any]:
             image = tf.numpy_function(decode, [path], tf.uint8, stateful=False)
@@ -58,7 +59,8 @@ class Pipeline:
             return image, label, idx
 
         base = tf.data.Dataset.from_tensor_slices(
-            (np.array(data.paths, dtype=object).astype(str), np.array(data.labels, dtype=np.int32), index)
+            # the paths' bytes (os.fsencode): a name that is not UTF-8 cannot become a tf.string otherwise
+            (np.array([os.fsencode(p) for p in data.paths], dtype=object), np.array(data.labels, dtype=np.int32), index)
         )
         # deterministic=True keeps file order, so a cached epoch is identical on every run
         base = base.map(tf_decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
