@@ -94,6 +94,11 @@ def text_bytes(text: str) -> bytes:
     return text.encode(TEXT_ENCODING, TEXT_ERRORS)
 
 
+def text_of(data: bytes) -> str:
+    """The text of a file busi reads back (``text_bytes``' inverse: never a UnicodeDecodeError)."""
+    return data.decode(TEXT_ENCODING, TEXT_ERRORS)
+
+
 def is_temp_name(name: str) -> bool:
     """A temp or aside name of busi's atomic writers (a killed writer leaves these behind)."""
     return _TEMP_NAME.match(name) is not None

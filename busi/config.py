@@ -39,6 +39,9 @@ def _opt(default: Any = dataclasses.MISSING, *, doc: str = "", **check: Any) -> 
     return field(default=default, metadata={"doc": doc, **check})
 
 
+ResizeMode = Literal["stretch", "pad"]
+RESIZE_MODES: tuple[str, ...] = typing.get_args(ResizeMode)  # also what a model's preprocessing.json may say
+
 MAX_EPOCHS = 1_000_000  # far beyond any real run; bounds what a typo (1e30) can ask for
 
 
@@ -78,7 +81,7 @@ class DataConfig:
         doc="class folder names; their order gives the label index (0, 1, 2, ...)",
     )
     image_size: int = _opt(224, min=32, max=1024, doc="side of the square model input, pixels")
-    resize: Literal["stretch", "pad"] = _opt("stretch", doc="stretch (as the notebook did) or pad to keep aspect")
+    resize: ResizeMode = _opt("stretch", doc="stretch (as the notebook did) or pad to keep aspect")
     staging_dir: Union[str, None] = _opt(None, doc="where archives unpack; default $TMPDIR/busi-staging")
     max_archive_members: int = _archive_members()
     max_archive_bytes: int = _archive_bytes()

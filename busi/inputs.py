@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from busi.artifacts import TEXT_ENCODING, TEXT_ERRORS
+from busi.artifacts import text_of
 from busi.data.names import is_junk
 from busi.data.scan import is_mask_name, natural_key
 from busi.data.staging import ArchiveLimits, is_archive, stage_source
@@ -76,8 +76,8 @@ def _expand_lists(inputs: Sequence[str]) -> list[str]:
             continue
         list_file = Path(item[1:])
         try:
-            # one path a line; a name that is not UTF-8 keeps its bytes (busi.artifacts.open_text's rule)
-            lines = read_regular_file(list_file).decode(TEXT_ENCODING, TEXT_ERRORS).split("\n")
+            # one path a line; a name that is not UTF-8 keeps its bytes (busi.artifacts' text rule)
+            lines = text_of(read_regular_file(list_file)).split("\n")
         except OSError as e:
             raise DataError(f"{list_file}: cannot read input list: {getattr(e, 'strerror', None) or e}") from None
         for line in lines:

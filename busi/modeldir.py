@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from busi.artifacts import RUN_FILES, RunDir
+from busi.config import RESIZE_MODES
 from busi.errors import ConfigError, DataError
 
 MODEL_DIR = Path(RUN_FILES["model"]).parent.name  # "model"
@@ -84,7 +85,7 @@ def read_model_info(model_file: Path, image_size: int) -> ModelInfo:
     try:
         prep = json.loads(prep_file.read_text(encoding="utf-8")) if prep_file.is_file() else {}
         resize = prep.get("resize", "stretch")
-        if resize not in ("stretch", "pad"):
+        if resize not in RESIZE_MODES:
             raise ValueError(f"resize {resize!r}")
     except (OSError, ValueError, AttributeError) as e:
         raise DataError(f"{prep_file}: expected {{\"image_size\": N, \"resize\": \"stretch\" or \"pad\"}}: {e}") from None
@@ -101,8 +102,8 @@ def _check_run_finished(folder: Path, model_arg: str | Path) -> None:
     if not manifest.exists():
         return  # a model folder without a run around it (copied, or written by a benchmark)
     try:
-        status = json.loads(manifest.read_text(encoding="utf-8")).get("status")
-    except (OSError, ValueError, AttributeError):
+        status = (RunDir(manifest.parent).read_manifest() or {}).get("status")
+    except ConfigError:  # not a busi manifest
         status = "unreadable"
     if status != "completed":
         raise ConfigError(

@@ -11,6 +11,7 @@ columns plus ``true_label``.
 from __future__ import annotations
 
 import csv
+import functools
 import glob
 import json
 import os
@@ -22,8 +23,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from busi.artifacts import (
-    TEXT_ENCODING, TEXT_ERRORS, CsvWriter, atomic_write_text, csv_text, json_text, open_text, read_csv_text,
-    text_bytes,
+    CsvWriter, atomic_write_text, csv_text, json_text, open_text, read_csv_text, text_bytes, text_of,
 )
 from busi.clock import utc_now
 from busi.data.scan import natural_key
@@ -97,7 +97,7 @@ class CsvSink:
             atomic_write_text(self.path, csv_text(self.columns, []))  # empty: nothing to lose
             return
         try:
-            records = read_csv_text(data.decode(TEXT_ENCODING, TEXT_ERRORS))
+            records = read_csv_text(text_of(data))
         except csv.Error as e:  # e.g. a field over the csv module's size limit: a binary file
             raise self._not_ours(f"it is not a CSV: {e}") from None
         if not records or records[0] != self.columns:
@@ -153,9 +153,10 @@ def own_outputs(output: Path, gradcam: Path | None = None) -> Callable[[Path], b
     folder = os.path.realpath(output.parent)
     stem, suffix = output.stem, output.suffix or ".csv"
     cams = os.path.realpath(gradcam) if gradcam is not None else None
+    real = functools.lru_cache(maxsize=4096)(os.path.realpath)  # once per folder, not per file
 
     def owned(path: Path) -> bool:
-        where = os.path.realpath(path.parent)
+        where = real(str(path.parent))
         if cams is not None and (where == cams or where.startswith(cams + os.sep)):
             return True
         if where != folder:
@@ -213,7 +214,7 @@ def merge_shards(output: Path) -> int:
             problems.append(f"{part.name}: incomplete (no {marker.name}; resume that shard with --resume)")
             continue
         try:
-            records = read_csv_text(read_regular_file(part).decode(TEXT_ENCODING, TEXT_ERRORS))
+            records = read_csv_text(text_of(read_regular_file(part)))
         except (OSError, csv.Error) as e:
             problems.append(f"{part.name}: unreadable ({e})")
             continue

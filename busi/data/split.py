@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from busi.artifacts import TEXT_ENCODING, TEXT_ERRORS
+from busi.artifacts import text_of
 from busi.safeio import read_regular_file
 from busi.data.dedupe import Group
 from busi.data.scan import Sample
@@ -85,8 +85,7 @@ def read_splits_file(path: str | Path, samples: Sequence[Sample]) -> tuple[list[
     p = Path(path)
     try:
         # the rule splits.csv was written with: non-UTF-8 names keep their bytes; a FIFO never blocks
-        text = read_regular_file(p).decode(TEXT_ENCODING, TEXT_ERRORS)
-        reader = csv.DictReader(io.StringIO(text, newline=""))
+        reader = csv.DictReader(io.StringIO(text_of(read_regular_file(p)), newline=""))
         listed = list(reader)
     except FileNotFoundError:
         raise DataError(f"{p}: data.splits file not found") from None
