@@ -16,6 +16,11 @@ Layout (a contract, documented in the README and held by tests)::
     OUT/metrics.json           test-split metrics
     OUT/plots/*.png            accuracy, loss, confusion_matrix, roc
     OUT/predictions/test.csv   the predict CSV columns plus true_label
+    OUT/checkpoint/            resumable state while a run is unfinished (busi.checkpoint)
+    OUT/tensorboard/           TensorBoard event logs: train/, validation/, test/ (busi.tensorboard_log)
+
+TensorBoard event files are the one exception to "replaced atomically": TensorBoard reads them
+as append-only streams while they grow (``busi.tensorboard_log`` writes them, primary rank only).
 
 Every writer is a no-op off the primary rank (``RunDir(..., primary=False)``), so callers
 need no rank checks. Files are written to a temp file in the same folder, fsynced, and
@@ -74,7 +79,8 @@ RUN_FILES = {
 }
 
 
-RUN_DIRS = ("checkpoint",)  # folders busi writes besides the parents of RUN_FILES
+TENSORBOARD_DIR = "tensorboard"  # event logs (busi.tensorboard_log): append-only streams, not replaced
+RUN_DIRS = ("checkpoint", TENSORBOARD_DIR)  # folders busi writes besides the parents of RUN_FILES
 LOCK_FILE = ".busi.lock"
 
 # What busi's own temp and aside names look like: mkstemp/mkdtemp ``.<name>.<8 random>.tmp[.ext]``

@@ -32,6 +32,12 @@ def _add_set(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_jobs(p: argparse.ArgumentParser) -> None:
+    p.add_argument("job", nargs="+", metavar="JOB.yaml",
+                   help="job file (YAML); several are merged left to right (mappings deep-merged, lists "
+                   "replaced), e.g. job/busi.yaml job/overlays/smoke.yaml; --set applies last")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="busi-job",
@@ -45,21 +51,25 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     p = sub.add_parser("config", help="print the resolved job config (validates it)")
-    p.add_argument("job", help="job file (YAML)")
+    _add_jobs(p)
+    p.add_argument("--explain", action="store_true",
+                   help="print each resolved key with the job file, --set or default it came from")
     _add_set(p)
 
     p = sub.add_parser("inspect", help="report on a dataset: counts, sizes, masks, duplicates, conflicts")
-    p.add_argument("target", help="a job file (YAML), or a dataset folder or archive")
+    p.add_argument("target", nargs="+", help="job files (YAML, layered left to right), or a dataset folder or "
+                   "archive")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     _add_set(p)
 
     p = sub.add_parser("train", help="train and evaluate; writes the run directory (output.dir)")
-    p.add_argument("job", help="job file (YAML)")
+    _add_jobs(p)
     p.add_argument("--restart", action="store_true", help="replace a completed run in output.dir")
     _add_set(p)
 
     p = sub.add_parser("predict", help="classify folders, files, archives; one CSV row per file")
-    p.add_argument("job", nargs="?", help="optional prediction job file (YAML, a predict: section)")
+    p.add_argument("job", nargs="*", help="optional prediction job files (YAML, a predict: section; several "
+                   "are layered left to right)")
     p.add_argument("--model", help="run directory or model.keras (labels.json beside it)")
     p.add_argument("--input", dest="inputs", action="append", metavar="PATH",
                    help="folder (recursive), file, archive or @list.txt (repeatable)")
@@ -74,12 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_set(p)
 
     p = sub.add_parser("merge", help="join shard CSVs (<stem>.part-I-of-N.csv) into one CSV")
-    p.add_argument("output", help="the merged CSV to write (shards are found beside it), or the prediction "
-                   "job file (YAML) the shards ran with: its predict.output")
+    p.add_argument("output", nargs="+", help="the merged CSV to write (shards are found beside it), or the "
+                   "prediction job files (YAML) the shards ran with: their predict.output")
     _add_set(p)
 
     p = sub.add_parser("run", help="run a job file: train, or predict if it has a predict: section")
-    p.add_argument("job", help="job file (YAML)")
+    _add_jobs(p)
     p.add_argument("--restart", action="store_true", help="(train) replace a completed run")
     _add_set(p)
 
@@ -115,15 +125,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load_job(path: str, overrides: Sequence[str]) -> Any:
+def _load_job(paths: Sequence[str], overrides: Sequence[str]) -> Any:
     from busi.config import load_config
 
-    return load_config(path, overrides)
+    return load_config(paths, overrides)
+
+
+def _is_job_file(path: str) -> bool:
+    return Path(path).suffix.lower() in (".yaml", ".yml")
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    from busi.config import dump_config, job_kind, load_predict_config
+    from busi.config import dump_config, explain_config, format_explain, job_kind, load_predict_config
 
+    if args.explain:
+        sys.stdout.write(format_explain(explain_config(args.job, args.overrides)))
+        return EXIT_OK
     if job_kind(args.job) == "predict":
         cfg = load_predict_config(args.job, args.overrides)
     else:
@@ -136,11 +153,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from busi.config import load_config
     from busi.data.prepare import prepare_data
 
-    target = Path(args.target)
-    if target.suffix.lower() in (".yaml", ".yml"):
-        cfg = load_config(target, args.overrides)
+    if all(_is_job_file(t) for t in args.target):
+        cfg = load_config(args.target, args.overrides)
+    elif len(args.target) > 1:
+        raise ConfigError("inspect: give one dataset folder or archive, or job files (YAML) only")
     else:
-        base = {"data": {"source": str(target)}, "output": {"dir": "unused-by-inspect"}}
+        base = {"data": {"source": args.target[0]}, "output": {"dir": "unused-by-inspect"}}
         cfg = load_config(None, args.overrides, base=base)
     prepared = prepare_data(cfg.data, cfg.runtime.seed, exclude=[cfg.output.dir])
     if args.json:
@@ -224,7 +242,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return _predict(args.job, settings, args.overrides)
 
 
-def _predict(job: str | None, settings: dict[str, Any], overrides: Sequence[str]) -> int:
+def _predict(job: Sequence[str], settings: dict[str, Any], overrides: Sequence[str]) -> int:
     """A prediction job: the job file (if any), command-line flags over it, ``--set`` last."""
     from busi.config import load_predict_config
     from busi.predict import run_predict
@@ -237,13 +255,16 @@ def _predict(job: str | None, settings: dict[str, Any], overrides: Sequence[str]
 def cmd_merge(args: argparse.Namespace) -> int:
     from busi.predictions import merge_shards
 
-    output = Path(args.output)
-    if output.suffix.lower() in (".yaml", ".yml"):  # the array's job file names the output
+    if all(_is_job_file(o) for o in args.output):  # the array's job files name the output
         from busi.config import load_predict_config
 
-        output = Path(load_predict_config(output, args.overrides).predict.output)
+        output = Path(load_predict_config(args.output, args.overrides).predict.output)
+    elif len(args.output) > 1:
+        raise ConfigError("merge: give one CSV, or the prediction job files (YAML) the shards ran with")
     elif args.overrides:
         raise ConfigError("merge: --set needs a prediction job file (merge JOB.yaml --set ...), not a CSV")
+    else:
+        output = Path(args.output[0])
     n = merge_shards(output)
     print(f"merged {n} rows into {output}")
     return EXIT_OK

@@ -9,11 +9,17 @@ Values may reference the environment: ``${VAR}`` (an error if VAR is unset) and
 ``${VAR:-default}``. ``$${`` stands for a literal ``${``. A value that is one whole
 ``${...}`` expression is re-read as YAML, so ``cores: ${SLURM_CPUS_PER_TASK:-auto}``
 gives the integer 4 or the string ``auto``.
+
+Several job files layer left to right (``load_config([base, site])``): mappings deep-merge,
+anything else replaces; then command-line flags, then ``--set``. ``Layered`` remembers which
+layer set each key, so an error names the file that set the bad key and ``explain_config``
+lists every resolved key with its source.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import re
@@ -141,6 +147,11 @@ class TrainConfig:
     feature_cache_max_gb: float = _opt(
         4.0, min=0.0, doc="memory limit of a phase's feature cache per process; a phase over it runs uncached"
     )
+    ema: Union[float, None] = _opt(
+        None, min=0.5, max=0.99999,
+        doc="decay of an exponential moving average of the trained weights (Keras' use_ema), e.g. 0.99; "
+        "the averaged weights are validated, kept as best and saved; null: off",
+    )
 
 
 @dataclass(frozen=True)
@@ -265,17 +276,17 @@ def _reference(text: str, start: int, path: str, env: Mapping[str, str]) -> tupl
                     break
             j += 1
         if depth:
-            raise ConfigError(f"{path}: ${{{name}:-...}} is not closed; add the missing }}")
+            raise _key_error(path, f"${{{name}:-...}} is not closed; add the missing }}")
         default, end = text[i + 2 : j], j + 1
     elif text.startswith("}", i):
         end = i + 1
     else:
-        raise ConfigError(f"{path}: expected ${{{name}}} or ${{{name}:-default}} in {text!r}")
+        raise _key_error(path, f"expected ${{{name}}} or ${{{name}:-default}} in {text!r}")
     value = env.get(name)
     if value is None or (value == "" and default is not None):
         if default is None:
-            raise ConfigError(
-                f"{path}: environment variable {name} is not set; export it or write ${{{name}:-default}}"
+            raise _key_error(
+                path, f"environment variable {name} is not set; export it or write ${{{name}:-default}}"
             )
         return interpolate(default, path, env), end
     return value, end
@@ -309,6 +320,11 @@ def _interpolate_tree(value: Any, path: str, env: Mapping[str, str]) -> Any:
 
 def _join(prefix: str, key: Any) -> str:
     return f"{prefix}.{key}" if prefix else str(key)
+
+
+def _key_error(path: str, text: str) -> ConfigError:
+    """``path: text``, remembering ``path`` (a layered config names the file that set it)."""
+    return ConfigError(f"{path}: {text}", keys=(path,))
 
 
 class _JobLoader(yaml.SafeLoader):
@@ -380,15 +396,39 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
-def apply_overrides(data: dict[str, Any], overrides: Sequence[str],
-                    settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Return a copy of data with ``settings`` (``{"key.path": value}``, already typed: the
-    command-line flags) and then each ``--set key.path=value`` (YAML-typed) applied in order."""
-    out = _deepcopy(data)
-    pairs = [(key.split("."), value) for key, value in (settings or {}).items()]
-    pairs += [parse_override(item) for item in overrides]
-    for keys, value in pairs:
-        node = out
+JobFiles = Union[str, Path, Sequence[Union[str, Path]], None]
+
+# Where a value of the resolved config came from (besides a job file's path).
+DEFAULT_SOURCE = "default"
+SET_SOURCE = "--set"
+FLAG_SOURCE = "command line"
+
+
+def job_files(paths: JobFiles) -> list[Path]:
+    """One job file or several (layered left to right) as a list of paths."""
+    if paths is None:
+        return []
+    if isinstance(paths, (str, Path)):
+        return [Path(paths)]
+    return [Path(p) for p in paths]
+
+
+@dataclass
+class Layered:
+    """The raw job tree after merging its layers, and for each key path a layer set, the layer
+    (a job file's path, ``--set`` or ``command line``) whose value is the one that stands."""
+
+    data: dict[str, Any] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
+
+    def merge(self, layer: Mapping[str, Any], source: str) -> None:
+        """Deep-merge ``layer`` over the tree: a mapping merges into a mapping, anything else
+        (a value, a list, null) replaces what was there."""
+        _merge_into(self.data, layer, "", source, self.sources)
+
+    def set(self, keys: Sequence[str], value: Any, source: str) -> None:
+        """Set one key path (``--set``, a command-line flag), creating missing sections."""
+        node = self.data
         for i, k in enumerate(keys[:-1]):
             child = node.get(k)
             if child is None:
@@ -397,7 +437,68 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str],
                 raise ConfigError(f"--set {'.'.join(keys)}: {'.'.join(keys[: i + 1])} is not a section")
             node = child
         node[keys[-1]] = _deepcopy(value)
-    return out
+        _record(self.sources, ".".join(keys), value, source)
+
+    def sources_of(self, key: str) -> list[str]:
+        """The layers that set ``key`` (``data.classes[1]`` counts as ``data.classes``): the
+        one that set it or a section holding it, else every layer that set a key inside it."""
+        key = re.sub(r"\[\d+\]", "", key)
+        parts = key.split(".")
+        for n in range(len(parts), 0, -1):
+            hit = self.sources.get(".".join(parts[:n]))
+            if hit is not None:
+                return [hit]
+        inside = [src for k, src in self.sources.items() if k.startswith(key + ".")]
+        return list(dict.fromkeys(inside))
+
+    def locate(self, error: ConfigError) -> ConfigError:
+        """``error`` with the layers that set its keys in front: ``site.yaml: train.x: ...``."""
+        found = list(dict.fromkeys(src for key in error.keys for src in self.sources_of(key) if src))
+        if not found:
+            return error
+        if found == [SET_SOURCE]:
+            return ConfigError(f"{SET_SOURCE} {error}", keys=error.keys)  # "--set train.x: expected ..."
+        return ConfigError(f"{', '.join(found)}: {error}", keys=error.keys)
+
+
+def _merge_into(node: dict[str, Any], layer: Mapping[str, Any], prefix: str, source: str,
+                sources: dict[str, str]) -> None:
+    for k, v in layer.items():
+        path = _join(prefix, k)
+        if isinstance(v, dict) and isinstance(node.get(k), dict):
+            _merge_into(node[k], v, path, source, sources)
+        else:
+            node[k] = _deepcopy(v)
+            _record(sources, path, v, source)
+
+
+def _record(sources: dict[str, str], path: str, value: Any, source: str) -> None:
+    """``path`` now holds ``value`` from ``source``: forget what earlier layers set there."""
+    for k in [k for k in sources if k == path or k.startswith(path + ".")]:
+        del sources[k]
+    if isinstance(value, dict) and value:
+        for k, v in value.items():
+            _record(sources, _join(path, k), v, source)
+    else:
+        sources[path] = source
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str],
+                    settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Return a copy of data with ``settings`` (``{"key.path": value}``, already typed: the
+    command-line flags) and then each ``--set key.path=value`` (YAML-typed) applied in order."""
+    layered = Layered()
+    layered.merge(data, "")
+    _apply(layered, overrides, settings)
+    return layered.data
+
+
+def _apply(layered: Layered, overrides: Sequence[str], settings: Mapping[str, Any] | None) -> None:
+    for key, value in (settings or {}).items():
+        layered.set(key.split("."), value, FLAG_SOURCE)
+    for item in overrides:
+        keys, value = parse_override(item)
+        layered.set(keys, value, SET_SOURCE)
 
 
 def _deepcopy(value: Any) -> Any:
@@ -408,51 +509,96 @@ def _deepcopy(value: Any) -> Any:
     return value
 
 
-def _resolve(
-    path: str | Path | None,
-    overrides: Sequence[str],
-    env: Mapping[str, str] | None,
-    base: Mapping[str, Any] | None,
+def resolve_layers(
+    paths: JobFiles,
+    overrides: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+    base: Mapping[str, Any] | None = None,
     settings: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The job file (or ``base`` without one), then ``settings``, then ``--set`` overrides."""
-    data: dict[str, Any] = dict(base or {})
-    if path is not None:
-        data = read_yaml(path)
-    data = apply_overrides(data, overrides, settings)
-    return _interpolate_tree(data, "", os.environ if env is None else env)
+) -> Layered:
+    """The job files merged left to right (or ``base`` without any), then ``settings`` (the
+    command-line flags), then each ``--set``; then the environment interpolated."""
+    layered = Layered()
+    files = job_files(paths)
+    if not files and base:
+        layered.merge(base, "")  # a program's own starting values: not named in errors
+    for f in files:
+        layered.merge(read_yaml(f), str(f))
+    _apply(layered, overrides, settings)
+    try:
+        layered.data = _interpolate_tree(layered.data, "", os.environ if env is None else env)
+    except ConfigError as e:
+        raise layered.locate(e) from None
+    return layered
+
+
+def _build_located(cls: type, layered: Layered) -> Any:
+    """``build`` + the checks across keys, errors naming the layer that set the bad key."""
+    try:
+        cfg = build(cls, layered.data, "")
+        if isinstance(cfg, JobConfig):
+            validate_semantics(cfg)
+        else:
+            check_signals(cfg.runtime.signals)
+    except ConfigError as e:
+        raise layered.locate(e) from None
+    return cfg
 
 
 def load_config(
-    path: str | Path | None,
+    paths: JobFiles,
     overrides: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
     base: Mapping[str, Any] | None = None,
 ) -> JobConfig:
-    """Read a training job file (or start from ``base``), apply ``--set`` overrides,
-    interpolate the environment, and validate against the schema."""
-    cfg = build(JobConfig, _resolve(path, overrides, env, base), "")
-    validate_semantics(cfg)
-    return cfg
+    """Read a training job file, or several layered left to right (or start from ``base``),
+    apply ``--set`` overrides, interpolate the environment, and validate against the schema."""
+    return _build_located(JobConfig, resolve_layers(paths, overrides, env, base))
 
 
 def load_predict_config(
-    path: str | Path | None,
+    paths: JobFiles,
     overrides: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
     base: Mapping[str, Any] | None = None,
     settings: Mapping[str, Any] | None = None,
 ) -> PredictJobConfig:
     """Like ``load_config`` for a prediction job file (a ``predict:`` section). ``settings``:
-    ``{"predict.output": ...}`` from command-line flags, over the file, under ``--set``."""
-    cfg = build(PredictJobConfig, _resolve(path, overrides, env, base, settings), "")
-    check_signals(cfg.runtime.signals)
-    return cfg
+    ``{"predict.output": ...}`` from command-line flags, over the files, under ``--set``."""
+    return _build_located(PredictJobConfig, resolve_layers(paths, overrides, env, base, settings))
 
 
-def job_kind(path: str | Path) -> str:
-    """``predict`` for a job file with a ``predict:`` section, else ``train``."""
-    return "predict" if "predict" in read_yaml(path) else "train"
+def job_kind(paths: JobFiles) -> str:
+    """``predict`` when one of the job files has a ``predict:`` section, else ``train``."""
+    return "predict" if any("predict" in read_yaml(p) for p in job_files(paths)) else "train"
+
+
+def explain_config(
+    paths: JobFiles, overrides: Sequence[str] = (), env: Mapping[str, str] | None = None,
+) -> list[tuple[str, Any, str]]:
+    """Every key of the resolved config, ``(key.path, value, source)`` in schema order; source:
+    the job file, ``--set`` or ``default`` that gave the value."""
+    layered = resolve_layers(paths, overrides, env)
+    cls = PredictJobConfig if job_kind(paths) == "predict" else JobConfig
+    cfg = _build_located(cls, layered)
+    rows = []
+    for key, value in _flat(cfg.to_dict()):
+        found = layered.sources_of(key)
+        rows.append((key, value, found[0] if len(found) == 1 else DEFAULT_SOURCE))
+    return rows
+
+
+def format_explain(rows: Sequence[tuple[str, Any, str]]) -> str:
+    """``explain_config`` as aligned lines: ``key: value   # source``."""
+    cells = [(f"{key}: {json.dumps(value, ensure_ascii=False)}", source) for key, value, source in rows]
+    width = max((len(c) for c, _ in cells), default=0)
+    return "".join(f"{c:<{width}}  # {source}\n" for c, source in cells)
+
+
+def _flat(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    if isinstance(value, dict) and value:
+        return [kv for k, v in value.items() for kv in _flat(v, _join(prefix, k))]
+    return [(prefix, value)]
 
 
 def dump_config(cfg: JobConfig | PredictJobConfig) -> str:
@@ -481,7 +627,7 @@ def build(cls: type, data: Any, path: str) -> Any:
     for key in data:
         if key not in fields:
             known = ", ".join(sorted(fields))
-            raise ConfigError(f"{_join(path, key)}: unknown key; known keys here: {known}")
+            raise _key_error(_join(path, key), f"unknown key; known keys here: {known}")
     kwargs: dict[str, Any] = {}
     for name, f in fields.items():
         key_path = _join(path, name)
@@ -490,7 +636,7 @@ def build(cls: type, data: Any, path: str) -> Any:
                 kwargs[name] = build(hints[name], {}, key_path)  # a missing section: name its missing key
                 continue
             if f.default is dataclasses.MISSING:
-                raise ConfigError(f"{key_path}: missing required key ({f.metadata.get('doc', '')})")
+                raise _key_error(key_path, f"missing required key ({f.metadata.get('doc', '')})")
             if dataclasses.is_dataclass(f.default):
                 kwargs[name] = f.default
             continue
@@ -527,47 +673,47 @@ def _check(value: Any, tp: Any, path: str, meta: Mapping[str, Any]) -> Any:
                 return _check(value, opt, path, meta)
             except ConfigError:
                 continue
-        raise ConfigError(f"{path}: expected {_describe(tp, meta)}, got {_show(value)}")
+        raise _key_error(path, f"expected {_describe(tp, meta)}, got {_show(value)}")
     if origin is Literal:
         choices = typing.get_args(tp)
         if value in choices and isinstance(value, str):
             return value
-        raise ConfigError(f"{path}: expected {_describe(tp, meta)}, got {_show(value)}")
+        raise _key_error(path, f"expected {_describe(tp, meta)}, got {_show(value)}")
     if origin is tuple:
         (item_tp, _ellipsis) = typing.get_args(tp)
         if isinstance(value, str) or not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{path}: expected {_describe(tp, meta)}, got {_show(value)}")
+            raise _key_error(path, f"expected {_describe(tp, meta)}, got {_show(value)}")
         items = tuple(_check(v, item_tp, f"{path}[{i}]", {}) for i, v in enumerate(value))
         if len(items) < meta.get("min_items", 0):
-            raise ConfigError(f"{path}: expected {_describe(tp, meta)}, got {_show(value)}")
+            raise _key_error(path, f"expected {_describe(tp, meta)}, got {_show(value)}")
         if meta.get("unique") and len(set(items)) != len(items):
-            raise ConfigError(f"{path}: entries must be unique, got {_show(value)}")
+            raise _key_error(path, f"entries must be unique, got {_show(value)}")
         return items
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"{path}: expected true or false, got {_show(value)}")
+        raise _key_error(path, f"expected true or false, got {_show(value)}")
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{path}: expected {_describe(tp, meta)}, got {_show(value)}")
+            raise _key_error(path, f"expected {_describe(tp, meta)}, got {_show(value)}")
         _range(value, path, tp, meta)
         return value
     if tp is float:
         if isinstance(value, str) and _SCI_NUMBER.fullmatch(value.strip()):
             value = float(value)  # PyYAML (YAML 1.1) reads 1e-3 as a string; users mean a number
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{path}: expected {_describe(tp, meta)}, got {_show(value)}")
+            raise _key_error(path, f"expected {_describe(tp, meta)}, got {_show(value)}")
         try:
             number = float(value)
         except OverflowError:  # an int too large for a float
             number = math.inf
         if not math.isfinite(number):
-            raise ConfigError(f"{path}: expected {_describe(tp, meta)} (finite), got {_show(value)}")
+            raise _key_error(path, f"expected {_describe(tp, meta)} (finite), got {_show(value)}")
         _range(number, path, tp, meta)
         return number
     if tp is str:
         if not isinstance(value, str) or not value.strip():
-            raise ConfigError(f"{path}: expected a non-empty string, got {_show(value)}")
+            raise _key_error(path, f"expected a non-empty string, got {_show(value)}")
         return value
     raise TypeError(f"unsupported schema type {tp!r} at {path}")  # a bug in the schema, not user input
 
@@ -581,10 +727,10 @@ def _range(value: float, path: str, tp: Any, meta: Mapping[str, Any]) -> None:
         hi is not None and value > hi
     )
     if bad:
-        raise ConfigError(f"{path}: expected {_describe(tp, meta)}, got {_show(value)}")
+        raise _key_error(path, f"expected {_describe(tp, meta)}, got {_show(value)}")
     limit = meta.get("limit")  # a bound no real job reaches: it only stops typos (1e30 epochs)
     if limit is not None and value > limit:
-        raise ConfigError(f"{path}: expected at most {limit:,}, got {_show(value)}")
+        raise _key_error(path, f"expected at most {limit:,}, got {_show(value)}")
 
 
 def _describe(tp: Any, meta: Mapping[str, Any]) -> str:
@@ -636,10 +782,11 @@ def check_signals(names: Sequence[str]) -> None:
 
     for name in names:
         if name not in _signal.Signals.__members__:
-            raise ConfigError(f"runtime.signals: {name!r} is not a signal name (e.g. SIGTERM, SIGUSR1)")
+            raise ConfigError(f"runtime.signals: {name!r} is not a signal name (e.g. SIGTERM, SIGUSR1)",
+                              keys=("runtime.signals",))
         if name in UNCATCHABLE_SIGNALS:
             raise ConfigError(f"runtime.signals: {name} cannot be caught by any program; list signals such as "
-                              "SIGTERM, SIGUSR1, SIGINT")
+                              "SIGTERM, SIGUSR1, SIGINT", keys=("runtime.signals",))
 
 
 def validate_semantics(cfg: JobConfig) -> None:
@@ -648,26 +795,33 @@ def validate_semantics(cfg: JobConfig) -> None:
     total = s.train + s.val + s.test
     if abs(total - 1.0) > 1e-6:
         raise ConfigError(
-            f"data.split: train + val + test must sum to 1, got {s.train} + {s.val} + {s.test} = {total:g}"
+            f"data.split: train + val + test must sum to 1, got {s.train} + {s.val} + {s.test} = {total:g}",
+            keys=("data.split",),
         )
     if s.train <= 0:
-        raise ConfigError("data.split.train: expected a number above 0")
+        raise _key_error("data.split.train", "expected a number above 0")
     walltime = cfg.runtime.walltime
     if isinstance(walltime, str) and walltime != "auto":
         from busi.stopper import parse_hms
 
-        parse_hms(walltime)
+        try:
+            parse_hms(walltime)
+        except ConfigError as e:
+            raise ConfigError(str(e), keys=("runtime.walltime",)) from None
     check_signals(cfg.runtime.signals)
     for name in cfg.data.classes:
         if name in (".", "..") or "/" in name or "\0" in name or name != name.strip() or name.startswith("."):
             raise ConfigError(
                 f"data.classes: {name!r} is not a folder name; each class is one folder directly under the "
-                "dataset root (no '/', not '.', '..' or hidden, no leading or trailing spaces)"
+                "dataset root (no '/', not '.', '..' or hidden, no leading or trailing spaces)",
+                keys=("data.classes",),
             )
     if cfg.train.head.epochs + cfg.train.finetune.epochs == 0:
-        raise ConfigError("train.head.epochs, train.finetune.epochs: at least one phase needs epochs > 0")
+        raise ConfigError("train.head.epochs, train.finetune.epochs: at least one phase needs epochs > 0",
+                          keys=("train.head.epochs", "train.finetune.epochs"))
     if cfg.train.warmup_epochs > cfg.train.head.epochs:
         raise ConfigError(
             f"train.warmup_epochs: the warmup ramps the head phase, so it needs at most train.head.epochs "
-            f"({cfg.train.head.epochs}) epochs, got {cfg.train.warmup_epochs}"
+            f"({cfg.train.head.epochs}) epochs, got {cfg.train.warmup_epochs}",
+            keys=("train.warmup_epochs", "train.head.epochs"),
         )

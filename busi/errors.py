@@ -15,9 +15,15 @@ class BusiError(Exception):
 
 
 class ConfigError(BusiError):
-    """A job file, override or option is wrong; the message names the key path."""
+    """A job file, override or option is wrong; the message names the key path. ``keys``: the
+    key paths the error is about (``train.head.epochs``), so a layered config can name the job
+    file that set them."""
 
     exit_code = 2
+
+    def __init__(self, message: str, keys: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.keys = tuple(keys)
 
 
 class WeightsError(ConfigError):

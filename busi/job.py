@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from busi import __version__
-from busi.artifacts import Manifest, RunDir, csv_text, text_bytes
+from busi.artifacts import TENSORBOARD_DIR, Manifest, RunDir, csv_text, text_bytes
 from busi.checkpoint import Checkpoint, Checkpointer
 from busi.config import JobConfig, dump_config
 from busi.data.pipeline import Pipeline, SplitData, balanced_class_weights
@@ -142,7 +142,7 @@ def _train(
 
     from busi.model import build_model, count_params, weights_sha256
     from busi.evaluate import predict_probs
-    from busi.train import HISTORY_COLUMNS, Trainer
+    from busi.train import HISTORY_COLUMNS, EpochRecord, Trainer
 
     t = time.perf_counter()
     built = build_model(cfg.model, cfg.data.image_size, classes)
@@ -160,8 +160,15 @@ def _train(
         class_weights = np.ones(len(classes), np.float32)
     manifest.record(class_weights={c: float(w) for c, w in zip(classes, class_weights)})
 
+    from busi.tensorboard_log import TensorBoardLog
+
+    # Every write flushes, so a run that stops or fails keeps what it logged.
+    board = TensorBoardLog(run.root / TENSORBOARD_DIR, enabled=dist.is_primary)
+    board.start([EpochRecord(**h) for h in resume.state.history] if resume is not None else [])
+
     def on_epoch(record: Any, result: Any) -> None:
         run.write_csv("history", HISTORY_COLUMNS, [r.row() for r in result.history])
+        board.epoch(record)
 
     trainer = Trainer(cfg, built, pipelines["train"], pipelines["val"], class_weights, dist, on_epoch,
                       stopper=stopper, checkpointer=checkpointer)
@@ -185,6 +192,9 @@ def _train(
 
     t = time.perf_counter()
     _write_outputs(cfg, run, prepared, splits[test_name], y_true, probs, metrics, result, built)
+    board.test_results(metrics, {"confusion_matrix": run.path("plot_confusion"), "roc": run.path("plot_roc")},
+                       step=result.history[-1].epoch if result.history else 0)
+    board.close()
     seconds["save"] = round(time.perf_counter() - t, 3)
     seconds["total"] = round(time.perf_counter() - t_start, 3)
     manifest.finish("completed")

@@ -1,7 +1,8 @@
 """The classifier: ResNet50 backbone, preprocessing inside the model, a small head.
 
 Input: RGB images as float32 in 0-255 at ``data.image_size``. ``resnet50.preprocess_input``
-runs inside the saved model, so a served or reloaded model cannot drift from training.
+runs inside the saved model (built from Keras' own layers, so ``keras.saving.load_model``
+loads ``model.keras`` without busi), and a served or reloaded model cannot drift from training.
 Weights: ``imagenet`` (a locally staged file, never downloaded at run time), a path, or
 ``none``. A missing file is an error, never a silent fall-back to random weights.
 """
@@ -89,7 +90,7 @@ def build_model(
     size = image_size
     num_classes = len(classes)
     inputs = keras.Input(shape=(size, size, 3), name="image", dtype="float32")
-    x = preprocess_layer_class()(name="preprocess")(inputs)
+    x = preprocess_block(size)(inputs)
     backbone = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(size, size, 3))
     backbone.trainable = False
     if model_cfg.batchnorm == "frozen":
@@ -155,9 +156,30 @@ def set_trainable(built: BuiltModel, unfreeze: str, batchnorm: str) -> None:
         layer.trainable = on
 
 
+# keras.applications.resnet50.preprocess_input ("caffe" mode): RGB -> BGR, minus the ImageNet
+# mean of each BGR channel.
+IMAGENET_BGR_MEAN = (103.939, 116.779, 123.68)
+
+
+def preprocess_block(image_size: int) -> Any:
+    """``resnet50.preprocess_input`` built from Keras' own parts, as the sub-model ``preprocess``:
+    ``keras.ops.flip`` (RGB -> BGR) and a ``Normalization`` layer with the ImageNet mean and unit
+    variance. Its values are bit-identical to ``preprocess_input`` (a flip, then one subtraction
+    in the layer's compute dtype, as Keras does it), it holds no weights, and a ``model.keras``
+    that contains it loads with plain ``keras.saving.load_model``: no busi code at load time."""
+    import keras
+
+    x_in = keras.Input(shape=(image_size, image_size, 3), name="rgb", dtype="float32")
+    bgr = keras.ops.flip(x_in, axis=-1)
+    out = keras.layers.Normalization(axis=-1, mean=list(IMAGENET_BGR_MEAN), variance=[1.0, 1.0, 1.0],
+                                     name="imagenet_mean")(bgr)
+    return keras.Model(x_in, out, name="preprocess")
+
+
 def preprocess_layer_class() -> Any:
-    """The ``ResNetPreprocess`` layer class, defined (and registered with Keras) on first use,
-    so that importing busi.model does not import TensorFlow."""
+    """The ``ResNetPreprocess`` layer of models written by busi 0.1 before the portable
+    ``preprocess_block``: registered with Keras so that those ``model.keras`` files still load
+    through ``load_saved_model``. Defined on first use (importing busi.model imports no TensorFlow)."""
     cls = globals().get("_ResNetPreprocess")
     if cls is not None:
         return cls
@@ -175,7 +197,8 @@ def preprocess_layer_class() -> Any:
 
 
 def load_saved_model(path: str | Path) -> Any:
-    """Load ``model.keras`` written by busi (its custom preprocessing layer registered)."""
+    """Load ``model.keras`` written by busi (plain Keras loads it too; the layer of older
+    busi models is registered here)."""
     import keras
 
     preprocess_layer_class()  # registers the layer for deserialisation

@@ -24,6 +24,8 @@ def model_card(cfg: JobConfig, report: dict[str, Any], metrics: dict[str, Any], 
     )
     label_map = ", ".join(f"{i} {c}" for i, c in enumerate(classes))
     conflicts = len(report.get("label_conflicts", []))
+    resize_note = (" (stretched to the square, as above)" if cfg.data.resize == "stretch" else
+                   " (paste onto a black square keeping the aspect ratio, then resize, instead of stretching)")
     return f"""# busi ResNet50 breast ultrasound classifier
 
 **Intended use: research and education only. Not a medical device; not for diagnosis or
@@ -38,6 +40,22 @@ any clinical decision.**
 - Training: head {cfg.train.head.epochs} epochs (lr {cfg.train.head.learning_rate:g}), fine-tune
   {cfg.train.finetune.epochs} epochs (lr {cfg.train.finetune.learning_rate:g}, unfreeze
   {cfg.train.finetune.unfreeze}); best epoch {result.best_epoch} by {cfg.train.monitor}; seed {cfg.runtime.seed}.
+
+## Loading it
+Plain Keras loads `model.keras`, no busi needed (the preprocessing is built from Keras' own layers):
+
+```python
+import keras, numpy as np
+from PIL import Image
+model = keras.saving.load_model("model.keras")
+side = {cfg.data.image_size}
+image = Image.open("scan.png").convert("RGB").resize((side, side), Image.Resampling.BILINEAR, reducing_gap=3.0)
+image = np.asarray(image, np.float32)  # RGB, 0-255
+probabilities = model.predict(image[None])[0]   # order: labels.json
+```
+
+`resize: {cfg.data.resize}`{resize_note}; busi's own `busi-job predict --model RUN_DIR`
+does the same for whole folders. `../model/saved_model/` is the TensorFlow SavedModel (serving).
 
 ## Data
 - Source: `{cfg.data.source}` ({counts['images']} images, {counts['used']} used).

@@ -109,6 +109,7 @@ class Trainer:
         self.clock = clock
         self.best_weights: list[np.ndarray] | None = None
         self.optimizer: Any = None
+        self._trained: list[np.ndarray] | None = None  # train.ema: trained weights while the average is in
         self.state = TrainState(total_epochs=cfg.train.head.epochs + cfg.train.finetune.epochs)
         self._last_checkpoint = clock()
         self._checkpoint_cost = 0.0
@@ -135,6 +136,8 @@ class Trainer:
         self.state.done = True
         if self.best_weights is not None:
             self.built.model.set_weights(self.best_weights)
+        elif self.optimizer is not None:  # nothing validated (no validation split): the average, if any
+            self.optimizer.finalize_variable_values(self.built.model.trainable_variables)
         return self.result(resume)
 
     def result(self, resume: Checkpoint | None = None) -> TrainResult:
@@ -152,7 +155,7 @@ class Trainer:
 
     def _start_phase(self, name: str, phase: PhaseConfig, optimizer_state: list[np.ndarray] | None) -> None:
         set_trainable(self.built, phase.unfreeze, self.cfg.model.batchnorm)
-        optimizer = make_optimizer(phase.learning_rate, self.built.model.trainable_variables)
+        optimizer = make_optimizer(phase.learning_rate, self.built.model.trainable_variables, self.cfg.train.ema)
         if optimizer_state is not None:
             restore_optimizer(optimizer, optimizer_state)
         self.dist.broadcast_model(self.built.model, optimizer)
@@ -176,6 +179,7 @@ class Trainer:
             epoch_times.append(record.seconds)
             self._log_epoch(record, epoch_times)
             last = self._update_best(name, phase, local, record)
+            self._swap_out_average()  # training (and its checkpoint) goes on from the trained weights
             s.phase_seconds[name] = phase_seconds()
             if last:
                 self._advance_phase(name)
@@ -235,6 +239,7 @@ class Trainer:
             self._maybe_stop(mid_epoch=True, t0=t0, phase_seconds=phase_seconds)
         totals = self.dist.sum_scalars(sums)
         self.dist.average_model_state(self.built.model)  # BatchNorm statistics: one model on every rank
+        self._swap_in_average()  # train.ema: the averaged weights are validated (and kept as best)
         val_loss, val_acc = self._validate(fns.evaluate, fns.cache)
         seconds = self.clock() - t0
         record = EpochRecord(
@@ -298,6 +303,25 @@ class Trainer:
         # (bigger) step function, so allow 1.5x the slowest epoch so far.
         estimate = 1.5 * max(h["seconds"] for h in s.history) if last else float(np.mean(epoch_times))
         self._maybe_stop(mid_epoch=False, t0=None, phase_seconds=phase_seconds, next_epoch=estimate)
+
+    # ------------------------------------------------------------ weight averaging
+
+    def _swap_in_average(self) -> None:
+        """``train.ema``: put the optimizer's moving average into the model's trainable
+        variables (Keras' ``finalize_variable_values``), keeping the trained values aside."""
+        if self.cfg.train.ema is None:
+            return
+        variables = self.built.model.trainable_variables
+        self._trained = [np.array(v.numpy()) for v in variables]
+        self.optimizer.finalize_variable_values(variables)
+
+    def _swap_out_average(self) -> None:
+        """Back to the trained values, which the next step (and a checkpoint) continues from."""
+        if self._trained is None:
+            return
+        for v, value in zip(self.built.model.trainable_variables, self._trained):
+            v.assign(value)
+        self._trained = None
 
     # ------------------------------------------------------------ stop/resume
 
@@ -366,12 +390,15 @@ class Trainer:
         return evaluate
 
 
-def make_optimizer(learning_rate: float, variables: list[Any]) -> Any:
+def make_optimizer(learning_rate: float, variables: list[Any], ema: float | None = None) -> Any:
     """Adam at ``learning_rate`` (wrapped for loss scaling under ``mixed_float16``), its slots
-    built for ``variables`` outside any ``tf.function`` (Keras 3 needs that before tracing)."""
+    built for ``variables`` outside any ``tf.function`` (Keras 3 needs that before tracing).
+    ``ema``: also keep an exponential moving average of ``variables`` with this decay (Keras'
+    own ``use_ema``; the averages are optimizer variables, so checkpoints hold them)."""
     import keras
 
-    optimizer: Any = keras.optimizers.Adam(learning_rate=learning_rate)
+    optimizer: Any = keras.optimizers.Adam(learning_rate=learning_rate, use_ema=ema is not None,
+                                           ema_momentum=0.99 if ema is None else ema)
     if keras.mixed_precision.global_policy().name == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     optimizer.build(variables)

@@ -20,6 +20,7 @@
 #   bin/busi-smoke-test          containers/smoke-test.sh: a tiny synthetic train + predict
 #   job/entrypoint.sh            the container entrypoint (job/entrypoint.sh)
 #   job/*.yaml                   the shipped job files (demo.yaml, busi.yaml, predict.yaml)
+#   job/overlays/*.yaml          overlays layered over them (smoke, gpu, bigmem, site-example)
 #   weights/                     ImageNet weights, when BUSI_FETCH_WEIGHTS=1
 # and ends with a smoke check (busi-job --version/--help, TensorFlow imports, the demo job
 # validates; Horovod and the weights file when asked for).
@@ -80,6 +81,8 @@ fi
 install -d "$prefix/job" "$prefix/bin"
 install -m 0755 "$src/job/entrypoint.sh" "$prefix/job/entrypoint.sh"
 install -m 0644 "$src"/job/*.yaml "$prefix/job/"
+install -d "$prefix/job/overlays"
+install -m 0644 "$src"/job/overlays/*.yaml "$prefix/job/overlays/"
 install -m 0755 "$src/containers/smoke-test.sh" "$prefix/bin/busi-smoke-test"
 
 # 4. Horovod (optional; minutes of C++ compiling)

@@ -2,7 +2,8 @@
 # The container entrypoint (Docker ENTRYPOINT, Apptainer %runscript, cloud batch commands).
 # Installed as $BUSI_PREFIX/job/entrypoint.sh (/opt/busi/job/entrypoint.sh in the images).
 #
-#   entrypoint.sh JOB.yaml [--set KEY=VALUE ...] [--restart]   -> busi-job run JOB.yaml ...
+#   entrypoint.sh JOB.yaml [MORE.yaml ...] [--set KEY=VALUE ...] [--restart]
+#                                 -> busi-job run JOB.yaml ... (job files layered left to right)
 #                                    (train, or predict when the job file has a predict: section)
 #   entrypoint.sh demo [--set ...]   -> synthetic data in ./data/demo (once), then job/demo.yaml
 #   entrypoint.sh smoke-test         -> busi-smoke-test: a tiny synthetic train + predict

@@ -27,19 +27,23 @@ busi_die() {  # busi_die CODE MESSAGE
     exit "$code"
 }
 
-# busi_job_args DEFAULT USAGE "$@": the job-file argument every script takes first. Sets
-# BUSI_JOB (the first argument unless it is an option, else DEFAULT) and the array BUSI_ARGS
-# (the arguments after it, the --set overrides); exits 2 naming the file when it is missing.
+# busi_job_args DEFAULT USAGE "$@": the job files every script takes first. Sets the array
+# BUSI_JOBS (the leading arguments that are not options: one job file, or several layered left
+# to right, e.g. job/busi.yaml site.yaml; DEFAULT when there are none) and the array BUSI_ARGS
+# (the arguments after them, the --set overrides); exits 2 naming a missing file.
 busi_job_args() {
-    local default=$1 usage=$2
+    local default=$1 usage=$2 f
     shift 2
-    BUSI_JOB=$default
-    if [[ $# -gt 0 && "$1" != -* ]]; then
-        BUSI_JOB=$1
+    BUSI_JOBS=()
+    while [[ $# -gt 0 && "$1" != -* ]]; do
+        BUSI_JOBS+=("$1")
         shift
-    fi
+    done
+    [[ ${#BUSI_JOBS[@]} -gt 0 ]] || BUSI_JOBS=("$default")
     BUSI_ARGS=("$@")
-    [[ -f "$BUSI_JOB" ]] || busi_die 2 "job file $BUSI_JOB not found (from $(pwd)); usage: $usage"
+    for f in "${BUSI_JOBS[@]}"; do
+        [[ -f "$f" ]] || busi_die 2 "job file $f not found (from $(pwd)); usage: $usage"
+    done
 }
 
 # busi_cmd PROGRAM: sets the array BUSI_CMD to the command that runs PROGRAM (busi-job,

@@ -2,7 +2,7 @@
 # Join the shard CSVs of a prediction array into predict.output (slurm/submit-predict.sh
 # queues this with --dependency=afterok:<array job>, so it starts once every shard is done).
 #
-#   sbatch --dependency=afterok:<array job id> slurm/merge.sh [JOB.yaml] [--set predict.key=value ...]
+#   sbatch --dependency=afterok:<array job id> slurm/merge.sh [JOB.yaml ...] [--set predict.key=value ...]
 #
 # The job file and --set options must be the ones the array ran with: they name the output.
 # busi-job merge exits 3 naming every missing or incomplete shard.
@@ -32,11 +32,11 @@ busi_slurm_dir() {
 # shellcheck source=slurm/lib.sh
 source "$(busi_slurm_dir)/lib.sh"
 
-busi_job_args job/predict.yaml "sbatch slurm/merge.sh [JOB.yaml] [--set predict.key=value ...]" "$@"
+busi_job_args job/predict.yaml "sbatch slurm/merge.sh [JOB.yaml ...] [--set predict.key=value ...]" "$@"
 set -- ${BUSI_ARGS[@]+"${BUSI_ARGS[@]}"}
-job=$BUSI_JOB
+jobs=("${BUSI_JOBS[@]}")
 busi_cmd busi-job
-busi_log "merging the shards of $job"
+busi_log "merging the shards of ${jobs[*]}"
 rc=0
-"${BUSI_CMD[@]}" merge "$job" "$@" || rc=$?
+"${BUSI_CMD[@]}" merge "${jobs[@]}" "$@" || rc=$?
 busi_finish "$rc"

@@ -2,7 +2,7 @@
 # Predict with busi as a Slurm array: every array task classifies its shard of the inputs.
 # Submit it with slurm/submit-predict.sh, which also queues the merge of the shard CSVs:
 #
-#   slurm/submit-predict.sh [SBATCH OPTIONS --] [JOB.yaml] [--set predict.key=value ...]
+#   slurm/submit-predict.sh [SBATCH OPTIONS --] [JOB.yaml ...] [--set predict.key=value ...]
 #   slurm/submit-predict.sh --array=0-7 -- job/predict.yaml --set predict.model=runs/busi-1234
 #
 # or by hand:  sbatch slurm/predict.sh JOB.yaml   then, when it is done:  busi-job merge JOB.yaml
@@ -55,14 +55,14 @@ busi_slurm_dir() {
 source "$(busi_slurm_dir)/lib.sh"
 busi_trap_signals
 
-busi_job_args job/predict.yaml "sbatch slurm/predict.sh [JOB.yaml] [--set predict.key=value ...]" "$@"
+busi_job_args job/predict.yaml "sbatch slurm/predict.sh [JOB.yaml ...] [--set predict.key=value ...]" "$@"
 set -- ${BUSI_ARGS[@]+"${BUSI_ARGS[@]}"}
-job=$BUSI_JOB
+jobs=("${BUSI_JOBS[@]}")
 
 busi_scratch
 busi_cmd busi-job
 sets=(--set "predict.staging_dir=$BUSI_STAGING_DIR")
 
-busi_log "job file $job; shard ${SLURM_ARRAY_TASK_ID:-0} of ${SLURM_ARRAY_TASK_COUNT:-1}; restart ${SLURM_RESTART_COUNT:-0}; ${SLURM_CPUS_PER_TASK:-?} cores on $(hostname)"
-busi_run "${BUSI_CMD[@]}" predict "$job" --resume "${sets[@]}" "$@"
+busi_log "job files ${jobs[*]}; shard ${SLURM_ARRAY_TASK_ID:-0} of ${SLURM_ARRAY_TASK_COUNT:-1}; restart ${SLURM_RESTART_COUNT:-0}; ${SLURM_CPUS_PER_TASK:-?} cores on $(hostname)"
+busi_run "${BUSI_CMD[@]}" predict "${jobs[@]}" --resume "${sets[@]}" "$@"
 busi_finish "$BUSI_RC"

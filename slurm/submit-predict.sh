@@ -3,7 +3,7 @@
 # (slurm/merge.sh, --dependency=afterok on the whole array). Run on a login node, from the
 # project folder:
 #
-#   slurm/submit-predict.sh [SBATCH OPTIONS --] [JOB.yaml] [--set predict.key=value ...]
+#   slurm/submit-predict.sh [SBATCH OPTIONS --] [JOB.yaml ...] [--set predict.key=value ...]
 #
 #   slurm/submit-predict.sh job/predict.yaml --set predict.model=runs/busi-1234
 #   slurm/submit-predict.sh --array=0-15 --time=00:30:00 -- job/predict.yaml

@@ -2,7 +2,7 @@
 # Data-parallel training with Horovod: one rank per Slurm task, threads per rank from
 # --cpus-per-task; requeues itself at the time limit like slurm/train.sh.
 #
-#   sbatch slurm/train-horovod.sh [JOB.yaml] [--set key.path=value ...]   (default job/busi.yaml)
+#   sbatch slurm/train-horovod.sh [JOB.yaml ...] [--set key.path=value ...]   (default job/busi.yaml)
 #   sbatch --nodes=2 --ntasks-per-node=4 --cpus-per-task=8 slurm/train-horovod.sh job/busi.yaml
 #
 # Needs Horovod with TensorFlow in the environment busi runs in (`make horovod`, or the image).
@@ -55,9 +55,9 @@ busi_slurm_dir() {
 source "$(busi_slurm_dir)/lib.sh"
 busi_trap_signals
 
-busi_job_args job/busi.yaml "sbatch slurm/train-horovod.sh [JOB.yaml] [--set key=value ...]" "$@"
+busi_job_args job/busi.yaml "sbatch slurm/train-horovod.sh [JOB.yaml ...] [--set key=value ...]" "$@"
 set -- ${BUSI_ARGS[@]+"${BUSI_ARGS[@]}"}
-job=$BUSI_JOB
+jobs=("${BUSI_JOBS[@]}")
 [[ -n "${SLURM_JOB_ID:-}" ]] || busi_die 2 "run this script with sbatch (it reads the Slurm allocation)"
 ntasks="${SLURM_NTASKS:-1}"
 cpus="${SLURM_CPUS_PER_TASK:-1}"
@@ -86,7 +86,7 @@ if [[ "$launcher" == auto ]]; then
     *) busi_die 2 "Horovod with TensorFlow does not import with ${BUSI_CMD[*]} (make horovod, or an image built with Horovod)" ;;
     esac
 fi
-busi_log "job file $job; restart ${SLURM_RESTART_COUNT:-0}; $ntasks ranks x $cpus threads on ${SLURM_JOB_NODELIST:-?}; launcher $launcher"
+busi_log "job files ${jobs[*]}; restart ${SLURM_RESTART_COUNT:-0}; $ntasks ranks x $cpus threads on ${SLURM_JOB_NODELIST:-?}; launcher $launcher"
 
 case "$launcher" in
 mpi)
@@ -95,7 +95,7 @@ mpi)
     # the checkpoint (a crashing rank still ends the job: busi shuts Horovod down on errors).
     busi_cmd busi-job
     busi_run srun --mpi="${BUSI_SRUN_MPI:-pmix}" --ntasks="$ntasks" --cpus-per-task="$cpus" \
-        --kill-on-bad-exit=0 "${BUSI_CMD[@]}" train "$job" "${sets[@]}" "$@"
+        --kill-on-bad-exit=0 "${BUSI_CMD[@]}" train "${jobs[@]}" "${sets[@]}" "$@"
     busi_finish "$BUSI_RC"
     ;;
 gloo) ;;
@@ -151,7 +151,7 @@ busi_cmd horovodrun
 busi_job=(busi-job)   # in the image, horovodrun and its ranks run inside the container
 [[ -z "${BUSI_IMAGE:-}" && -n "${BUSI_VENV:-}" ]] && busi_job=("$BUSI_VENV/bin/busi-job")
 busi_run "${BUSI_CMD[@]}" --gloo -np "$ntasks" -H "$hosts" \
-    bash -c "$wrapper" busi-rank "$rankdir" "${busi_job[@]}" train "$job" "${sets[@]}" "$@"
+    bash -c "$wrapper" busi-rank "$rankdir" "${busi_job[@]}" train "${jobs[@]}" "${sets[@]}" "$@"
 rc=$BUSI_RC
 if ((rc != 0)) && [[ -f "$rankdir/rank-0.rc" ]]; then
     rank0="$(cat "$rankdir/rank-0.rc")"

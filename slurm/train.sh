@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Train busi as one Slurm batch job that outlives its time limit by requeueing itself.
 #
-#   sbatch slurm/train.sh [JOB.yaml] [--set key.path=value ...]       (default job/busi.yaml)
+#   sbatch slurm/train.sh [JOB.yaml ...] [--set key.path=value ...]       (default job/busi.yaml)
 #   sbatch --time=08:00:00 --cpus-per-task=16 slurm/train.sh job/busi.yaml --set train.batch_size=64
 #   BUSI_IMAGE=$HOME/busi.sif sbatch --partition=gpu --gres=gpu:1 slurm/train.sh job/busi.yaml
 #
@@ -57,17 +57,17 @@ busi_slurm_dir() {
 source "$(busi_slurm_dir)/lib.sh"
 busi_trap_signals
 
-busi_job_args job/busi.yaml "sbatch slurm/train.sh [JOB.yaml] [--set key=value ...]" "$@"
+busi_job_args job/busi.yaml "sbatch slurm/train.sh [JOB.yaml ...] [--set key=value ...]" "$@"
 set -- ${BUSI_ARGS[@]+"${BUSI_ARGS[@]}"}
-job=$BUSI_JOB
+jobs=("${BUSI_JOBS[@]}")
 
 busi_scratch
 busi_cmd busi-job
 sets=(--set "data.staging_dir=$BUSI_STAGING_DIR")
 [[ -n "${BUSI_RUN_DIR:-}" ]] && sets+=(--set "output.dir=$BUSI_RUN_DIR")
 
-busi_log "job file $job; restart ${SLURM_RESTART_COUNT:-0}; ${SLURM_CPUS_PER_TASK:-?} cores on $(hostname); staging to $BUSI_STAGING_DIR"
-busi_log "running: ${BUSI_CMD[*]} train $job ${sets[*]} $*"
+busi_log "job files ${jobs[*]}; restart ${SLURM_RESTART_COUNT:-0}; ${SLURM_CPUS_PER_TASK:-?} cores on $(hostname); staging to $BUSI_STAGING_DIR"
+busi_log "running: ${BUSI_CMD[*]} train ${jobs[*]} ${sets[*]} $*"
 # A rerun of the same command on the same output.dir resumes from its checkpoint.
-busi_run "${BUSI_CMD[@]}" train "$job" "${sets[@]}" "$@"
+busi_run "${BUSI_CMD[@]}" train "${jobs[@]}" "${sets[@]}" "$@"
 busi_finish "$BUSI_RC"

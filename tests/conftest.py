@@ -95,3 +95,49 @@ def make_model_dir(root: Path, size: int = 32, classes: tuple[str, ...] = CLASSE
     built = build_model(ModelConfig(weights="none"), size, classes)
     write_model_dir(RunDir(root), built.model, classes, size, "stretch", saved_model=False)
     return root
+
+
+def read_tensorboard(folder: Path) -> dict[str, dict[str, list[tuple[int, Any]]]]:
+    """A run's TensorBoard logs through TensorBoard's own reader (EventAccumulator):
+    ``{run: {tag: [(step, value array), ...]}}`` for the runs (subfolders) of ``folder``."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.util import tensor_util
+
+    out: dict[str, dict[str, list[tuple[int, Any]]]] = {}
+    for run in sorted(p.name for p in folder.iterdir() if p.is_dir()):
+        acc = EventAccumulator(str(folder / run), size_guidance={"tensors": 0})
+        acc.Reload()
+        out[run] = {tag: [(e.step, tensor_util.make_ndarray(e.tensor_proto)) for e in acc.Tensors(tag)]
+                    for tag in acc.Tags()["tensors"]}
+    return out
+
+
+def scalars(values: list[tuple[int, Any]]) -> list[tuple[int, float]]:
+    """(step, value) pairs of a scalar tag, values rounded to 6 places (TensorBoard keeps float32)."""
+    return [(step, round(float(v), 6)) for step, v in values]
+
+
+PLAIN_KERAS = """
+import sys
+import numpy as np
+import keras
+model = keras.saving.load_model(sys.argv[1])   # safe_mode on, no custom objects
+np.save(sys.argv[3], np.asarray(model.predict(np.load(sys.argv[2]), verbose=0)))
+assert not [m for m in sys.modules if m == "busi" or m.startswith("busi.")], "busi was imported"
+print("plain keras ok")
+"""
+
+
+def plain_keras_probabilities(model_file: Path, x: Any, work: Path) -> Any:
+    """``model_file``'s probabilities for the batch ``x``, computed by a fresh Python that
+    imports only Keras (and fails if anything imports busi)."""
+    import numpy as np
+
+    np.save(work / "plain-x.npy", x)
+    (work / "plain.py").write_text(PLAIN_KERAS)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    r = subprocess.run([sys.executable, str(work / "plain.py"), str(model_file), str(work / "plain-x.npy"),
+                        str(work / "plain-p.npy")], capture_output=True, text=True, cwd=work, env=env, timeout=600)
+    assert r.returncode == 0 and "plain keras ok" in r.stdout, r.stderr[-3000:]
+    return np.load(work / "plain-p.npy")

@@ -30,7 +30,10 @@ def _load(data: dict[str, Any] | None = None, overrides: tuple[str, ...] = (), e
 def _error(data: dict[str, Any] | None = None, overrides: tuple[str, ...] = (), env: dict[str, str] | None = None) -> str:
     with pytest.raises(ConfigError) as info:
         _load(data, overrides, env)
-    return str(info.value)
+    # An error in a --set value reads "--set KEY: ..." (tests/test_config_layers.py checks where errors
+    # point); these tests check what follows.
+    message = str(info.value)
+    return message.removeprefix("--set ") if info.value.keys else message
 
 
 def _with(section: str, **values: Any) -> dict[str, Any]:
@@ -100,7 +103,7 @@ def test_epochs_ten_exact_message(write_job) -> None:
     job = write_job({**MINIMAL, "train": {"head": {"epochs": "ten"}}})
     with pytest.raises(ConfigError) as info:
         load_config(job, env={})
-    assert str(info.value) == "train.head.epochs: expected a non-negative integer, got 'ten'"
+    assert str(info.value) == f"{job}: train.head.epochs: expected a non-negative integer, got 'ten'"
     assert info.value.exit_code == 2
 
 
@@ -478,3 +481,10 @@ def test_defaults_may_hold_references_themselves() -> None:
         interpolate("${A:-${HOME}", "data.source", env)
     cfg = _load({**MINIMAL, "data": {"source": "${A:-${HOME}/busi}"}}, env=env)
     assert cfg.data.source == "/home/u/busi"
+
+
+def test_ema_is_off_by_default_and_bounded() -> None:
+    assert _load().train.ema is None
+    assert _load(overrides=("train.ema=0.999",)).train.ema == 0.999
+    assert _error(overrides=("train.ema=0.3",)).startswith("train.ema: expected a number from 0.5 to 0.99999 or null")
+    assert _error(overrides=("train.ema=1",)).startswith("train.ema: expected a number from 0.5 to 0.99999")

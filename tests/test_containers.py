@@ -365,6 +365,9 @@ def test_entrypoint_dispatch(fake_prefix: Path, tmp_path: Path) -> None:
     args = lambda *a: [f"arg={x}" for x in a]  # noqa: E731
     assert run_entry(fake_prefix, "job/busi.yaml", "--set", "a.b=1") == args("run", "job/busi.yaml", "--set", "a.b=1")
     assert run_entry(fake_prefix, "x.yml", "--restart") == args("run", "x.yml", "--restart")
+    # layered job files pass through in order
+    assert run_entry(fake_prefix, "job/busi.yaml", "site.yaml", "--set", "a.b=1") == args(
+        "run", "job/busi.yaml", "site.yaml", "--set", "a.b=1")
     assert run_entry(fake_prefix, "predict", "--model", "m", "--input", "d") == args("predict", "--model", "m", "--input", "d")
     assert run_entry(fake_prefix, "merge", "out.csv") == args("merge", "out.csv")
     assert run_entry(fake_prefix) == args("--help")
@@ -456,6 +459,14 @@ def test_install_script_installs_a_working_prefix(installed_prefix: Path, tmp_pa
                         "--set", "output.dir=elsewhere"], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "dir: elsewhere" in r.stdout
+    # the shipped overlays, layered over the shipped job file inside the prefix
+    overlays = sorted((prefix / "job" / "overlays").glob("*.yaml"))
+    assert [p.name for p in overlays] == sorted(p.name for p in (REPO / "job" / "overlays").glob("*.yaml"))
+    r = subprocess.run([str(prefix / "job" / "entrypoint.sh"), "config", str(prefix / "job" / "busi.yaml"),
+                        str(prefix / "job" / "overlays" / "smoke.yaml"), "--explain"],
+                       capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "train.head.epochs: 1" in r.stdout and "overlays/smoke.yaml" in r.stdout
     # and a job file through `run`: a bad override exits 2 before any TensorFlow work
     r = subprocess.run([str(prefix / "job" / "entrypoint.sh"), str(prefix / "job" / "demo.yaml"),
                         "--set", "train.head.epochs=ten"], capture_output=True, text=True, env=env, cwd=tmp_path)

@@ -18,7 +18,7 @@ import yaml
 from PIL import Image
 
 from busi.artifacts import RUN_FILES
-from conftest import CLASSES, REPO, run_cli
+from conftest import CLASSES, REPO, plain_keras_probabilities, read_tensorboard, run_cli, scalars
 
 pytestmark = pytest.mark.slow
 
@@ -138,6 +138,39 @@ def test_saved_model_reloads_with_the_same_probabilities(trained: dict[str, Any]
     np.testing.assert_allclose(served.serve(tf.constant(x)).numpy(), expected, atol=2e-5)
     assert all(r["label"] == CLASSES[int(r["label_index"])] for r in rows)
     np.testing.assert_allclose(expected.sum(axis=1), 1.0, atol=1e-4)
+
+
+def test_model_keras_loads_with_plain_keras(trained: dict[str, Any], tmp_path: Path) -> None:
+    """The trained model.keras in a Python that never imports busi: predictions/test.csv's
+    probabilities (written with 6 decimals)."""
+    from busi.data.images import load_image
+
+    out, data = trained["out"], trained["data"]
+    rows = _csv(out / "predictions" / "test.csv")
+    x = np.stack([load_image(data / r["path"], 48) for r in rows]).astype("float32")
+    expected = np.array([[float(r[f"prob_{c}"]) for c in CLASSES] for r in rows])
+    np.testing.assert_allclose(plain_keras_probabilities(out / "model" / "model.keras", x, tmp_path), expected,
+                               atol=2e-5)
+    assert "keras.saving.load_model" in (out / "model" / "README.md").read_text()
+
+
+def test_tensorboard_logs_match_the_history(trained: dict[str, Any]) -> None:
+    out = trained["out"]
+    rows = _csv(out / "history.csv")
+    logs = read_tensorboard(out / "tensorboard")
+    assert set(logs) == {"train", "validation", "test"}
+    for run, column in (("train", "loss"), ("validation", "val_loss"), ("train", "accuracy")):
+        tag = "loss" if "loss" in column else "accuracy"
+        for phase in ("head", "finetune"):
+            mine = [(int(r["epoch"]), round(float(r[column]), 6)) for r in rows if r["phase"] == phase]
+            assert scalars(logs[run][f"{phase}/{tag}"]) == mine, (run, phase, tag)
+    lrs = [(int(r["epoch"]), float(r["lr"])) for r in rows if r["phase"] == "finetune"]
+    assert [(s, pytest.approx(v, rel=1e-6)) for s, v in scalars(logs["train"]["finetune/learning_rate"])] == lrs
+    assert len(logs["train"]["finetune/images_per_second"]) == len(lrs)
+    m = json.loads((out / "metrics.json").read_text())
+    last = int(rows[-1]["epoch"])
+    assert scalars(logs["test"]["test/accuracy"]) == [(last, round(m["accuracy"], 6))]
+    assert {"plots/confusion_matrix", "plots/roc", "test/metrics"} <= set(logs["test"])
 
 
 def test_a_completed_run_is_not_overwritten(trained: dict[str, Any]) -> None:

@@ -111,6 +111,64 @@ def test_preprocessing_lives_in_the_model_and_survives_reload(tmp_path: Path) ->
     np.testing.assert_allclose(again(x, training=False).numpy(), built.model(x, training=False).numpy(), rtol=1e-5, atol=1e-6)
 
 
+def test_preprocessing_is_keras_preprocess_input_bit_for_bit() -> None:
+    """float32: identical to keras.applications.resnet50.preprocess_input; mixed_bfloat16:
+    identical to the layer busi used before (preprocess_input on the bf16-cast input)."""
+    import keras
+
+    from busi.model import preprocess_block, preprocess_layer_class
+
+    x = np.random.default_rng(2).uniform(0, 255, (3, 16, 16, 3)).astype("float32")
+    x[0, 0, 0] = (0.0, 255.0, 127.5)
+    ours = np.asarray(preprocess_block(16)(x))
+    assert ours.dtype == np.float32
+    np.testing.assert_array_equal(ours, np.asarray(keras.applications.resnet50.preprocess_input(x.copy())))
+    before = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        ours = np.asarray(preprocess_block(16)(x)).astype(np.float32)
+        legacy = np.asarray(preprocess_layer_class()()(x)).astype(np.float32)
+    finally:
+        keras.mixed_precision.set_global_policy(before)
+    np.testing.assert_array_equal(ours, legacy)
+
+
+def test_preprocessing_adds_no_weights() -> None:
+    """Checkpoints, weight files and fingerprints of the model keep the same variables."""
+    built = _build()
+    assert not built.model.get_layer("preprocess").weights
+    assert [w.path for w in built.model.weights if w.path.startswith("preprocess")] == []
+
+
+def test_models_of_earlier_busi_versions_still_load(tmp_path: Path) -> None:
+    """A model.keras with the ResNetPreprocess layer busi wrote before loads through busi."""
+    import keras
+
+    from busi.model import load_saved_model, preprocess_layer_class
+
+    inputs = keras.Input((8, 8, 3))
+    x = preprocess_layer_class()(name="preprocess")(inputs)
+    old = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(x)))
+    old.save(str(tmp_path / "old.keras"))
+    data = np.random.default_rng(5).uniform(0, 255, (2, 8, 8, 3)).astype("float32")
+    np.testing.assert_array_equal(np.asarray(load_saved_model(tmp_path / "old.keras")(data)), np.asarray(old(data)))
+
+
+def test_model_keras_loads_with_plain_keras_in_a_fresh_python(tmp_path: Path) -> None:
+    """What a colleague without busi does with OUT/model/model.keras: the same probabilities.
+    Tolerance: the same float32 kernels in two processes; only the order of multi-threaded
+    reductions may differ (observed: identical)."""
+    from busi.model import load_saved_model
+    from conftest import make_model_dir, plain_keras_probabilities
+
+    folder = make_model_dir(tmp_path / "run", size=32, seed=3) / "model"
+    x = np.random.default_rng(4).uniform(0, 255, (5, 32, 32, 3)).astype("float32")
+    theirs = plain_keras_probabilities(folder / "model.keras", x, tmp_path)
+    ours = np.asarray(load_saved_model(folder / "model.keras").predict(x, verbose=0))
+    assert theirs.shape == (5, 3)
+    np.testing.assert_allclose(theirs, ours, rtol=0, atol=1e-6)
+
+
 def test_unfreeze_stages() -> None:
     from busi.model import set_trainable
 

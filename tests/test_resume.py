@@ -23,7 +23,7 @@ from PIL import Image
 from busi.artifacts import is_temp_name
 from busi.config import load_config
 from busi.locks import is_locked
-from conftest import REPO, linked_copies, make_model_dir, run_cli
+from conftest import REPO, linked_copies, make_model_dir, read_tensorboard, run_cli, scalars
 
 pytestmark = pytest.mark.slow
 
@@ -104,6 +104,10 @@ def test_sigterm_checkpoints_exits_75_and_resume_matches_an_uninterrupted_run(
     # same metrics and history as the run that was never interrupted (deterministic mode)
     h1, h2 = _history(uninterrupted), _history(out)
     assert [r["epoch"] for r in h2] == ["1", "2", "3"]
+    # TensorBoard: each epoch once across both attempts, the values history.csv holds
+    train = read_tensorboard(out / "tensorboard")["train"]
+    logged = sorted(scalars(train["head/loss"]) + scalars(train["finetune/loss"]))
+    assert logged == [(int(r["epoch"]), round(float(r["loss"]), 6)) for r in h2]
     for a, b in zip(h1, h2):
         for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
             assert float(a[key]) == pytest.approx(float(b[key]), abs=1e-5), (key, a, b)

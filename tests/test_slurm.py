@@ -190,6 +190,22 @@ def test_lib_forwards_usr1_and_waits_for_the_real_exit_code(tmp_path: Path) -> N
     assert proc.returncode == 75 and "outside Slurm: run the same command again to resume" in err, err
 
 
+def test_job_args_take_every_leading_job_file(tmp_path: Path) -> None:
+    """busi_job_args: the leading non-option arguments are job files (layered), the rest --set."""
+    a, b = tmp_path / "a.yaml", tmp_path / "b 2.yaml"
+    a.write_text("{}\n")
+    b.write_text("{}\n")
+    show = 'printf "<%s>" "${BUSI_JOBS[@]}"; echo; printf "<%s>" "${BUSI_ARGS[@]}"'
+    script = f'source {SLURM / "lib.sh"}; busi_job_args default.yaml usage "$@"; {show}'
+    r = subprocess.run(["bash", "-euo", "pipefail", "-c", script, "x", str(a), str(b), "--set", "k=v"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [f"<{a}><{b}>", "<--set><k=v>"]
+    r = subprocess.run(["bash", "-euo", "pipefail", "-c", script, "x", str(a), str(tmp_path / "gone.yaml")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and f"job file {tmp_path / 'gone.yaml'} not found" in r.stderr, r.stderr
+
+
 # --- on the cluster -------------------------------------------------------------------------------
 
 @pytest.mark.slow
@@ -218,9 +234,11 @@ def test_train_sh_writes_the_run_directory(slurm: SlurmCluster, job_env: dict[st
     env = {**job_env, "PATH": f"{bin_dir}:{job_env['PATH']}", "BUSI_IMAGE": str(image)}
     env.pop("BUSI_VENV", None)
     run = tmp_path / "run"
+    site = tmp_path / "site.yaml"  # a site overlay layered over the shipped job file
+    site.write_text("train:\n  head:\n    epochs: 1\n")
     p = _run(["sbatch", "--wait", "--parsable", f"--chdir={tmp_path}", "--cpus-per-task=1", "--mem=1G",
-              "--time=00:20:00", str(SLURM / "train.sh"), str(REPO / "job" / "demo.yaml"),
-              "--set", f"data.source={data}", "--set", f"output.dir={run}", *TINY, "--set", "train.head.epochs=1"],
+              "--time=00:20:00", str(SLURM / "train.sh"), str(REPO / "job" / "demo.yaml"), str(site),
+              "--set", f"data.source={data}", "--set", f"output.dir={run}", *TINY],
              env, tmp_path, timeout=600)
     job = p.stdout.strip().split(";")[0]
     log = tmp_path / f"busi-train-{job}.out"
@@ -233,7 +251,8 @@ def test_train_sh_writes_the_run_directory(slurm: SlurmCluster, job_env: dict[st
     staged = list((tmp_path / "scratch" / "busi-staging").glob("data-*"))
     assert staged, f"nothing staged under {tmp_path / 'scratch' / 'busi-staging'}"
     call = calls.read_text().split("\n")[0]
-    assert call.startswith(f"exec --bind {tmp_path / 'scratch'} {image} busi-job train {REPO / 'job' / 'demo.yaml'}"), call
+    assert call.startswith(f"exec --bind {tmp_path / 'scratch'} {image} busi-job train {REPO / 'job' / 'demo.yaml'} {site}"), call
+    assert "head:\n    epochs: 1\n" in (run / "config.yaml").read_text()  # the overlay's value ran
     assert "--nv" not in call  # no GPUs in this job
     assert "busi-slurm[" in log.read_text() and "done" in tail(log, 3)
 

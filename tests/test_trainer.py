@@ -8,6 +8,8 @@ budgets in real subprocesses are in tests/test_resume.py.
 
 from __future__ import annotations
 
+import os
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,9 +45,13 @@ class SteppingDist(Dist):
     clock: FakeClock = field(default_factory=FakeClock)
     steps: list[int] = field(default_factory=list)
 
+    signal_at: int = 0  # send this process SIGTERM when this step starts (0: never)
+
     def check_step(self, step: int) -> None:
         self.steps.append(step)
         self.clock.now += 1.0
+        if step == self.signal_at:
+            os.kill(os.getpid(), signal.SIGTERM)
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +66,7 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 
 def _trainer(images: Any, out: Path, *sets: str, deadline: float | None = None, margin: float = 0.0,
-             checkpoint: bool = True) -> tuple[Any, SteppingDist, Checkpointer]:
+             checkpoint: bool = True, signal_at: int = 0) -> tuple[Any, SteppingDist, Checkpointer]:
     from busi.data.pipeline import Pipeline
     from busi.model import build_model
     from busi.train import Trainer
@@ -71,8 +77,8 @@ def _trainer(images: Any, out: Path, *sets: str, deadline: float | None = None, 
         "runtime.checkpoint_minutes=0", *sets,
     ])
     clock = FakeClock()
-    dist = SteppingDist(clock=clock)
-    stopper = Stopper(signals=(), deadline=deadline, margin=margin, clock=clock)
+    dist = SteppingDist(clock=clock, signal_at=signal_at)
+    stopper = Stopper(signals=("SIGTERM",) if signal_at else (), deadline=deadline, margin=margin, clock=clock)
     checkpointer = Checkpointer(out, cfg)
     pipeline = Pipeline(images, SIZE, "stretch")
     trainer = Trainer(cfg, build_model(cfg.model, SIZE, ("normal", "benign", "malignant")), pipeline, pipeline, np.ones(3, np.float32), dist,
@@ -168,3 +174,80 @@ def test_early_stopping_after_patience_epochs_without_improvement(images: Any, t
     assert len({h.val_loss for h in result.history[:3]}) == 1
     assert result.best_epoch in (1, 4) and trainer.state.total_epochs == 4
     assert dist.steps == list(range(1, 4 * STEPS + 1))
+
+
+# --------------------------------------------------------------------- weight averaging
+
+EMA_RUN = ("train.head.epochs=2", "train.head.patience=100", "train.finetune.epochs=2",
+           "train.finetune.unfreeze=conv5", "train.finetune.patience=100", "train.finetune.learning_rate=1e-3",
+           "train.feature_cache=none")
+
+
+def _fit(images: Any, out: Path, *sets: str) -> tuple[Any, list[np.ndarray]]:
+    import keras
+
+    keras.utils.set_random_seed(7)  # the same initial weights, data order and dropout draws
+    trainer, _, _ = _trainer(images, out, *EMA_RUN, *sets, checkpoint=False)
+    result = trainer.fit()
+    return result, [np.array(w) for w in trainer.built.model.get_weights()]
+
+
+@pytest.fixture(scope="module")
+def ema_runs(images: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Any, list[np.ndarray]]]:
+    """The same run without and with train.ema=0.9: (result, kept weights) each."""
+    root = tmp_path_factory.mktemp("ema")
+    return {"plain": _fit(images, root / "plain"), "ema": _fit(images, root / "ema", "train.ema=0.9")}
+
+
+def test_ema_validates_and_keeps_the_averaged_weights(images: Any, ema_runs: dict[str, Any]) -> None:
+    """The average does not change training (the same training losses as without it), but what
+    is validated and kept is the average: other val_loss, other kept weights. The kept
+    weights of the EMA run validate to the val_loss recorded for its best epoch."""
+    plain, plain_weights = ema_runs["plain"]
+    averaged, ema_weights = ema_runs["ema"]
+    # same trajectory: the averages live beside the trained weights (float32 noise only)
+    assert [h.loss for h in averaged.history] == pytest.approx([h.loss for h in plain.history], abs=1e-4)
+    assert [h.val_loss for h in averaged.history] != pytest.approx([h.val_loss for h in plain.history], abs=1e-4)
+    assert max(float(np.max(np.abs(a - b))) for a, b in zip(plain_weights, ema_weights)) > 1e-4
+
+    import keras
+
+    from busi.data.pipeline import Pipeline
+    from busi.model import build_model
+
+    model = build_model(load_config(None, ["data.source=x", "output.dir=o", "model.weights=none"]).model, SIZE,
+                        ("normal", "benign", "malignant")).model
+    model.set_weights(ema_weights)
+    losses = [keras.losses.sparse_categorical_crossentropy(y, model(x, training=False)).numpy()
+              for x, y in Pipeline(images, SIZE, "stretch").eval_dataset(BATCH)]
+    best = next(h for h in averaged.history if h.epoch == averaged.best_epoch)
+    assert float(np.mean(np.concatenate(losses))) == pytest.approx(best.val_loss, abs=1e-4)
+
+
+def test_ema_survives_a_stop_and_resume_exactly(images: Any, tmp_path: Path, ema_runs: dict[str, Any]) -> None:
+    """Stopped by SIGTERM mid-epoch in the fine-tuning phase and resumed from the checkpoint:
+    the history and the kept weights are those of the run that was never stopped (the averages
+    are optimizer variables, so the checkpoint holds them)."""
+    import keras
+
+    whole, whole_weights = ema_runs["ema"]
+    out = tmp_path / "stopped"
+    keras.utils.set_random_seed(7)
+    # 4 epochs of 6 steps: SIGTERM arrives at step 4 of epoch 4 (global step 22), in the
+    # fine-tuning phase, whose moving averages then have 3 + 6 steps behind them.
+    trainer, _, checkpointer = _trainer(images, out, *EMA_RUN, "train.ema=0.9", signal_at=3 * STEPS + 4)
+    with trainer.stopper, pytest.raises(Interrupted, match="SIGTERM"):
+        trainer.fit()
+    saved = checkpointer.load()
+    assert saved is not None
+    assert (saved.state.epoch, saved.state.step, saved.state.optimizer_phase) == (3, 4, "finetune")
+    keras.utils.set_random_seed(7)  # as a resumed job seeds TensorFlow again (runtime.seed)
+    again, _, _ = _trainer(images, out, *EMA_RUN, "train.ema=0.9", checkpoint=False)
+    resumed = again.fit(saved)
+    assert [h.epoch for h in resumed.history] == [h.epoch for h in whole.history] == [1, 2, 3, 4]
+    for key in ("loss", "val_loss", "val_accuracy"):
+        assert [getattr(h, key) for h in resumed.history] == pytest.approx(
+            [getattr(h, key) for h in whole.history], abs=1e-5), key
+    assert resumed.best_epoch == whole.best_epoch
+    for a, b in zip(again.built.model.get_weights(), whole_weights):
+        np.testing.assert_allclose(a, b, atol=1e-5)
