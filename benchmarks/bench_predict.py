@@ -15,6 +15,12 @@
    55 real BUSI images, each linked 15 times (825 files).
 
     .venv/bin/python benchmarks/bench_predict.py [--quick] [--no-rss] [--precision float32,mixed_bfloat16]
+        [--engines tensorflow,openvino:float32,openvino:auto]
+
+4. (issue #15) one row per inference engine (``busi.engines``): OpenVINO in float32 and at its
+   default precision (bfloat16 on AMX CPUs), the model saved in float32, against TensorFlow's
+   in-memory float32 forward pass measured in the same process (targets: the default engine end
+   to end >= 2.2x that, and >= 8x the notebook-style loop).
 
 The folder is cached in /tmp/busi-bench between runs. Forward-pass runs are taken before and
 after the end-to-end pass (drift hits both). Tracing is excluded everywhere (predict_files
@@ -53,7 +59,7 @@ def worker(args: argparse.Namespace) -> dict:
 
     tmp = Path(tempfile.mkdtemp(prefix="busi-bench-predict-"))
     common.make_model_dir(tmp / "run", args.size, args.precision)
-    predictor = load_predictor(tmp / "run")
+    predictor = load_predictor(tmp / "run", args.engine, args.engine_precision, args.batch_size, cores.cores)
     model, bs, size = predictor.model, args.batch_size, predictor.image_size
     files = expand_inputs([args.folder])
 
@@ -61,24 +67,33 @@ def worker(args: argparse.Namespace) -> dict:
     def forward(x):  # type: ignore[no-untyped-def]
         return model(x, training=False)
 
-    x = tf.constant(np.random.default_rng(0).uniform(0, 255, (bs, size, size, 3)).astype(np.float32))
+    xs = np.random.default_rng(0).uniform(0, 255, (bs, size, size, 3)).astype(np.float32)
+    x = tf.constant(xs)
     forward(x).numpy()
     forward(x).numpy()
+    predictor.engine.probabilities(xs)
 
-    def memory_runs(n: int) -> list[float]:
-        out = []
+    def memory_runs(n: int) -> tuple[list[float], list[float]]:
+        """TensorFlow's forward pass and the engine's, alternating, on in-memory batches."""
+        tf_rates, engine_rates = [], []
         for _ in range(n):
             t = time.perf_counter()
             for _ in range(args.batches):
                 forward(x).numpy()
-            out.append(args.batches * bs / (time.perf_counter() - t))
-        return out
+            tf_rates.append(args.batches * bs / (time.perf_counter() - t))
+            t = time.perf_counter()
+            for _ in range(args.batches):
+                predictor.engine.probabilities(xs)
+            engine_rates.append(args.batches * bs / (time.perf_counter() - t))
+        return tf_rates, engine_rates
 
-    mem = memory_runs(args.repeats)
+    mem, engine_mem = memory_runs(args.repeats)
     sink = CsvSink(tmp / "pred.csv", prediction_columns(predictor.classes), resume=False, overwrite=True)
     summary = predict_files(predictor, files, sink, bs, workers=cores.cores)
     sink.close()
-    mem += memory_runs(args.repeats)
+    more, more_engine = memory_runs(args.repeats)
+    mem += more
+    engine_mem += more_engine
 
     notebook: list[float] = []
     first_call = 0.0
@@ -99,12 +114,14 @@ def worker(args: argparse.Namespace) -> dict:
         "precision": args.precision, "files": len(files), "batch": bs,
         "threads": f"{cores.intra_op_threads}/{cores.inter_op_threads}",
         "end_to_end": summary.images_per_second, "classified": summary.classified, "errors": summary.errors,
-        "memory": mem, "notebook": notebook, "notebook_images": args.notebook, "notebook_first_call": first_call,
+        "memory": mem, "engine_memory": engine_mem, "engine": predictor.engine.info.label(), "notebook": notebook, "notebook_images": args.notebook, "notebook_first_call": first_call,
     }
 
 
-def run_worker(folder: Path, precision: str, args: argparse.Namespace, notebook: int) -> dict:
+def run_worker(folder: Path, precision: str, args: argparse.Namespace, notebook: int, engine: str = "tensorflow",
+               engine_precision: str = "auto") -> dict:
     cmd = [sys.executable, __file__, "--worker", "--folder", str(folder), "--precision", precision,
+           "--engine", engine, "--engine-precision", engine_precision,
            "--size", str(args.size), "--batch-size", str(args.batch_size), "--batches", str(args.batches),
            "--repeats", str(args.repeats), "--notebook", str(notebook)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
@@ -178,6 +195,10 @@ def main() -> None:
     ap.add_argument("--real-sample", action="store_true", help="also the 55 real BUSI images x 15 (float32)")
     ap.add_argument("--quick", action="store_true", help="float32 only, no RSS part")
     ap.add_argument("--no-wait", action="store_true", help="do not wait for a quiet machine")
+    ap.add_argument("--engines", default="tensorflow,openvino:float32,openvino:auto",
+                    help="engine rows after the TensorFlow precisions: ENGINE[:PRECISION], comma-separated")
+    ap.add_argument("--engine", default="tensorflow", help=argparse.SUPPRESS)
+    ap.add_argument("--engine-precision", default="auto", help=argparse.SUPPRESS)
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--folder", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -195,22 +216,37 @@ def main() -> None:
     widths = sorted(Image.open(p).size[0] for p in files)
     print(f"# data: {len(files)} synthetic PNGs in {folder}, widths {widths[0]}-{widths[-1]} px "
           f"(median {widths[len(widths) // 2]}), {args.size} px model, batch {args.batch_size}")
-    print(f"{'precision':<15} {'threads':>7} {'end to end':>12} {'forward (memory)':>17} {'ratio':>6} "
+    print("# end to end: busi's predict loop over the folder with the engine; engine (memory): the engine on "
+          "in-memory batches; TF forward: TensorFlow's float32 (or the row's policy) forward pass on in-memory "
+          "batches, alternating with the engine's in the same process; ratio: end to end / TF forward")
+    print(f"{'row':<28} {'threads':>7} {'end to end':>12} {'engine (memory)':>16} {'TF forward':>12} {'ratio':>6} "
           f"{'notebook loop':>14} {'speedup':>8}")
+    notebook_rate = [float("nan")]
 
     def report(label: str, r: dict) -> None:
         mem = statistics.median(r["memory"])
+        eng = statistics.median(r["engine_memory"])
         e2e = r["end_to_end"]
-        nb = r["notebook"][0] if r["notebook"] else float("nan")
-        print(f"{label:<15} {r['threads']:>7} {e2e:>6.2f} img/s {mem:>11.2f} img/s {e2e / mem:>6.3f} "
-              f"{nb:>8.2f} img/s {e2e / nb:>7.2f}x", flush=True)
-        print(f"#   {r['files']} files ({r['classified']} classified, {r['errors']} errors); forward runs "
-              f"{[round(v, 2) for v in r['memory']]}; notebook loop over {r['notebook_images']} images, first call "
-              f"{r['notebook_first_call']:.2f} s excluded", flush=True)
+        if r["notebook"]:
+            notebook_rate[0] = r["notebook"][0]
+        nb = notebook_rate[0]
+        print(f"{label:<28} {r['threads']:>7} {e2e:>6.2f} img/s {eng:>10.2f} img/s {mem:>6.2f} img/s "
+              f"{e2e / mem:>6.3f} {nb:>8.2f} img/s {e2e / nb:>7.2f}x", flush=True)
+        print(f"#   {r['engine']}: {r['files']} files ({r['classified']} classified, {r['errors']} errors); "
+              f"TF forward runs {[round(v, 2) for v in r['memory']]}, engine runs "
+              f"{[round(v, 2) for v in r['engine_memory']]}; notebook loop over {r['notebook_images']} images "
+              f"(TensorFlow float32, the first row), first call {r['notebook_first_call']:.2f} s excluded", flush=True)
 
+    first = True
     for precision in args.precision.split(","):
         common.wait_for_quiet(skip=args.no_wait)
-        report(precision, run_worker(folder, precision, args, args.notebook))
+        report(f"tensorflow {precision}", run_worker(folder, precision, args, args.notebook if first else 0))
+        first = False
+    for item in [e for e in args.engines.split(",") if e and e != "tensorflow"]:
+        name, _, engine_precision = item.partition(":")
+        common.wait_for_quiet(skip=args.no_wait)
+        report(f"{name} {engine_precision or 'auto'}",
+               run_worker(folder, "float32", args, 0, name, engine_precision or "auto"))
     if args.real_sample and SAMPLE_ZIP.is_file():
         import zipfile
 

@@ -9,6 +9,7 @@ Layout (a contract, documented in the README and held by tests)::
     OUT/data/report.json       the inspect report
     OUT/model/model.keras      Keras model, preprocessing inside
     OUT/model/saved_model/     TF SavedModel for serving
+    OUT/model/openvino/        the OpenVINO model (model.xml, model.bin, source.json): busi.engines
     OUT/model/labels.json      index -> class name
     OUT/model/preprocessing.json  image_size and resize mode that prediction must use
     OUT/model/README.md        model card
@@ -66,6 +67,7 @@ RUN_FILES = {
     "report": "data/report.json",
     "model": "model/model.keras",
     "saved_model": "model/saved_model",
+    "openvino": "model/openvino",
     "labels": "model/labels.json",
     "preprocessing": "model/preprocessing.json",
     "model_card": "model/README.md",
@@ -79,6 +81,7 @@ RUN_FILES = {
 }
 
 
+RUN_FOLDERS = (RUN_FILES["saved_model"], RUN_FILES["openvino"])  # entries of RUN_FILES that are folders
 TENSORBOARD_DIR = "tensorboard"  # event logs (busi.tensorboard_log): append-only streams, not replaced
 RUN_DIRS = ("checkpoint", TENSORBOARD_DIR)  # folders busi writes besides the parents of RUN_FILES
 LOCK_FILE = ".busi.lock"
@@ -323,7 +326,7 @@ class RunDir:
             for i in range(1, len(parts)):
                 out.setdefault(self.root.joinpath(*parts[:i]), True)
         for rel in RUN_FILES.values():
-            out[self.root / rel] = rel == RUN_FILES["saved_model"]
+            out[self.root / rel] = rel in RUN_FOLDERS
         for rel in RUN_DIRS:
             out[self.root / rel] = True
         return list(out.items())
@@ -409,7 +412,7 @@ class RunDir:
         for p, is_dir in reversed(self.layout()):
             if p == previous:
                 continue
-            if not is_dir or p.name in RUN_DIRS or p == self.path("saved_model"):
+            if not is_dir or p.name in RUN_DIRS or str(p.relative_to(self.root)) in RUN_FOLDERS:
                 if p.exists() or p.is_symlink():
                     aside = p.with_name(f"{p.name}.old-{os.getpid()}-{secrets.token_hex(4)}")
                     try:

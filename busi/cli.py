@@ -80,10 +80,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", default=None, help="replace an existing output CSV")
     p.add_argument("--shard", help="I/N: take shard I of N (default: from array-job env vars)")
     p.add_argument("--gradcam", metavar="DIR", help="write a Grad-CAM overlay PNG per image into DIR")
+    p.add_argument("--engine", choices=["auto", "tensorflow", "openvino"],
+                   help="inference engine (default auto: OpenVINO on a CPU-only node where installed)")
+    p.add_argument("--precision", choices=["auto", "float32", "bfloat16"],
+                   help="OpenVINO's inference precision (default auto: the fastest on this CPU)")
     p.add_argument("--cores", help="cores to use (default auto)")
     _add_set(p)
 
     p = sub.add_parser("merge", help="join shard CSVs (<stem>.part-I-of-N.csv) into one CSV")
+    p.add_argument("--allow-mixed-engines", action="store_true",
+                   help="merge shards predicted by different engines or precisions")
     p.add_argument("output", nargs="+", help="the merged CSV to write (shards are found beside it), or the "
                    "prediction job files (YAML) the shards ran with: their predict.output")
     _add_set(p)
@@ -92,6 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_jobs(p)
     p.add_argument("--restart", action="store_true", help="(train) replace a completed run")
     _add_set(p)
+
+    p = sub.add_parser("export", help="write a trained model as an OpenVINO model or a SavedModel")
+    p.add_argument("model", metavar="RUN_DIR", help="a completed run directory, or a model.keras file")
+    p.add_argument("--format", required=True, choices=["openvino", "saved_model"], help="what to write")
+    p.add_argument("--out", help="a folder (default: beside model.keras: openvino/, saved_model/)")
 
     p = sub.add_parser("fetch-weights", help="download ImageNet ResNet50 weights (needs internet) into a folder")
     p.add_argument("--dir", default=None, help="target folder (default: $BUSI_WEIGHTS_DIR or ~/.keras/models)")
@@ -230,7 +241,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     flags = {
         "model": args.model, "inputs": args.inputs, "output": args.output, "batch_size": args.batch_size,
         "include_masks": args.include_masks, "resume": args.resume, "overwrite": args.overwrite,
-        "shard": args.shard, "gradcam": args.gradcam,
+        "shard": args.shard, "gradcam": args.gradcam, "engine": args.engine, "precision": args.precision,
     }
     settings = {f"predict.{k}": v for k, v in flags.items() if v is not None}
     if args.cores is not None:
@@ -265,7 +276,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
         raise ConfigError("merge: --set needs a prediction job file (merge JOB.yaml --set ...), not a CSV")
     else:
         output = Path(args.output[0])
-    n = merge_shards(output)
+    n = merge_shards(output, allow_mixed_engines=args.allow_mixed_engines)
     print(f"merged {n} rows into {output}")
     return EXIT_OK
 
@@ -276,6 +287,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     if job_kind(args.job) == "predict":
         return _predict(args.job, {}, args.overrides)
     return cmd_train(args)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from busi.export import export_model
+    from busi.runtime import detect_cores, start_tensorflow
+
+    start_tensorflow(detect_cores("auto"), seed=0)
+    path = export_model(args.model, args.format, args.out)
+    print(f"wrote {path}")
+    return EXIT_OK
 
 
 def cmd_fetch_weights(args: argparse.Namespace) -> int:
@@ -304,6 +325,7 @@ COMMANDS = {
     "predict": cmd_predict,
     "merge": cmd_merge,
     "run": cmd_run,
+    "export": cmd_export,
     "fetch-weights": cmd_fetch_weights,
     "synth": cmd_synth,
     "bench": cmd_bench,

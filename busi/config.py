@@ -209,6 +209,12 @@ class PredictConfig:
     overwrite: bool = _opt(False, doc="replace an existing output CSV")
     shard: str = _opt("auto", doc="auto (array job env vars), none, or I/N")
     gradcam: Union[str, None] = _opt(None, doc="folder for Grad-CAM overlay PNGs, one per image")
+    engine: Literal["auto", "tensorflow", "openvino"] = _opt(
+        "auto", doc="inference engine; auto: OpenVINO on a CPU-only node where it is installed, else TensorFlow"
+    )
+    precision: Literal["auto", "float32", "bfloat16"] = _opt(
+        "auto", doc="OpenVINO's inference precision; auto: the runtime's fastest on this CPU (bfloat16 on AMX)"
+    )
     staging_dir: Union[str, None] = _opt(None, doc="where input archives unpack; default $TMPDIR/busi-staging")
     max_archive_members: int = _archive_members()
     max_archive_bytes: int = _archive_bytes()

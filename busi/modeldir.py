@@ -1,7 +1,8 @@
 """The model folder of a run directory (``OUT/model/``): its one writer and its one reader.
 
 What it holds (file names from ``busi.artifacts.RUN_FILES``, the run-directory contract):
-``model.keras`` (preprocessing inside), ``saved_model/`` (TF serving), ``labels.json``
+``model.keras`` (preprocessing inside), ``saved_model/`` (TF serving), ``openvino/`` (the
+OpenVINO model, ``busi.engines``), ``labels.json``
 (index -> class name) and ``preprocessing.json`` (the input side and resize mode prediction
 must use). Training writes it through ``write_model_dir``; prediction, tests and benchmarks
 read it through ``find_model_file`` and ``read_model_info``, so no other module spells out
@@ -11,6 +12,7 @@ these names.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -18,6 +20,8 @@ from typing import Any, Sequence
 from busi.artifacts import RUN_FILES, RunDir
 from busi.config import RESIZE_MODES
 from busi.errors import ConfigError, DataError
+
+log = logging.getLogger("busi")
 
 MODEL_DIR = Path(RUN_FILES["model"]).parent.name  # "model"
 MODEL_FILE = Path(RUN_FILES["model"]).name  # "model.keras"
@@ -51,7 +55,25 @@ def write_model_dir(run: RunDir, model: Any, classes: Sequence[str], image_size:
     run.write_file_with("model", lambda p: model.save(str(p)), ".keras")
     if saved_model:
         run.write_dir_with("saved_model", lambda p: model.export(str(p), verbose=False))
+        _write_openvino(run)
     return info
+
+
+def _write_openvino(run: RunDir) -> None:
+    """The OpenVINO model of the SavedModel just written (``busi.engines``), so prediction never
+    converts it; skipped, with a log line, where OpenVINO is not installed."""
+    from busi.engines import file_sha256, openvino_available, write_openvino_dir
+
+    if not run.primary:
+        return
+    if not openvino_available():
+        log.info("model: no %s (openvino is not installed)", RUN_FILES["openvino"])
+        return
+    import openvino as ov
+
+    ov_model = ov.convert_model(str(run.path("saved_model")))
+    sha = file_sha256(run.path("model"))
+    run.write_dir_with("openvino", lambda p: write_openvino_dir(p, ov_model, sha))
 
 
 def find_model_file(model_arg: str | Path) -> Path:

@@ -22,6 +22,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from busi.data.images import load_image
+from busi.engines import Engine
 from busi.errors import ConfigError, DataError, Interrupted
 from busi.inputs import InputFile, Shard
 from busi.modeldir import LABELS_FILE, find_model_file, read_model_info
@@ -35,17 +36,21 @@ log = logging.getLogger("busi")
 
 @dataclass
 class Predictor:
-    """A loaded model and what its inputs must look like."""
+    """A loaded model, the engine that runs it, and what its inputs must look like."""
 
-    model: Any
+    model: Any  # the Keras model (Grad-CAM needs its gradients)
     classes: tuple[str, ...]
     image_size: int
     resize: str
     source: Path
+    engine: Engine
 
 
-def load_predictor(model_arg: str | Path) -> Predictor:
-    """Load a busi model with its labels and preprocessing settings (``busi.modeldir``)."""
+def load_predictor(model_arg: str | Path, engine: str = "tensorflow", precision: str = "auto",
+                   batch_size: int = 32, threads: int | None = None) -> Predictor:
+    """Load a busi model with its labels and preprocessing settings (``busi.modeldir``) and
+    the inference engine ``engine`` (``tensorflow``, ``openvino``, or ``auto``: ``busi.engines``)."""
+    from busi.engines import choose_engine, make_engine, openvino_available
     from busi.model import load_saved_model
 
     model_file = find_model_file(model_arg)
@@ -54,8 +59,15 @@ def load_predictor(model_arg: str | Path) -> Predictor:
     if model.output_shape[-1] != len(info.classes):
         raise DataError(f"{model_file.parent / LABELS_FILE}: {len(info.classes)} classes, but the model outputs "
                         f"{model.output_shape[-1]}")
+    if engine == "auto":
+        import tensorflow as tf
+
+        engine = choose_engine("auto", bool(tf.config.list_physical_devices("GPU")), openvino_available())
+    else:
+        engine = choose_engine(engine, False, openvino_available())
+    runner = make_engine(engine, precision, model_file, model, batch_size, info.image_size, threads)
     return Predictor(model=model, classes=info.classes, image_size=info.image_size, resize=info.resize,
-                     source=model_file)
+                     source=model_file, engine=runner)
 
 
 # --------------------------------------------------------------------- the loop
@@ -127,11 +139,10 @@ def predict_files(
     gradcam_dir: Path | None = None,
     stopper: Any = None,
 ) -> Summary:
-    """Classify ``files`` (skipping those already in ``sink``), writing rows batch by batch.
-    Stops after the batch in progress when ``stopper`` (a ``busi.stopper.Stopper``) says so,
-    with ``summary.interrupted`` set; the CSV then holds every row written so far."""
-    import tensorflow as tf
-
+    """Classify ``files`` (skipping those already in ``sink``) with ``predictor.engine``,
+    writing rows batch by batch. Stops after the batch in progress when ``stopper`` (a
+    ``busi.stopper.Stopper``) says so, with ``summary.interrupted`` set; the CSV then holds
+    every row written so far."""
     summary = Summary()
     for row in sink.previous_rows:
         summary.rows += 1
@@ -143,20 +154,12 @@ def predict_files(
     todo = [f for f in files if f.path not in sink.done]
     summary.skipped_resume = len(files) - len(todo)
     size, classes = predictor.image_size, predictor.classes
-    model = predictor.model
-
-    @tf.function(input_signature=[tf.TensorSpec([batch_size, size, size, 3], tf.float32)])
-    def forward(x: Any) -> Any:
-        return model(x, training=False)
-
     cam = None
     if gradcam_dir is not None:
         from busi.gradcam import GradCam
 
-        cam = GradCam(model)
-    if todo:
-        forward(tf.zeros([batch_size, size, size, 3]))  # trace once, outside the timing
-    started = time.perf_counter()
+        cam = GradCam(predictor.model)  # gradients: always TensorFlow
+    started = time.perf_counter()  # engines trace and compile when they are made, before this
     images = 0
     with ThreadPoolExecutor(
         max_workers=max(1, workers), thread_name_prefix="decode", initializer=_decode_thread_priority
@@ -165,10 +168,8 @@ def predict_files(
             ok = [i for i, (im, _) in enumerate(decoded) if im is not None]
             probs: dict[int, np.ndarray] = {}
             if ok:
-                x = np.zeros((batch_size, size, size, 3), np.float32)  # fixed shape: one trace
-                for j, i in enumerate(ok):
-                    x[j] = decoded[i][0]
-                out = forward(tf.constant(x)).numpy()
+                x = np.stack([decoded[i][0] for i in ok]).astype(np.float32, copy=False)
+                out = predictor.engine.probabilities(x)
                 probs = {i: out[j] for j, i in enumerate(ok)}
                 if cam is not None and gradcam_dir is not None:
                     for i in ok:
@@ -225,11 +226,12 @@ def run_predict(cfg: Any) -> Summary:
     files = shard.select(found)
     cores = detect_cores(cfg.runtime.cores)
     start_tensorflow(cores, cfg.runtime.seed)
-    predictor = load_predictor(p.model)
+    predictor = load_predictor(p.model, p.engine, p.precision, p.batch_size, cores.cores)
+    engine = predictor.engine.info
     log.info(
-        "predict: %d files (shard %d/%d from %s) with %s, %d px, %d cores (%s), batch %d -> %s",
+        "predict: %d files (shard %d/%d from %s) with %s, %d px, %d cores (%s), batch %d, engine %s -> %s",
         len(files), shard.index, shard.count, shard.source, predictor.source, predictor.image_size,
-        cores.cores, cores.source, p.batch_size, output,
+        cores.cores, cores.source, p.batch_size, engine.label(), output,
     )
     sink = CsvSink(output, prediction_columns(predictor.classes), resume=p.resume, overwrite=p.overwrite,
                    model=predictor.source)
@@ -247,11 +249,12 @@ def run_predict(cfg: Any) -> Summary:
             f"prediction stopped on {summary.interrupted} after {summary.rows} rows of {len(files)}; "
             f"{output} holds them: run again with --resume to continue"
         )
-    write_done_marker(output, summary.as_dict(), shard, len(files), predictor.classes, predictor.source)
+    write_done_marker(output, summary.as_dict(), shard, len(files), predictor.classes, predictor.source,
+                      engine.as_dict())
     per_class = ", ".join(f"{c} {summary.per_class.get(c, 0)}" for c in predictor.classes)
     log.info(
-        "predict: %d rows (%d classified, %d errors, %d already done): %s; %.1f img/s",
+        "predict: %d rows (%d classified, %d errors, %d already done): %s; %.1f img/s (%s)",
         summary.rows, summary.classified, summary.errors, summary.skipped_resume, per_class,
-        summary.images_per_second,
+        summary.images_per_second, engine.label(),
     )
     return summary

@@ -172,8 +172,9 @@ def done_marker(csv_path: Path) -> Path:
 
 
 def write_done_marker(csv_path: Path, summary: dict[str, Any], shard: Shard, inputs: int,
-                      classes: Sequence[str], model: Path) -> None:
-    """Marks a CSV complete: the row count ``merge_shards`` checks against the file."""
+                      classes: Sequence[str], model: Path, engine: dict[str, str] | None = None) -> None:
+    """Marks a CSV complete: the row count ``merge_shards`` checks against the file, and the
+    engine (name, version, precision) whose probabilities it holds."""
     atomic_write_text(
         done_marker(csv_path),
         json_text({
@@ -182,15 +183,18 @@ def write_done_marker(csv_path: Path, summary: dict[str, Any], shard: Shard, inp
             "shard": {"index": shard.index, "count": shard.count, "source": shard.source},
             "classes": list(classes),
             "model": str(model),
+            "engine": engine,
             "finished_at": utc_now(),
             "summary": summary,
         }),
     )
 
 
-def merge_shards(output: Path) -> int:
+def merge_shards(output: Path, allow_mixed_engines: bool = False) -> int:
     """Join ``<stem>.part-IIIII-of-NNNNN.csv`` files into ``output`` (atomically), in sorted path
-    order. Fails naming every shard that is missing or incomplete. Returns the row count."""
+    order. Fails naming every shard that is missing or incomplete, and (unless
+    ``allow_mixed_engines``) shards whose probabilities came from different engines or
+    precisions. Returns the row count."""
     if output.is_dir():
         raise ConfigError(f"merge: {output} is a folder; give the CSV path the shards were written for")
     # glob.escape: a name such as br[1].csv holds glob characters
@@ -204,6 +208,7 @@ def merge_shards(output: Path) -> int:
     problems = []
     header: list[str] | None = None
     rows: list[list[str]] = []
+    engines: dict[str, list[str]] = {}  # "openvino bfloat16" -> shard names
     for i in range(n):
         part = output.with_name(f"{output.stem}.part-{i:05d}-of-{n:05d}{output.suffix or '.csv'}")
         marker = done_marker(part)
@@ -222,7 +227,8 @@ def merge_shards(output: Path) -> int:
             problems.append(f"{part.name}: empty (not even a header); run that shard again")
             continue
         h, body = records[0], records[1:]
-        expected = _marker_rows(marker)
+        meta = _read_marker(marker)
+        expected = None if meta is None else meta["rows"]
         if expected is None:
             problems.append(f"{marker.name}: not a done marker with a row count (damaged); run that shard again "
                             "with --resume")
@@ -235,6 +241,12 @@ def merge_shards(output: Path) -> int:
             continue
         header = h
         rows.extend(body)
+        engines.setdefault(_engine_label(meta), []).append(part.name)
+    if len(engines) > 1 and not allow_mixed_engines and not problems:
+        shown = "; ".join(f"{label}: {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}"
+                          for label, names in sorted(engines.items()))
+        problems.append(f"shards predicted by different engines or precisions ({shown}); predict them again "
+                        "with one --engine/--precision, or merge with --allow-mixed-engines")
     if problems:
         raise DataError(f"cannot merge into {output}: " + "; ".join(problems))
     assert header is not None
@@ -250,10 +262,20 @@ def merge_shards(output: Path) -> int:
     return len(rows)
 
 
-def _marker_rows(marker: Path) -> int | None:
-    """The row count a done marker records, or None if it is damaged."""
+def _read_marker(marker: Path) -> dict[str, Any] | None:
+    """A done marker, or None if it is damaged (no integer row count)."""
     try:
-        rows = json.loads(marker.read_text(encoding="utf-8"))["rows"]
+        meta = json.loads(marker.read_text(encoding="utf-8"))
+        rows = meta["rows"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return rows if isinstance(rows, int) and not isinstance(rows, bool) else None
+    return meta if isinstance(rows, int) and not isinstance(rows, bool) else None
+
+
+def _engine_label(meta: dict[str, Any] | None) -> str:
+    """``openvino bfloat16``: the engine and precision a done marker records (markers written
+    before engines existed: TensorFlow)."""
+    engine = (meta or {}).get("engine")
+    if not isinstance(engine, dict):
+        return "tensorflow (unrecorded precision)"
+    return f"{engine.get('name', '?')} {engine.get('precision', '?')}"

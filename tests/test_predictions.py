@@ -156,3 +156,25 @@ def test_own_outputs_are_never_inputs(tmp_path: Path) -> None:
     (tmp_path / "in" / "cams" / "x" / "a.png.gradcam.png").write_bytes(b"x")
     found = expand_inputs([str(tmp_path / "in")], skip=own_outputs(tmp_path / "in" / "p.csv", tmp_path / "in" / "cams"))
     assert sorted(Path(f.path).name for f in found) == ["a.png", "other.csv"]
+
+
+def test_merge_refuses_shards_of_different_engines_unless_allowed(tmp_path: Path) -> None:
+    output = tmp_path / "p.csv"
+    engines = [{"name": "openvino", "version": "2026.4.1", "precision": "bfloat16"},
+               {"name": "tensorflow", "version": "2.21.0", "precision": "float32"}]
+    for i, (engine, path) in enumerate(zip(engines, ["a.png", "b.png"])):
+        part = _shard(output, i, 2, [path], marker=False)
+        done_marker(part).write_text(json.dumps({"rows": 1, "engine": engine}))
+    with pytest.raises(DataError) as info:
+        merge_shards(output)
+    message = str(info.value)
+    assert "openvino bfloat16: p.part-00000-of-00002.csv" in message
+    assert "tensorflow float32: p.part-00001-of-00002.csv" in message and "--allow-mixed-engines" in message
+    assert not output.exists()
+    assert merge_shards(output, allow_mixed_engines=True) == 2
+    # the same engine and precision on every shard (versions may differ): merged
+    for i in range(2):
+        marker = done_marker(output.with_name(f"p.part-0000{i}-of-00002.csv"))
+        marker.write_text(json.dumps({"rows": 1, "engine": {**engines[0], "version": f"2026.4.{i}"}}))
+    output.unlink()
+    assert merge_shards(output) == 2

@@ -1,0 +1,233 @@
+"""Tests for busi.engines and busi.export: the TensorFlow and OpenVINO engines give the same
+labels and probabilities within their documented tolerances, ``auto`` falls back where
+OpenVINO is missing, the OpenVINO model is cached beside model.keras, exports load."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from busi.engines import choose_engine
+from busi.errors import ConfigError
+from conftest import CLASSES, REPO, run_cli
+
+SIZE = 32
+# Tolerances (README, "Inference engines"): OpenVINO float32 computes the same float32 graph
+# with other kernels and summation orders; bfloat16 keeps 8 bits of mantissa in the convolutions.
+F32_ATOL = 1e-4
+# bfloat16 keeps 8 bits of mantissa in the convolutions; on this test's deliberately sharpened
+# head (logits x40) the largest probability difference measured 0.116, so 0.2 bounds it.
+BF16_ATOL = 0.2
+
+
+def test_auto_prefers_openvino_on_a_cpu_node_only(caplog: pytest.LogCaptureFixture) -> None:
+    assert choose_engine("auto", gpu=False, available=True) == "openvino"
+    with caplog.at_level(logging.INFO, logger="busi"):
+        assert choose_engine("auto", gpu=True, available=True) == "tensorflow"
+        assert choose_engine("auto", gpu=False, available=False) == "tensorflow"
+    assert "a GPU is visible" in caplog.text and "openvino is not installed" in caplog.text
+    assert choose_engine("tensorflow", gpu=False, available=True) == "tensorflow"
+    with pytest.raises(ConfigError, match=r"predict\.engine: openvino is not installed.*pip install openvino=="):
+        choose_engine("openvino", gpu=False, available=False)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run's model folder as training writes it (SavedModel and openvino/ included), from a
+    ``weights: none`` model whose head is scaled up so that probabilities spread out (random
+    weights alone give nearly uniform ones, which would hide differences)."""
+    import keras
+
+    from busi.artifacts import RunDir
+    from busi.config import ModelConfig
+    from busi.model import build_model
+    from busi.modeldir import write_model_dir
+
+    keras.utils.set_random_seed(11)
+    built = build_model(ModelConfig(weights="none"), SIZE, CLASSES)
+    kernel, bias = built.model.get_layer("probs").get_weights()
+    built.model.get_layer("probs").set_weights([kernel * 40.0, bias])
+    root = tmp_path_factory.mktemp("engines") / "run"
+    write_model_dir(RunDir(root), built.model, CLASSES, SIZE, "stretch")
+    return root
+
+
+def _images(n: int = 24, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    base = rng.uniform(0, 255, (n, 1, 1, 3))  # per-image colour, plus texture: outputs differ per image
+    return np.clip(base + rng.normal(0, 40, (n, SIZE, SIZE, 3)), 0, 255).astype(np.float32)
+
+
+def _engine(model_dir: Path, name: str, precision: str = "auto"):  # type: ignore[no-untyped-def]
+    from busi.predict import load_predictor
+
+    return load_predictor(model_dir, name, precision, batch_size=8).engine
+
+
+def test_training_writes_the_openvino_model_with_its_source(model_dir: Path) -> None:
+    from busi.engines import file_sha256
+
+    folder = model_dir / "model" / "openvino"
+    assert (folder / "model.xml").is_file() and (folder / "model.bin").is_file()
+    source = json.loads((folder / "source.json").read_text())
+    assert source["model_keras_sha256"] == file_sha256(model_dir / "model" / "model.keras")
+
+
+def test_openvino_float32_matches_tensorflow(model_dir: Path) -> None:
+    x = _images()
+    tf_engine = _engine(model_dir, "tensorflow")
+    ov_engine = _engine(model_dir, "openvino", "float32")
+    assert tf_engine.info.name == "tensorflow" and ov_engine.info.as_dict()["precision"] == "float32"
+    a, b = tf_engine.probabilities(x), ov_engine.probabilities(x)
+    assert a.shape == b.shape == (24, 3)
+    assert float(np.std(a)) > 0.05, "probabilities must spread for the comparison to mean anything"
+    np.testing.assert_allclose(b, a, rtol=0, atol=F32_ATOL)
+    assert (a.argmax(1) == b.argmax(1)).all()
+    # batches that do not fill the engine's batch (3 of 8): padded, then cut
+    np.testing.assert_allclose(ov_engine.probabilities(x[:3]), a[:3], rtol=0, atol=F32_ATOL)
+
+
+def test_openvino_bfloat16_stays_within_its_tolerance(model_dir: Path) -> None:
+    import openvino as ov
+
+    if "BF16" not in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        pytest.skip("this CPU has no bfloat16 (AVX512-BF16 or AMX)")
+    x = _images()
+    a = _engine(model_dir, "tensorflow").probabilities(x)
+    engine = _engine(model_dir, "openvino", "bfloat16")
+    assert engine.info.precision == "bfloat16"
+    b = engine.probabilities(x)
+    np.testing.assert_allclose(b, a, rtol=0, atol=BF16_ATOL)
+    margin = np.sort(a, axis=1)[:, -1] - np.sort(a, axis=1)[:, -2]
+    clear = margin > 2 * BF16_ATOL  # where TensorFlow's top two are well apart, the labels agree
+    assert clear.sum() >= len(a) // 2
+    assert (a.argmax(1)[clear] == b.argmax(1)[clear]).all()
+
+
+def test_the_tensorflow_engine_takes_no_precision(model_dir: Path) -> None:
+    with pytest.raises(ConfigError, match="applies to the openvino engine"):
+        _engine(model_dir, "tensorflow", "bfloat16")
+
+
+def test_a_model_keras_alone_is_converted_once_and_cached(model_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from busi.engines import openvino_model_for
+
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    for name in ("model.keras", "labels.json", "preprocessing.json"):
+        shutil.copy2(model_dir / "model" / name, alone / name)
+    openvino_model_for(alone / "model.keras")
+    cached = alone / "openvino" / "model.xml"
+    assert cached.is_file()
+    stamp = cached.stat().st_mtime_ns
+    openvino_model_for(alone / "model.keras")
+    assert cached.stat().st_mtime_ns == stamp, "the cache is reused, not rewritten"
+    # a read-only folder: converted in memory, nothing written, no error
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    for name in ("model.keras", "labels.json", "preprocessing.json"):
+        shutil.copy2(model_dir / "model" / name, ro / name)
+    os.chmod(ro, 0o555)
+    try:
+        if os.access(ro, os.W_OK):
+            pytest.skip("running as a user who can write a 0555 folder (root): see the read-only mount test")
+        assert openvino_model_for(ro / "model.keras") is not None
+        assert not (ro / "openvino").exists()
+    finally:
+        os.chmod(ro, 0o755)
+
+
+def test_a_stale_cache_is_converted_again(model_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from busi.engines import openvino_model_for
+
+    copy = tmp_path / "m"
+    shutil.copytree(model_dir / "model", copy)
+    (copy / "openvino" / "source.json").write_text(json.dumps({"model_keras_sha256": "0" * 64}))
+    openvino_model_for(copy / "model.keras")
+    from busi.engines import file_sha256
+
+    assert json.loads((copy / "openvino" / "source.json").read_text())["model_keras_sha256"] == \
+        file_sha256(copy / "model.keras")
+
+
+# ------------------------------------------------------------------ busi-job predict
+
+
+def test_predict_records_the_engine_and_auto_uses_openvino(model_dir: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i, im in enumerate(_images(5).astype(np.uint8)):
+        Image.fromarray(im).save(folder / f"{i}.png")
+    out = tmp_path / "p.csv"
+    proc = run_cli("predict", "--model", str(model_dir), "--input", str(folder), "--output", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    engine = json.loads((tmp_path / "p.csv.done.json").read_text())["engine"]
+    assert engine["name"] == "openvino" and engine["precision"] in ("bfloat16", "float32")
+    assert f"openvino {engine['version']} {engine['precision']}" in proc.stderr
+
+
+BLOCK_OPENVINO = (
+    "import sys; sys.modules['openvino'] = None  # as if it were not installed\n"
+    "from busi.cli import main; sys.exit(main(sys.argv[1:]))\n"
+)
+
+
+def test_without_openvino_auto_falls_back_and_openvino_exits_2(model_dir: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    Image.fromarray(_images(1)[0].astype(np.uint8)).save(tmp_path / "a.png")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    base = [sys.executable, "-c", BLOCK_OPENVINO, "predict", "--model", str(model_dir), "--input",
+            str(tmp_path / "a.png")]
+    r = subprocess.run([*base, "--output", str(tmp_path / "a.csv")], capture_output=True, text=True, env=env,
+                       cwd=REPO, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "engine: tensorflow (openvino is not installed" in r.stderr
+    assert json.loads((tmp_path / "a.csv.done.json").read_text())["engine"]["name"] == "tensorflow"
+    r = subprocess.run([*base, "--output", str(tmp_path / "b.csv"), "--engine", "openvino"], capture_output=True,
+                       text=True, env=env, cwd=REPO, timeout=600)
+    assert r.returncode == 2 and "pip install openvino==" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def test_export_openvino_and_saved_model_load_and_match(model_dir: Path, tmp_path: Path) -> None:
+    import openvino as ov
+    import tensorflow as tf
+
+    from busi.export import export_model
+
+    x = _images(4)
+    expected = _engine(model_dir, "tensorflow").probabilities(x)
+    ov_dir = export_model(model_dir, "openvino", tmp_path / "ov")
+    assert json.loads((ov_dir / "labels.json").read_text()) == {str(i): c for i, c in enumerate(CLASSES)}
+    compiled = ov.Core().compile_model(str(ov_dir / "model.xml"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    np.testing.assert_allclose(compiled(x)[0], expected, rtol=0, atol=F32_ATOL)
+    sm = export_model(model_dir, "saved_model", tmp_path / "sm")
+    served = tf.saved_model.load(str(sm))  # kept: its functions need the loaded object alive
+    np.testing.assert_allclose(served.serve(tf.constant(x)).numpy(), expected, atol=1e-5)
+    assert (sm / "preprocessing.json").is_file()
+
+
+def test_export_refuses_a_bad_target_and_an_unfinished_run(model_dir: Path, tmp_path: Path) -> None:
+    from busi.export import export_model
+
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match="exists and is not a folder"):
+        export_model(model_dir, "openvino", tmp_path / "file")
+    proc = run_cli("export", str(tmp_path / "nothing-here"), "--format", "openvino")
+    assert proc.returncode == 3 and "no model.keras found" in proc.stderr and "Traceback" not in proc.stderr
