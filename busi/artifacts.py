@@ -7,15 +7,17 @@ Layout (a contract, documented in the README and held by tests)::
                                times, seconds per phase, status
     OUT/data/splits.csv        path,label,group,split
     OUT/data/report.json       the inspect report
+    OUT/data/hashes.csv        path,split,sha256,phash of the train and val images (busi.leakage)
     OUT/model/model.keras      Keras model, preprocessing inside
     OUT/model/saved_model/     TF SavedModel for serving
     OUT/model/openvino/        the OpenVINO model (model.xml, model.bin, source.json): busi.engines
     OUT/model/labels.json      index -> class name
     OUT/model/preprocessing.json  image_size and resize mode that prediction must use
+    OUT/model/thresholds.json  the malignant operating point chosen on the validation split
     OUT/model/README.md        model card
     OUT/history.csv            phase,epoch,loss,accuracy,val_loss,val_accuracy,lr,seconds
     OUT/metrics.json           test-split metrics
-    OUT/plots/*.png            accuracy, loss, confusion_matrix, roc
+    OUT/plots/*.png            accuracy, loss, confusion_matrix, roc, calibration
     OUT/predictions/test.csv   the predict CSV columns plus true_label
     OUT/checkpoint/            resumable state while a run is unfinished (busi.checkpoint)
     OUT/tensorboard/           TensorBoard event logs: train/, validation/, test/ (busi.tensorboard_log)
@@ -64,12 +66,14 @@ RUN_FILES = {
     "config": "config.yaml",
     "manifest": "manifest.json",
     "splits": "data/splits.csv",
+    "hashes": "data/hashes.csv",
     "report": "data/report.json",
     "model": "model/model.keras",
     "saved_model": "model/saved_model",
     "openvino": "model/openvino",
     "labels": "model/labels.json",
     "preprocessing": "model/preprocessing.json",
+    "thresholds": "model/thresholds.json",
     "model_card": "model/README.md",
     "history": "history.csv",
     "metrics": "metrics.json",
@@ -77,6 +81,7 @@ RUN_FILES = {
     "plot_loss": "plots/loss.png",
     "plot_confusion": "plots/confusion_matrix.png",
     "plot_roc": "plots/roc.png",
+    "plot_calibration": "plots/calibration.png",
     "test_predictions": "predictions/test.csv",
 }
 

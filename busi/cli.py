@@ -67,6 +67,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--restart", action="store_true", help="replace a completed run in output.dir")
     _add_set(p)
 
+    p = sub.add_parser("cv", help="group-aware stratified K-fold cross-validation: one training run per fold "
+                       "in output.dir/fold-I/")
+    _add_jobs(p)
+    p.add_argument("--folds", type=int, required=True, metavar="K", help="number of folds (2-20)")
+    p.add_argument("--fold", type=int, metavar="I", help="run fold I only (0..K-1; default: $SLURM_ARRAY_TASK_ID "
+                   "in an array job, else every fold not yet completed, in turn)")
+    _add_set(p)
+
+    p = sub.add_parser("cv-report", help="gather a cross-validation: metrics across folds, out-of-fold predictions")
+    p.add_argument("target", nargs="+", metavar="OUT|JOB.yaml",
+                   help="the cross-validation's output.dir, or the job files (and --set) it ran with")
+    p.add_argument("--seed", type=int, default=0, help="seed of the pooled metrics' bootstrap (default 0)")
+    _add_set(p)
+
     p = sub.add_parser("predict", help="classify folders, files, archives; one CSV row per file")
     p.add_argument("job", nargs="*", help="optional prediction job files (YAML, a predict: section; several "
                    "are layered left to right)")
@@ -103,6 +117,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", metavar="RUN_DIR", help="a completed run directory, or a model.keras file")
     p.add_argument("--format", required=True, choices=["openvino", "saved_model"], help="what to write")
     p.add_argument("--out", help="a folder (default: beside model.keras: openvino/, saved_model/)")
+
+    p = sub.add_parser("evaluate", help="external validation: a trained model on another labelled dataset, "
+                       "with a check for overlap with its training images")
+    p.add_argument("--model", required=True, metavar="RUN_DIR", help="a completed run directory")
+    p.add_argument("--data", required=True, metavar="SOURCE", help="a folder or archive in the class-folder layout")
+    p.add_argument("--output", metavar="DIR", help="the evaluation folder (default ./evaluation-<data name>)")
+    p.add_argument("--engine", choices=["auto", "tensorflow", "openvino"], default="auto")
+    p.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--keep-overlap", action="store_true",
+                   help="count images that duplicate training images in the metrics (default: left out)")
+    p.add_argument("--no-leakage-check", action="store_true",
+                   help="skip the overlap check (a model without its run directory's data/hashes.csv)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier evaluation in --output")
 
     p = sub.add_parser("fetch-weights", help="download ImageNet ResNet50 weights (needs internet) into a folder")
     p.add_argument("--dir", default=None, help="target folder (default: $BUSI_WEIGHTS_DIR or ~/.keras/models)")
@@ -237,6 +265,32 @@ def cmd_train(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_cv(args: argparse.Namespace) -> int:
+    import os
+
+    from busi.cv import array_fold, run_cv
+
+    cfg = _load_job(args.job, args.overrides)
+    fold = args.fold if args.fold is not None else array_fold(dict(os.environ))
+    run_cv(cfg, args.folds, fold, argv=["busi-job", *sys.argv[1:]])
+    return EXIT_OK
+
+
+def cmd_cv_report(args: argparse.Namespace) -> int:
+    from busi.cv import REPORT_FILE, cv_report, format_report
+
+    if all(_is_job_file(t) for t in args.target):  # the job files name output.dir (slurm/cv-report.sh)
+        root = Path(_load_job(args.target, args.overrides).output.dir)
+    elif len(args.target) > 1 or args.overrides:
+        raise ConfigError("cv-report: give the cross-validation's folder, or the job files (YAML) it ran with")
+    else:
+        root = Path(args.target[0])
+    report = cv_report(root, seed=args.seed)
+    print(format_report(report))
+    print(f"wrote {root / REPORT_FILE}, {root / 'oof.csv'} and {root / 'plots'}/oof_*.png")
+    return EXIT_OK
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     flags = {
         "model": args.model, "inputs": args.inputs, "output": args.output, "batch_size": args.batch_size,
@@ -299,6 +353,22 @@ def cmd_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from busi.external import EvaluateRequest, run_evaluate
+    from busi.runtime import detect_cores, start_tensorflow
+
+    if args.batch_size < 1:
+        raise ConfigError("--batch-size: must be at least 1")
+    cores = detect_cores("auto")
+    start_tensorflow(cores, seed=0)
+    run_evaluate(EvaluateRequest(
+        model=args.model, data=args.data, output=args.output, engine=args.engine, precision=args.precision,
+        batch_size=args.batch_size, keep_overlap=args.keep_overlap, leakage_check=not args.no_leakage_check,
+        overwrite=args.overwrite,
+    ), threads=cores.cores)
+    return EXIT_OK
+
+
 def cmd_fetch_weights(args: argparse.Namespace) -> int:
     from busi.model import fetch_imagenet_weights, imagenet_search_dirs
 
@@ -322,10 +392,13 @@ COMMANDS = {
     "config": cmd_config,
     "inspect": cmd_inspect,
     "train": cmd_train,
+    "cv": cmd_cv,
+    "cv-report": cmd_cv_report,
     "predict": cmd_predict,
     "merge": cmd_merge,
     "run": cmd_run,
     "export": cmd_export,
+    "evaluate": cmd_evaluate,
     "fetch-weights": cmd_fetch_weights,
     "synth": cmd_synth,
     "bench": cmd_bench,

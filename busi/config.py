@@ -147,6 +147,21 @@ class TrainConfig:
     feature_cache_max_gb: float = _opt(
         4.0, min=0.0, doc="memory limit of a phase's feature cache per process; a phase over it runs uncached"
     )
+    engine: Literal["auto", "tensorflow", "openvino"] = _opt(
+        "auto",
+        doc="engine of the frozen layers' forward passes (feature-cache fills) and the test-split evaluation, "
+        "in train.precision's precision; auto: OpenVINO on a CPU-only node where it is installed (for a "
+        "cache fill only when it is big enough to repay converting), else TensorFlow",
+    )
+    gradcam_masks: bool = _opt(
+        True, doc="score the Grad-CAM heatmap of the true class against the lesion masks of the test images "
+        "(busi.explain): share of its energy inside the mask and the pointing-game hit rate",
+    )
+    calibration: Literal["none", "temperature"] = _opt(
+        "none",
+        doc="temperature: after training, fit one temperature on the validation split (busi.calibration) and "
+        "put it into the model's output layer; test metrics are reported before and after",
+    )
     ema: Union[float, None] = _opt(
         None, min=0.5, max=0.99999,
         doc="decay of an exponential moving average of the trained weights (Keras' use_ema), e.g. 0.99; "

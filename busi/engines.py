@@ -75,6 +75,42 @@ def openvino_available() -> bool:
     return True
 
 
+@dataclass(frozen=True)
+class Host:
+    """What choosing and starting an engine needs to know of this process's node."""
+
+    gpu: bool = False  # TensorFlow sees a GPU
+    threads: int | None = None  # cores of this process (OpenVINO's INFERENCE_NUM_THREADS); None: all
+
+
+# Training's engine (``train.engine``) computes in the training policy's precision, so the
+# cached features and the test metrics are what TensorFlow would compute, within the engine's
+# tolerance: float32 under float32; under mixed_bfloat16 OpenVINO's own choice (bfloat16 on a
+# CPU with AMX / AVX512-BF16, float32 on one without, where TensorFlow emulates bfloat16).
+_POLICY_PRECISION = {"float32": "float32"}
+
+
+def policy_precision(policy: str) -> str:
+    """The OpenVINO precision matching Keras dtype policy ``policy`` (``float32`` or ``auto``)."""
+    return _POLICY_PRECISION.get(policy, "auto")
+
+
+# Converting ResNet50 for OpenVINO (``ov.convert_model`` on the Keras model, then compiling) took
+# 6-7 s here at any input size. ``train.engine: auto`` converts a frozen part for a feature-cache
+# fill only when the fill is big enough to repay that: this many images at 224 px through the whole
+# backbone (smaller images and a shorter prefix count pro rata). Break-even = conversion seconds /
+# (1 / TensorFlow's img/s - 1 / OpenVINO's): ~130 images on 2026-12-02's AMD EPYC (9.4 against
+# 16.7 img/s in float32), ~480 in float32 and ~200 in bfloat16 on the AMX CPU of issue #15
+# (20.2 against 27.5 and 56.7 img/s). The thresholds sit at or above the break-even of both.
+BREAK_EVEN_IMAGES = {"float32": 500.0, "auto": 200.0}
+
+
+def worth_converting(work_images: float, precision: str) -> bool:
+    """Whether a forward pass over ``work_images`` (224 px, whole-backbone equivalents) repays a
+    conversion at OpenVINO precision ``precision`` (``policy_precision``'s answer)."""
+    return work_images >= BREAK_EVEN_IMAGES.get(precision, BREAK_EVEN_IMAGES["float32"])
+
+
 def choose_engine(setting: str, gpu: bool, available: bool, key: str = "predict.engine") -> str:
     """The engine for ``setting`` (``auto``, ``tensorflow``, ``openvino``). ``auto``: OpenVINO
     on a node without a GPU where it is installed, else TensorFlow (with a log line saying why)."""
@@ -98,19 +134,26 @@ def choose_engine(setting: str, gpu: bool, available: bool, key: str = "predict.
 # ------------------------------------------------------------------ TensorFlow
 
 
+def tensorflow_info(model: Any) -> EngineInfo:
+    """TensorFlow running ``model`` in its own dtype policy's compute dtype."""
+    import keras
+    import tensorflow as tf
+
+    compute = getattr(getattr(model, "dtype_policy", None), "compute_dtype", "float32")
+    return EngineInfo("tensorflow", f"{tf.__version__} (keras {keras.__version__})", str(compute))
+
+
 class TensorFlowEngine:
     """The Keras model's forward pass, traced once for a fixed batch shape."""
 
     def __init__(self, model: Any, batch_size: int, image_size: int) -> None:
-        import keras
         import tensorflow as tf
 
         self.model, self.batch_size = model, batch_size
         spec = tf.TensorSpec([batch_size, image_size, image_size, 3], tf.float32)
         self._forward = tf.function(lambda x: model(x, training=False), input_signature=[spec])
         self._forward(tf.zeros(spec.shape))  # trace now, outside any timing
-        compute = getattr(getattr(model, "dtype_policy", None), "compute_dtype", "float32")
-        self.info = EngineInfo("tensorflow", f"{tf.__version__} (keras {keras.__version__})", str(compute))
+        self.info = tensorflow_info(model)
 
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
         import tensorflow as tf
@@ -160,6 +203,10 @@ class OpenVINOEngine:
         self._results[index] = np.array(request.get_output_tensor(0).data, copy=True)
 
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
+        return self.outputs(batch)
+
+    def outputs(self, batch: np.ndarray) -> np.ndarray:
+        """The model's output for ``batch`` (probabilities, or a frozen part's features)."""
         n, k = len(batch), self.per_request
         self._results = {}
         parts = range(0, n, k)
@@ -196,6 +243,16 @@ def convert_keras(model: Any) -> Any:
     with tempfile.TemporaryDirectory(prefix="busi-ov-") as tmp:
         model.export(str(Path(tmp) / "saved_model"), verbose=False)
         return ov.convert_model(str(Path(tmp) / "saved_model"))
+
+
+def convert_keras_in_memory(model: Any) -> Any:
+    """An OpenVINO model of a float32 Keras model, converted from the model itself (about twice
+    as fast as through a SavedModel; OpenVINO's converter cannot read bfloat16 constants, so a
+    mixed-precision model goes through ``convert_keras``)."""
+    import openvino as ov
+
+    example = np.zeros((1, *[int(d) for d in model.input_shape[1:]]), np.float32)
+    return ov.convert_model(model, example_input=example)
 
 
 def write_openvino_dir(folder: Path, ov_model: Any, source_sha256: str) -> None:

@@ -13,11 +13,18 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from busi.calibration import ECE_BINS, calibration_metrics, reliability_bins
 
-def predict_probs(model: Any, pipeline: Any, batch_size: int) -> np.ndarray:
+
+def predict_probs(model: Any, pipeline: Any, batch_size: int, engine: Any = None) -> np.ndarray:
     """The evaluation forward pass: class probabilities for every image of a pipeline
-    (``busi.data.pipeline.Pipeline``), in its file order."""
+    (``busi.data.pipeline.Pipeline``), in its file order; by ``engine`` (``busi.engines``)
+    where given, else by the Keras ``model`` on TensorFlow."""
     import tensorflow as tf
+
+    if engine is not None:
+        out = [engine.probabilities(x.numpy()) for x, _ in pipeline.eval_dataset(batch_size)]
+        return np.concatenate(out) if out else np.zeros((0, model.output_shape[-1]), np.float32)
 
     @tf.function
     def forward(x: Any) -> Any:
@@ -64,6 +71,7 @@ def compute_metrics(y_true: Sequence[int], probs: np.ndarray, classes: Sequence[
         "roc_auc_macro": float(np.mean(aucs)) if aucs else None,
         "per_class": per_class,
         "confusion_matrix": skm.confusion_matrix(y, pred, labels=labels).tolist(),
+        "calibration": calibration_metrics(y, probs),
     }
 
 
@@ -99,7 +107,7 @@ def plot_curves(history: Sequence[dict[str, Any]], metric: str, out: Path) -> No
     plt.close(fig)
 
 
-def plot_confusion(matrix: Sequence[Sequence[int]], classes: Sequence[str], out: Path) -> None:
+def plot_confusion(matrix: Sequence[Sequence[int]], classes: Sequence[str], out: Path, split: str = "test") -> None:
     plt = _pyplot()
     m = np.asarray(matrix)
     fig, ax = plt.subplots(figsize=(4.8, 4.2), dpi=100)
@@ -112,13 +120,13 @@ def plot_confusion(matrix: Sequence[Sequence[int]], classes: Sequence[str], out:
                     color="white" if m[i, j] > m.max() / 2 else "black")
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title("confusion matrix (test)")
+    ax.set_title(f"confusion matrix ({split})")
     fig.tight_layout()
     fig.savefig(out, format="png")
     plt.close(fig)
 
 
-def plot_roc(y_true: Sequence[int], probs: np.ndarray, classes: Sequence[str], out: Path) -> None:
+def plot_roc(y_true: Sequence[int], probs: np.ndarray, classes: Sequence[str], out: Path, split: str = "test") -> None:
     """One-vs-rest ROC curve per class (classes absent from the split are left out)."""
     from sklearn.metrics import roc_auc_score, roc_curve
 
@@ -133,8 +141,37 @@ def plot_roc(y_true: Sequence[int], probs: np.ndarray, classes: Sequence[str], o
     ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1)
     ax.set_xlabel("false positive rate")
     ax.set_ylabel("true positive rate")
-    ax.set_title("ROC, one vs rest (test)")
+    ax.set_title(f"ROC, one vs rest ({split})")
     ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, format="png")
+    plt.close(fig)
+
+
+def plot_calibration(y_true: Sequence[int], probs: np.ndarray, out: Path, title: str = "test") -> None:
+    """Reliability diagram: accuracy against mean confidence per equal-width confidence bin
+    (``busi.calibration``), the diagonal for a calibrated model, and how many images each bin holds."""
+    plt = _pyplot()
+    table = reliability_bins(y_true, probs)
+    edges = np.asarray(table["edges"])
+    width = 1.0 / ECE_BINS
+    fig, (ax, hist) = plt.subplots(2, 1, figsize=(4.8, 5.6), dpi=100, sharex=True,
+                                   gridspec_kw={"height_ratios": [3, 1]})
+    filled = [i for i, c in enumerate(table["count"]) if c]
+    ax.bar(edges[filled], [table["accuracy"][i] for i in filled], width=width, align="edge",
+           edgecolor="black", alpha=0.7, label="accuracy")
+    ax.plot([table["confidence"][i] for i in filled], [table["accuracy"][i] for i in filled], "o", color="C1",
+            label="mean confidence")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="calibrated")
+    ece = calibration_metrics(y_true, probs)["ece"]
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1)
+    ax.set_title(f"reliability ({title}), ECE {ece:.3f} ({ECE_BINS} bins)")
+    ax.legend(loc="upper left", fontsize=8)
+    hist.bar(edges[:-1], table["count"], width=width, align="edge", edgecolor="black", color="C2")
+    hist.set_xlabel("confidence (top-class probability)")
+    hist.set_ylabel("images")
+    hist.set_xlim(0, 1)
     fig.tight_layout()
     fig.savefig(out, format="png")
     plt.close(fig)

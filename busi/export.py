@@ -17,7 +17,7 @@ from pathlib import Path
 from busi.artifacts import atomic_write_dir
 from busi.engines import OPENVINO_DIR, file_sha256, openvino_available, openvino_model_for, write_openvino_dir
 from busi.errors import ConfigError, DataError
-from busi.modeldir import LABELS_FILE, PREPROCESSING_FILE, find_model_file
+from busi.modeldir import LABELS_FILE, PREPROCESSING_FILE, THRESHOLDS_FILE, find_model_file
 
 log = logging.getLogger("busi")
 
@@ -59,6 +59,6 @@ def export_model(model_arg: str | Path, fmt: str, out: str | Path | None = None)
 
 def _with_labels(_: object, folder: Path, model_file: Path) -> None:
     """Copy what the model's outputs and inputs mean into an exported folder."""
-    for name in (LABELS_FILE, PREPROCESSING_FILE):
+    for name in (LABELS_FILE, PREPROCESSING_FILE, THRESHOLDS_FILE):
         if (model_file.parent / name).is_file():
             shutil.copyfile(model_file.parent / name, folder / name)

@@ -24,6 +24,7 @@ cache would exceed ``train.feature_cache_max_gb`` runs uncached, with a warning.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -32,8 +33,10 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from busi.config import AugmentConfig, JobConfig, TrainConfig
+from busi.config import AugmentConfig, JobConfig, ModelConfig, TrainConfig
 from busi.data.pipeline import Pipeline, epoch_order
+from busi.engines import Engine, EngineInfo, Host
+from busi.errors import ConfigError
 from busi.model import BuiltModel
 
 log = logging.getLogger("busi")
@@ -45,6 +48,10 @@ PREFIX_END = {"conv5": "conv4_block6_out", "conv4": "conv3_block4_out"}
 # The frozen prefix's output per ``unfreeze`` setting: (downsampling stride, channels) of
 # ResNet50's ``PREFIX_END`` layer; tests/test_features.py checks these against the built model.
 PREFIX_OUTPUT = {"conv5": (16, 1024), "conv4": (8, 512)}
+
+# Share of ResNet50's forward FLOPs in the frozen part, by ``unfreeze`` setting (conv1-conv4 are
+# ~80%, conv1-conv3 ~45%): what a fill costs against the whole backbone, for ``train.engine: auto``.
+FROZEN_FLOPS_SHARE = {"none": 1.0, "conv5": 0.8, "conv4": 0.45}
 
 
 def cache_feature_shape(unfreeze: str, image_size: int) -> tuple[int, ...]:
@@ -77,16 +84,22 @@ def cacheable(train: TrainConfig, unfreeze: str) -> bool:
 @dataclass(frozen=True)
 class CacheSettings:
     """What the feature cache needs of a job: the ``train.feature_cache*`` keys, the batch size
-    and seed its passes run with, the augmentation of ``variants``, the BatchNorm mode."""
+    and seed its passes run with, the augmentation of ``variants``, the model settings (BatchNorm
+    mode; a float32 twin for OpenVINO is built from them), ``train.engine`` and the node."""
 
     train: TrainConfig
     augment: AugmentConfig
-    batchnorm: str
+    model: ModelConfig
     seed: int
+    host: Host = Host()
+
+    @property
+    def batchnorm(self) -> str:
+        return self.model.batchnorm
 
     @classmethod
-    def of(cls, cfg: JobConfig) -> "CacheSettings":
-        return cls(cfg.train, cfg.data.augment, cfg.model.batchnorm, cfg.runtime.seed)
+    def of(cls, cfg: JobConfig, host: Host = Host()) -> "CacheSettings":
+        return cls(cfg.train, cfg.data.augment, cfg.model, cfg.runtime.seed, host)
 
 
 class FeatureCache:
@@ -131,19 +144,71 @@ class FeatureCache:
         # computed in (bfloat16 under mixed_bfloat16), so the cached values are the exact ones.
         compute = keras.mixed_precision.global_policy().compute_dtype
         self.itemsize = 4 if unfreeze == "none" or compute == "float32" else 2
+        # What the cache holds, in numpy: the pooled float32 vectors, or the stage's compute dtype.
+        self.dtype = np.dtype(np.float32) if self.itemsize == 4 else np.dtype(tf.dtypes.as_dtype(compute).as_numpy_dtype)
         self.train_features: list[np.ndarray] = []
         self.val_features: np.ndarray | None = None
         self.seconds = 0.0
+        self.engine: Engine | None = None  # set by ``start_engine`` when OpenVINO fills the cache
+        self._built = built
 
     def nbytes(self) -> int:
         """Memory the cache will hold: every train image per variant, and the validation split."""
         return cache_nbytes(self.feature_shape, self.itemsize, len(self.train.data), self.variants, len(self.val.data))
 
+    def work_images(self) -> float:
+        """The fill's cost in images at 224 px through the whole backbone (``busi.engines``)."""
+        side = self._built.model.input_shape[1]
+        images = len(self.train.data) * self.variants + len(self.val.data)
+        return images * (side / 224) ** 2 * FROZEN_FLOPS_SHARE[self.unfreeze]
+
+    def start_engine(self) -> EngineInfo:
+        """Choose the engine of the fill (``train.engine``) and, for OpenVINO, convert the frozen
+        part now (after the phase's weights were broadcast: every rank converts the same
+        weights). What computed the fill: TensorFlow in the training policy, or OpenVINO."""
+        import keras
+
+        from busi.engines import (OpenVINOEngine, choose_engine, convert_keras_in_memory, openvino_available,
+                                  policy_precision, tensorflow_info, worth_converting)
+
+        policy = keras.mixed_precision.global_policy().name
+        precision = policy_precision(policy)
+        setting, host = self.settings.train.engine, self.settings.host
+        if setting == "auto" and not host.gpu and not worth_converting(self.work_images(), precision):
+            log.info("engine: tensorflow for the feature cache of unfreeze %s (%.0f image(s) at 224 px through the "
+                     "whole backbone, equivalently; converting for OpenVINO would cost more than it saves)",
+                     self.unfreeze, self.work_images())
+            setting = "tensorflow"
+        if choose_engine(setting, host.gpu, openvino_available(), key="train.engine") == "tensorflow":
+            return tensorflow_info(self._built.model)
+        t = time.perf_counter()
+        try:
+            frozen = frozen_model(float32_twin(self._built, self.settings.model), self.unfreeze)
+            self.engine = OpenVINOEngine(convert_keras_in_memory(frozen), self.settings.train.batch_size, precision,
+                                         host.threads)
+        except ConfigError:
+            raise
+        except Exception as e:  # the converter raises many kinds on a graph it cannot read
+            reason = f"{type(e).__name__}: {str(e)[:200]}"
+            if setting == "openvino":
+                raise ConfigError(f"train.engine: OpenVINO cannot convert the frozen part for the {self.unfreeze} "
+                                  f"feature cache ({reason}); use train.engine: tensorflow or auto") from None
+            log.warning("engine: OpenVINO cannot convert the frozen part (%s); the cache fills on TensorFlow", reason)
+            return tensorflow_info(self._built.model)
+        log.info("engine: %s for the feature cache of unfreeze %s (converted and compiled in %.1f s)",
+                 self.engine.info.label(), self.unfreeze, time.perf_counter() - t)
+        return self.engine.info
+
+    def _extract(self, x: Any) -> np.ndarray:
+        if self.engine is not None:
+            return self.engine.probabilities(x.numpy()).astype(self.dtype, copy=False)
+        f = self.extract(x).numpy()
+        return f.astype(np.float32) if self.unfreeze == "none" else f
+
     def _features(self, ds: Any, between: Callable[[], None] | None) -> np.ndarray:
         out = []
         for x, _ in ds:
-            f = self.extract(x).numpy()
-            out.append(f.astype(np.float32) if self.unfreeze == "none" else f)
+            out.append(self._extract(x))
             if between is not None:
                 between()
         if not out:
@@ -162,8 +227,9 @@ class FeatureCache:
         if len(self.val.data):
             self.val_features = self._features(self.val.variant_dataset(bs, seed, 0, None), between)
         self.seconds = time.perf_counter() - t
-        log.info("feature cache (%s output, %s): %d train image(s) x %d variant(s), %d val, %.0f MiB, in %.1f s",
-                 self.layer, "x".join(map(str, self.feature_shape)), len(self.train.data), self.variants,
+        log.info("feature cache (%s output, %s, %s): %d train image(s) x %d variant(s), %d val, %.0f MiB, in %.1f s",
+                 self.layer, "x".join(map(str, self.feature_shape)),
+                 self.engine.info.label() if self.engine is not None else "tensorflow", len(self.train.data), self.variants,
                  len(self.val.data), sum(f.nbytes for f in self.train_features) / 2**20
                  + (0 if self.val_features is None else self.val_features.nbytes / 2**20), self.seconds)
 
@@ -192,6 +258,40 @@ class FeatureCache:
         labels = np.asarray(self.val.data.labels, np.int32)
         for i in range(0, len(labels), batch_size):
             yield self.val_features[i : i + batch_size], labels[i : i + batch_size]
+
+
+def frozen_model(built: BuiltModel, unfreeze: str) -> Any:
+    """The frozen part of ``built`` for an ``unfreeze`` setting as one Keras model, image ->
+    what the cache holds (the pooled vector, or ``PREFIX_END``'s output): what OpenVINO converts."""
+    import keras
+
+    model = built.model
+    if unfreeze == "none":
+        return keras.Model(model.input, model.get_layer("pool").output, name="frozen_part")
+    backbone = built.backbone
+    prefix = keras.Model(backbone.input, backbone.get_layer(PREFIX_END[unfreeze]).output, name="frozen_prefix")
+    image = keras.Input(shape=model.input_shape[1:], name="image", dtype="float32")
+    return keras.Model(image, prefix(model.get_layer("preprocess")(image), training=False), name="frozen_part")
+
+
+def float32_twin(built: BuiltModel, model_cfg: ModelConfig) -> BuiltModel:
+    """``built`` itself under the float32 policy; else the same network built in float32 holding
+    the same weights (variables are float32 under mixed precision, so they copy exactly)."""
+    import keras
+
+    from busi.model import build_model
+
+    policy = keras.mixed_precision.global_policy()
+    if policy.name == "float32":
+        return built
+    classes = [str(i) for i in range(built.model.output_shape[-1])]
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        twin = build_model(dataclasses.replace(model_cfg, weights="none"), built.model.input_shape[1], classes)
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+    twin.model.set_weights(built.model.get_weights())
+    return twin
 
 
 def feature_cache_for(settings: CacheSettings, built: BuiltModel, unfreeze: str, train: Pipeline,

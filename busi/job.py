@@ -20,14 +20,17 @@ import numpy as np
 
 from busi import __version__
 from busi.artifacts import TENSORBOARD_DIR, Manifest, RunDir, csv_text, text_bytes
+from busi.bootstrap import bootstrap_intervals, format_interval
 from busi.checkpoint import Checkpoint, Checkpointer
 from busi.config import JobConfig, dump_config
 from busi.data.pipeline import Pipeline, SplitData, balanced_class_weights
 from busi.data.prepare import PreparedData, prepare_data
 from busi.data.split import SPLITS_COLUMNS
 from busi.dist import configure_rank_logging, init_dist
+from busi.engines import Engine, Host, tensorflow_info
 from busi.ranks import ALL_RANKS, Dist, launched_local_size
 from busi.errors import ConfigError
+from busi.leakage import hashes_text, training_fingerprints
 from busi.runtime import detect_cores, resolve_precision, start_tensorflow
 from busi.stopper import Interrupted, Stopper, process_start_time, resolve_deadline
 
@@ -118,6 +121,7 @@ def _train(
             "(the dataset's files changed); resume on the original data or pass --restart"
         )
     run.write_text("splits", splits_text)
+    run.write_text("hashes", hashes_text(training_fingerprints(prepared)))  # for busi-job evaluate's overlap check
     run.write_json("report", prepared.report)
     seconds["data"] = round(time.perf_counter() - t, 3)
     classes = cfg.data.classes
@@ -170,50 +174,130 @@ def _train(
         run.write_csv("history", HISTORY_COLUMNS, [r.row() for r in result.history])
         board.epoch(record)
 
+    host = Host(gpu=bool(tf.config.list_physical_devices("GPU")), threads=cores.cores)
     trainer = Trainer(cfg, built, pipelines["train"], pipelines["val"], class_weights, dist, on_epoch,
-                      stopper=stopper, checkpointer=checkpointer)
+                      stopper=stopper, checkpointer=checkpointer, host=host)
     trainer.state.splits_sha256 = splits_sha
     result = trainer.fit(resume)
     seconds.update({f"phase_{k}": v for k, v in result.phase_seconds.items()})
+    val_labels = list(splits["val"].labels)
+    calibrated = calibrate(cfg, built.model, pipelines["val"], val_labels)  # before the model is written
+    temperature, val_probs = calibrated if calibrated is not None else (None, None)
     sha = weights_sha256(built.model)
     manifest.record(best_epoch=result.best_epoch, monitor=cfg.train.monitor, best_value=result.best_value,
                     weights_sha256=sha)
     log.info("final weights sha256 %s", sha, extra=ALL_RANKS)
 
+    from busi.modeldir import write_model_dir, write_thresholds
+
+    t = time.perf_counter()
+    write_model_dir(run, built.model, classes, cfg.data.image_size, cfg.data.resize)  # and model/openvino/
+    saved = time.perf_counter() - t
+
     t = time.perf_counter()
     test_name = "test" if len(splits["test"]) else "val"
-    probs = predict_probs(built.model, pipelines[test_name], cfg.train.batch_size)
+    engine = evaluation_engine(cfg, run, host, precision)
+    probs = predict_probs(built.model, pipelines[test_name], cfg.train.batch_size, engine)
     y_true = list(splits[test_name].labels)
+    if val_probs is None and val_labels:
+        val_probs = predict_probs(built.model, pipelines["val"], cfg.train.batch_size, engine)
     from busi.evaluate import compute_metrics
+    from busi.screening import choose_operating_point, screening_metrics
+
+    point = choose_operating_point(val_labels, val_probs, classes)
+    write_thresholds(run, point)
 
     metrics = compute_metrics(y_true, probs, classes)
     metrics["split"] = test_name
+    metrics["ci95"] = bootstrap_intervals(y_true, probs, classes, seed=cfg.runtime.seed)
+    if temperature is not None:
+        from busi.calibration import calibration_metrics, with_temperature
+
+        metrics["temperature"] = temperature
+        metrics["calibration_before_temperature"] = calibration_metrics(y_true, with_temperature(probs, 1 / temperature))
+        manifest.record(temperature=temperature)
+    metrics["malignant_vs_rest"] = screening_metrics(y_true, probs, classes, point["threshold"], cfg.runtime.seed)
+    if cfg.train.gradcam_masks and run.primary:  # gradients: on TensorFlow
+        from busi.explain import gradcam_vs_masks
+
+        root = prepared.root
+        metrics["gradcam_vs_masks"] = gradcam_vs_masks(
+            built.model, [(root / s.path, classes.index(s.label), [root / m for m in s.masks])
+                          for s, _ in prepared.split(test_name)], classes, cfg.data.image_size, cfg.data.resize)
+    metrics["engine"] = (engine.info if engine is not None else tensorflow_info(built.model)).as_dict()
+    manifest.record(engines={"feature_cache": result.cache_engines, "evaluate": metrics["engine"]})
     seconds["evaluate"] = round(time.perf_counter() - t, 3)
 
     t = time.perf_counter()
-    _write_outputs(cfg, run, prepared, splits[test_name], y_true, probs, metrics, result, built)
-    board.test_results(metrics, {"confusion_matrix": run.path("plot_confusion"), "roc": run.path("plot_roc")},
+    _write_outputs(cfg, run, prepared, splits[test_name], y_true, probs, metrics, result)
+    board.test_results(metrics, {"confusion_matrix": run.path("plot_confusion"), "roc": run.path("plot_roc"),
+                                 "calibration": run.path("plot_calibration")},
                        step=result.history[-1].epoch if result.history else 0)
     board.close()
-    seconds["save"] = round(time.perf_counter() - t, 3)
+    seconds["save"] = round(saved + time.perf_counter() - t, 3)
     seconds["total"] = round(time.perf_counter() - t_start, 3)
     manifest.finish("completed")
     checkpointer.remove()  # the final model replaces it
+    ci = metrics["ci95"]
     log.info(
-        "done: test accuracy %.3f, balanced accuracy %.3f, macro F1 %.3f; run directory %s",
-        metrics.get("accuracy", float("nan")), metrics.get("balanced_accuracy", float("nan")),
-        metrics.get("macro_f1", float("nan")), run.root,
+        "done: %s accuracy %s, balanced accuracy %s, macro F1 %s (95%% bootstrap intervals); run directory %s",
+        test_name, *(format_interval(metrics.get(k), ci.get(k)) for k in ("accuracy", "balanced_accuracy", "macro_f1")),
+        run.root,
     )
     return manifest.data
 
 
+def calibrate(cfg: JobConfig, model: Any, val: Pipeline, labels: list[int]) -> tuple[float, np.ndarray] | None:
+    """``train.calibration: temperature``: fit T on the validation split and divide the output
+    layer by it (``busi.calibration``); the fitted T and the calibrated model's validation
+    probabilities, or None (off, or no validation split)."""
+    if cfg.train.calibration != "temperature":
+        return None
+    if not labels:
+        log.warning("train.calibration: temperature needs a validation split; this run has none, so the model "
+                    "is left uncalibrated")
+        return None
+    from busi.calibration import calibration_metrics, fit_temperature, scale_output_layer, with_temperature
+    from busi.evaluate import predict_probs
+
+    probs = predict_probs(model, val, cfg.train.batch_size)
+    temperature = round(fit_temperature(labels, probs), 6)
+    scale_output_layer(model, temperature)
+    before, after = calibration_metrics(labels, probs), calibration_metrics(labels, with_temperature(probs, temperature))
+    log.info("calibration: temperature %.3f fitted on %d validation images (NLL %.4f -> %.4f, ECE %.3f -> %.3f)",
+             temperature, len(labels), before["nll"], after["nll"], before["ece"], after["ece"])
+    return temperature, with_temperature(probs, temperature)
+
+
+def evaluation_engine(cfg: JobConfig, run: RunDir, host: Host, policy: str) -> Engine | None:
+    """The engine of the test-split evaluation (``train.engine``): OpenVINO runs the
+    ``model/openvino/`` training has just written (no conversion of its own), in the training
+    policy's precision; None: TensorFlow. Ranks other than the primary write no model, so they
+    evaluate on TensorFlow (their metrics are not kept)."""
+    from busi.engines import OPENVINO_XML, OpenVINOEngine, choose_engine, openvino_available, policy_precision
+
+    name = choose_engine(cfg.train.engine, host.gpu, openvino_available(), key="train.engine")
+    xml = run.path("openvino") / OPENVINO_XML
+    if name == "tensorflow" or not run.primary or not xml.is_file():
+        return None
+    import openvino as ov
+
+    try:
+        return OpenVINOEngine(ov.Core().read_model(str(xml)), cfg.train.batch_size, policy_precision(policy),
+                              host.threads)
+    except ConfigError:
+        raise
+    except Exception as e:  # hours of training never end in a failure for want of the faster engine
+        log.warning("engine: cannot run %s (%s: %s); evaluating on TensorFlow", xml, type(e).__name__, str(e)[:200])
+        return None
+
+
 def _write_outputs(
     cfg: JobConfig, run: RunDir, prepared: PreparedData, test: SplitData, y_true: list[int],
-    probs: np.ndarray, metrics: dict[str, Any], result: Any, built: Any,
+    probs: np.ndarray, metrics: dict[str, Any], result: Any,
 ) -> None:
-    from busi.evaluate import plot_confusion, plot_curves, plot_roc
+    from busi.evaluate import plot_calibration, plot_confusion, plot_curves, plot_roc
     from busi.modelcard import model_card
-    from busi.modeldir import write_model_dir
     from busi.predictions import prediction_columns, prediction_row
     from busi.train import HISTORY_COLUMNS
 
@@ -230,5 +314,6 @@ def _write_outputs(
     if "confusion_matrix" in metrics:
         run.write_file_with("plot_confusion", lambda p: plot_confusion(metrics["confusion_matrix"], classes, p), ".png")
         run.write_file_with("plot_roc", lambda p: plot_roc(y_true, probs, classes, p), ".png")
-    write_model_dir(run, built.model, classes, cfg.data.image_size, cfg.data.resize)
+        run.write_file_with("plot_calibration",
+                            lambda p: plot_calibration(y_true, probs, p, metrics.get("split", "test")), ".png")
     run.write_text("model_card", model_card(cfg, prepared.report, metrics, result))

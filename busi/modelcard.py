@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from busi.bootstrap import format_interval
 from busi.config import JobConfig
 
 
@@ -15,13 +16,30 @@ def model_card(cfg: JobConfig, report: dict[str, Any], metrics: dict[str, Any], 
         f"| {c} | " + " | ".join(str(counts["per_split"][s][c]) for s in ("train", "val", "test")) + " |"
         for c in classes
     )
-    def fmt(v: Any) -> str:
-        return "n/a" if v is None else f"{v:.3f}"
+    ci = metrics.get("ci95") or {}
+    ci_class = ci.get("per_class", {})
+
+    def fmt(v: Any, interval: Any = None) -> str:
+        return format_interval(v, interval)
 
     per_class = "\n".join(
-        f"| {c} | {fmt(m['precision'])} | {fmt(m['recall'])} | {fmt(m['f1'])} | {m['support']} | {fmt(m['roc_auc'])} |"
+        f"| {c} | " + " | ".join(fmt(m[k], ci_class.get(c, {}).get(k)) for k in ("precision", "recall", "f1"))
+        + f" | {m['support']} | {fmt(m['roc_auc'], ci_class.get(c, {}).get('roc_auc'))} |"
         for c, m in metrics.get("per_class", {}).items()
     )
+    cal = metrics.get("calibration") or {}
+    calibration = (f"Calibration: expected calibration error {fmt(cal.get('ece'))} ({cal.get('ece_bins')} equal-width "
+                   f"confidence bins), Brier score {fmt(cal.get('brier'))} (`../plots/calibration.png`)."
+                   if cal else "")
+    if metrics.get("temperature") is not None:
+        pre = metrics.get("calibration_before_temperature") or {}
+        calibration += (f" The output layer holds a temperature of {metrics['temperature']:.3f} fitted on the "
+                        f"validation split (`train.calibration: temperature`; labels unchanged); without it: "
+                        f"ECE {fmt(pre.get('ece'))}, Brier score {fmt(pre.get('brier'))}.")
+    screening = _screening_table(metrics.get("malignant_vs_rest"))
+    screening += _explanations(metrics.get("gradcam_vs_masks"))
+    intervals = (f"Intervals: 95% {ci['method']} over {ci['resamples']} resamples of the split's images "
+                 f"(seed {ci['seed']}; `metrics.json` \"ci95\")." if "resamples" in ci else "")
     label_map = ", ".join(f"{i} {c}" for i, c in enumerate(classes))
     conflicts = len(report.get("label_conflicts", []))
     resize_note = (" (stretched to the square, as above)" if cfg.data.resize == "stretch" else
@@ -67,8 +85,14 @@ does the same for whole folders. `../model/saved_model/` is the TensorFlow Saved
 {split_lines}
 
 ## Results on the {metrics.get('split', 'test')} split (n = {metrics.get('n', 0)})
-- accuracy {fmt(metrics.get('accuracy'))}, balanced accuracy {fmt(metrics.get('balanced_accuracy'))},
-  macro F1 {fmt(metrics.get('macro_f1'))}, macro ROC AUC {fmt(metrics.get('roc_auc_macro'))}
+- accuracy {fmt(metrics.get('accuracy'), ci.get('accuracy'))},
+  balanced accuracy {fmt(metrics.get('balanced_accuracy'), ci.get('balanced_accuracy'))},
+  macro F1 {fmt(metrics.get('macro_f1'), ci.get('macro_f1'))},
+  macro ROC AUC {fmt(metrics.get('roc_auc_macro'), ci.get('roc_auc_macro'))}
+
+{intervals}
+{calibration}
+{screening}
 
 | class | precision | recall | F1 | support | ROC AUC |
 |---|---|---|---|---|---|
@@ -80,3 +104,34 @@ does the same for whole folders. `../model/saved_model/` is the TensorFlow Saved
 - The dataset holds duplicated and near-duplicated images, some under two labels; metrics on a
   small test split have wide confidence intervals.
 """
+
+
+def _screening_table(screen: dict[str, Any] | None) -> str:
+    """Malignant vs the rest at the argmax rule and at the validation-chosen threshold."""
+    if not screen:
+        return ""
+    rows = []
+    for rule in ("argmax", "at_threshold"):
+        rates = screen.get(rule)
+        if not rates:
+            continue
+        name = "top class" if rule == "argmax" else f"probability >= {screen['threshold']:.3f}"
+        cells = [format_interval(rates[k], rates["ci95"].get(k)) for k in ("sensitivity", "specificity", "ppv", "npv")]
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    return (f"\n### {screen['positive_class'].capitalize()} vs the rest\n"
+            f"The threshold is {screen['threshold_rule']} (`thresholds.json`); intervals as above.\n\n"
+            "| rule | sensitivity | specificity | PPV | NPV |\n|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
+
+
+def _explanations(scores: dict[str, Any] | None) -> str:
+    """Grad-CAM against the lesion masks, per class with lesions."""
+    if not scores or not scores["overall"]["images"]:
+        return ""
+    rows = [f"| {c} | {v['images']} | {v['energy_inside']:.3f} | {v['mask_area']:.3f} | {v['pointing_hit_rate']:.3f} |"
+            for c, v in scores["per_class"].items() if v["images"]]
+    return ("\n### Explanations against the lesion masks\n"
+            "Grad-CAM of the true class on test images with a lesion mask: the share of the heatmap inside the mask "
+            "(against the mask's share of the image, what a uniform heatmap would score) and how often its "
+            "maximum falls inside (pointing game).\n\n"
+            "| class | images | heatmap inside mask | mask area | pointing hits |\n|---|---|---|---|---|\n"
+            + "\n".join(rows) + "\n")

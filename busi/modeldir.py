@@ -3,8 +3,9 @@
 What it holds (file names from ``busi.artifacts.RUN_FILES``, the run-directory contract):
 ``model.keras`` (preprocessing inside), ``saved_model/`` (TF serving), ``openvino/`` (the
 OpenVINO model, ``busi.engines``), ``labels.json``
-(index -> class name) and ``preprocessing.json`` (the input side and resize mode prediction
-must use). Training writes it through ``write_model_dir``; prediction, tests and benchmarks
+(index -> class name), ``preprocessing.json`` (the input side and resize mode prediction
+must use) and ``thresholds.json`` (the malignant operating point chosen on the validation split,
+``busi.screening``; written once the written model has classified that split). Training writes it through ``write_model_dir``; prediction, tests and benchmarks
 read it through ``find_model_file`` and ``read_model_info``, so no other module spells out
 these names.
 """
@@ -27,6 +28,7 @@ MODEL_DIR = Path(RUN_FILES["model"]).parent.name  # "model"
 MODEL_FILE = Path(RUN_FILES["model"]).name  # "model.keras"
 LABELS_FILE = Path(RUN_FILES["labels"]).name
 PREPROCESSING_FILE = Path(RUN_FILES["preprocessing"]).name
+THRESHOLDS_FILE = Path(RUN_FILES["thresholds"]).name
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,11 @@ def write_model_dir(run: RunDir, model: Any, classes: Sequence[str], image_size:
         run.write_dir_with("saved_model", lambda p: model.export(str(p), verbose=False))
         _write_openvino(run)
     return info
+
+
+def write_thresholds(run: RunDir, point: dict[str, Any]) -> None:
+    """``thresholds.json``: the operating point of the model already in ``run``'s model folder."""
+    run.write_json("thresholds", point)
 
 
 def _write_openvino(run: RunDir) -> None:

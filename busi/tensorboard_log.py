@@ -125,9 +125,14 @@ def metrics_table(metrics: Mapping[str, Any]) -> str:
     def fmt(v: Any) -> str:
         return "n/a" if not isinstance(v, (int, float)) or not math.isfinite(v) else f"{v:.4f}"
 
-    lines = ["| metric | value |", "|---|---|"]
-    lines += [f"| {k} | {fmt(metrics.get(k))} |" for k in TEST_SCALARS]
-    lines.append(f"| n | {metrics.get('n', 'n/a')} |")
+    ci = metrics.get("ci95") or {}
+
+    def interval(v: Any) -> str:
+        return f"[{fmt(v[0])}, {fmt(v[1])}]" if isinstance(v, (list, tuple)) and len(v) == 2 else "n/a"
+
+    lines = ["| metric | value | 95% interval |", "|---|---|---|"]
+    lines += [f"| {k} | {fmt(metrics.get(k))} | {interval(ci.get(k))} |" for k in TEST_SCALARS]
+    lines.append(f"| n | {metrics.get('n', 'n/a')} | |")
     per_class = metrics.get("per_class", {})
     if per_class:
         lines += ["", "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]

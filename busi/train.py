@@ -24,6 +24,7 @@ from busi.checkpoint import Checkpoint, Checkpointer, TrainState, restore_optimi
 from busi.config import JobConfig, PhaseConfig
 from busi.data.pipeline import Pipeline
 from busi.ranks import Dist
+from busi.engines import Host
 from busi.features import CacheSettings, feature_cache_for
 from busi.model import BuiltModel, set_trainable
 from busi.schedule import epoch_learning_rate
@@ -60,6 +61,7 @@ class TrainResult:
     phase_seconds: dict[str, float] = field(default_factory=dict)
     stopped_early: dict[str, bool] = field(default_factory=dict)
     resumed_from: dict[str, Any] | None = None
+    cache_engines: dict[str, dict[str, str]] = field(default_factory=dict)  # phase -> EngineInfo of its fill
 
 
 @dataclass(frozen=True)
@@ -94,8 +96,10 @@ class Trainer:
         stopper: Stopper | None = None,
         checkpointer: Checkpointer | None = None,
         clock: Callable[[], float] = time.perf_counter,
+        host: Host = Host(),
     ) -> None:
         self.cfg = cfg
+        self.host = host  # for the feature cache's engine (busi.engines)
         self.built = built
         self.train = train
         self.val = val
@@ -113,6 +117,7 @@ class Trainer:
         self.state = TrainState(total_epochs=cfg.train.head.epochs + cfg.train.finetune.epochs)
         self._last_checkpoint = clock()
         self._checkpoint_cost = 0.0
+        self.cache_engines: dict[str, dict[str, str]] = {}
 
     # ------------------------------------------------------------------ driver
 
@@ -149,6 +154,7 @@ class Trainer:
             phase_seconds=dict(s.phase_seconds),
             stopped_early=dict(s.stopped_early),
             resumed_from={"epoch": resume.state.epoch, "step": resume.state.step} if resume else None,
+            cache_engines=dict(self.cache_engines),
         )
 
     # ------------------------------------------------------------------ phases
@@ -201,8 +207,10 @@ class Trainer:
         run while it fills), its traced training step and its validation step."""
         model = self.built.model
         forward: Callable[..., Any] = lambda x, training: model(x, training=training)  # noqa: E731
-        cache = feature_cache_for(CacheSettings.of(self.cfg), self.built, phase.unfreeze, self.train, self.val)
+        cache = feature_cache_for(CacheSettings.of(self.cfg, self.host), self.built, phase.unfreeze, self.train,
+                                  self.val)
         if cache is not None:
+            self.cache_engines[self.state.phase] = cache.start_engine().as_dict()
             cache.build(between=lambda: self._maybe_stop(mid_epoch=True, t0=None, phase_seconds=phase_seconds))
             forward = cache.head
         step = make_train_step(model, self.optimizer, forward, self.dist.average_gradients)

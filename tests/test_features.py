@@ -184,3 +184,109 @@ def test_cache_sizes_without_a_model_match_the_model(size: int) -> None:
         assert tuple(backbone.get_layer(layer).output.shape[1:]) == cache_feature_shape(unfreeze, size), unfreeze
     assert cache_feature_shape("none", size) == (int(backbone.output.shape[-1]),)
 
+
+
+# OpenVINO fills the cache (train.engine: openvino). Tolerances, measured at 32 px on a random
+# network: OpenVINO's float32 conv4 outputs differ from TensorFlow's by up to ~4e-5 on values up
+# to ~45 (1e-6 relative; oneDNN and OpenVINO order their sums differently), the pooled vectors by
+# less. A first training step is a smooth function of those values: its loss agrees to 1e-4
+# relative. The bfloat16 case: the cache holds bfloat16 (8 mantissa bits: 4e-3 relative per
+# value), filled by a float32 twin of the mixed-precision network (OpenVINO's converter cannot
+# read bfloat16 constants), computing in float32 on a CPU without bf16 or bfloat16 on one with.
+@pytest.mark.slow  # converting ResNet50 for OpenVINO: seconds per case
+@pytest.mark.parametrize("unfreeze", ["none", "conv5"])
+def test_openvino_filled_cache_trains_to_the_same_first_step_loss(tmp_path: Path, unfreeze: str) -> None:
+    pytest.importorskip("openvino")
+    import keras
+
+    from busi.features import FeatureCache
+    from busi.model import build_model, set_trainable
+    from busi.train import make_train_step
+
+    caches, losses = {}, {}
+    for engine in ("tensorflow", "openvino"):
+        cfg = _cfg("model.batchnorm=frozen", "model.dropout=0", f"train.engine={engine}")
+        train, val = _pipelines(tmp_path / engine, cfg)
+        keras.utils.set_random_seed(0)
+        built = build_model(cfg.model, cfg.data.image_size, cfg.data.classes)
+        set_trainable(built, "none" if unfreeze == "none" else unfreeze, "frozen")
+        cache = FeatureCache(CacheSettings.of(cfg), built, unfreeze, train, val)
+        info = cache.start_engine()
+        assert info.name == engine and info.precision == "float32"
+        assert (cache.engine is not None) == (engine == "openvino")
+        cache.build()
+        caches[engine] = cache
+        optimizer = keras.optimizers.SGD(learning_rate=0.1)
+        optimizer.build(built.model.trainable_variables)
+        x, y, w = next(iter(cache.train_dataset(4, 0, 1, np.ones(3, np.float32))))
+        losses[engine] = float(make_train_step(built.model, optimizer, cache.head)(x, y, w)[0])
+    tf_cache, ov_cache = caches["tensorflow"], caches["openvino"]
+    assert ov_cache.train_features[0].dtype == tf_cache.train_features[0].dtype == np.float32
+    assert ov_cache.train_features[0].shape == tf_cache.train_features[0].shape
+    scale = float(np.abs(tf_cache.train_features[0]).max())
+    np.testing.assert_allclose(ov_cache.train_features[0], tf_cache.train_features[0], rtol=0, atol=1e-5 * scale)
+    np.testing.assert_allclose(ov_cache.val_features, tf_cache.val_features, rtol=0, atol=1e-5 * scale)
+    assert losses["openvino"] == pytest.approx(losses["tensorflow"], rel=1e-4)
+
+
+@pytest.mark.slow
+def test_openvino_fill_under_mixed_bfloat16_holds_bfloat16(tmp_path: Path) -> None:
+    pytest.importorskip("openvino")
+    import keras
+
+    from busi.features import FeatureCache
+    from busi.model import build_model, set_trainable
+
+    out = {}
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        for engine in ("tensorflow", "openvino"):
+            cfg = _cfg("model.batchnorm=frozen", f"train.engine={engine}", "train.precision=mixed_bfloat16")
+            train, val = _pipelines(tmp_path / engine, cfg)
+            keras.utils.set_random_seed(0)
+            built = build_model(cfg.model, cfg.data.image_size, cfg.data.classes)
+            set_trainable(built, "conv5", "frozen")
+            cache = FeatureCache(CacheSettings.of(cfg), built, "conv5", train, val)
+            cache.start_engine()
+            cache.build()
+            out[engine] = cache.train_features[0]
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert out["openvino"].dtype == out["tensorflow"].dtype and out["openvino"].dtype.itemsize == 2
+    a, b = out["tensorflow"].astype(np.float32), out["openvino"].astype(np.float32)
+    # bfloat16 rounding on both sides (TensorFlow computes each layer in bfloat16): 2% of the
+    # largest value bounds it; a wrong prefix (another layer, or the float32 twin without the
+    # trained weights) differs by the values' own size.
+    np.testing.assert_allclose(b, a, rtol=0, atol=0.02 * float(np.abs(a).max()))
+
+
+def test_auto_engine_keeps_tensorflow_for_a_fill_too_small_to_repay_converting(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from busi.engines import worth_converting
+    from busi.features import FeatureCache
+    from busi.model import build_model
+
+    cfg = _cfg()  # train.engine: auto
+    train, val = _pipelines(tmp_path, cfg)
+    cache = FeatureCache(CacheSettings.of(cfg), build_model(cfg.model, cfg.data.image_size, cfg.data.classes),
+                         "none", train, val)
+    assert cache.work_images() == pytest.approx(18 * (32 / 224) ** 2)
+    handler = logging.Handler()
+    seen: list[str] = []
+    handler.emit = lambda record: seen.append(record.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger("busi")
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        assert cache.start_engine().name == "tensorflow" and cache.engine is None
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert any("converting for OpenVINO would cost more than it saves" in m for m in seen), seen
+    # BUSI at 224 px: ~660 train + val images through the whole backbone repay it; at 64 px not
+    assert worth_converting(660, "float32") and worth_converting(660 * 0.8, "auto")
+    assert not worth_converting(660 * (64 / 224) ** 2, "auto")

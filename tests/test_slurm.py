@@ -147,14 +147,14 @@ def test_scripts_pass_shellcheck() -> None:
         pytest.skip("shellcheck is not installed (apt-get install shellcheck; .ci/run does it)")
     scripts = sorted(SLURM.glob("*.sh"))
     assert {p.name for p in scripts} >= {"lib.sh", "train.sh", "train-horovod.sh", "predict.sh", "merge.sh",
-                                         "submit-predict.sh"}
+                                         "submit-predict.sh", "cv.sh", "cv-fold.sh", "cv-report.sh"}
     r = subprocess.run([shellcheck, "-x", *(str(p.relative_to(REPO)) for p in scripts)],
                        capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 0, r.stdout + r.stderr
 
 
 def test_every_batch_script_declares_walltime_signal_and_requeue() -> None:
-    for name in ("train.sh", "train-horovod.sh", "predict.sh"):
+    for name in ("train.sh", "train-horovod.sh", "predict.sh", "cv-fold.sh"):
         text = (SLURM / name).read_text()
         directives = re.findall(r"^#SBATCH (\S+)", text, re.M)
         assert text.startswith("#!/usr/bin/env bash\n") and "set -euo pipefail" in text, name
@@ -336,6 +336,34 @@ def test_predict_array_and_merge_cover_every_file_once(
     assert len(names) == len(images) == 18 and sorted(names) == images, names
     assert all(r["label"] in ("normal", "benign", "malignant") and not r["error"] for r in rows)
     assert list((tmp_path / "scratch" / "busi-staging").glob("data-*")), "archive not staged in scratch"
+
+
+@pytest.mark.slow
+def test_cv_array_and_report_predict_every_image_once(
+    slurm: SlurmCluster, job_env: dict[str, str], tmp_path: Path
+) -> None:
+    """slurm/cv.sh --folds 3: 3 array tasks train one fold each into one cv dir (one folds.csv,
+    written once), the afterok report job gathers them: every image predicted out of fold once."""
+    data = _synth(tmp_path, per_class=5, zip_it=True)
+    cv_dir = tmp_path / "cv"
+    env = {**job_env, "BUSI_CV_DIR": str(cv_dir)}
+    p = _run([str(SLURM / "cv.sh"), "--cpus-per-task=1", "--mem=1G", "--time=00:20:00", "--", "--folds", "3",
+              str(REPO / "job" / "demo.yaml"), "--set", f"data.source={data}", *TINY], env, tmp_path)
+    assert p.returncode == 0, p.stdout + p.stderr
+    array_id = re.search(r"Submitted cross-validation array job (\d+)", p.stdout).group(1)  # type: ignore[union-attr]
+    report_id = re.search(r"Submitted report job (\d+)", p.stdout).group(1)  # type: ignore[union-attr]
+    report_log = tmp_path / f"busi-cv-report-{report_id}.out"
+    report = wait_for(report_id, env, 900, report_log)[0]
+    tasks = wait_for(array_id, env, 60)
+    task_logs = "\n".join(tail(tmp_path / f"busi-cv-{array_id}_{i}.out", 20) for i in range(3))
+    assert sorted(t["JobState"] for t in tasks) == ["COMPLETED"] * 3, f"{tasks}\n{task_logs}"
+    assert report["JobState"] == "COMPLETED", f"{report}\n{tail(report_log)}\n{task_logs}"
+    folds = _csv(cv_dir / "folds.csv")
+    oof = _csv(cv_dir / "oof.csv")
+    assert len(folds) == 15 and sorted(r["path"] for r in oof) == sorted(r["path"] for r in folds)
+    for i in range(3):
+        assert _manifest(cv_dir / f"fold-{i}")["status"] == "completed"
+    assert "3 folds, 15 images out of fold" in report_log.read_text()
 
 
 @pytest.mark.slow

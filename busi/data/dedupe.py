@@ -75,7 +75,7 @@ def _near_pairs(hashes: Sequence[int], threshold: int, chunk: int = 1024) -> lis
     for start in range(0, len(h), chunk):
         block = h[start : start + chunk]
         x = block[:, None] ^ h[None, :]
-        dist = _popcount64(x)
+        dist = popcount64(x)
         ii, jj = np.nonzero(dist <= threshold)
         ii = ii + start
         keep = ii < jj
@@ -83,6 +83,6 @@ def _near_pairs(hashes: Sequence[int], threshold: int, chunk: int = 1024) -> lis
     return pairs
 
 
-def _popcount64(x: np.ndarray) -> np.ndarray:
+def popcount64(x: np.ndarray) -> np.ndarray:
     bytes_ = x.view(np.uint8).reshape(*x.shape, 8)
     return np.unpackbits(bytes_, axis=-1).sum(axis=-1)

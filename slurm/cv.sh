@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Submit a K-fold cross-validation: an array of K tasks (slurm/cv-fold.sh, one fold each) and
+# the report over them (slurm/cv-report.sh, --dependency=afterok on the whole array). Run on a
+# login node, from the project folder:
+#
+#   slurm/cv.sh [SBATCH OPTIONS --] --folds K [JOB.yaml ...] [--set key=value ...]
+#
+#   slurm/cv.sh --folds 5 job/busi.yaml
+#   slurm/cv.sh --time=02:00:00 --cpus-per-task=16 -- --folds 10 job/busi.yaml --set train.head.epochs=20
+#
+# SBATCH OPTIONS (before --) go to the array only (add %N to --array's range by hand for at most N
+# at once: --array is 0-(K-1)). The folds and the report share the cv dir BUSI_CV_DIR, default
+# runs/cv-<array job id>. Prints the two job ids. If a fold fails the report never starts
+# (afterok; --kill-on-invalid-dep): resubmit that fold (sbatch --array=I --export=ALL,BUSI_CV_DIR=DIR,
+# BUSI_CV_FOLDS=K slurm/cv-fold.sh JOB.yaml), then the report (slurm/cv-report.sh) by hand.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+array_opts=()
+separated=0
+for arg in "$@"; do   # an argument that is exactly "--" (not one that merely contains it)
+    [[ "$arg" == -- ]] && { separated=1; break; }
+done
+if (( separated )); then
+    while [[ $# -gt 0 && "$1" != -- ]]; do
+        array_opts+=("$1")
+        shift
+    done
+    shift
+fi
+if [[ "${1:-}" != --folds || ! "${2:-}" =~ ^[0-9]+$ ]]; then
+    echo "usage: slurm/cv.sh [SBATCH OPTIONS --] --folds K [JOB.yaml ...] [--set key=value ...]" >&2
+    exit 2
+fi
+folds=$2
+shift 2
+(( folds >= 2 )) || { echo "slurm/cv.sh: --folds $folds: give at least 2" >&2; exit 2; }
+
+array_id="$(sbatch --parsable --array="0-$((folds - 1))" --export="ALL,BUSI_CV_FOLDS=$folds" \
+    ${array_opts[@]+"${array_opts[@]}"} "$here/cv-fold.sh" "$@")"
+array_id="${array_id%%;*}"   # --parsable prints <id>[;<cluster>]
+cv_dir="${BUSI_CV_DIR:-runs/cv-$array_id}"
+echo "Submitted cross-validation array job $array_id ($folds folds into $cv_dir)"
+report_id="$(sbatch --parsable --dependency="afterok:$array_id" --kill-on-invalid-dep=yes \
+    --export="ALL,BUSI_CV_DIR=$cv_dir" "$here/cv-report.sh" "$@")"
+report_id="${report_id%%;*}"
+echo "Submitted report job $report_id (starts after every fold of $array_id succeeded)"

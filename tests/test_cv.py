@@ -1,0 +1,119 @@
+"""busi.cv: folds over duplicate groups, each fold a complete run, and the report over them."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from busi.cv import FoldRow, assign_folds, fold_splits
+from busi.data.split import SplitRow
+from busi.errors import ConfigError, DataError
+from conftest import CLASSES, REPO, run_cli
+
+
+def _rows(n_groups: int = 30, seed: int = 0) -> list[SplitRow]:
+    """Groups of 1-3 images, labels by group, as the duplicate grouping gives them."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for g in range(n_groups):
+        label = CLASSES[g % 3]
+        for m in range(int(rng.integers(1, 4))):
+            rows.append(SplitRow(f"{label}/g{g}-{m}.png", label, f"g{g}", "train"))
+    return rows
+
+
+def test_folds_keep_groups_whole_and_stratify() -> None:
+    rows = _rows()
+    folds = assign_folds(rows, 5, seed=3)
+    assert [f.path for f in folds] == [r.path for r in rows]
+    by_group: dict[str, set[int]] = {}
+    for f in folds:
+        by_group.setdefault(f.group, set()).add(f.fold)
+    assert all(len(v) == 1 for v in by_group.values()), "a duplicate group straddles folds"
+    assert {f.fold for f in folds} == set(range(5))
+    for i in range(5):  # every class in every fold (10 groups per class over 5 folds)
+        assert {f.label for f in folds if f.fold == i} == set(CLASSES)
+    assert assign_folds(rows, 5, seed=3) == folds and assign_folds(rows, 5, seed=4) != folds
+    with pytest.raises(ConfigError, match="--folds"):
+        assign_folds(rows, 1, seed=0)
+    with pytest.raises(DataError, match="cannot fill"):
+        assign_folds(rows[:2], 5, seed=0)
+    rare = [r for r in rows if r.label != "normal"] + [r for r in rows if r.label == "normal"][:2]
+    with pytest.raises(DataError, match="smallest class has 2 image"):
+        assign_folds(rare, 3, seed=0)
+
+
+def test_a_folds_validation_split_is_carved_from_the_other_folds_by_group() -> None:
+    folds = assign_folds(_rows(60), 4, seed=0)
+    for i in range(4):
+        split = fold_splits(folds, i, 0.15 / 0.85, seed=0)
+        test = {r.path for r in split if r.split == "test"}
+        assert test == {f.path for f in folds if f.fold == i}
+        groups = {s: {r.group for r in split if r.split == s} for s in ("train", "val", "test")}
+        assert not groups["train"] & groups["val"] and not groups["val"] & groups["test"]
+        n = Counter(r.split for r in split)
+        assert 0.1 < n["val"] / (n["val"] + n["train"]) < 0.3
+    none = fold_splits(folds, 0, 0.0, seed=0)
+    assert "val" not in {r.split for r in none}
+
+
+def test_folds_csv_round_trips(tmp_path: Path) -> None:
+    from busi.cv import folds_text, read_folds
+
+    folds = [FoldRow("benign/a\u2028b.png", "benign", "g1", 0), FoldRow("normal/c,d.png", "normal", "g2", 1)]
+    (tmp_path / "folds.csv").write_text(folds_text(folds), encoding="utf-8")
+    assert read_folds(tmp_path / "folds.csv") == folds
+    (tmp_path / "bad.csv").write_text("path,label\nx,y\n")
+    with pytest.raises(DataError, match="not a busi folds file"):
+        read_folds(tmp_path / "bad.csv")
+
+
+@pytest.mark.slow
+def test_cv_runs_folds_resumes_and_reports(tmp_path: Path) -> None:
+    """Fold 0 alone (as an array task would), a report that names the missing folds, then the
+    rest in turn (fold 0 skipped), and the report: every image predicted exactly once."""
+    from busi.data.synth import write_synthetic_dataset
+
+    data = write_synthetic_dataset(tmp_path / "data", per_class=5, size=32, seed=0)
+    shutil.copy2(data / "benign" / "benign (1).png", data / "benign" / "benign copy.png")  # a duplicate pair
+    out = tmp_path / "cv"
+    sets = ["--set", f"data.source={data}", "--set", f"output.dir={out}", "--set", "data.image_size=32",
+            "--set", "train.finetune.epochs=0", "--set", "runtime.checkpoint_minutes=0"]
+    job = str(REPO / "job" / "demo.yaml")
+    p = run_cli("cv", job, "--folds", "3", *sets, env={"SLURM_ARRAY_TASK_ID": "0"})
+    assert p.returncode == 0, p.stderr[-3000:]
+    with (out / "folds.csv").open(newline="") as fh:
+        folds = list(csv.DictReader(fh))
+    assert len(folds) == 16 and {f["fold"] for f in folds} == {"0", "1", "2"}
+    pair = {f["fold"] for f in folds if f["path"] in ("benign/benign (1).png", "benign/benign copy.png")}
+    assert len(pair) == 1, "the duplicate pair is in two folds"
+    m0 = json.loads((out / "fold-0" / "metrics.json").read_text())
+    assert m0["n"] == sum(f["fold"] == "0" for f in folds)
+    r = run_cli("cv-report", str(out))
+    assert r.returncode == 3 and "fold(s) 1, 2 of 3 not completed" in r.stderr and "Traceback" not in r.stderr
+    p = run_cli("cv", job, "--folds", "4", *sets)
+    assert p.returncode == 2 and "holds 3 folds" in p.stderr
+    p = run_cli("cv", job, "--folds", "3", *sets)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "fold 0 of 3 already completed" in p.stderr
+    r = run_cli("cv-report", str(out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "3 folds, 16 images out of fold" in r.stdout and "accuracy" in r.stdout
+    with (out / "oof.csv").open(newline="") as fh:
+        oof = list(csv.DictReader(fh))
+    assert sorted(o["path"] for o in oof) == sorted(f["path"] for f in folds)  # each image once
+    assert all(o["fold"] == f["fold"] for o, f in zip(sorted(oof, key=lambda o: o["path"]),
+                                                         sorted(folds, key=lambda f: f["path"])))
+    report = json.loads((out / "cv-metrics.json").read_text())
+    acc = report["across_folds"]["accuracy"]
+    assert acc["folds"] == 3 and len(acc["values"]) == 3 and acc["ci95"][0] <= acc["mean"] <= acc["ci95"][1]
+    assert report["pooled_out_of_fold"]["n"] == 16 and report["pooled_out_of_fold"]["ci95"]["accuracy"] is not None
+    for name in ("oof_confusion_matrix", "oof_roc", "oof_calibration"):
+        assert (out / "plots" / f"{name}.png").stat().st_size > 1000

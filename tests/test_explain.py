@@ -1,0 +1,47 @@
+"""busi.explain: Grad-CAM heatmaps scored against lesion masks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from busi.explain import load_mask, mask_agreement, upsample
+
+
+def test_mask_agreement_by_hand() -> None:
+    mask = np.zeros((8, 8), bool)
+    mask[2:4, 2:6] = True  # 8 of 64 pixels
+    assert mask_agreement(mask.astype(float), mask) == (1.0, True)
+    inside, hit = mask_agreement(np.ones((8, 8)), mask)
+    assert inside == 8 / 64 and hit is (bool(mask.flat[0]))  # a flat map: the mask's share; argmax is pixel 0
+    off = np.zeros((8, 8))
+    off[7, 7] = 1.0
+    assert mask_agreement(off, mask) == (0.0, False)
+    assert mask_agreement(np.zeros((8, 8)), mask) == (0.0, False)
+
+
+def test_masks_are_unioned_and_resized_as_their_image(tmp_path: Path) -> None:
+    """A wide image padded to a square: the mask pads the same way, so a lesion in the image's
+    left half stays in the left half of the model input (and off the padding)."""
+    a = np.zeros((20, 40), np.uint8)
+    a[5:15, 0:10] = 255
+    b = np.zeros((20, 40), np.uint8)
+    b[0:4, 36:40] = 255
+    Image.fromarray(a).save(tmp_path / "x_mask.png")
+    Image.fromarray(b).save(tmp_path / "x_mask_1.png")
+    m = load_mask([tmp_path / "x_mask.png", tmp_path / "x_mask_1.png"], 40, "pad")
+    assert m.shape == (40, 40) and m.dtype == bool
+    assert m[15:25, 0:10].all() and not m[:10].any()  # padded: the 20 rows sit in rows 10-29
+    assert m[10:14, 36:40].all()  # the second mask, unioned
+    s = load_mask([tmp_path / "x_mask.png"], 40, "stretch")
+    assert s[10:30, 0:10].all()  # stretched: rows double
+
+
+def test_upsample_keeps_the_peak_where_it_was() -> None:
+    heat = np.zeros((4, 4), np.float32)
+    heat[1, 2] = 1.0
+    up = upsample(heat, 32)
+    y, x = np.unravel_index(int(np.argmax(up)), up.shape)
+    assert up.shape == (32, 32) and 8 <= y < 16 and 16 <= x < 24

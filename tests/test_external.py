@@ -1,0 +1,99 @@
+"""busi-job evaluate: external validation with the overlap check against the training images."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import CLASSES, make_model_dir, run_cli
+
+pytestmark = pytest.mark.slow  # a model and an engine per test
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A model's run directory with the training hashes of one synthetic dataset, and an
+    external dataset of other images plus two exact copies and one near copy of training images."""
+    from busi.artifacts import RUN_FILES, RunDir
+    from busi.data.scan import scan_dataset
+    from busi.data.synth import write_synthetic_dataset
+    from busi.leakage import Fingerprint, hashes_text
+
+    root = tmp_path_factory.mktemp("external")
+    run = make_model_dir(root / "run")
+    train = write_synthetic_dataset(root / "train", per_class=4, size=32, seed=1)
+    scan = scan_dataset(train, CLASSES)
+    RunDir(run).write_text("hashes", hashes_text(Fingerprint(s.path, "train", s.sha256, s.phash) for s in scan.samples))
+    assert (run / RUN_FILES["hashes"]).is_file()
+    ext = write_synthetic_dataset(root / "ext", per_class=3, size=32, seed=2)
+    benign = sorted((train / "benign").glob("* (?).png"))
+    shutil.copy2(benign[0], ext / "benign" / "copy_a.png")  # exact copies, under other names
+    shutil.copy2(benign[1], ext / "benign" / "copy_b.png")
+    with Image.open(benign[2]) as im:  # a re-encoded, slightly brighter copy: a near duplicate
+        arr = np.asarray(im.convert("RGB"), np.int16)
+        Image.fromarray(np.clip(arr + 3, 0, 255).astype(np.uint8)).save(ext / "benign" / "near.png")
+    return {"run": run, "ext": ext, "root": root}
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_overlap_is_found_listed_and_left_out(setup: dict[str, Path]) -> None:
+    from busi.external import EvaluateRequest, run_evaluate
+
+    out = setup["root"] / "eval"
+    m = run_evaluate(EvaluateRequest(model=str(setup["run"]), data=str(setup["ext"]), output=str(out),
+                                     engine="tensorflow", batch_size=4))
+    overlap = _rows(out / "overlap.csv")
+    assert {(r["path"], r["kind"]) for r in overlap} == {
+        ("benign/copy_a.png", "exact"), ("benign/copy_b.png", "exact"), ("benign/near.png", "near")}
+    assert all(r["training_path"].startswith("benign/") for r in overlap)
+    assert all(int(r["distance"]) == 0 for r in overlap if r["kind"] == "exact")
+    assert m["overlap"] == {"checked": True, "images": 12, "overlapping": 3, "excluded": 3,
+                            "near_threshold": 6}
+    assert m["n"] == 9 and m["split"] == "external"
+    preds = _rows(out / "predictions.csv")
+    assert len(preds) == 9 and not {r["path"] for r in preds} & {r["path"] for r in overlap}
+    assert all(r["true_label"] in CLASSES for r in preds)
+    assert m["ci95"]["accuracy"] is not None and "calibration" in m and m["engine"]["name"] == "tensorflow"
+    assert json.loads((out / "metrics.json").read_text())["n"] == 9
+    for name in ("confusion_matrix", "roc", "calibration"):
+        with Image.open(out / "plots" / f"{name}.png") as im:
+            assert im.format == "PNG"
+    # --keep-overlap counts them; an earlier evaluation is replaced only with --overwrite
+    from busi.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--overwrite"):
+        run_evaluate(EvaluateRequest(model=str(setup["run"]), data=str(setup["ext"]), output=str(out),
+                                     engine="tensorflow", keep_overlap=True))
+    m2 = run_evaluate(EvaluateRequest(model=str(setup["run"]), data=str(setup["ext"]), output=str(out),
+                                      engine="tensorflow", keep_overlap=True, overwrite=True))
+    assert m2["n"] == 12 and m2["overlap"]["excluded"] == 0 and len(_rows(out / "predictions.csv")) == 12
+
+
+def test_cli_refuses_a_foreign_folder_and_a_run_without_hashes(setup: dict[str, Path], tmp_path: Path) -> None:
+    foreign = tmp_path / "notes"
+    foreign.mkdir()
+    (foreign / "mine.txt").write_text("keep me\n")
+    p = run_cli("evaluate", "--model", str(setup["run"]), "--data", str(setup["ext"]), "--output", str(foreign))
+    assert p.returncode == 2 and "not a busi evaluation" in p.stderr and "Traceback" not in p.stderr
+    assert (foreign / "mine.txt").read_text() == "keep me\n"
+    bare = tmp_path / "bare"
+    shutil.copytree(setup["run"] / "model", bare / "model")  # the model without data/hashes.csv
+    p = run_cli("evaluate", "--model", str(bare), "--data", str(setup["ext"]), "--output", str(tmp_path / "e"))
+    assert p.returncode == 3 and "hashes.csv" in p.stderr and "--no-leakage-check" in p.stderr
+    assert "Traceback" not in p.stderr and not (tmp_path / "e").exists()
+    p = run_cli("evaluate", "--model", str(bare), "--data", str(setup["ext"]), "--output", str(tmp_path / "e"),
+                "--no-leakage-check", "--engine", "openvino")
+    assert p.returncode == 0, p.stderr[-2000:]
+    m = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert m["n"] == 12 and m["overlap"]["checked"] is False and m["engine"]["name"] == "openvino"
+    assert "accuracy" in p.stderr and "[" in p.stderr
