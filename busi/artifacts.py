@@ -17,6 +17,7 @@ Layout (a contract, documented in the README and held by tests)::
     OUT/model/README.md        model card
     OUT/history.csv            phase,epoch,loss,accuracy,val_loss,val_accuracy,lr,seconds
     OUT/metrics.json           test-split metrics
+    OUT/report.html            one self-contained page: metrics, plots, data findings (busi.report)
     OUT/plots/*.png            accuracy, loss, confusion_matrix, roc, calibration
     OUT/predictions/test.csv   the predict CSV columns plus true_label
     OUT/checkpoint/            resumable state while a run is unfinished (busi.checkpoint)
@@ -77,6 +78,7 @@ RUN_FILES = {
     "model_card": "model/README.md",
     "history": "history.csv",
     "metrics": "metrics.json",
+    "report_html": "report.html",
     "plot_accuracy": "plots/accuracy.png",
     "plot_loss": "plots/loss.png",
     "plot_confusion": "plots/confusion_matrix.png",

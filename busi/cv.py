@@ -292,6 +292,11 @@ def cv_report(root: Path, seed: int = 0) -> dict[str, Any]:
     atomic_write_with(root / "plots" / "oof_calibration.png",
                       lambda p: plot_calibration(y, probs, p, "out of fold"), ".png")
     atomic_write_text(root / REPORT_FILE, json_text(report))
+    from busi.report import cv_page
+
+    plots = {"confusion matrix": root / "plots" / "oof_confusion_matrix.png", "ROC": root / "plots" / "oof_roc.png",
+             "reliability": root / "plots" / "oof_calibration.png"}
+    atomic_write_text(root / "report.html", cv_page(report, plots, f"busi cross-validation {root.name}"))
     return report
 
 

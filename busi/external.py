@@ -17,6 +17,7 @@ earlier evaluation's and ``--overwrite`` is given.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 from dataclasses import dataclass
@@ -189,6 +190,18 @@ def _write(out: Path, metrics: dict[str, Any], about: dict[str, Any], used: list
         plot_confusion(metrics["confusion_matrix"], classes, tmp / "plots" / "confusion_matrix.png", "external")
         plot_roc(y, probs, classes, tmp / "plots" / "roc.png", "external")
         plot_calibration(y, probs, tmp / "plots" / "calibration.png", "external")
+        from busi.report import metrics_section, page
+
+        findings = (f"<h2>Overlap with the training data</h2><p>{len(overlap)} of {metrics['overlap']['images']} "
+                    f"image(s) duplicate a training or validation image ({metrics['overlap']['excluded']} left out "
+                    "of the metrics); overlap.csv lists them.</p>")
+        figures = "".join(
+            f"<p>{name}</p><img alt=\"{name}\" src=\"data:image/png;base64,"
+            f"{base64.b64encode((tmp / 'plots' / f'{name}.png').read_bytes()).decode('ascii')}\">"
+            for name in ("confusion_matrix", "roc", "calibration"))
+        (tmp / "report.html").write_bytes(text_bytes(page(f"busi external evaluation of {about['model']}",
+                                                          metrics_section(metrics, "External validation")
+                                                          + findings + figures)))
         (tmp / MARKER).write_bytes(text_bytes(json_text(about)))
 
     atomic_write_dir(out, fill)

@@ -229,7 +229,7 @@ def _train(
     seconds["evaluate"] = round(time.perf_counter() - t, 3)
 
     t = time.perf_counter()
-    _write_outputs(cfg, run, prepared, splits[test_name], y_true, probs, metrics, result)
+    _write_outputs(cfg, run, prepared, splits[test_name], y_true, probs, metrics, result, manifest.data)
     board.test_results(metrics, {"confusion_matrix": run.path("plot_confusion"), "roc": run.path("plot_roc"),
                                  "calibration": run.path("plot_calibration")},
                        step=result.history[-1].epoch if result.history else 0)
@@ -294,7 +294,7 @@ def evaluation_engine(cfg: JobConfig, run: RunDir, host: Host, policy: str) -> E
 
 def _write_outputs(
     cfg: JobConfig, run: RunDir, prepared: PreparedData, test: SplitData, y_true: list[int],
-    probs: np.ndarray, metrics: dict[str, Any], result: Any,
+    probs: np.ndarray, metrics: dict[str, Any], result: Any, manifest: dict[str, Any],
 ) -> None:
     from busi.evaluate import plot_calibration, plot_confusion, plot_curves, plot_roc
     from busi.modelcard import model_card
@@ -317,3 +317,8 @@ def _write_outputs(
         run.write_file_with("plot_calibration",
                             lambda p: plot_calibration(y_true, probs, p, metrics.get("split", "test")), ".png")
     run.write_text("model_card", model_card(cfg, prepared.report, metrics, result))
+    from busi.report import run_report
+
+    plots = {name: run.path(key) for name, key in (("accuracy", "plot_accuracy"), ("loss", "plot_loss"),
+             ("confusion matrix", "plot_confusion"), ("ROC", "plot_roc"), ("reliability", "plot_calibration"))}
+    run.write_text("report_html", run_report(metrics, prepared.report, manifest, plots, f"busi run {run.root.name}"))

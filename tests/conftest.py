@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import pytest
 import yaml
 
@@ -141,3 +143,46 @@ def plain_keras_probabilities(model_file: Path, x: Any, work: Path) -> Any:
                         str(work / "plain-p.npy")], capture_output=True, text=True, cwd=work, env=env, timeout=600)
     assert r.returncode == 0 and "plain keras ok" in r.stdout, r.stderr[-3000:]
     return np.load(work / "plain-p.npy")
+
+
+# ----------------------------------------------------------- a real browser (busi.report)
+
+
+def chromium() -> str:
+    """Headless Chromium's path (the test skips where there is none)."""
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    pytest.skip("no Chromium here (apt-get install chromium; .ci/run installs it)")
+
+
+def render(page: Path, out: Path) -> tuple[str, np.ndarray]:
+    """The DOM Chromium builds from ``page`` and a screenshot of it (no network: a data-only page)."""
+    from PIL import Image
+
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars",
+             "--no-first-run", "--user-data-dir=" + str(out / "profile")]
+    url = page.resolve().as_uri()
+    dom = subprocess.run([chromium(), *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    shot = out / "shot.png"
+    r = subprocess.run([chromium(), *flags, f"--screenshot={shot}", "--window-size=1200,2400", url],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and shot.is_file(), r.stderr[-2000:]
+    with Image.open(shot) as im:
+        return dom.stdout, np.asarray(im.convert("RGB"))
+
+
+def assert_rendered(page: Path, tmp_path: Path, values: list[str]) -> str:
+    text = page.read_text(encoding="utf-8")
+    assert "http://" not in text and "https://" not in text, "the page must need no network"
+    dom, shot = render(page, tmp_path)
+    for v in values:
+        assert v in dom, f"{v!r} not in the rendered page"
+    assert shot.std() > 10, "the screenshot is blank"
+    # the inlined plots were decoded: the reliability diagram's histogram green (matplotlib's
+    # tab:green, 44,160,44) fills thousands of pixels of the screenshot
+    green = np.all(np.abs(shot.astype(int) - (44, 160, 44)) < 12, axis=-1)
+    assert green.sum() > 1000, "no plot pixels in the screenshot"
+    return dom

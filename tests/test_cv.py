@@ -117,3 +117,5 @@ def test_cv_runs_folds_resumes_and_reports(tmp_path: Path) -> None:
     assert report["pooled_out_of_fold"]["n"] == 16 and report["pooled_out_of_fold"]["ci95"]["accuracy"] is not None
     for name in ("oof_confusion_matrix", "oof_roc", "oof_calibration"):
         assert (out / "plots" / f"{name}.png").stat().st_size > 1000
+    page = (out / "report.html").read_text()
+    assert "Across 3 folds" in page and f"{acc['mean']:.3f}" in page and "Pooled out of fold" in page

@@ -162,6 +162,18 @@ def test_metrics_carry_intervals_and_calibration(trained: dict[str, Any]) -> Non
     assert f"accuracy {m['accuracy']:.3f} [" in trained["stderr"]
 
 
+def test_report_page_renders_in_a_browser(trained: dict[str, Any], tmp_path: Path) -> None:
+    """OUT/report.html, opened by headless Chromium: the run's own figures in the rendered DOM."""
+    from busi.bootstrap import format_interval
+    from conftest import assert_rendered
+
+    out = trained["out"]
+    m = json.loads((out / "metrics.json").read_text())
+    values = [format_interval(m["accuracy"], m["ci95"]["accuracy"]), f"(n = {m['n']})",
+              f"Temperature {m['temperature']:.3f}", "Grad-CAM of the true class"]
+    assert_rendered(out / "report.html", tmp_path, values)
+
+
 def test_plots_are_valid_pngs(trained: dict[str, Any]) -> None:
     for name in ("accuracy", "loss", "confusion_matrix", "roc", "calibration"):
         with Image.open(trained["out"] / "plots" / f"{name}.png") as im:
