@@ -19,7 +19,8 @@ pytestmark = pytest.mark.slow  # a model and an engine per test
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A model's run directory with the training hashes of one synthetic dataset, and an
-    external dataset of other images plus two exact copies and one near copy of training images."""
+    external dataset of other images plus two exact copies, a brightened re-encoded copy and a
+    resized copy of training images."""
     from busi.artifacts import RUN_FILES, RunDir
     from busi.data.scan import scan_dataset
     from busi.data.synth import write_synthetic_dataset
@@ -38,6 +39,8 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     with Image.open(benign[2]) as im:  # a re-encoded, slightly brighter copy: a near duplicate
         arr = np.asarray(im.convert("RGB"), np.int16)
         Image.fromarray(np.clip(arr + 3, 0, 255).astype(np.uint8)).save(ext / "benign" / "near.png")
+    with Image.open(benign[3]) as im:  # a resized copy (twice the size, as another export would give)
+        im.resize((im.width * 2, im.height * 2), Image.Resampling.BICUBIC).save(ext / "benign" / "resized.png")
     return {"run": run, "ext": ext, "root": root}
 
 
@@ -54,10 +57,11 @@ def test_overlap_is_found_listed_and_left_out(setup: dict[str, Path]) -> None:
                                      engine="tensorflow", batch_size=4))
     overlap = _rows(out / "overlap.csv")
     assert {(r["path"], r["kind"]) for r in overlap} == {
-        ("benign/copy_a.png", "exact"), ("benign/copy_b.png", "exact"), ("benign/near.png", "near")}
+        ("benign/copy_a.png", "exact"), ("benign/copy_b.png", "exact"), ("benign/near.png", "near"),
+        ("benign/resized.png", "near")}
     assert all(r["training_path"].startswith("benign/") for r in overlap)
     assert all(int(r["distance"]) == 0 for r in overlap if r["kind"] == "exact")
-    assert m["overlap"] == {"checked": True, "images": 12, "overlapping": 3, "excluded": 3,
+    assert m["overlap"] == {"checked": True, "images": 13, "overlapping": 4, "excluded": 4,
                             "near_threshold": 6}
     assert m["n"] == 9 and m["split"] == "external"
     preds = _rows(out / "predictions.csv")
@@ -76,7 +80,7 @@ def test_overlap_is_found_listed_and_left_out(setup: dict[str, Path]) -> None:
                                      engine="tensorflow", keep_overlap=True))
     m2 = run_evaluate(EvaluateRequest(model=str(setup["run"]), data=str(setup["ext"]), output=str(out),
                                       engine="tensorflow", keep_overlap=True, overwrite=True))
-    assert m2["n"] == 12 and m2["overlap"]["excluded"] == 0 and len(_rows(out / "predictions.csv")) == 12
+    assert m2["n"] == 13 and m2["overlap"]["excluded"] == 0 and len(_rows(out / "predictions.csv")) == 13
 
 
 def test_cli_refuses_a_foreign_folder_and_a_run_without_hashes(setup: dict[str, Path], tmp_path: Path) -> None:
@@ -95,5 +99,5 @@ def test_cli_refuses_a_foreign_folder_and_a_run_without_hashes(setup: dict[str, 
                 "--no-leakage-check", "--engine", "openvino")
     assert p.returncode == 0, p.stderr[-2000:]
     m = json.loads((tmp_path / "e" / "metrics.json").read_text())
-    assert m["n"] == 12 and m["overlap"]["checked"] is False and m["engine"]["name"] == "openvino"
+    assert m["n"] == 13 and m["overlap"]["checked"] is False and m["engine"]["name"] == "openvino"
     assert "accuracy" in p.stderr and "[" in p.stderr
