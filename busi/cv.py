@@ -229,7 +229,8 @@ def _fold_results(root: Path, k: int) -> list[tuple[dict[str, Any], list[dict[st
 
 
 def across_folds(values: Sequence[float | None]) -> dict[str, Any]:
-    """Mean, sd and the 95% t-interval of the mean of one metric over the folds."""
+    """Mean, sd and the 95% t-interval of the mean of one metric over the folds (clipped to the
+    metrics' range, 0-1: with few folds the t-interval can overrun it)."""
     from scipy.stats import t
 
     v = np.array([x for x in values if x is not None], np.float64)
@@ -240,7 +241,8 @@ def across_folds(values: Sequence[float | None]) -> dict[str, Any]:
         return {"mean": mean, "sd": None, "ci95": None, "folds": 1}
     sd = float(v.std(ddof=1))
     half = float(t.ppf(0.975, len(v) - 1) * sd / math.sqrt(len(v)))
-    return {"mean": round(mean, 6), "sd": round(sd, 6), "ci95": [round(mean - half, 6), round(mean + half, 6)],
+    return {"mean": round(mean, 6), "sd": round(sd, 6),
+            "ci95": [round(max(0.0, mean - half), 6), round(min(1.0, mean + half), 6)],
             "folds": int(len(v)), "values": [round(float(x), 6) for x in v]}
 
 

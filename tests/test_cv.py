@@ -119,3 +119,15 @@ def test_cv_runs_folds_resumes_and_reports(tmp_path: Path) -> None:
         assert (out / "plots" / f"{name}.png").stat().st_size > 1000
     page = (out / "report.html").read_text()
     assert "Across 3 folds" in page and f"{acc['mean']:.3f}" in page and "Pooled out of fold" in page
+
+
+def test_across_folds_is_a_t_interval_clipped_to_the_metric_range() -> None:
+    from busi.cv import across_folds
+
+    s = across_folds([0.70, 0.75, 0.80, 0.72, 0.78])
+    # mean 0.75, sd 0.04123; t(0.975, 4) = 2.776: half width 2.776 x 0.04123 / sqrt(5) = 0.0512
+    assert s["mean"] == pytest.approx(0.75) and s["sd"] == pytest.approx(0.04123, abs=1e-4)
+    assert s["ci95"] == pytest.approx([0.75 - 0.0512, 0.75 + 0.0512], abs=2e-4)
+    wide = across_folds([0.167, 0.311, 0.437])  # three folds: the t-interval would reach below 0
+    assert wide["ci95"][0] == 0.0 and wide["ci95"][1] < 1
+    assert across_folds([0.5])["ci95"] is None and across_folds([None, None])["mean"] is None
