@@ -110,14 +110,9 @@ def _screening_table(screen: dict[str, Any] | None) -> str:
     """Malignant vs the rest at the argmax rule and at the validation-chosen threshold."""
     if not screen:
         return ""
-    rows = []
-    for rule in ("argmax", "at_threshold"):
-        rates = screen.get(rule)
-        if not rates:
-            continue
-        name = "top class" if rule == "argmax" else f"probability >= {screen['threshold']:.3f}"
-        cells = [format_interval(rates[k], rates["ci95"].get(k)) for k in ("sensitivity", "specificity", "ppv", "npv")]
-        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    from busi.screening import rule_rows
+
+    rows = ["| " + " | ".join(row) + " |" for row in rule_rows(screen)]
     return (f"\n### {screen['positive_class'].capitalize()} vs the rest\n"
             f"The threshold is {screen['threshold_rule']} (`thresholds.json`); intervals as above.\n\n"
             "| rule | sensitivity | specificity | PPV | NPV |\n|---|---|---|---|---|\n" + "\n".join(rows) + "\n")

@@ -89,13 +89,9 @@ def metrics_section(metrics: Mapping[str, Any], title: str) -> str:
         parts.append(f"<p>{line}</p>")
     screen = metrics.get("malignant_vs_rest")
     if screen:
-        rows = []
-        for rule in ("argmax", "at_threshold"):
-            rates = screen.get(rule)
-            if rates:
-                name = "top class" if rule == "argmax" else f"probability >= {screen['threshold']:.3f}"
-                rows.append((name, *(format_interval(rates[k], rates["ci95"].get(k))
-                                     for k in ("sensitivity", "specificity", "ppv", "npv"))))
+        from busi.screening import rule_rows
+
+        rows = rule_rows(screen)
         parts.append(f"<h3>{_e(screen['positive_class'])} vs the rest</h3>")
         parts.append(_table(("rule", "sensitivity", "specificity", "PPV", "NPV"), rows))
     cam = metrics.get("gradcam_vs_masks")

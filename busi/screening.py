@@ -104,3 +104,17 @@ def choose_operating_point(y_val: Sequence[int], val_probs: np.ndarray | None, c
             "val_specificity": rates["specificity"],
             "rule": f"malignant when its probability is at least the threshold (the highest one that finds "
                     f"{TARGET_SENSITIVITY:.0%} of the validation split's malignant images)"}
+
+
+def rule_rows(screen: dict[str, Any]) -> list[tuple[str, ...]]:
+    """(rule name, sensitivity, specificity, PPV, NPV with intervals) per rule of
+    ``screening_metrics``' result: the table of the model card and of report.html."""
+    from busi.bootstrap import format_interval
+
+    rows = []
+    for rule in ("argmax", "at_threshold"):
+        rates = screen.get(rule)
+        if rates:
+            name = "top class" if rule == "argmax" else f"probability >= {screen['threshold']:.3f}"
+            rows.append((name, *(format_interval(rates[k], rates["ci95"].get(k)) for k in RATES)))
+    return rows
