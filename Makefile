@@ -1,8 +1,10 @@
-# make install: ./.venv with busi (editable) and the test tools
-# make demo:    synthetic data + a complete training run in runs/demo
-# make test:    the test suite, on two workers (pytest-xdist)
-# make test-fast: the tests not marked slow (no training runs, Slurm, Horovod or installs)
-# make horovod: build Horovod (patched 0.28.1, Gloo; MPI too if mpicxx exists) into the venv
+# make install    ./.venv with busi (editable), the test tools and the docs tools
+# make demo       synthetic data + a complete training run in runs/demo
+# make test       the whole test suite (unit, integration and system tiers), on two workers
+# make test-fast  the unit tier only (no subprocess, no training): under 2 minutes
+# make docs       the manual as a site in docs/_build/html (Sphinx + MyST; warnings are errors)
+# make horovod    build Horovod (patched 0.28.1, Gloo; MPI too if mpicxx exists) into the venv
+# make image      the CPU container image (docker or podman, whichever is installed)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -11,14 +13,14 @@ BIN := $(VENV)/bin
 TEST_WORKERS ?= 2
 PYTEST_XDIST := -n $(TEST_WORKERS) --dist loadscope
 
-.PHONY: install demo test test-fast horovod clean
+.PHONY: install demo test test-fast docs horovod image clean
 
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade --quiet pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test,docs]'
 	touch $@
 
 data/demo/.complete: | install
@@ -36,7 +38,14 @@ test: install
 	$(BIN)/python -m pytest $(PYTEST_XDIST) $(PYTEST_ARGS)
 
 test-fast: install
-	$(BIN)/python -m pytest $(PYTEST_XDIST) -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(PYTEST_XDIST) -m unit $(PYTEST_ARGS)
+
+docs: install
+	$(BIN)/sphinx-build -W --keep-going -q -b html docs docs/_build/html
+	@echo "docs: docs/_build/html/index.html"
+
+image:
+	containers/build-image.sh
 
 clean:
-	rm -rf runs/demo data/demo
+	rm -rf runs/demo data/demo docs/_build docs/reference

@@ -33,16 +33,17 @@ def main() -> None:
     ap.add_argument("--no-wait", action="store_true")
     args = ap.parse_args()
     common.print_command()
-    from busi.runtime import detect_cores, start_tensorflow
+    from busi.runtime.cores import detect_cores
+    from busi.runtime.startup import start_tensorflow
 
     cores = detect_cores("auto")
     tf = start_tensorflow(cores, seed=0)
     import keras
     import numpy as np
 
-    from busi.checkpoint import Checkpointer, TrainState
-    from busi.config import load_config
-    from busi.model import build_model, set_trainable
+    from busi.config.load import load_config
+    from busi.model.network import build_model, set_trainable
+    from busi.train.checkpoint import Checkpointer, TrainState
 
     parent = Path(args.dir) if args.dir else Path(tempfile.gettempdir())
     root = Path(tempfile.mkdtemp(prefix="busi-bench-ckpt-", dir=parent))

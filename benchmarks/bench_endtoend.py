@@ -85,9 +85,9 @@ def notebook(args: argparse.Namespace) -> dict:
     import keras
     import numpy as np
 
-    from busi.config import ModelConfig
+    from busi.config.schema import ModelConfig
     from busi.data.pipeline import balanced_class_weights
-    from busi.model import build_model, set_trainable
+    from busi.model.network import build_model, set_trainable
 
     t_import = time.perf_counter() - t0
     keras.utils.set_random_seed(args.seed)

@@ -23,13 +23,13 @@ def compare(model_dir: str, data: str, batch_size: int) -> list[dict]:
     import numpy as np
 
     from busi.data.images import load_image
-    from busi.inputs import expand_inputs
-    from busi.predict import load_predictor
+    from busi.data.inputs import expand_inputs
+    from busi.model.predictor import load_predictor
 
     reference = load_predictor(model_dir, "tensorflow", "auto", batch_size)
     files = expand_inputs([data])  # masks left out, as predict leaves them
     x = np.stack([load_image(f.file, reference.image_size, reference.resize) for f in files]).astype(np.float32)
-    expected = reference.engine.probabilities(x)
+    expected = reference.engine.run(x)
     rows = []
     import openvino as ov
 
@@ -38,7 +38,7 @@ def compare(model_dir: str, data: str, batch_size: int) -> list[dict]:
         precisions.append("bfloat16")
     for precision in precisions:
         engine = load_predictor(model_dir, "openvino", precision, batch_size).engine
-        got = engine.probabilities(x)
+        got = engine.run(x)
         diff = np.abs(got - expected)
         rows.append({
             "model": model_dir, "size": reference.image_size, "images": len(files), "engine": engine.info.label(),
@@ -58,7 +58,8 @@ def main() -> None:
     if len(args.model) != len(args.data):
         ap.error("give one --data per --model")
     common.print_command()
-    from busi.runtime import detect_cores, start_tensorflow
+    from busi.runtime.cores import detect_cores
+    from busi.runtime.startup import start_tensorflow
 
     start_tensorflow(detect_cores("auto"), seed=0)
     print("# reference: TensorFlow float32 on the same decoded images; agree: labels equal; margin: median "

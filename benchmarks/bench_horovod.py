@@ -30,10 +30,11 @@ HERE = Path(__file__).resolve()
 def worker(args: argparse.Namespace) -> None:
     """One rank: time ``--steps`` training steps after ``--warmup`` untimed ones (tracing),
     then the gradient allreduce alone. Rank 0 prints one JSON line."""
-    from busi.config import load_config
-    from busi.dist import init_dist
-    from busi.ranks import launched_local_size
-    from busi.runtime import detect_cores, start_tensorflow
+    from busi.config.load import load_config
+    from busi.distributed.launchers import launched_local_size
+    from busi.distributed.setup import init_dist
+    from busi.runtime.cores import detect_cores
+    from busi.runtime.startup import start_tensorflow
 
     dist = init_dist("auto")
     cores = detect_cores("auto", local_ranks=launched_local_size() if dist.size > 1 else 1)
@@ -41,7 +42,7 @@ def worker(args: argparse.Namespace) -> None:
     import keras
     import numpy as np
 
-    from busi.model import build_model, set_trainable
+    from busi.model.network import build_model, set_trainable
 
     cfg = load_config(None, ["data.source=unused", "output.dir=unused", f"data.image_size={args.size}",
                              "model.weights=none", "model.batchnorm=train", "train.precision=float32"])

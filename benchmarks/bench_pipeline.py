@@ -29,15 +29,16 @@ import common
 
 
 def worker(args: argparse.Namespace) -> dict:
-    from busi.runtime import detect_cores, start_tensorflow
+    from busi.runtime.cores import detect_cores
+    from busi.runtime.startup import start_tensorflow
 
     cores = detect_cores("auto")
     tf = start_tensorflow(cores, seed=0)
     import numpy as np
 
-    from busi.bench import build_bench_model
-    from busi.config import AugmentConfig
+    from busi.config.schema import AugmentConfig
     from busi.data.pipeline import Pipeline, SplitData
+    from busi.perf.worker import build_bench_model
 
     files = common.image_files(Path(args.folder))[: args.images]
     classes = ["normal", "benign", "malignant"]

@@ -17,7 +17,7 @@
     .venv/bin/python benchmarks/bench_predict.py [--quick] [--no-rss] [--precision float32,mixed_bfloat16]
         [--engines tensorflow,openvino:float32,openvino:auto]
 
-4. (issue #15) one row per inference engine (``busi.engines``): OpenVINO in float32 and at its
+4. (issue #15) one row per inference engine (``busi.model.engines``): OpenVINO in float32 and at its
    default precision (bfloat16 on AMX CPUs), the model saved in float32, against TensorFlow's
    in-memory float32 forward pass measured in the same process (targets: the default engine end
    to end >= 2.2x that, and >= 8x the notebook-style loop).
@@ -46,16 +46,18 @@ SAMPLE_ZIP = common.REPO.parent / "shared" / "data" / "busi-sample.zip"
 
 
 def worker(args: argparse.Namespace) -> dict:
-    from busi.runtime import detect_cores, start_tensorflow
+    from busi.runtime.cores import detect_cores
+    from busi.runtime.startup import start_tensorflow
 
     cores = detect_cores("auto")
     tf = start_tensorflow(cores, seed=0)
     import numpy as np
     from PIL import Image
 
-    from busi.inputs import expand_inputs
-    from busi.predict import load_predictor, predict_files
-    from busi.predictions import CsvSink, prediction_columns
+    from busi.data.inputs import expand_inputs
+    from busi.model.predictor import load_predictor
+    from busi.predict.job import predict_files
+    from busi.predict.output import CsvSink, prediction_columns
 
     tmp = Path(tempfile.mkdtemp(prefix="busi-bench-predict-"))
     common.make_model_dir(tmp / "run", args.size, args.precision)
@@ -71,7 +73,7 @@ def worker(args: argparse.Namespace) -> dict:
     x = tf.constant(xs)
     forward(x).numpy()
     forward(x).numpy()
-    predictor.engine.probabilities(xs)
+    predictor.engine.run(xs)
 
     def memory_runs(n: int) -> tuple[list[float], list[float]]:
         """TensorFlow's forward pass and the engine's, alternating, on in-memory batches."""
@@ -83,7 +85,7 @@ def worker(args: argparse.Namespace) -> dict:
             tf_rates.append(args.batches * bs / (time.perf_counter() - t))
             t = time.perf_counter()
             for _ in range(args.batches):
-                predictor.engine.probabilities(xs)
+                predictor.engine.run(xs)
             engine_rates.append(args.batches * bs / (time.perf_counter() - t))
         return tf_rates, engine_rates
 
@@ -163,7 +165,7 @@ def rss_part(args: argparse.Namespace, sources: list[Path]) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="busi-bench-rss-"))
     # the model directory, made in a helper process (this one never imports TensorFlow)
     code = ("import sys; sys.path.insert(0, %r); import common; from pathlib import Path; "
-            "from busi.runtime import detect_cores, start_tensorflow; start_tensorflow(detect_cores('auto'), 0); "
+            "from busi.runtime.cores import detect_cores; from busi.runtime.startup import start_tensorflow; start_tensorflow(detect_cores('auto'), 0); "
             "common.make_model_dir(Path(%r), %d)") % (str(Path(__file__).parent), str(tmp / "run"), args.rss_size)
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
                    env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})

@@ -32,14 +32,14 @@ THREAD_VARS = ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THRE
 
 
 def worker(args: argparse.Namespace) -> dict:
-    from busi.runtime import CoreDecision, detect_cores
+    from busi.runtime.cores import CoreDecision, detect_cores
 
     if args.mode == "defaults":
         import tensorflow as tf
 
         info = "TF defaults"
     else:
-        from busi.runtime import start_tensorflow
+        from busi.runtime.startup import start_tensorflow
 
         if args.mode == "auto":
             decision = detect_cores("auto")
@@ -52,7 +52,7 @@ def worker(args: argparse.Namespace) -> dict:
         info = f"{decision.intra_op_threads}/{decision.inter_op_threads}"
     import numpy as np
 
-    from busi.bench import build_bench_model, time_calls
+    from busi.perf.worker import build_bench_model, time_calls
 
     size = args.size
     _, train_step, forward = build_bench_model(size, "float32", args.unfreeze, "frozen")

@@ -98,15 +98,15 @@ def image_files(folder: Path) -> list[Path]:
 
 
 def make_model_dir(root: Path, size: int, precision: str = "float32", classes: tuple[str, ...] = ("normal", "benign", "malignant")) -> Path:
-    """A run directory's model folder as training writes it (``busi.modeldir``, without the
+    """A run directory's model folder as training writes it (``busi.model.folder``, without the
     SavedModel), from a ``weights: none`` model under ``precision`` (the policy is saved with the
     model, so prediction runs in it too). TensorFlow must be started."""
     import keras
 
-    from busi.artifacts import RunDir
-    from busi.config import ModelConfig
-    from busi.model import build_model
-    from busi.modeldir import write_model_dir
+    from busi.config.schema import ModelConfig
+    from busi.files.rundir import RunDir
+    from busi.model.folder import write_model_dir
+    from busi.model.network import build_model
 
     keras.mixed_precision.set_global_policy(precision)
     model = build_model(ModelConfig(weights="none"), size, classes).model

@@ -14,11 +14,18 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from busi import __version__
+from busi.config.schema import (
+    ENGINES,
+    EXPORT_FORMATS,
+    INFERENCE_PRECISIONS,
+    POLICIES,
+    UNFREEZE_MODES,
+)
 from busi.errors import BusiError, ConfigError
 
 log = logging.getLogger("busi")
 
-EXIT_OK, EXIT_DATA = 0, 3  # the other codes: busi.errors (2, 3, 75) and Python's 1
+EXIT_OK, EXIT_DATA, EXIT_CTRL_C = 0, 3, 130  # the others: busi.errors (1, 2, 3, 75)
 
 
 def _add_set(p: argparse.ArgumentParser) -> None:
@@ -42,14 +49,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="busi-job",
         description="Breast ultrasound (BUSI) classifier: train and predict as a batch job.",
-        epilog="Exit codes: 0 ok, 1 unexpected failure, 2 bad config or usage, 3 bad or unsafe data, "
-        "75 interrupted (resumable; requeue the job).",
+        epilog="Exit codes: 0 ok, 1 unexpected failure (or a failed bench worker), 2 bad config or usage, "
+        "3 bad or unsafe data, 75 interrupted (resumable; requeue the job), 130 Ctrl-C.",
     )
     parser.add_argument("--version", action="version", version=f"busi {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
+    _add_data_commands(sub)
+    _add_training_commands(sub)
+    _add_prediction_commands(sub)
+    _add_model_commands(sub)
+    return parser
 
+
+def _add_data_commands(sub: Any) -> None:
     p = sub.add_parser("config", help="print the resolved job config (validates it)")
     _add_jobs(p)
     p.add_argument("--explain", action="store_true",
@@ -62,9 +76,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     _add_set(p)
 
+    p = sub.add_parser("synth", help="write a synthetic BUSI-like dataset (same layout, with masks)")
+    p.add_argument("out_dir", help="folder to create (must not exist or be empty)")
+    p.add_argument("--per-class", type=int, default=40, help="images per class (default 40)")
+    p.add_argument("--size", type=int, default=64, help="image height in pixels (default 64)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+
+
+def _add_training_commands(sub: Any) -> None:
     p = sub.add_parser("train", help="train and evaluate; writes the run directory (output.dir)")
     _add_jobs(p)
     p.add_argument("--restart", action="store_true", help="replace a completed run in output.dir")
+    _add_set(p)
+
+    p = sub.add_parser("run", help="run a job file: train, or predict if it has a predict: section")
+    _add_jobs(p)
+    p.add_argument("--restart", action="store_true", help="(train) replace a completed run")
     _add_set(p)
 
     p = sub.add_parser("cv", help="group-aware stratified K-fold cross-validation: one training run per fold "
@@ -81,6 +108,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the pooled metrics' bootstrap (default 0)")
     _add_set(p)
 
+    p = sub.add_parser(
+        "bench", help="measure training and inference images/s per core count and precision; "
+        "estimate a job's walltime (--estimate JOB.yaml)",
+    )
+    p.add_argument("--cores", help="comma-separated core counts, one subprocess each (default 1,2,4,... up to "
+                   "the cores available)")
+    p.add_argument("--precision", help=f"comma-separated: {', '.join(POLICIES)}, auto (default float32, and "
+                   "mixed_bfloat16 where the CPU has fast bf16; with --estimate the job's)")
+    p.add_argument("--image-size", type=int, help="model input side in px (default 224; with --estimate the job's)")
+    p.add_argument("--batch-size", type=int, help="training batch (default 16; with --estimate the job's)")
+    p.add_argument("--infer-batch-size", type=int, help="inference batch (default 32; with --estimate the job's)")
+    p.add_argument("--unfreeze", choices=[m for m in UNFREEZE_MODES if m != "none"],
+                   help="backbone blocks trained in the timed step (default all; with --estimate the job's finetune)")
+    p.add_argument("--steps", type=int, default=5, help="timed batches per repeat (default 5)")
+    p.add_argument("--repeats", type=int, default=3, help="timed repeats; the median is reported (default 3)")
+    p.add_argument("--out", default="bench", help="folder for bench.csv and bench.png (default bench/)")
+    p.add_argument("--estimate", metavar="JOB.yaml", help="print the walltime this job needs per core count")
+    p.add_argument("--images", type=int, help="(--estimate) number of images when data.source is not here")
+    p.add_argument("--rates", metavar="bench.csv", help="(--estimate) use an earlier bench.csv instead of measuring")
+    _add_set(p)
+
+
+def _add_prediction_commands(sub: Any) -> None:
     p = sub.add_parser("predict", help="classify folders, files, archives; one CSV row per file")
     p.add_argument("job", nargs="*", help="optional prediction job files (YAML, a predict: section; several "
                    "are layered left to right)")
@@ -94,9 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", default=None, help="replace an existing output CSV")
     p.add_argument("--shard", help="I/N: take shard I of N (default: from array-job env vars)")
     p.add_argument("--gradcam", metavar="DIR", help="write a Grad-CAM overlay PNG per image into DIR")
-    p.add_argument("--engine", choices=["auto", "tensorflow", "openvino"],
+    p.add_argument("--engine", choices=ENGINES,
                    help="inference engine (default auto: OpenVINO on a CPU-only node where installed)")
-    p.add_argument("--precision", choices=["auto", "float32", "bfloat16"],
+    p.add_argument("--precision", choices=INFERENCE_PRECISIONS,
                    help="OpenVINO's inference precision (default auto: the fastest on this CPU)")
     p.add_argument("--cores", help="cores to use (default auto)")
     _add_set(p)
@@ -108,23 +158,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "prediction job files (YAML) the shards ran with: their predict.output")
     _add_set(p)
 
-    p = sub.add_parser("run", help="run a job file: train, or predict if it has a predict: section")
-    _add_jobs(p)
-    p.add_argument("--restart", action="store_true", help="(train) replace a completed run")
-    _add_set(p)
 
-    p = sub.add_parser("export", help="write a trained model as an OpenVINO model or a SavedModel")
-    p.add_argument("model", metavar="RUN_DIR", help="a completed run directory, or a model.keras file")
-    p.add_argument("--format", required=True, choices=["openvino", "saved_model"], help="what to write")
-    p.add_argument("--out", help="a folder (default: beside model.keras: openvino/, saved_model/)")
-
+def _add_model_commands(sub: Any) -> None:
     p = sub.add_parser("evaluate", help="external validation: a trained model on another labelled dataset, "
                        "with a check for overlap with its training images")
     p.add_argument("--model", required=True, metavar="RUN_DIR", help="a completed run directory")
     p.add_argument("--data", required=True, metavar="SOURCE", help="a folder or archive in the class-folder layout")
     p.add_argument("--output", metavar="DIR", help="the evaluation folder (default ./evaluation-<data name>)")
-    p.add_argument("--engine", choices=["auto", "tensorflow", "openvino"], default="auto")
-    p.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto")
+    p.add_argument("--engine", choices=ENGINES, default="auto")
+    p.add_argument("--precision", choices=INFERENCE_PRECISIONS, default="auto")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--keep-overlap", action="store_true",
                    help="count images that duplicate training images in the metrics (default: left out)")
@@ -132,42 +174,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the overlap check (a model without its run directory's data/hashes.csv)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier evaluation in --output")
 
+    p = sub.add_parser("export", help="write a trained model as an OpenVINO model or a SavedModel")
+    p.add_argument("model", metavar="RUN_DIR", help="a completed run directory, or a model.keras file")
+    p.add_argument("--format", required=True, choices=EXPORT_FORMATS, help="what to write")
+    p.add_argument("--out", help="a folder (default: beside model.keras: openvino/, saved_model/)")
+
     p = sub.add_parser("fetch-weights", help="download ImageNet ResNet50 weights (needs internet) into a folder")
     p.add_argument("--dir", default=None, help="target folder (default: $BUSI_WEIGHTS_DIR or ~/.keras/models)")
-
-    p = sub.add_parser(
-        "bench", help="measure training and inference images/s per core count and precision; "
-        "estimate a job's walltime (--estimate JOB.yaml)",
-    )
-    p.add_argument("--cores", help="comma-separated core counts, one subprocess each (default 1,2,4,... up to "
-                   "the cores available)")
-    p.add_argument("--precision", help="comma-separated: float32, mixed_bfloat16, mixed_float16, auto (default "
-                   "float32,mixed_bfloat16 where the CPU has fast bf16; with --estimate the job's)")
-    p.add_argument("--image-size", type=int, help="model input side in px (default 224; with --estimate the job's)")
-    p.add_argument("--batch-size", type=int, help="training batch (default 16; with --estimate the job's)")
-    p.add_argument("--infer-batch-size", type=int, help="inference batch (default 32; with --estimate the job's)")
-    p.add_argument("--unfreeze", choices=["conv5", "conv4", "all"],
-                   help="backbone blocks trained in the timed step (default all; with --estimate the job's finetune)")
-    p.add_argument("--steps", type=int, default=5, help="timed batches per repeat (default 5)")
-    p.add_argument("--repeats", type=int, default=3, help="timed repeats; the median is reported (default 3)")
-    p.add_argument("--out", default="bench", help="folder for bench.csv and bench.png (default bench/)")
-    p.add_argument("--estimate", metavar="JOB.yaml", help="print the walltime this job needs per core count")
-    p.add_argument("--images", type=int, help="(--estimate) number of images when data.source is not here")
-    p.add_argument("--rates", metavar="bench.csv", help="(--estimate) use an earlier bench.csv instead of measuring")
-    _add_set(p)
-
-    p = sub.add_parser("synth", help="write a synthetic BUSI-like dataset (same layout, with masks)")
-    p.add_argument("out_dir", help="folder to create (must not exist or be empty)")
-    p.add_argument("--per-class", type=int, default=40, help="images per class (default 40)")
-    p.add_argument("--size", type=int, default=64, help="image height in pixels (default 64)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    return parser
-
-
-def _load_job(paths: Sequence[str], overrides: Sequence[str]) -> Any:
-    from busi.config import load_config
-
-    return load_config(paths, overrides)
 
 
 def _is_job_file(path: str) -> bool:
@@ -175,22 +188,19 @@ def _is_job_file(path: str) -> bool:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    from busi.config import dump_config, explain_config, format_explain, job_kind, load_predict_config
+    from busi.config.load import dump_config, explain_config, format_explain, load_any
 
     if args.explain:
         sys.stdout.write(format_explain(explain_config(args.job, args.overrides)))
-        return EXIT_OK
-    if job_kind(args.job) == "predict":
-        cfg = load_predict_config(args.job, args.overrides)
     else:
-        cfg = _load_job(args.job, args.overrides)
-    sys.stdout.write(dump_config(cfg))
+        sys.stdout.write(dump_config(load_any(args.job, args.overrides)))
     return EXIT_OK
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from busi.config import load_config
+    from busi.config.load import load_config
     from busi.data.prepare import prepare_data
+    from busi.report.text import format_inspect
 
     if all(_is_job_file(t) for t in args.target):
         cfg = load_config(args.target, args.overrides)
@@ -203,50 +213,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if args.json:
         sys.stdout.write(json.dumps(prepared.report, indent=2) + "\n")
     else:
-        sys.stdout.write(format_report(prepared.report))
+        sys.stdout.write(format_inspect(prepared.report))
     return EXIT_OK
-
-
-def format_report(r: dict[str, Any]) -> str:
-    """Human-readable inspect report."""
-    c = r["counts"]
-    lines = [f"dataset: {r['root']}", f"images: {c['images']} ({c['used']} used)"]
-    classes = r["classes"]
-    width = max(len(x) for x in classes + ["class"])
-    lines.append(f"  {'class':<{width}}  {'total':>6}  {'train':>6}  {'val':>6}  {'test':>6}")
-    for cl in classes:
-        cells = [c["per_split"][s][cl] for s in ("train", "val", "test")]
-        lines.append(f"  {cl:<{width}}  {c['per_class'][cl]:>6}  " + "  ".join(f"{v:>6}" for v in cells))
-    size = r["image_size"]
-    if size["width"]:
-        lines.append(
-            f"image size: width {size['width'][0]}-{size['width'][1]} px, height {size['height'][0]}-{size['height'][1]} px"
-        )
-    lines.append("modes: " + ", ".join(f"{k} {v}" for k, v in r["modes"].items()))
-    m = r["masks"]
-    lines.append(
-        f"masks: {m['mask_files']} files; {m['images_with_masks']} images with masks, "
-        f"{len(m['images_without_masks'])} without, {len(m['orphan_masks'])} masks without an image"
-    )
-    for p in m["orphan_masks"][:20]:
-        lines.append(f"  orphan mask: {p}")
-    d = r["duplicates"]
-    lines.append(f"duplicate groups ({d['mode']}, threshold {d['near_threshold']}): {len(d['groups'])}")
-    for g in d["groups"]:
-        kind = "exact" if g["exact"] else "near"
-        lines.append(f"  {g['id']} [{kind}]: " + ", ".join(g["members"]))
-    lines.append(f"label conflicts: {len(r['label_conflicts'])}")
-    for g in r["label_conflicts"]:
-        lines.append(f"  {g['id']} ({'/'.join(g['labels'])}, {g['action']}): " + ", ".join(g["members"]))
-    lines.append(f"skipped (not images): {len(r['skipped_files'])}")
-    for p in r["skipped_files"][:20]:
-        lines.append(f"  {p}")
-    lines.append(f"corrupt images: {len(r['corrupt_images'])}")
-    for e in r["corrupt_images"]:
-        lines.append(f"  {e['path']}: {e['error']}")
-    if r["excluded"]["not_in_splits_file"]:
-        lines.append(f"not in data.splits file (excluded): {len(r['excluded']['not_in_splits_file'])}")
-    return "\n".join(lines) + "\n"
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
@@ -258,9 +226,10 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from busi.job import run_training
+    from busi.config.load import load_config
+    from busi.train.job import run_training
 
-    cfg = _load_job(args.job, args.overrides)
+    cfg = load_config(args.job, args.overrides)
     run_training(cfg, restart=args.restart, argv=["busi-job", *sys.argv[1:]])
     return EXIT_OK
 
@@ -268,25 +237,29 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_cv(args: argparse.Namespace) -> int:
     import os
 
-    from busi.cv import array_fold, run_cv
+    from busi.config.load import load_config
+    from busi.train.cv import array_fold, run_cv
 
-    cfg = _load_job(args.job, args.overrides)
+    cfg = load_config(args.job, args.overrides)
     fold = args.fold if args.fold is not None else array_fold(dict(os.environ))
     run_cv(cfg, args.folds, fold, argv=["busi-job", *sys.argv[1:]])
     return EXIT_OK
 
 
 def cmd_cv_report(args: argparse.Namespace) -> int:
-    from busi.cv import REPORT_FILE, cv_report, format_report
+    from busi.config.load import load_config
+    from busi.evaluate.crossval import cv_report
+    from busi.files.cvdir import REPORT_FILE
+    from busi.report.text import format_cv
 
     if all(_is_job_file(t) for t in args.target):  # the job files name output.dir (slurm/cv-report.sh)
-        root = Path(_load_job(args.target, args.overrides).output.dir)
+        root = Path(load_config(args.target, args.overrides).output.dir)
     elif len(args.target) > 1 or args.overrides:
         raise ConfigError("cv-report: give the cross-validation's folder, or the job files (YAML) it ran with")
     else:
         root = Path(args.target[0])
     report = cv_report(root, seed=args.seed)
-    print(format_report(report))
+    print(format_cv(report))
     print(f"wrote {root / REPORT_FILE}, {root / 'oof.csv'} and {root / 'plots'}/oof_*.png")
     return EXIT_OK
 
@@ -309,8 +282,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def _predict(job: Sequence[str], settings: dict[str, Any], overrides: Sequence[str]) -> int:
     """A prediction job: the job file (if any), command-line flags over it, ``--set`` last."""
-    from busi.config import load_predict_config
-    from busi.predict import run_predict
+    from busi.config.load import load_predict_config
+    from busi.predict.job import run_predict
 
     cfg = load_predict_config(job, overrides, settings=settings)
     summary = run_predict(cfg)
@@ -318,10 +291,10 @@ def _predict(job: Sequence[str], settings: dict[str, Any], overrides: Sequence[s
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from busi.predictions import merge_shards
+    from busi.predict.merge import merge_shards
 
     if all(_is_job_file(o) for o in args.output):  # the array's job files name the output
-        from busi.config import load_predict_config
+        from busi.config.load import load_predict_config
 
         output = Path(load_predict_config(args.output, args.overrides).predict.output)
     elif len(args.output) > 1:
@@ -336,16 +309,18 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from busi.config import job_kind
+    from busi.config.load import load_any
+    from busi.config.schema import PredictJobConfig
 
-    if job_kind(args.job) == "predict":
+    if isinstance(load_any(args.job, args.overrides), PredictJobConfig):
         return _predict(args.job, {}, args.overrides)
     return cmd_train(args)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from busi.export import export_model
-    from busi.runtime import detect_cores, start_tensorflow
+    from busi.model.export import export_model
+    from busi.runtime.cores import detect_cores
+    from busi.runtime.startup import start_tensorflow
 
     start_tensorflow(detect_cores("auto"), seed=0)
     path = export_model(args.model, args.format, args.out)
@@ -354,8 +329,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from busi.external import EvaluateRequest, run_evaluate
-    from busi.runtime import detect_cores, start_tensorflow
+    from busi.evaluate.external import EvaluateRequest, run_evaluate
+    from busi.runtime.cores import detect_cores
+    from busi.runtime.startup import start_tensorflow
 
     if args.batch_size < 1:
         raise ConfigError("--batch-size: must be at least 1")
@@ -370,7 +346,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch_weights(args: argparse.Namespace) -> int:
-    from busi.model import fetch_imagenet_weights, imagenet_search_dirs
+    from busi.model.weights import fetch_imagenet_weights, imagenet_search_dirs
 
     target = Path(args.dir) if args.dir else imagenet_search_dirs()[0]
     path = fetch_imagenet_weights(target)
@@ -379,7 +355,7 @@ def cmd_fetch_weights(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from busi.bench import BenchRequest, run_bench
+    from busi.perf.bench import BenchRequest, run_bench
 
     return run_bench(BenchRequest(
         cores=args.cores, precision=args.precision, image_size=args.image_size, batch_size=args.batch_size,
@@ -421,7 +397,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return e.exit_code
     except KeyboardInterrupt:
         print("busi-job: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_CTRL_C
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,11 +1,19 @@
-"""Named errors. Each carries the process exit code the CLI maps it to.
+"""Named errors. Each carries the process exit code the CLI maps it to, and the fields a caller
+needs (the key paths of a config error, the path and reason of a data error), so no caller ever
+parses a message.
 
-Exit codes are a documented contract (README, "Exit codes"):
-0 success, 1 unexpected failure, 2 bad configuration or usage,
-3 bad or unsafe input data, 75 interrupted and resumable (EX_TEMPFAIL).
+Exit codes are a documented contract (docs, "Exit codes"):
+0 success, 1 unexpected failure (a bug, or a failed benchmark worker), 2 bad configuration or
+usage, 3 bad or unsafe input data, 75 interrupted and resumable (EX_TEMPFAIL), 130 stopped by
+Ctrl-C outside a training or prediction loop.
 """
 
 from __future__ import annotations
+
+import os
+from typing import Union
+
+PathLike = Union[str, "os.PathLike[str]"]
 
 
 class BusiError(Exception):
@@ -31,9 +39,16 @@ class WeightsError(ConfigError):
 
 
 class DataError(BusiError):
-    """Input data is missing, unreadable or unusable; the message names the path."""
+    """Input data is missing, unreadable or unusable. ``path``: the file, folder or archive
+    (``None`` where the problem is the data as a whole); ``reason``: what is wrong with it and
+    what to do. The message is ``path: reason``."""
 
     exit_code = 3
+
+    def __init__(self, path: PathLike | None, reason: str) -> None:
+        self.path = None if path is None else os.fspath(path)
+        self.reason = reason
+        super().__init__(reason if path is None else f"{self.path}: {reason}")
 
 
 class UnsafeArchiveError(DataError):

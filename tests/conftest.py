@@ -1,13 +1,28 @@
-"""Shared fixtures: the real BUSI sample (where present), synthetic datasets, a job-file writer."""
+"""Shared fixtures and the test tiers.
+
+Tiers (markers; every test has exactly one, from ``MODULE_TIER`` unless it is marked itself):
+
+* ``unit``: no subprocess, no training; a few seconds at most. ``make test-fast`` runs these.
+* ``integration``: trains a (tiny) model or starts busi or TensorFlow in subprocesses.
+* ``system``: needs something beyond Python: a Slurm cluster, Horovod, a browser, an install
+  into a prefix, a container engine. Each skips with its reason where that is absent.
+
+A unit test that starts a subprocess fails (``_unit_tests_start_no_process``): the tiers stay true.
+
+Shared, built once per session and only read by the tests that use them: ``trained_run`` (one
+real ``busi-job train`` run, shared by every test that only reads a finished run, across
+pytest-xdist workers), ``synth_data`` (synthetic datasets by parameters), the BUSI sample.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pytest
@@ -16,6 +31,15 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_ZIP = REPO.parent / "shared" / "data" / "busi-sample.zip"
 CLASSES = ("normal", "benign", "malignant")
+TIERS = ("unit", "integration", "system")
+
+# The tier of a module's tests where a test does not say otherwise.
+MODULE_TIER = {
+    "test_job": "integration", "test_predict": "integration", "test_resume": "integration",
+    "test_features": "integration", "test_trainer": "integration", "test_engines": "integration",
+    "test_external": "integration", "test_cv": "integration", "test_bench": "integration",
+    "test_cli_data": "integration", "test_slurm": "system", "test_report": "system",
+}
 
 # `make test` runs the suite on two pytest-xdist workers, one module per worker at a time
 # (`--dist loadscope`). Modules start longest first, so the last one to start is short and
@@ -25,11 +49,28 @@ LONGEST_FIRST = ("test_resume", "test_slurm", "test_dist", "test_containers", "t
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        module = Path(str(item.fspath)).stem
+        if not any(item.get_closest_marker(t) for t in TIERS):
+            item.add_marker(getattr(pytest.mark, MODULE_TIER.get(module, "unit")))
+
     def rank(item: pytest.Item) -> int:
         module = Path(str(item.fspath)).stem
         return LONGEST_FIRST.index(module) if module in LONGEST_FIRST else len(LONGEST_FIRST)
 
     items.sort(key=rank)  # stable: the order within a module stays as written
+
+
+@pytest.fixture(autouse=True)
+def _unit_tests_start_no_process(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ``unit`` test that starts a subprocess fails, naming the tier it belongs to."""
+    if request.node.get_closest_marker("unit") is None:
+        return
+
+    def refuse(self: Any, args: Any, *a: Any, **k: Any) -> None:
+        raise AssertionError(f"a unit test starts no subprocess ({args!r}): mark it integration or system")
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
 
 
 @pytest.fixture(scope="session")
@@ -41,11 +82,27 @@ def sample_zip() -> Path:
 
 
 @pytest.fixture(scope="session")
-def synth_small(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small synthetic dataset: 12 images per class, 48 px."""
+def synth_data(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """``make(per_class, size=32, seed=0)``: a synthetic BUSI-layout dataset, written once per
+    parameter set and worker. Read-only: a test that changes files copies the dataset first."""
     from busi.data.synth import write_synthetic_dataset
 
-    return write_synthetic_dataset(tmp_path_factory.mktemp("synth") / "ds", per_class=12, size=48, seed=1)
+    made: dict[tuple[int, int, int], Path] = {}
+
+    def make(per_class: int, size: int = 32, seed: int = 0) -> Path:
+        key = (per_class, size, seed)
+        if key not in made:
+            root = tmp_path_factory.mktemp(f"synth-{per_class}x{size}-{seed}")
+            made[key] = write_synthetic_dataset(root / "ds", per_class=per_class, size=size, seed=seed)
+        return made[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def synth_small(synth_data: Callable[..., Path]) -> Path:
+    """A small synthetic dataset: 12 images per class, 48 px."""
+    return synth_data(12, 48, 1)
 
 
 @pytest.fixture
@@ -61,12 +118,48 @@ def write_job(tmp_path: Path) -> Callable[..., Path]:
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-    """Run ``busi-job`` in a real subprocess; returns the completed process (text output)."""
-    full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
+    """Run ``busi-job`` in a real subprocess, in a user's environment (TensorFlow's log level
+    left to busi); returns the completed process (text output)."""
+    full_env = {**{k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}, **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "busi", *args],
         capture_output=True, text=True, env=full_env, cwd=cwd or REPO, timeout=timeout,
     )
+
+
+# The one trained run of a test session (``trained_run``): `make demo`'s job on its data (60
+# images per class at 64 px, 1 + 10 epochs from random weights), deterministic and calibrated.
+# Smaller runs are not safe: with 30 images per class and BatchNorm trained from scratch, the
+# moving statistics lag the weights, and on some CPUs (an Intel with AMX: float32 kernels that
+# round differently) the epoch picked by val_loss predicted one class for everything.
+TRAINED_DATA = {"per_class": 60, "size": 64, "seed": 0}
+TRAINED_SETS = ("runtime.deterministic=true", "train.calibration=temperature")
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> dict[str, Any]:
+    """``{"out": run directory, "data": dataset, "stderr": the run's log}`` of one real
+    ``busi-job train`` (a subprocess, as a batch system runs it), built once per test session:
+    the first pytest-xdist worker that asks trains under a lock, the others wait and read the
+    same finished run. Read-only: tests copy what they change."""
+    from busi.data.synth import write_synthetic_dataset
+    from busi.runtime.locks import exclusive_lock
+
+    base = tmp_path_factory.getbasetemp()
+    root = (base if worker_id == "master" else base.parent) / "trained-run"
+    root.mkdir(exist_ok=True)
+    with exclusive_lock(root / ".lock", "the trained run of the tests", wait=True):
+        done = root / "done.json"
+        if not done.exists():
+            data = write_synthetic_dataset(root / "data", **TRAINED_DATA)
+            out = root / "run"
+            sets = [f"--set={s}" for s in (f"data.source={data}", f"output.dir={out}", *TRAINED_SETS)]
+            proc = run_cli("train", str(REPO / "job" / "demo.yaml"), *sets)
+            done.write_text(json.dumps({"out": str(out), "data": str(data), "stderr": proc.stderr,
+                                        "returncode": proc.returncode}))
+        info = json.loads(done.read_text())
+    assert info["returncode"] == 0, info["stderr"][-3000:]
+    return {"out": Path(info["out"]), "data": Path(info["data"]), "stderr": info["stderr"]}
 
 
 def linked_copies(src: Path, dest: Path, copies: int) -> int:
@@ -88,10 +181,10 @@ def make_model_dir(root: Path, size: int = 32, classes: tuple[str, ...] = CLASSE
     SavedModel), from a ``weights: none`` model: real weights, no training needed."""
     import keras
 
-    from busi.artifacts import RunDir
-    from busi.config import ModelConfig
-    from busi.model import build_model
-    from busi.modeldir import write_model_dir
+    from busi.config.schema import ModelConfig
+    from busi.files.rundir import RunDir
+    from busi.model.folder import write_model_dir
+    from busi.model.network import build_model
 
     keras.utils.set_random_seed(seed)
     built = build_model(ModelConfig(weights="none"), size, classes)

@@ -14,9 +14,11 @@ from typing import Iterator
 
 import pytest
 
-from busi.artifacts import RUN_FILES, RunDir, atomic_write_dir, atomic_write_text, csv_text, publish_dir
-from busi.clock import utc_now
 from busi.errors import ConfigError
+from busi.files.atomic import atomic_write_dir, atomic_write_text, publish_dir
+from busi.files.rundir import RUN_FILES, RunDir
+from busi.files.text import csv_text
+from busi.runtime.clock import utc_now
 
 
 def _names(folder: Path) -> list[str]:
@@ -33,7 +35,7 @@ def test_a_file_is_replaced_whole_or_not_at_all(tmp_path: Path) -> None:
         tmp.write_text("half")
         raise RuntimeError("killed mid-write")
 
-    from busi.artifacts import atomic_write_with
+    from busi.files.atomic import atomic_write_with
 
     with pytest.raises(RuntimeError):
         atomic_write_with(target, fail)
@@ -101,7 +103,7 @@ AWKWARD_NAMES = ["a\rb.png", "c\nd.png", "e\r\nf.png", "g\u2028h.png", "i\x1cj.p
 
 
 def test_csv_round_trips_names_with_line_breaks_and_bytes_that_are_not_utf8(tmp_path: Path) -> None:
-    from busi.artifacts import open_text, read_csv_text
+    from busi.files.text import open_text, read_csv_text
 
     rows = [[n, i] for i, n in enumerate(AWKWARD_NAMES)]
     path = atomic_write_text(tmp_path / "x.csv", csv_text(["path", "i"], rows))
@@ -202,8 +204,9 @@ def test_claim_of_a_file_is_a_config_error(tmp_path: Path) -> None:
     assert (tmp_path / "afile").read_text() == "x"
 
 
+@pytest.mark.system
 def test_a_read_only_output_dir_or_csv_is_a_config_error(read_only_dir: Path) -> None:
-    from busi.predictions import CsvSink
+    from busi.predict.output import CsvSink
 
     with pytest.raises(ConfigError, match="not writable"):
         with RunDir(read_only_dir).claim():

@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, run_cli
 
 HMS = re.compile(r"--time=(\d{2,}):([0-5]\d):([0-5]\d) --cpus-per-task=(\d+)")
@@ -24,7 +23,7 @@ def demo_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_synthetic_dataset(tmp_path_factory.mktemp("bench") / "demo", per_class=8, size=32, seed=0)
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_tiny_bench_writes_csv_png_and_estimate(tmp_path: Path, demo_data: Path) -> None:
     out = tmp_path / "bench"
     r = run_cli(

@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from busi.bootstrap import bootstrap_intervals, format_interval, resampled_metrics
-from busi.evaluate import compute_metrics
+from busi.evaluate.bootstrap import bootstrap_intervals, resampled_metrics
+from busi.evaluate.metrics import compute_metrics
+from busi.report.format import format_interval
 
 CLASSES = ("normal", "benign", "malignant")
 

@@ -7,8 +7,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from busi.calibration import (ECE_BINS, brier_score, calibration_metrics, expected_calibration_error,
-                              fit_temperature, reliability_bins, with_temperature)
+from busi.evaluate.calibration import (
+    ECE_BINS,
+    brier_score,
+    calibration_metrics,
+    expected_calibration_error,
+    fit_temperature,
+    reliability_bins,
+    with_temperature,
+)
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
@@ -70,7 +77,7 @@ def test_fit_temperature_recovers_a_known_temperature() -> None:
 def test_the_temperature_goes_into_the_output_layer(tmp_path: Path) -> None:
     import keras
 
-    from busi.calibration import scale_output_layer
+    from busi.evaluate.calibration import scale_output_layer
 
     inputs = keras.Input((5,))
     model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax", name="probs")(inputs))

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from busi.checkpoint import Checkpointer, TrainState
-from busi.config import load_config
+from busi.config.load import load_config
 from busi.errors import ConfigError
+from busi.train.checkpoint import Checkpointer, TrainState
 
 
 class Var:

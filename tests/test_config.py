@@ -10,13 +10,8 @@ from typing import Any
 import pytest
 import yaml
 
-from busi.config import (
-    JobConfig,
-    dump_config,
-    load_config,
-    parse_override,
-    read_yaml,
-)
+from busi.config.load import dump_config, load_config, parse_override, read_yaml
+from busi.config.schema import JobConfig
 from busi.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -361,15 +356,16 @@ def test_all_repo_job_files_load(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
     jobs = sorted((REPO / "job").glob("*.yaml"))
     assert jobs, "no job/*.yaml files"
-    from busi.config import job_kind, load_predict_config
+    from busi.config.load import load_any, load_predict_config
+    from busi.config.schema import PredictJobConfig
 
     kinds = set()
     for job in jobs:
-        kind = job_kind(job)
+        cfg = load_any(job)
+        kind = "predict" if isinstance(cfg, PredictJobConfig) else "train"
         kinds.add(kind)
-        load = load_predict_config if kind == "predict" else load_config
-        cfg = load(job)
         assert isinstance(cfg, JobConfig) or kind == "predict", job
+        load = load_predict_config if kind == "predict" else load_config
         assert load(None, base=yaml.safe_load(dump_config(cfg)), env={}) == cfg
     assert kinds == {"train", "predict"}
 
@@ -386,7 +382,7 @@ def test_demo_job_values() -> None:
 
 def test_scientific_notation_is_a_number(write_job) -> None:  # type: ignore[no-untyped-def]
     """PyYAML reads `1e-3` as a string (YAML 1.1); a float key takes it as the number users mean."""
-    from busi.config import load_config
+    from busi.config.load import load_config
 
     job = write_job({"data": {"source": "d"}, "output": {"dir": "o"}, "train": {"head": {"learning_rate": "1e-3"}}})
     assert load_config(job).train.head.learning_rate == 1e-3
@@ -459,7 +455,7 @@ def test_the_largest_seed_and_a_long_run_are_accepted() -> None:
 
 
 def test_prediction_jobs_refuse_uncatchable_signals() -> None:
-    from busi.config import load_predict_config
+    from busi.config.load import load_predict_config
 
     with pytest.raises(ConfigError, match="SIGKILL cannot be caught"):
         load_predict_config(None, ("runtime.signals=[SIGKILL]",), env={},
@@ -467,7 +463,7 @@ def test_prediction_jobs_refuse_uncatchable_signals() -> None:
 
 
 def test_defaults_may_hold_references_themselves() -> None:
-    from busi.config import interpolate
+    from busi.config.interpolate import interpolate
 
     env = {"HOME": "/home/u", "EMPTY": ""}
     assert interpolate("${A:-${HOME}}/data", "k", env) == "/home/u/data"

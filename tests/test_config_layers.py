@@ -12,16 +12,9 @@ import pytest
 import yaml
 
 from busi import cli
-from busi.config import (
-    DEFAULT_SOURCE,
-    SET_SOURCE,
-    explain_config,
-    format_explain,
-    job_kind,
-    load_config,
-    load_predict_config,
-    resolve_layers,
-)
+from busi.config.layers import DEFAULT_SOURCE, SET_SOURCE
+from busi.config.load import explain_config, format_explain, load_any, load_config, load_predict_config, resolve_layers
+from busi.config.schema import PredictJobConfig
 from busi.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -171,11 +164,14 @@ def test_train_with_layered_files_fails_fast_naming_the_overlay(
     assert "Traceback" not in err
 
 
-def test_job_kind_looks_at_every_layer(tmp_path: Path) -> None:
+def test_the_kind_of_job_looks_at_every_layer(tmp_path: Path) -> None:
     a = _write(tmp_path / "a.yaml", {"runtime": {"cores": 2}})
     b = _write(tmp_path / "b.yaml", {"predict": {"model": "m", "inputs": ["x"]}})
-    assert job_kind([a]) == "train" and job_kind([a, b]) == "predict"
-    assert load_predict_config([a, b], env={}).runtime.cores == 2
+    with pytest.raises(ConfigError, match=r"data\.source: missing required key"):  # alone: a training job
+        load_any([a], env={})
+    both = load_any([a, b], env={})
+    assert isinstance(both, PredictJobConfig) and both.runtime.cores == 2
+    assert load_predict_config([a, b], env={}) == both
 
 
 def test_merge_reads_the_output_of_layered_prediction_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

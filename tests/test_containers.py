@@ -30,9 +30,10 @@ from pathlib import Path
 import pytest
 
 import busi
+from busi.config.load import load_any, load_config, load_predict_config
+from busi.config.schema import PredictJobConfig
 from busi.errors import Interrupted
-from busi.config import job_kind, load_config, load_predict_config
-from busi.inputs import shard_from_env
+from busi.predict.shards import shard_from_env
 
 REPO = Path(__file__).resolve().parents[1]
 CONTAINERS = REPO / "containers"
@@ -171,6 +172,7 @@ def hms(text: str) -> int:
 # --- lint --------------------------------------------------------------------------------------
 
 
+@pytest.mark.system
 def test_every_shell_script_passes_shellcheck() -> None:
     shellcheck = shutil.which("shellcheck")
     if shellcheck is None:
@@ -182,6 +184,7 @@ def test_every_shell_script_passes_shellcheck() -> None:
     assert r.returncode == 0, r.stdout + r.stderr
 
 
+@pytest.mark.system
 def test_dockerfile_passes_hadolint() -> None:
     hadolint = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
     if hadolint is None:
@@ -303,6 +306,7 @@ def test_non_root_user_and_a_cheap_healthcheck() -> None:
     assert "busi-job --version" in health[0] and "train" not in health[0]
 
 
+@pytest.mark.integration
 def test_labels_name_version_source_and_license() -> None:
     version = busi.__version__
     pyproject = (REPO / "pyproject.toml").read_text()
@@ -361,6 +365,7 @@ def run_entry(prefix: Path, *args: str, cwd: Path | None = None) -> list[str]:
     return [line for line in r.stdout.splitlines() if not line.startswith("pid=")]
 
 
+@pytest.mark.integration
 def test_entrypoint_dispatch(fake_prefix: Path, tmp_path: Path) -> None:
     args = lambda *a: [f"arg={x}" for x in a]  # noqa: E731
     assert run_entry(fake_prefix, "job/busi.yaml", "--set", "a.b=1") == args("run", "job/busi.yaml", "--set", "a.b=1")
@@ -382,6 +387,7 @@ def test_entrypoint_dispatch(fake_prefix: Path, tmp_path: Path) -> None:
     assert out == args("run", str(fake_prefix / "job" / "demo.yaml"), "--restart")
 
 
+@pytest.mark.integration
 def test_entrypoint_execs_busi_job_so_signals_reach_it(fake_prefix: Path) -> None:
     proc = subprocess.Popen([str(fake_prefix / "job" / "entrypoint.sh"), "job.yaml"], stdout=subprocess.PIPE,
                             text=True, env={**os.environ, "FAKE_WAIT": "1"}, cwd=fake_prefix)
@@ -440,7 +446,7 @@ def installed_prefix(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return prefix
 
 
-@pytest.mark.slow
+@pytest.mark.system
 def test_install_script_installs_a_working_prefix(installed_prefix: Path, tmp_path: Path) -> None:
     prefix = installed_prefix
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -473,7 +479,7 @@ def test_install_script_installs_a_working_prefix(installed_prefix: Path, tmp_pa
     assert r.returncode == 2 and "train.head.epochs" in r.stderr, r.stderr
 
 
-@pytest.mark.slow
+@pytest.mark.system
 def test_smoke_test_script_passes_on_the_installed_prefix(installed_prefix: Path, tmp_path: Path) -> None:
     """What `apptainer test` (%test) and `docker run IMAGE smoke-test` run: ~1 minute on 2 cores."""
     env = {**os.environ, "TMPDIR": str(tmp_path)}
@@ -521,7 +527,7 @@ def check_command(command: list[str], env: dict[str, str], cores: int) -> None:
     assert local.is_file(), job
     overrides = overrides_of(command)
     assert len(command) == 1 + 2 * len(overrides), "only --set overrides after the job file"
-    loader = load_predict_config if job_kind(local) == "predict" else load_config
+    loader = load_predict_config if isinstance(load_any(local, overrides, env=env), PredictJobConfig) else load_config
     cfg = loader(local, overrides, env=env)
     assert cfg.runtime.walltime == "auto", "runtime.walltime=auto: the budget comes from BUSI_WALLTIME"
     assert cfg.runtime.cores == cores, "threads match the cores the job asks for (a batch host may hold several jobs)"

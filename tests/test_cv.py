@@ -9,11 +9,11 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import CLASSES, REPO, run_cli
 
-from busi.cv import FoldRow, assign_folds, fold_splits
+from busi.data.folds import FoldRow, assign_folds, fold_splits
 from busi.data.split import SplitRow
 from busi.errors import ConfigError, DataError
-from conftest import CLASSES, REPO, run_cli
 
 
 def _rows(n_groups: int = 30, seed: int = 0) -> list[SplitRow]:
@@ -65,7 +65,7 @@ def test_a_folds_validation_split_is_carved_from_the_other_folds_by_group() -> N
 
 
 def test_folds_csv_round_trips(tmp_path: Path) -> None:
-    from busi.cv import folds_text, read_folds
+    from busi.data.folds import folds_text, read_folds
 
     folds = [FoldRow("benign/a\u2028b.png", "benign", "g1", 0), FoldRow("normal/c,d.png", "normal", "g2", 1)]
     (tmp_path / "folds.csv").write_text(folds_text(folds), encoding="utf-8")
@@ -75,7 +75,7 @@ def test_folds_csv_round_trips(tmp_path: Path) -> None:
         read_folds(tmp_path / "bad.csv")
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_cv_runs_folds_resumes_and_reports(tmp_path: Path) -> None:
     """Fold 0 alone (as an array task would), a report that names the missing folds, then the
     rest in turn (fold 0 skipped), and the report: every image predicted exactly once."""
@@ -122,7 +122,7 @@ def test_cv_runs_folds_resumes_and_reports(tmp_path: Path) -> None:
 
 
 def test_across_folds_is_a_t_interval_clipped_to_the_metric_range() -> None:
-    from busi.cv import across_folds
+    from busi.evaluate.crossval import across_folds
 
     s = across_folds([0.70, 0.75, 0.80, 0.72, 0.78])
     # mean 0.75, sd 0.04123; t(0.975, 4) = 2.776: half width 2.776 x 0.04123 / sqrt(5) = 0.0512

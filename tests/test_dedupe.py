@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from busi.config import load_config
+from busi.config.load import load_config
 from busi.data.dedupe import group_duplicates
 from busi.data.prepare import prepare_data
 from busi.data.scan import scan_dataset

@@ -1,4 +1,4 @@
-"""Data-parallel training (busi.dist, busi.hvd): rank detection and logging without Horovod, then
+"""Data-parallel training (busi.distributed, busi.hvd): rank detection and logging without Horovod, then
 real two-rank Horovod runs (``horovodrun --gloo -np 2``) on synthetic data: the ranks end with
 the same weights, the run directory is written once, and a failing rank ends the job.
 
@@ -23,14 +23,13 @@ from typing import Any
 
 import pytest
 import yaml
-
-from busi.dist import configure_rank_logging, init_dist
-from busi.ranks import ALL_RANKS, Dist, failure_injection, launched_local_size, launched_size
-from busi.errors import ConfigError
 from conftest import REPO
 
-
-
+from busi.distributed.group import Dist
+from busi.distributed.launchers import launched_local_size, launched_size
+from busi.distributed.setup import ALL_RANKS, configure_rank_logging, init_dist
+from busi.errors import ConfigError
+from busi.runtime.faults import FailAtStep, failure_from_env
 
 # ------------------------------------------------------------------ one process, no Horovod
 
@@ -73,18 +72,22 @@ def test_unknown_mode_is_a_config_error() -> None:
 
 
 def test_failure_injection_hook() -> None:
-    assert failure_injection(0, {}) == {}
-    assert failure_injection(1, {"BUSI_FAIL_AT_STEP": "1:2"}) == {"fail_at_step": 2, "fail_by": "raise"}
-    assert failure_injection(0, {"BUSI_FAIL_AT_STEP": "1:2"}) == {}
-    assert failure_injection(1, {"BUSI_FAIL_AT_STEP": "1:3:kill"}) == {"fail_at_step": 3, "fail_by": "kill"}
+    """The test-only hook: built only when BUSI_FAIL_AT_STEP names this rank; the production
+    Dist knows nothing of it."""
+    assert failure_from_env(0, {}) is None
+    assert failure_from_env(1, {"BUSI_FAIL_AT_STEP": "1:2"}) == FailAtStep(1, 2, "raise")
+    assert failure_from_env(0, {"BUSI_FAIL_AT_STEP": "1:2"}) is None
+    assert failure_from_env(1, {"BUSI_FAIL_AT_STEP": "1:3:kill"}) == FailAtStep(1, 3, "kill")
     for bad in ("1", "a:2", "1:0", "1:2:explode", "1:2:3:4"):
         with pytest.raises(ConfigError, match="BUSI_FAIL_AT_STEP"):
-            failure_injection(1, {"BUSI_FAIL_AT_STEP": bad})
-    d = init_dist("none", env={"BUSI_FAIL_AT_STEP": "0:2"})
-    d.check_step(1)
+            failure_from_env(1, {"BUSI_FAIL_AT_STEP": bad})
+    hook = failure_from_env(0, {"BUSI_FAIL_AT_STEP": "0:2"})
+    assert hook is not None
+    hook(1)
     with pytest.raises(RuntimeError, match="injected failure on rank 0 at step 2"):
-        d.check_step(2)
-    d.check_step(3)
+        hook(2)
+    hook(3)
+    assert not hasattr(init_dist("none", env={"BUSI_FAIL_AT_STEP": "0:2"}), "check_step")
 
 
 def _log_lines(dist: Dist, all_ranks: bool = False) -> list[str]:
@@ -116,6 +119,7 @@ def test_rank_logging() -> None:
     assert _log_lines(Dist(rank=1, size=2), all_ranks=True) == ["rank 1: epoch line", "rank 1: a warning", "rank 1: sha abc"]
 
 
+@pytest.mark.integration
 def test_launched_without_horovod_says_how_to_build_it() -> None:
     """Where Horovod is not built (a user's laptop, a fresh venv): a multi-rank launch exits 2
     saying how to build it. Run in a process where ``import horovod`` fails, so this runs where
@@ -123,7 +127,7 @@ def test_launched_without_horovod_says_how_to_build_it() -> None:
     code = (
         "import sys\n"
         "sys.modules['horovod'] = None  # import horovod raises ImportError, as where it is not installed\n"
-        "from busi.dist import init_dist\n"
+        "from busi.distributed.setup import init_dist\n"
         "from busi.errors import ConfigError\n"
         "try:\n"
         "    init_dist('auto', env={'HOROVOD_SIZE': '2'})\n"
@@ -244,7 +248,7 @@ def two_ranks(horovod: None, tmp_path_factory: pytest.TempPathFactory, data: Pat
     return {"out": out, "output": output, "seconds": seconds, "writes": writes}
 
 
-@pytest.mark.slow
+@pytest.mark.system
 def test_ranks_end_with_identical_weights(two_ranks: dict[str, Any]) -> None:
     sums = {}
     for rank in range(NP):
@@ -257,7 +261,7 @@ def test_ranks_end_with_identical_weights(two_ranks: dict[str, Any]) -> None:
     assert manifest["weights_sha256"] == sums[0]
 
 
-@pytest.mark.slow
+@pytest.mark.system
 def test_ranks_log_identical_epoch_metrics(two_ranks: dict[str, Any]) -> None:
     # "head epoch 1/2 loss ... val_accuracy ... lr ..." up to the timing fields (img/s, ETA)
     pattern = re.compile(r"rank \d: ((?:head|finetune) epoch \d+/\d+ .* lr \S+) [\d.]+ img/s")
@@ -272,10 +276,10 @@ def test_ranks_log_identical_epoch_metrics(two_ranks: dict[str, Any]) -> None:
     assert [float(r["lr"]) for r in rows] == pytest.approx([1e-3 * NP, 1e-3 * NP])
 
 
-@pytest.mark.slow
+@pytest.mark.system
 def test_primary_writes_the_run_directory_once(two_ranks: dict[str, Any]) -> None:
-    from busi.artifacts import RUN_FILES
-    from busi.runtime import detect_cores
+    from busi.files.rundir import RUN_FILES
+    from busi.runtime.cores import detect_cores
 
     out = two_ranks["out"]
     missing = [rel for rel in RUN_FILES.values() if not (out / rel).exists()]
@@ -307,7 +311,7 @@ def _assert_job_failed_fast(proc: subprocess.CompletedProcess[str], seconds: flo
     return output
 
 
-@pytest.mark.slow
+@pytest.mark.system
 def test_a_rank_that_raises_ends_the_job(horovod: None, tmp_path: Path, data: Path) -> None:
     out = tmp_path / "run"
     try:
@@ -324,7 +328,7 @@ def test_a_rank_that_raises_ends_the_job(horovod: None, tmp_path: Path, data: Pa
     assert [line for line in rank_lines(output, 0) if " INFO rank 0: phase head" in line]
 
 
-@pytest.mark.slow
+@pytest.mark.system
 def test_a_rank_that_dies_ends_the_job(horovod: None, tmp_path: Path, data: Path) -> None:
     """SIGKILL, as the OOM killer does it: no exception handler, no Horovod shutdown on that rank."""
     out = tmp_path / "run"

@@ -10,20 +10,21 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
-
-from busi.engines import choose_engine
-from busi.errors import ConfigError
 from conftest import CLASSES, REPO, run_cli
 
-SIZE = 32
-# Tolerances (README, "Inference engines"): OpenVINO float32 computes the same float32 graph
+from busi.errors import ConfigError
+from busi.model.engines import choose_engine
+
+SIZE = 64  # the trained run's image_size
+# Tolerances (docs/prediction.md, "Inference engines"): OpenVINO float32 computes the same float32 graph
 # with other kernels and summation orders; bfloat16 keeps 8 bits of mantissa in the convolutions.
 F32_ATOL = 1e-4
-# bfloat16 keeps 8 bits of mantissa in the convolutions; on this test's deliberately sharpened
-# head (logits x40) the largest probability difference measured 0.116, so 0.2 bounds it.
+# bfloat16 keeps 8 bits of mantissa in the convolutions; on a deliberately sharpened head
+# (logits x40) the largest probability difference measured 0.116, so 0.2 bounds it.
 BF16_ATOL = 0.2
 
 
@@ -58,40 +59,29 @@ def test_auto_prefers_openvino_on_a_cpu_node_only() -> None:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A run's model folder as training writes it (SavedModel and openvino/ included), from a
-    ``weights: none`` model whose head is scaled up so that probabilities spread out (random
-    weights alone give nearly uniform ones, which would hide differences)."""
-    import keras
-
-    from busi.artifacts import RunDir
-    from busi.config import ModelConfig
-    from busi.model import build_model
-    from busi.modeldir import write_model_dir
-
-    keras.utils.set_random_seed(11)
-    built = build_model(ModelConfig(weights="none"), SIZE, CLASSES)
-    kernel, bias = built.model.get_layer("probs").get_weights()
-    built.model.get_layer("probs").set_weights([kernel * 40.0, bias])
-    root = tmp_path_factory.mktemp("engines") / "run"
-    write_model_dir(RunDir(root), built.model, CLASSES, SIZE, "stretch")
-    return root
+def model_dir(trained_run: dict[str, Any]) -> Path:
+    """The session's trained run (conftest ``trained_run``): its model folder as training wrote
+    it, SavedModel and openvino/ included. Only read: tests that change a model folder copy it."""
+    return trained_run["out"]
 
 
-def _images(n: int = 24, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    base = rng.uniform(0, 255, (n, 1, 1, 3))  # per-image colour, plus texture: outputs differ per image
-    return np.clip(base + rng.normal(0, 40, (n, SIZE, SIZE, 3)), 0, 255).astype(np.float32)
+@pytest.fixture(scope="module")
+def images(trained_run: dict[str, Any]) -> np.ndarray:
+    """24 of the run's own images (every class), decoded as prediction decodes them."""
+    from busi.data.images import load_image
+
+    files = sorted(p for p in trained_run["data"].rglob("*.png") if "_mask" not in p.name)[::3][:24]
+    return np.stack([load_image(f, SIZE) for f in files]).astype(np.float32)
 
 
 def _engine(model_dir: Path, name: str, precision: str = "auto"):  # type: ignore[no-untyped-def]
-    from busi.predict import load_predictor
+    from busi.model.predictor import load_predictor
 
     return load_predictor(model_dir, name, precision, batch_size=8).engine
 
 
 def test_training_writes_the_openvino_model_with_its_source(model_dir: Path) -> None:
-    from busi.engines import file_sha256
+    from busi.files.digest import file_sha256
 
     folder = model_dir / "model" / "openvino"
     assert (folder / "model.xml").is_file() and (folder / "model.bin").is_file()
@@ -99,30 +89,30 @@ def test_training_writes_the_openvino_model_with_its_source(model_dir: Path) -> 
     assert source["model_keras_sha256"] == file_sha256(model_dir / "model" / "model.keras")
 
 
-def test_openvino_float32_matches_tensorflow(model_dir: Path) -> None:
-    x = _images()
+def test_openvino_float32_matches_tensorflow(model_dir: Path, images: np.ndarray) -> None:
+    x = images
     tf_engine = _engine(model_dir, "tensorflow")
     ov_engine = _engine(model_dir, "openvino", "float32")
     assert tf_engine.info.name == "tensorflow" and ov_engine.info.as_dict()["precision"] == "float32"
-    a, b = tf_engine.probabilities(x), ov_engine.probabilities(x)
+    a, b = tf_engine.run(x), ov_engine.run(x)
     assert a.shape == b.shape == (24, 3)
     assert float(np.std(a)) > 0.05, "probabilities must spread for the comparison to mean anything"
     np.testing.assert_allclose(b, a, rtol=0, atol=F32_ATOL)
     assert (a.argmax(1) == b.argmax(1)).all()
     # batches that do not fill the engine's batch (3 of 8): padded, then cut
-    np.testing.assert_allclose(ov_engine.probabilities(x[:3]), a[:3], rtol=0, atol=F32_ATOL)
+    np.testing.assert_allclose(ov_engine.run(x[:3]), a[:3], rtol=0, atol=F32_ATOL)
 
 
-def test_openvino_bfloat16_stays_within_its_tolerance(model_dir: Path) -> None:
+def test_openvino_bfloat16_stays_within_its_tolerance(model_dir: Path, images: np.ndarray) -> None:
     import openvino as ov
 
     if "BF16" not in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
         pytest.skip("this CPU has no bfloat16 (AVX512-BF16 or AMX)")
-    x = _images()
-    a = _engine(model_dir, "tensorflow").probabilities(x)
+    x = images
+    a = _engine(model_dir, "tensorflow").run(x)
     engine = _engine(model_dir, "openvino", "bfloat16")
     assert engine.info.precision == "bfloat16"
-    b = engine.probabilities(x)
+    b = engine.run(x)
     np.testing.assert_allclose(b, a, rtol=0, atol=BF16_ATOL)
     margin = np.sort(a, axis=1)[:, -1] - np.sort(a, axis=1)[:, -2]
     clear = margin > 2 * BF16_ATOL  # where TensorFlow's top two are well apart, the labels agree
@@ -138,7 +128,7 @@ def test_the_tensorflow_engine_takes_no_precision(model_dir: Path) -> None:
 def test_a_model_keras_alone_is_converted_once_and_cached(model_dir: Path, tmp_path: Path) -> None:
     import shutil
 
-    from busi.engines import openvino_model_for
+    from busi.model.openvino import openvino_model_for
 
     alone = tmp_path / "alone"
     alone.mkdir()
@@ -168,13 +158,13 @@ def test_a_model_keras_alone_is_converted_once_and_cached(model_dir: Path, tmp_p
 def test_a_stale_cache_is_converted_again(model_dir: Path, tmp_path: Path) -> None:
     import shutil
 
-    from busi.engines import openvino_model_for
+    from busi.model.openvino import openvino_model_for
 
     copy = tmp_path / "m"
     shutil.copytree(model_dir / "model", copy)
     (copy / "openvino" / "source.json").write_text(json.dumps({"model_keras_sha256": "0" * 64}))
     openvino_model_for(copy / "model.keras")
-    from busi.engines import file_sha256
+    from busi.files.digest import file_sha256
 
     assert json.loads((copy / "openvino" / "source.json").read_text())["model_keras_sha256"] == \
         file_sha256(copy / "model.keras")
@@ -183,12 +173,12 @@ def test_a_stale_cache_is_converted_again(model_dir: Path, tmp_path: Path) -> No
 # ------------------------------------------------------------------ busi-job predict
 
 
-def test_predict_records_the_engine_and_auto_uses_openvino(model_dir: Path, tmp_path: Path) -> None:
+def test_predict_records_the_engine_and_auto_uses_openvino(model_dir: Path, images: np.ndarray, tmp_path: Path) -> None:
     from PIL import Image
 
     folder = tmp_path / "in"
     folder.mkdir()
-    for i, im in enumerate(_images(5).astype(np.uint8)):
+    for i, im in enumerate(images[:5].astype(np.uint8)):
         Image.fromarray(im).save(folder / f"{i}.png")
     out = tmp_path / "p.csv"
     proc = run_cli("predict", "--model", str(model_dir), "--input", str(folder), "--output", str(out))
@@ -204,10 +194,10 @@ BLOCK_OPENVINO = (
 )
 
 
-def test_without_openvino_auto_falls_back_and_openvino_exits_2(model_dir: Path, tmp_path: Path) -> None:
+def test_without_openvino_auto_falls_back_and_openvino_exits_2(model_dir: Path, images: np.ndarray, tmp_path: Path) -> None:
     from PIL import Image
 
-    Image.fromarray(_images(1)[0].astype(np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray(images[0].astype(np.uint8)).save(tmp_path / "a.png")
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     base = [sys.executable, "-c", BLOCK_OPENVINO, "predict", "--model", str(model_dir), "--input",
             str(tmp_path / "a.png")]
@@ -224,14 +214,14 @@ def test_without_openvino_auto_falls_back_and_openvino_exits_2(model_dir: Path, 
 # ----------------------------------------------------------------------------- export
 
 
-def test_export_openvino_and_saved_model_load_and_match(model_dir: Path, tmp_path: Path) -> None:
+def test_export_openvino_and_saved_model_load_and_match(model_dir: Path, images: np.ndarray, tmp_path: Path) -> None:
     import openvino as ov
     import tensorflow as tf
 
-    from busi.export import export_model
+    from busi.model.export import export_model
 
-    x = _images(4)
-    expected = _engine(model_dir, "tensorflow").probabilities(x)
+    x = images[:4]
+    expected = _engine(model_dir, "tensorflow").run(x)
     ov_dir = export_model(model_dir, "openvino", tmp_path / "ov")
     assert json.loads((ov_dir / "labels.json").read_text()) == {str(i): c for i, c in enumerate(CLASSES)}
     compiled = ov.Core().compile_model(str(ov_dir / "model.xml"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
@@ -243,7 +233,7 @@ def test_export_openvino_and_saved_model_load_and_match(model_dir: Path, tmp_pat
 
 
 def test_export_refuses_a_bad_target_and_an_unfinished_run(model_dir: Path, tmp_path: Path) -> None:
-    from busi.export import export_model
+    from busi.model.export import export_model
 
     (tmp_path / "file").write_text("x")
     with pytest.raises(ConfigError, match="exists and is not a folder"):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from busi.config import load_config
-from busi.estimate import SplitCounts, estimate_seconds, with_margin
-from busi.stopper import format_hms
+from busi.config.load import load_config
+from busi.perf.estimate import SplitCounts, estimate_seconds, with_margin
+from busi.runtime.walltime import format_hms
 
 
 def test_estimate_model() -> None:

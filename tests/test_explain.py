@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from busi.explain import load_mask, mask_agreement, upsample
+from busi.evaluate.explain import load_mask, mask_agreement, upsample
 
 
 def test_mask_agreement_by_hand() -> None:

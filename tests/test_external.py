@@ -6,34 +6,26 @@ import csv
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from conftest import CLASSES, run_cli
 from PIL import Image
 
-from conftest import CLASSES, make_model_dir, run_cli
-
-pytestmark = pytest.mark.slow  # a model and an engine per test
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A model's run directory with the training hashes of one synthetic dataset, and an
-    external dataset of other images plus two exact copies, a brightened re-encoded copy and a
-    resized copy of training images."""
-    from busi.artifacts import RUN_FILES, RunDir
-    from busi.data.scan import scan_dataset
-    from busi.data.synth import write_synthetic_dataset
-    from busi.leakage import Fingerprint, hashes_text
-
+def setup(trained_run: dict[str, Any], synth_data: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The session's trained run (its data/hashes.csv lists its train and val images) and an
+    external dataset of other images (another seed and size) plus two exact copies, a
+    brightened re-encoded copy and a resized copy of its training images."""
     root = tmp_path_factory.mktemp("external")
-    run = make_model_dir(root / "run")
-    train = write_synthetic_dataset(root / "train", per_class=4, size=32, seed=1)
-    scan = scan_dataset(train, CLASSES)
-    RunDir(run).write_text("hashes", hashes_text(Fingerprint(s.path, "train", s.sha256, s.phash) for s in scan.samples))
-    assert (run / RUN_FILES["hashes"]).is_file()
-    ext = write_synthetic_dataset(root / "ext", per_class=3, size=32, seed=2)
-    benign = sorted((train / "benign").glob("* (?).png"))
+    run, data = trained_run["out"], trained_run["data"]
+    ext = root / "ext"
+    shutil.copytree(synth_data(3, 32, 2), ext)  # a copy: the test adds files to it
+    benign = [data / r["path"] for r in _rows(run / "data" / "splits.csv") if r["label"] == "benign"
+              and r["split"] == "train"][:4]
     shutil.copy2(benign[0], ext / "benign" / "copy_a.png")  # exact copies, under other names
     shutil.copy2(benign[1], ext / "benign" / "copy_b.png")
     with Image.open(benign[2]) as im:  # a re-encoded, slightly brighter copy: a near duplicate
@@ -50,7 +42,7 @@ def _rows(path: Path) -> list[dict[str, str]]:
 
 
 def test_overlap_is_found_listed_and_left_out(setup: dict[str, Path]) -> None:
-    from busi.external import EvaluateRequest, run_evaluate
+    from busi.evaluate.external import EvaluateRequest, run_evaluate
 
     out = setup["root"] / "eval"
     m = run_evaluate(EvaluateRequest(model=str(setup["run"]), data=str(setup["ext"]), output=str(out),

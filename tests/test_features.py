@@ -10,8 +10,8 @@ from typing import Iterator
 import numpy as np
 import pytest
 
-from busi.config import load_config
-from busi.features import CacheSettings, cache_feature_shape
+from busi.config.load import load_config
+from busi.model.features import CacheSettings, cache_feature_shape
 
 
 def _cfg(*sets: str):  # type: ignore[no-untyped-def]
@@ -31,8 +31,8 @@ def _pipelines(root: Path, cfg):  # type: ignore[no-untyped-def]
 
 
 def test_cached_head_equals_the_full_model(tmp_path: Path) -> None:
-    from busi.features import FeatureCache
-    from busi.model import build_model
+    from busi.model.features import FeatureCache
+    from busi.model.network import build_model
 
     cfg = _cfg()
     train, val = _pipelines(tmp_path, cfg)
@@ -51,8 +51,8 @@ def test_cached_head_equals_the_full_model(tmp_path: Path) -> None:
 
 
 def test_variants_cache_one_feature_set_per_augmentation(tmp_path: Path) -> None:
-    from busi.features import FeatureCache
-    from busi.model import build_model
+    from busi.model.features import FeatureCache
+    from busi.model.network import build_model
 
     cfg = _cfg("train.feature_cache=variants", "train.feature_cache_variants=3")
     train, val = _pipelines(tmp_path, cfg)
@@ -103,9 +103,9 @@ def test_finetune_on_cached_prefix_takes_the_full_models_step(
     model's step does."""
     import keras
 
-    from busi.features import FeatureCache
-    from busi.model import build_model, set_trainable
-    from busi.train import make_train_step
+    from busi.model.features import FeatureCache
+    from busi.model.network import build_model, set_trainable
+    from busi.train.steps import make_train_step
 
     rtol = 1e-4
     if batchnorm == "train":
@@ -156,8 +156,8 @@ def test_finetune_on_cached_prefix_takes_the_full_models_step(
 
 
 def test_cache_over_the_memory_limit_falls_back_to_uncached(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    from busi.features import feature_cache_for
-    from busi.model import build_model
+    from busi.model.features import feature_cache_for
+    from busi.model.network import build_model
 
     # 18 images (9 train + 9 val): pooled 2048-d float32 is 144 KiB, conv4 output (2x2x1024) 288 KiB.
     cfg = _cfg(f"train.feature_cache_max_gb={200 / 2**20}")
@@ -177,7 +177,7 @@ def test_cache_sizes_without_a_model_match_the_model(size: int) -> None:
     built model: both are ``cache_feature_shape``, checked here against ResNet50 itself."""
     import keras
 
-    from busi.features import PREFIX_END
+    from busi.model.features import PREFIX_END
 
     backbone = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(size, size, 3))
     for unfreeze, layer in PREFIX_END.items():
@@ -193,15 +193,15 @@ def test_cache_sizes_without_a_model_match_the_model(size: int) -> None:
 # relative. The bfloat16 case: the cache holds bfloat16 (8 mantissa bits: 4e-3 relative per
 # value), filled by a float32 twin of the mixed-precision network (OpenVINO's converter cannot
 # read bfloat16 constants), computing in float32 on a CPU without bf16 or bfloat16 on one with.
-@pytest.mark.slow  # converting ResNet50 for OpenVINO: seconds per case
+@pytest.mark.integration  # converting ResNet50 for OpenVINO: seconds per case
 @pytest.mark.parametrize("unfreeze", ["none", "conv5"])
 def test_openvino_filled_cache_trains_to_the_same_first_step_loss(tmp_path: Path, unfreeze: str) -> None:
     pytest.importorskip("openvino")
     import keras
 
-    from busi.features import FeatureCache
-    from busi.model import build_model, set_trainable
-    from busi.train import make_train_step
+    from busi.model.features import FeatureCache
+    from busi.model.network import build_model, set_trainable
+    from busi.train.steps import make_train_step
 
     caches, losses = {}, {}
     for engine in ("tensorflow", "openvino"):
@@ -229,13 +229,13 @@ def test_openvino_filled_cache_trains_to_the_same_first_step_loss(tmp_path: Path
     assert losses["openvino"] == pytest.approx(losses["tensorflow"], rel=1e-4)
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_openvino_fill_under_mixed_bfloat16_holds_bfloat16(tmp_path: Path) -> None:
     pytest.importorskip("openvino")
     import keras
 
-    from busi.features import FeatureCache
-    from busi.model import build_model, set_trainable
+    from busi.model.features import FeatureCache
+    from busi.model.network import build_model, set_trainable
 
     out = {}
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
@@ -265,9 +265,9 @@ def test_auto_engine_keeps_tensorflow_for_a_fill_too_small_to_repay_converting(
 ) -> None:
     import logging
 
-    from busi.engines import worth_converting
-    from busi.features import FeatureCache
-    from busi.model import build_model
+    from busi.model.engines import worth_converting
+    from busi.model.features import FeatureCache
+    from busi.model.network import build_model
 
     cfg = _cfg()  # train.engine: auto
     train, val = _pipelines(tmp_path, cfg)

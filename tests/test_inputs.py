@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from busi.data.inputs import expand_inputs
 from busi.errors import ConfigError, DataError
-from busi.inputs import Shard, expand_inputs, parse_shard, shard_from_env, shard_output_path
+from busi.predict.shards import Shard, parse_shard, shard_from_env, shard_output_path
 
 
 def _touch(root: Path, *names: str) -> None:

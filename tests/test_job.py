@@ -1,7 +1,8 @@
 """End to end: ``busi-job train`` on learnable synthetic data writes the whole run directory.
 
-One real training run (a subprocess, as a batch system runs it) is shared by the tests
-of this module; each asserts on a part of the run-directory contract (README).
+The session's one real training run (a subprocess, as a batch system runs it, shared with the
+other modules that only read a finished run) is checked part by part against the run-directory
+contract (docs/run-directory.md).
 """
 
 from __future__ import annotations
@@ -15,33 +16,25 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
+from conftest import (
+    CLASSES,
+    REPO,
+    plain_keras_probabilities,
+    read_tensorboard,
+    run_cli,
+    scalars,
+)
 from PIL import Image
 
-from busi.artifacts import RUN_FILES
-from conftest import CLASSES, REPO, plain_keras_probabilities, read_tensorboard, run_cli, scalars
+from busi.files.rundir import RUN_FILES
 
-pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    from busi.data.synth import write_synthetic_dataset
-
-    root = tmp_path_factory.mktemp("e2e")
-    data = write_synthetic_dataset(root / "data", per_class=30, size=48, seed=3)
-    out = root / "run"
-    proc = run_cli(
-        "train", str(REPO / "job" / "demo.yaml"),
-        "--set", f"data.source={data}", "--set", f"output.dir={out}",
-        "--set", "data.image_size=48", "--set", "train.finetune.epochs=8",
-        # 63 training images from random weights: run to run, thread-order noise alone moved
-        # the epoch picked by val_loss (15 images) enough to give test accuracies of 0.50-0.75
-        # on 12 images. Deterministic ops make the outcome (0.75 here) the same on every run.
-        "--set", "runtime.deterministic=true",
-        "--set", "train.calibration=temperature",
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return {"out": out, "data": data, "stderr": proc.stderr}
+def trained(trained_run: dict[str, Any]) -> dict[str, Any]:
+    """The session's one trained run (conftest ``trained_run``: the demo job on its data, 60
+    images per class at 64 px, 1 + 10 epochs, deterministic, calibrated)."""
+    return trained_run
 
 
 def _csv(path: Path) -> list[dict[str, str]]:
@@ -60,7 +53,8 @@ def test_every_file_of_the_contract_exists(trained: dict[str, Any]) -> None:
 def test_config_and_manifest(trained: dict[str, Any]) -> None:
     out = trained["out"]
     cfg = yaml.safe_load((out / "config.yaml").read_text())
-    assert cfg["data"]["image_size"] == 48 and cfg["train"]["finetune"]["epochs"] == 8
+    assert cfg["data"]["image_size"] == 64 and cfg["train"]["finetune"]["epochs"] == 10
+    assert cfg["runtime"]["deterministic"] is True and cfg["train"]["calibration"] == "temperature"
     m = json.loads((out / "manifest.json").read_text())
     assert m["status"] == "completed"
     for key in ("busi_version", "tensorflow", "keras", "python", "host", "precision", "seed", "started_at", "ended_at"):
@@ -85,10 +79,10 @@ def test_splits_and_report(trained: dict[str, Any]) -> None:
     out = trained["out"]
     rows = _csv(out / "data" / "splits.csv")
     assert list(rows[0]) == ["path", "label", "group", "split"]
-    assert len(rows) == 90 and {r["split"] for r in rows} == {"train", "val", "test"}
+    assert len(rows) == 180 and {r["split"] for r in rows} == {"train", "val", "test"}
     report = json.loads((out / "data" / "report.json").read_text())
-    assert report["counts"]["per_class"] == {c: 30 for c in CLASSES}
-    assert report["masks"]["images_with_masks"] == 90
+    assert report["counts"]["per_class"] == {c: 60 for c in CLASSES}
+    assert report["masks"]["images_with_masks"] == 180
 
 
 def test_history_matches_epochs(trained: dict[str, Any]) -> None:
@@ -96,7 +90,7 @@ def test_history_matches_epochs(trained: dict[str, Any]) -> None:
     assert list(rows[0]) == ["phase", "epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds"]
     assert rows[0]["phase"] == "head" and rows[-1]["phase"] == "finetune"
     assert [int(r["epoch"]) for r in rows] == list(range(1, len(rows) + 1))
-    assert 2 <= len(rows) <= 9  # 1 head + up to 8 fine-tune epochs (early stopping may cut)
+    assert 2 <= len(rows) <= 11  # 1 head + up to 10 fine-tune epochs (early stopping may cut)
     for r in rows:
         assert 0.0 <= float(r["accuracy"]) <= 1.0 and 0.0 <= float(r["val_accuracy"]) <= 1.0
         assert math.isfinite(float(r["loss"])) and float(r["seconds"]) > 0
@@ -119,7 +113,11 @@ def test_metrics_are_sane_and_above_chance(trained: dict[str, Any]) -> None:
 def test_metrics_carry_intervals_and_calibration(trained: dict[str, Any]) -> None:
     """Every headline figure with its 95% bootstrap interval; calibration before and after the
     temperature (fitted on the validation split, inside the model: the labels are unchanged)."""
-    from busi.calibration import T_BOUNDS, calibration_metrics, with_temperature
+    from busi.evaluate.calibration import (
+        T_BOUNDS,
+        calibration_metrics,
+        with_temperature,
+    )
 
     out = trained["out"]
     m = json.loads((out / "metrics.json").read_text())
@@ -152,7 +150,7 @@ def test_metrics_carry_intervals_and_calibration(trained: dict[str, Any]) -> Non
     # Grad-CAM of the true class against the lesion masks of the test images (normal: empty masks)
     cam = m["gradcam_vs_masks"]
     lesions = sum(1 for r in rows if r["true_label"] != "normal")
-    # (a lesion drawn a few pixels small may vanish in the resize to 48 px: at most every lesion image)
+    # (a lesion drawn a few pixels small may vanish in the resize to 64 px: at most every lesion image)
     assert 1 <= cam["overall"]["images"] <= lesions and cam["per_class"]["normal"]["images"] == 0
     for c in ("benign", "malignant"):
         v = cam["per_class"][c]
@@ -162,10 +160,12 @@ def test_metrics_carry_intervals_and_calibration(trained: dict[str, Any]) -> Non
     assert f"accuracy {m['accuracy']:.3f} [" in trained["stderr"]
 
 
+@pytest.mark.system  # headless Chromium
 def test_report_page_renders_in_a_browser(trained: dict[str, Any], tmp_path: Path) -> None:
     """OUT/report.html, opened by headless Chromium: the run's own figures in the rendered DOM."""
-    from busi.bootstrap import format_interval
     from conftest import assert_rendered
+
+    from busi.report.format import format_interval
 
     out = trained["out"]
     m = json.loads((out / "metrics.json").read_text())
@@ -195,12 +195,12 @@ def test_saved_model_reloads_with_the_same_probabilities(trained: dict[str, Any]
     import tensorflow as tf
 
     from busi.data.images import load_image
-    from busi.model import load_saved_model
+    from busi.model.network import load_saved_model
 
     out, data = trained["out"], trained["data"]
     rows = _csv(out / "predictions" / "test.csv")
     assert list(rows[0])[:3] == ["path", "label", "label_index"] and list(rows[0])[-2:] == ["error", "true_label"]
-    x = np.stack([load_image(data / r["path"], 48) for r in rows]).astype("float32")
+    x = np.stack([load_image(data / r["path"], 64) for r in rows]).astype("float32")
     expected = np.array([[float(r[f"prob_{c}"]) for c in CLASSES] for r in rows])
     model = load_saved_model(out / "model" / "model.keras")
     np.testing.assert_allclose(model(x, training=False).numpy(), expected, atol=1e-4)
@@ -217,7 +217,7 @@ def test_model_keras_loads_with_plain_keras(trained: dict[str, Any], tmp_path: P
 
     out, data = trained["out"], trained["data"]
     rows = _csv(out / "predictions" / "test.csv")
-    x = np.stack([load_image(data / r["path"], 48) for r in rows]).astype("float32")
+    x = np.stack([load_image(data / r["path"], 64) for r in rows]).astype("float32")
     expected = np.array([[float(r[f"prob_{c}"]) for c in CLASSES] for r in rows])
     np.testing.assert_allclose(plain_keras_probabilities(out / "model" / "model.keras", x, tmp_path), expected,
                                atol=1e-4)  # test.csv: the OpenVINO engine's float32
@@ -255,3 +255,42 @@ def test_epoch_log_lines(trained: dict[str, Any]) -> None:
     assert len(lines) == len(_csv(trained["out"] / "history.csv"))
     for key in ("loss", "accuracy", "val_loss", "val_accuracy", "lr", "img/s", "ETA"):
         assert key in lines[0]
+
+
+def test_the_log_holds_no_tensorflow_start_up_lines(trained: dict[str, Any]) -> None:
+    """busi filters TensorFlow's C++ start-up lines while it loads (the user did not set
+    TF_CPP_MIN_LOG_LEVEL: run_cli removes it); busi's own lines are all there."""
+    err = trained["stderr"]
+    for noise in ("absl::InitializeLog", "oneDNN custom operations", "This TensorFlow binary is optimized"):
+        assert noise not in err, noise
+    assert err.lstrip().split(" ", 2)[1] == "INFO" and " runtime: " in err and " done: " in err
+
+
+def test_the_model_cards_snippet_loads_the_model_and_decodes_as_training_does(trained: dict[str, Any],
+                                                                              tmp_path: Path) -> None:
+    """The model card's "Loading it" code, run as written in a fresh Python, on a 16-bit
+    grayscale scan: the probabilities busi's own prediction gives that file."""
+    import re
+    import subprocess
+    import sys
+
+    from busi.model.predictor import load_predictor
+
+    card = (trained["out"] / "model" / "README.md").read_text()
+    snippet = re.search(r"```python\n(.*?)```", card, re.S).group(1)  # type: ignore[union-attr]
+    (tmp_path / "model.keras").symlink_to(trained["out"] / "model" / "model.keras")
+    image = next((trained["data"] / "malignant").glob("malignant (1).png"))
+    with Image.open(image) as im:
+        sixteen = (np.asarray(im.convert("L"), np.uint16) * 257).astype(np.uint16)
+    Image.fromarray(sixteen).save(tmp_path / "scan.png")  # mode I;16
+    with Image.open(tmp_path / "scan.png") as im:
+        assert im.mode.startswith("I;16")
+    code = snippet + "\nimport json; print(json.dumps([float(p) for p in probabilities]))\n"
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = np.array(json.loads(r.stdout.strip().splitlines()[-1]))
+    predictor = load_predictor(trained["out"], "tensorflow")
+    from busi.data.images import load_image
+
+    expected = predictor.engine.run(load_image(tmp_path / "scan.png", 64)[None].astype(np.float32))[0]
+    np.testing.assert_allclose(got, expected, atol=1e-5)

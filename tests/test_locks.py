@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from busi.locks import LockHeld, exclusive_lock, is_locked
+from busi.runtime.locks import LockHeld, exclusive_lock, is_locked
 
 HOLD = """
 import sys, time
 from pathlib import Path
-from busi.locks import exclusive_lock
+from busi.runtime.locks import exclusive_lock
 with exclusive_lock(Path(sys.argv[1]), "test"):
     print("held", flush=True)
     time.sleep(3600)
@@ -30,6 +30,7 @@ def _holder(lock: Path) -> subprocess.Popen[str]:
     return proc
 
 
+@pytest.mark.integration
 def test_a_second_holder_is_refused_naming_the_first_ones_host_and_pid(tmp_path: Path) -> None:
     lock = tmp_path / ".busi.lock"
     proc = _holder(lock)
@@ -50,6 +51,7 @@ def test_a_second_holder_is_refused_naming_the_first_ones_host_and_pid(tmp_path:
         assert held and f"pid {os.getpid()}" in lock.read_text().replace('"pid": ', "pid ")
 
 
+@pytest.mark.integration
 def test_waiting_holders_take_turns(tmp_path: Path) -> None:
     lock = tmp_path / "x.lock"
     proc = _holder(lock)

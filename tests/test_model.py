@@ -6,17 +6,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from busi.config import ModelConfig
-from busi.errors import WeightsError
-from busi.model import IMAGENET_FILE, resolve_weights
-
 from conftest import run_cli
+
+from busi.config.schema import ModelConfig
+from busi.errors import WeightsError
+from busi.model.weights import IMAGENET_FILE, resolve_weights
 
 
 def _build(weights: str = "none", classes: int = 3, size: int = 32):  # type: ignore[no-untyped-def]
     """A busi model of ``classes`` outputs for ``size`` px images, with ``weights``."""
-    from busi.model import build_model
+    from busi.model.network import build_model
 
     return build_model(ModelConfig(weights=weights), size, [f"class{i}" for i in range(classes)])
 
@@ -47,6 +46,7 @@ def test_missing_weights_path() -> None:
     assert resolve_weights("none", {}) is None
 
 
+@pytest.mark.integration
 def test_train_with_imagenet_and_empty_cache_exits_2(tmp_path: Path, synth_small: Path) -> None:
     env = {"BUSI_WEIGHTS_DIR": str(tmp_path / "empty"), "KERAS_HOME": str(tmp_path / "keras"), "HOME": str(tmp_path)}
     out = run_cli(
@@ -100,7 +100,7 @@ def test_mismatching_weights_file_is_an_error(tmp_path: Path) -> None:
 
 
 def test_preprocessing_lives_in_the_model_and_survives_reload(tmp_path: Path) -> None:
-    from busi.model import load_saved_model
+    from busi.model.network import load_saved_model
 
     built = _build()
     assert built.model.get_layer("preprocess") is not None
@@ -116,7 +116,7 @@ def test_preprocessing_is_keras_preprocess_input_bit_for_bit() -> None:
     identical to the layer busi used before (preprocess_input on the bf16-cast input)."""
     import keras
 
-    from busi.model import preprocess_block, preprocess_layer_class
+    from busi.model.network import preprocess_block, preprocess_layer_class
 
     x = np.random.default_rng(2).uniform(0, 255, (3, 16, 16, 3)).astype("float32")
     x[0, 0, 0] = (0.0, 255.0, 127.5)
@@ -144,7 +144,7 @@ def test_models_of_earlier_busi_versions_still_load(tmp_path: Path) -> None:
     """A model.keras with the ResNetPreprocess layer busi wrote before loads through busi."""
     import keras
 
-    from busi.model import load_saved_model, preprocess_layer_class
+    from busi.model.network import load_saved_model, preprocess_layer_class
 
     inputs = keras.Input((8, 8, 3))
     x = preprocess_layer_class()(name="preprocess")(inputs)
@@ -154,12 +154,14 @@ def test_models_of_earlier_busi_versions_still_load(tmp_path: Path) -> None:
     np.testing.assert_array_equal(np.asarray(load_saved_model(tmp_path / "old.keras")(data)), np.asarray(old(data)))
 
 
+@pytest.mark.integration
 def test_model_keras_loads_with_plain_keras_in_a_fresh_python(tmp_path: Path) -> None:
     """What a colleague without busi does with OUT/model/model.keras: the same probabilities.
     Tolerance: the same float32 kernels in two processes; only the order of multi-threaded
     reductions may differ (observed: identical)."""
-    from busi.model import load_saved_model
     from conftest import make_model_dir, plain_keras_probabilities
+
+    from busi.model.network import load_saved_model
 
     folder = make_model_dir(tmp_path / "run", size=32, seed=3) / "model"
     x = np.random.default_rng(4).uniform(0, 255, (5, 32, 32, 3)).astype("float32")
@@ -170,7 +172,7 @@ def test_model_keras_loads_with_plain_keras_in_a_fresh_python(tmp_path: Path) ->
 
 
 def test_unfreeze_stages() -> None:
-    from busi.model import set_trainable
+    from busi.model.network import set_trainable
 
     built = _build()
     head_only = len(built.model.trainable_weights)

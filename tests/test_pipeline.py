@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from busi.config import AugmentConfig
+from busi.config.schema import AugmentConfig
 from busi.data.pipeline import balanced_class_weights
 
 N = 11  # odd, so two shards drop a ragged tail
@@ -39,7 +39,7 @@ def _order(pipeline: Any, seed: int, epoch: int, shard: tuple[int, int] = (0, 1)
 def _feature_order(pipeline: Any, seed: int, epoch: int, shard: tuple[int, int] = (0, 1), skip: int = 0) -> list[int]:
     """Which samples an epoch on cached features visits: FeatureCache.train_dataset over
     features that are each sample's own index."""
-    from busi.features import FeatureCache
+    from busi.model.features import FeatureCache
 
     cache = FeatureCache.__new__(FeatureCache)  # no model needed: only the epoch order is read
     cache.train, cache.variants = pipeline, 1

@@ -1,7 +1,7 @@
 """``busi-job predict``: one row per file whatever the file, shards, merge, resume, Grad-CAM.
 
-The model is a real ``weights: none`` ResNet50 saved as training saves it (no training
-needed to check rows and probabilities). Runs are real subprocesses, as a batch job runs them.
+The model is the session's trained run (conftest ``trained_run``; only read here: copies are
+made where a test changes the model folder). Runs are real subprocesses, as a batch job runs them.
 """
 
 from __future__ import annotations
@@ -21,19 +21,20 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import CLASSES, REPO, linked_copies, run_cli
 from PIL import Image
 
-from busi.artifacts import open_text
-from busi.inputs import expand_inputs
-from busi.predictions import CsvSink, done_marker, prediction_columns
-from conftest import CLASSES, REPO, linked_copies, make_model_dir, run_cli
+from busi.data.inputs import expand_inputs
+from busi.files.text import open_text
+from busi.model.predictor import load_predictor
+from busi.predict.output import CsvSink, done_marker, prediction_columns
 
-SIZE = 32
+SIZE = 64  # the trained run's image_size
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_model_dir(tmp_path_factory.mktemp("model"), size=SIZE)
+def model_dir(trained_run: dict[str, Any]) -> Path:
+    return trained_run["out"]
 
 
 def _rgb(rng: np.random.Generator, w: int = 60, h: int = 48) -> np.ndarray:
@@ -83,7 +84,7 @@ def _rows(path: Path) -> list[dict[str, str]]:
 
 def _by_hand(model_dir: Path, files: list[Path]) -> np.ndarray:
     from busi.data.images import load_image
-    from busi.model import load_saved_model
+    from busi.model.network import load_saved_model
 
     model = load_saved_model(model_dir / "model" / "model.keras")
     x = np.stack([load_image(f, SIZE) for f in files]).astype(np.float32)
@@ -236,7 +237,7 @@ def test_decode_threads_run_at_low_cpu_priority(messy: dict, model_dir: Path, tm
     TensorFlow (benchmarks/bench_predict.py); the calling thread keeps its own priority."""
     import threading
 
-    import busi.predict as bp
+    import busi.predict.job as bp
 
     niceness: list[int] = []
     real_decode = bp._decode
@@ -246,7 +247,7 @@ def test_decode_threads_run_at_low_cpu_priority(messy: dict, model_dir: Path, tm
         return real_decode(f, size, resize)
 
     monkeypatch.setattr(bp, "_decode", spy)
-    predictor = bp.load_predictor(model_dir)
+    predictor = load_predictor(model_dir)
     files = expand_inputs([str(messy["root"])])
     sink = CsvSink(tmp_path / "p.csv", prediction_columns(predictor.classes), resume=False)
     try:
@@ -319,7 +320,7 @@ def test_a_run_that_did_not_complete_is_not_used_for_prediction(model_dir: Path,
 
 def test_corrupt_model_files_are_data_errors_naming_the_file(model_dir: Path, tmp_path: Path) -> None:
     from busi.errors import DataError
-    from busi.predict import load_predictor
+    from busi.model.predictor import load_predictor
 
     bad = tmp_path / "bad"
     shutil.copytree(model_dir, bad)

@@ -11,9 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from busi.artifacts import open_text
 from busi.errors import ConfigError, DataError
-from busi.predictions import CsvSink, done_marker, merge_shards, own_outputs, prediction_columns, prediction_row
+from busi.files.text import open_text
+from busi.predict.merge import merge_shards
+from busi.predict.output import (
+    CsvSink,
+    done_marker,
+    own_outputs,
+    prediction_columns,
+    prediction_row,
+)
 
 CLASSES = ("normal", "benign", "malignant")
 
@@ -115,6 +122,7 @@ def test_output_that_is_a_folder_or_in_use_is_refused(tmp_path: Path) -> None:
     CsvSink(tmp_path / "p.csv", COLUMNS, resume=True).close()  # released on close
 
 
+@pytest.mark.integration
 def test_merge_names_damaged_markers_and_shards(tmp_path: Path) -> None:
     output = tmp_path / "p.csv"
     _shard(output, 0, 4, ["a.png"])
@@ -146,7 +154,7 @@ def test_merge_keeps_non_utf8_names_and_refuses_a_folder_output(tmp_path: Path) 
 
 
 def test_own_outputs_are_never_inputs(tmp_path: Path) -> None:
-    from busi.inputs import expand_inputs
+    from busi.data.inputs import expand_inputs
 
     (tmp_path / "in").mkdir()
     for n in ("a.png", "p.csv", "p.csv.done.json", "p.part-00001-of-00002.csv", "p.part-00001-of-00002.csv.done.json",

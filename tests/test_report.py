@@ -5,16 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-
 from conftest import assert_rendered
 
 CLASSES = ("normal", "benign", "malignant")
 
 
 def test_a_run_page_renders_its_numbers_and_plots(tmp_path: Path) -> None:
-    from busi.bootstrap import bootstrap_intervals, format_interval
-    from busi.evaluate import compute_metrics, plot_calibration
-    from busi.report import run_report
+    from busi.evaluate.bootstrap import bootstrap_intervals
+    from busi.evaluate.metrics import compute_metrics
+    from busi.evaluate.plots import plot_calibration
+    from busi.report.format import format_interval
+    from busi.report.html import run_report
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, 3, 60)

@@ -18,14 +18,20 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import (
+    REPO,
+    linked_copies,
+    make_model_dir,
+    read_tensorboard,
+    run_cli,
+    scalars,
+)
 from PIL import Image
 
-from busi.artifacts import is_temp_name
-from busi.config import load_config
-from busi.locks import is_locked
-from conftest import REPO, linked_copies, make_model_dir, read_tensorboard, run_cli, scalars
+from busi.config.load import load_config
+from busi.files.atomic import is_temp_name
+from busi.runtime.locks import is_locked
 
-pytestmark = pytest.mark.slow
 
 # Fine-tuning conv5 (job/busi.yaml's setting) trains on the feature cache of conv1-conv4, so a
 # signal lands while the cache fills or during a cached epoch, and the resumed run refills it.
@@ -149,7 +155,7 @@ def _check_artifacts(out: Path) -> None:
         load_config(out / "config.yaml")
     model = out / "model" / "model.keras"
     if model.exists():
-        from busi.model import load_saved_model
+        from busi.model.network import load_saved_model
 
         load_saved_model(model)
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from busi.runtime import cgroup_cpu_quota, detect_cores, resolve_precision, thread_env, thread_split
+from busi.runtime.cores import cgroup_cpu_quota, detect_cores, thread_env, thread_split
+from busi.runtime.startup import resolve_precision
 
 
 def test_cgroup_v2_quota(tmp_path: Path) -> None:
@@ -58,19 +59,21 @@ def test_thread_split() -> None:
     assert thread_split(16) == (16, 2)
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(shutil.which("taskset") is None, reason="taskset (util-linux) not installed")
 def test_taskset_one_core_is_detected() -> None:
-    code = "import json; from busi.runtime import detect_cores; d = detect_cores(); print(json.dumps(d.as_dict()))"
+    code = "import json; from busi.runtime.cores import detect_cores; d = detect_cores(); print(json.dumps(d.as_dict()))"
     env = {k: v for k, v in os.environ.items() if k != "SLURM_CPUS_PER_TASK"}
     out = subprocess.run(["taskset", "-c", "0", sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     d = json.loads(out.stdout)
     assert d["cores"] == 1 and d["affinity"] == 1 and d["source"] in ("affinity", "cgroup")
 
 
+@pytest.mark.integration
 def test_tensorflow_gets_the_threads() -> None:
     """Under SLURM_CPUS_PER_TASK=1 the TF pools and OpenMP get one thread, set before TF starts."""
     code = (
-        "import os; from busi.runtime import detect_cores, start_tensorflow\n"
+        "import os; from busi.runtime.cores import detect_cores; from busi.runtime.startup import start_tensorflow\n"
         "d = detect_cores()\n"
         "tf = start_tensorflow(d, 0)\n"
         "print(d.cores, d.source, tf.config.threading.get_intra_op_parallelism_threads(),"

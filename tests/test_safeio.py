@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from busi.safeio import NotRegularFile, is_regular_file, read_regular_file
+from busi.runtime.safeio import NotRegularFile, is_regular_file, read_regular_file
 
 
 @pytest.mark.timeout(20)  # a blocking open on the FIFO would hang here; the timeout fails the test

@@ -277,7 +277,7 @@ def test_real_sample_masks_and_order(sample_scan) -> None:
 
 
 def test_a_run_directory_inside_the_dataset_is_not_scanned(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    from busi.config import load_config
+    from busi.config.load import load_config
     from busi.data.prepare import prepare_data
 
     for k, label in enumerate(("normal", "benign", "malignant")):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from busi.config import load_config
+from busi.config.load import load_config
 from busi.errors import ConfigError
-from busi.schedule import epoch_learning_rate
+from busi.train.lr import epoch_learning_rate
 
 BASE = ["data.source=x", "output.dir=y"]
 

@@ -5,7 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from busi.screening import binary_rates, choose_operating_point, choose_threshold, screening_metrics
+from busi.evaluate.screening import (
+    binary_rates,
+    choose_operating_point,
+    choose_threshold,
+    screening_metrics,
+)
 
 CLASSES = ("normal", "benign", "malignant")
 

@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-
 from conftest import REPO
 from slurmcluster import SlurmCluster, unavailable_reason
 
@@ -208,7 +207,7 @@ def test_job_args_take_every_leading_job_file(tmp_path: Path) -> None:
 
 # --- on the cluster -------------------------------------------------------------------------------
 
-@pytest.mark.slow
+@pytest.mark.system
 def test_train_sh_writes_the_run_directory(slurm: SlurmCluster, job_env: dict[str, str], tmp_path: Path) -> None:
     """sbatch --wait slurm/train.sh JOB --set ...: a completed run, data staged to node-local
     scratch, threads from --cpus-per-task. Runs through the container branch (BUSI_IMAGE), with
@@ -257,7 +256,7 @@ def test_train_sh_writes_the_run_directory(slurm: SlurmCluster, job_env: dict[st
     assert "busi-slurm[" in log.read_text() and "done" in tail(log, 3)
 
 
-@pytest.mark.slow
+@pytest.mark.system
 def test_usr1_checkpoints_requeues_and_the_same_job_resumes(
     slurm: SlurmCluster, job_env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -302,7 +301,7 @@ def test_usr1_checkpoints_requeues_and_the_same_job_resumes(
     assert [int(r["epoch"]) for r in rows] == list(range(1, epochs + 1)), [r["epoch"] for r in rows]
 
 
-@pytest.mark.slow
+@pytest.mark.system
 def test_predict_array_and_merge_cover_every_file_once(
     slurm: SlurmCluster, job_env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -338,7 +337,7 @@ def test_predict_array_and_merge_cover_every_file_once(
     assert list((tmp_path / "scratch" / "busi-staging").glob("data-*")), "archive not staged in scratch"
 
 
-@pytest.mark.slow
+@pytest.mark.system
 def test_cv_array_and_report_predict_every_image_once(
     slurm: SlurmCluster, job_env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -366,7 +365,7 @@ def test_cv_array_and_report_predict_every_image_once(
     assert "3 folds, 15 images out of fold" in report_log.read_text()
 
 
-@pytest.mark.slow
+@pytest.mark.system
 def test_horovod_script_two_ranks_end_with_identical_weights(
     slurm: SlurmCluster, job_env: dict[str, str], tmp_path: Path
 ) -> None:

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from busi.artifacts import csv_text
 from busi.data.dedupe import group_duplicates
 from busi.data.scan import Sample
 from busi.data.split import SPLITS_COLUMNS, SplitRow, read_splits_file, split_groups
 from busi.errors import DataError
+from busi.files.text import csv_text
 
 CLASSES = ("normal", "benign", "malignant")
 FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
@@ -179,8 +179,8 @@ def test_a_written_splits_csv_is_reusable_whatever_the_file_names(tmp_path: Path
     import numpy as np
     from PIL import Image
 
-    from busi.artifacts import atomic_write_text
     from busi.data.scan import scan_dataset
+    from busi.files.atomic import atomic_write_text
 
     odd = [b"scan\xff.png", b"a\rb.png", b"c\nd.png", "e\u2028f.png".encode(), b"g\x1ch.png", b"plain.png"]
     rng = np.random.default_rng(0)

@@ -202,6 +202,7 @@ def test_stage_reuse_and_restage(tmp_path: Path, kind: str) -> None:
     assert staged_entries(staging) == sorted([out.name, f"{out.name}.lock"])
 
 
+@pytest.mark.integration
 def test_dir_without_marker_is_restaged_and_stale_temps_removed(tmp_path: Path) -> None:
     archive = make_zip(tmp_path / "busi.zip", FILES)
     staging = tmp_path / "stage"
@@ -382,7 +383,7 @@ def test_zip_with_lying_size_header_refused(tmp_path: Path) -> None:
 
 def test_byte_budget_stops_member_longer_than_declared(tmp_path: Path) -> None:
     """zipfile/tarfile already cap reads at the declared size; the writer guard is the backstop."""
-    from busi.data.staging import _BudgetWriter, _Member
+    from busi.data.archives import _BudgetWriter, _Member
 
     member = _Member("bomb.bin", ("bomb.bin",), False, 10, zipfile.ZipInfo("bomb.bin"))
     sink = io.BytesIO()
@@ -408,6 +409,7 @@ print(stage_source(sys.argv[1], sys.argv[2]))
 """
 
 
+@pytest.mark.integration
 def test_concurrent_staging_two_processes(tmp_path: Path) -> None:
     files = {f"Dataset_BUSI_with_GT/benign/benign ({i}).png": os.urandom(256 * 1024) for i in range(20)}
     archive = make_zip(tmp_path / "busi.zip", files)  # ~5 MB, incompressible
@@ -454,6 +456,7 @@ def test_busi_sample_zip(tmp_path: Path) -> None:
 
 
 
+@pytest.mark.integration
 def test_a_killed_unpack_of_another_archive_is_cleaned_once_no_one_holds_its_lock(tmp_path: Path) -> None:
     staging = tmp_path / "stage"
     staging.mkdir()
@@ -462,7 +465,7 @@ def test_a_killed_unpack_of_another_archive_is_cleaned_once_no_one_holds_its_loc
     (orphan / "big.bin").write_bytes(b"x" * 1000)
     live = staging / "busy-0123456789ab.tmp-1-x2"  # another archive being unpacked right now
     live.mkdir()
-    from busi.locks import exclusive_lock
+    from busi.runtime.locks import exclusive_lock
 
     with exclusive_lock(staging / "busy-0123456789ab.lock", "test"):
         out = stage_source(make_zip(tmp_path / "busi.zip", FILES), staging)
@@ -488,7 +491,7 @@ def test_a_high_compression_ratio_is_refused_before_the_disk_fills(tmp_path: Pat
 
 
 def test_archive_limits_come_from_the_job_for_training_and_prediction() -> None:
-    from busi.config import load_config, load_predict_config
+    from busi.config.load import load_config, load_predict_config
 
     cfg = load_config(None, ["data.source=x", "output.dir=y", "data.max_archive_members=7", "data.max_archive_ratio=3"])
     assert ArchiveLimits.from_config(cfg.data) == ArchiveLimits(max_members=7, max_ratio=3)

@@ -8,7 +8,8 @@ import signal
 import pytest
 
 from busi.errors import ConfigError
-from busi.stopper import Stopper, format_hms, parse_hms, resolve_deadline
+from busi.runtime.stopper import Stopper
+from busi.runtime.walltime import format_hms, parse_hms, resolve_deadline
 
 
 def test_parse_hms_and_deadlines() -> None:

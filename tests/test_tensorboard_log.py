@@ -8,11 +8,11 @@ import math
 from pathlib import Path
 
 import numpy as np
+from conftest import read_tensorboard, scalars
 from PIL import Image
 
-from busi.tensorboard_log import TensorBoardLog
-from busi.train import EpochRecord
-from conftest import read_tensorboard, scalars
+from busi.train.loop import EpochRecord
+from busi.train.tensorboard import TensorBoardLog
 
 
 def _record(phase: str, epoch: int, loss: float, val_loss: float = 0.9) -> EpochRecord:

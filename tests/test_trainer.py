@@ -1,7 +1,7 @@
 """The training loop's stop, checkpoint and early-stopping policy, in-process, on a fake clock.
 
-Every training step advances the clock by one second (through ``Dist.check_step``, which the
-loop calls before each step), so walltime budgets, checkpoint cadences and the epoch-time
+Every training step advances the clock by one second (through the loop's ``on_step`` hook,
+which it calls before each step), so walltime budgets, checkpoint cadences and the epoch-time
 estimates are exact whatever the speed of the machine. Real signals and real walltime
 budgets in real subprocesses are in tests/test_resume.py.
 """
@@ -17,11 +17,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from busi.checkpoint import Checkpointer
-from busi.config import load_config
-from busi.ranks import Dist
+from busi.config.load import load_config
+from busi.distributed.group import Dist
 from busi.errors import Interrupted
-from busi.stopper import Stopper
+from busi.runtime.stopper import Stopper
+from busi.train.checkpoint import Checkpointer
 
 SIZE = 32
 PER_CLASS = 4  # 12 images: train and val are the same 12, so 6 steps of 2 per epoch
@@ -39,15 +39,15 @@ class FakeClock:
 
 
 @dataclass(frozen=True)
-class SteppingDist(Dist):
-    """One process whose every training step takes one second on ``clock``."""
+class Stepping:
+    """The loop's ``on_step`` hook: every training step takes one second on ``clock``."""
 
     clock: FakeClock = field(default_factory=FakeClock)
     steps: list[int] = field(default_factory=list)
 
     signal_at: int = 0  # send this process SIGTERM when this step starts (0: never)
 
-    def check_step(self, step: int) -> None:
+    def __call__(self, step: int) -> None:
         self.steps.append(step)
         self.clock.now += 1.0
         if step == self.signal_at:
@@ -66,10 +66,10 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 
 def _trainer(images: Any, out: Path, *sets: str, deadline: float | None = None, margin: float = 0.0,
-             checkpoint: bool = True, signal_at: int = 0) -> tuple[Any, SteppingDist, Checkpointer]:
+             checkpoint: bool = True, signal_at: int = 0) -> tuple[Any, Stepping, Checkpointer]:
     from busi.data.pipeline import Pipeline
-    from busi.model import build_model
-    from busi.train import Trainer
+    from busi.model.network import build_model
+    from busi.train.loop import Trainer
 
     cfg = load_config(None, [
         "data.source=x", f"output.dir={out}", f"data.image_size={SIZE}", "model.weights=none",
@@ -77,24 +77,24 @@ def _trainer(images: Any, out: Path, *sets: str, deadline: float | None = None, 
         "runtime.checkpoint_minutes=0", *sets,
     ])
     clock = FakeClock()
-    dist = SteppingDist(clock=clock, signal_at=signal_at)
+    stepping = Stepping(clock=clock, signal_at=signal_at)
     stopper = Stopper(signals=("SIGTERM",) if signal_at else (), deadline=deadline, margin=margin, clock=clock)
     checkpointer = Checkpointer(out, cfg)
     pipeline = Pipeline(images, SIZE, "stretch")
-    trainer = Trainer(cfg, build_model(cfg.model, SIZE, ("normal", "benign", "malignant")), pipeline, pipeline, np.ones(3, np.float32), dist,
-                      stopper=stopper, checkpointer=checkpointer if checkpoint else None, clock=clock)
-    return trainer, dist, checkpointer
+    trainer = Trainer(cfg, build_model(cfg.model, SIZE, ("normal", "benign", "malignant")), pipeline, pipeline, np.ones(3, np.float32), Dist(),
+                      stopper=stopper, on_step=stepping, checkpointer=checkpointer if checkpoint else None, clock=clock)
+    return trainer, stepping, checkpointer
 
 
 def _stopped(images: Any, out: Path, *sets: str, deadline: float, margin: float) -> tuple[str, list[int], dict[str, Any]]:
     """Train until the walltime budget stops the loop: (its message, the steps taken, the
     state in the checkpoint it wrote)."""
-    trainer, dist, checkpointer = _trainer(images, out, *sets, deadline=deadline, margin=margin)
+    trainer, stepping, checkpointer = _trainer(images, out, *sets, deadline=deadline, margin=margin)
     with pytest.raises(Interrupted, match="walltime budget") as stop:
         trainer.fit()
     loaded = checkpointer.load()
     assert loaded is not None, "no checkpoint written on the stop"
-    return str(stop.value), dist.steps, loaded.state.to_json()
+    return str(stop.value), stepping.steps, loaded.state.to_json()
 
 
 def test_walltime_budget_stops_at_an_epoch_end_when_the_next_epoch_does_not_fit(images: Any, tmp_path: Path) -> None:
@@ -142,9 +142,9 @@ class RecordingCheckpointer:
 
 def test_time_based_checkpoints_mid_epoch(images: Any, tmp_path: Path) -> None:
     # runtime.checkpoint_minutes=1: a checkpoint after the first step at least 60 s after the last.
-    trainer, dist, _ = _trainer(images, tmp_path / "run", "train.head.epochs=25", "train.head.patience=100",
+    trainer, stepping, _ = _trainer(images, tmp_path / "run", "train.head.epochs=25", "train.head.patience=100",
                                 "train.finetune.epochs=0", "runtime.checkpoint_minutes=1", checkpoint=False)
-    trainer.checkpointer = recorder = RecordingCheckpointer(dist.clock)
+    trainer.checkpointer = recorder = RecordingCheckpointer(stepping.clock)
     trainer.fit()
     steps = [e * STEPS + s for e, s in recorder.saves]  # global step at each checkpoint
     assert steps == [60, 120]
@@ -154,9 +154,9 @@ def test_epoch_checkpoints_skip_those_that_cost_over_a_fifth_of_the_work(images:
     # runtime.checkpoint_epochs=1, but a save costs 2 s and an epoch 6 s: after a save the next
     # one waits until 5 x 2 s of work have passed, so every other epoch is checkpointed, and
     # the last epoch never (the final model replaces the checkpoint).
-    trainer, dist, _ = _trainer(images, tmp_path / "run", "train.head.epochs=6", "train.head.patience=100",
+    trainer, stepping, _ = _trainer(images, tmp_path / "run", "train.head.epochs=6", "train.head.patience=100",
                                 "train.finetune.epochs=0", "runtime.checkpoint_epochs=1", checkpoint=False)
-    trainer.checkpointer = recorder = RecordingCheckpointer(dist.clock, cost=2.0)
+    trainer.checkpointer = recorder = RecordingCheckpointer(stepping.clock, cost=2.0)
     trainer.fit()
     assert recorder.saves == [(1, 0), (3, 0), (5, 0)]
 
@@ -165,7 +165,7 @@ def test_early_stopping_after_patience_epochs_without_improvement(images: Any, t
     # A learning rate of 1e-30 leaves every weight as it is (below float32's resolution), so
     # val_loss is the same every epoch: epoch 1 is the best, and patience 2 ends the head phase
     # after epoch 3; the fine-tuning phase then runs its epochs.
-    trainer, dist, _ = _trainer(images, tmp_path / "run", "train.head.epochs=10", "train.head.patience=2",
+    trainer, stepping, _ = _trainer(images, tmp_path / "run", "train.head.epochs=10", "train.head.patience=2",
                                 "train.head.learning_rate=1e-30", "train.finetune.epochs=1",
                                 "train.finetune.unfreeze=conv5", checkpoint=False)
     result = trainer.fit()
@@ -173,7 +173,7 @@ def test_early_stopping_after_patience_epochs_without_improvement(images: Any, t
     assert result.stopped_early == {"head": True, "finetune": False}
     assert len({h.val_loss for h in result.history[:3]}) == 1
     assert result.best_epoch in (1, 4) and trainer.state.total_epochs == 4
-    assert dist.steps == list(range(1, 4 * STEPS + 1))
+    assert stepping.steps == list(range(1, 4 * STEPS + 1))
 
 
 # --------------------------------------------------------------------- weight averaging
@@ -213,7 +213,7 @@ def test_ema_validates_and_keeps_the_averaged_weights(images: Any, ema_runs: dic
     import keras
 
     from busi.data.pipeline import Pipeline
-    from busi.model import build_model
+    from busi.model.network import build_model
 
     model = build_model(load_config(None, ["data.source=x", "output.dir=o", "model.weights=none"]).model, SIZE,
                         ("normal", "benign", "malignant")).model

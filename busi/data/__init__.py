@@ -1,1 +1,5 @@
-"""Data: staging, scanning, de-duplication, splitting, synthetic data, tf.data pipeline."""
+"""The data: sources staged safely (``staging``, ``archives``), scanned into samples (``scan``,
+``names``), decoded by one function (``images``), grouped by duplicates (``dedupe``), split
+(``split``, ``folds``) and reported (``prepare``); what prediction reads (``inputs``);
+synthetic BUSI-like data (``synth``); the tf.data pipeline (``pipeline``, the only module here
+that uses TensorFlow, imported inside it). Importing the package never imports TensorFlow."""

@@ -7,10 +7,11 @@ whose members carry different labels is a label conflict: reported, and dropped 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Sequence
 
 import numpy as np
 
+from busi.config.schema import DedupeMode
 from busi.data.scan import Sample
 
 
@@ -28,7 +29,7 @@ class Group:
 
 
 def group_duplicates(
-    samples: Sequence[Sample], mode: Literal["none", "exact", "near"] = "near", threshold: int = 6
+    samples: Sequence[Sample], mode: DedupeMode = "near", threshold: int = 6
 ) -> list[Group]:
     """Partition samples into groups: singletons, identical files, and (``near``) images whose
     perceptual hashes differ in at most ``threshold`` bits. Deterministic for a sample order."""

@@ -15,7 +15,7 @@ from typing import BinaryIO
 import numpy as np
 
 from busi.errors import DataError
-from busi.safeio import open_regular_file
+from busi.runtime.safeio import open_regular_file
 
 
 def load_image(path: str | Path, size: int, resize: str = "stretch") -> np.ndarray:
@@ -42,18 +42,18 @@ def decode_error(path: str | Path, e: Exception) -> DataError:
         why = "cannot identify image file (not a format Pillow reads)"
     else:
         why = f"{type(e).__name__}: {e}"
-    return DataError(f"{path}: cannot decode image: {why}")
+    return DataError(path, f"cannot decode image: {why}")
 
 
 def open_image_file(path: str | Path) -> BinaryIO:
     """The file, open for reading, refusing (DataError naming the path) what is not a regular
-    file: a FIFO in an input folder must give an error row, not hang the job (``busi.safeio``)."""
+    file: a FIFO in an input folder must give an error row, not hang the job (``busi.runtime.safeio``)."""
     try:
         return open_regular_file(path)
     except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
+        raise DataError(path, "file not found") from None
     except OSError as e:
-        raise DataError(f"{path}: cannot read: {e.strerror or e}") from None
+        raise DataError(path, f"cannot read: {e.strerror or e}") from None
 
 
 def to_rgb8(im: "Image.Image") -> "Image.Image":  # noqa: F821

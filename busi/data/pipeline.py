@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from busi.config import AugmentConfig
+from busi.config.schema import AugmentConfig
 from busi.data.images import load_image
 
 
@@ -105,7 +105,7 @@ class Pipeline:
 
     def variant_dataset(self, batch_size: int, seed: int, variant: int, augment: AugmentConfig | None) -> Any:
         """All images in file order, augmented as variant ``variant`` (``augment`` None: as is):
-        (images float32, labels int32). Feeds the feature cache (``busi.features``)."""
+        (images float32, labels int32). Feeds the feature cache (``busi.model.features``)."""
         import tensorflow as tf
 
         aug_seed = _mix(seed + 2, variant)
@@ -130,7 +130,7 @@ class Pipeline:
 def epoch_order(ds: Any, n: int, seed: int, epoch: int, shard: tuple[int, int] = (0, 1)) -> Any:
     """The one definition of a training epoch's order: the ``n`` elements of ``ds`` shuffled by
     ``(seed, epoch)``, then rank ``shard[0]``'s share of ``shard[1]``. Training on images
-    (``Pipeline.train_dataset``) and on cached features (``busi.features``, over
+    (``Pipeline.train_dataset``) and on cached features (``busi.model.features``, over
     ``tf.data.Dataset.range(n)``) both call it, so an epoch visits the same samples in the same
     order on either path, and a resumed epoch (``skip`` of the batches done) continues exactly."""
     ds = ds.shuffle(n, seed=_mix(seed, epoch), reshuffle_each_iteration=False)

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from busi.config import DataConfig
+from busi.config.schema import DataConfig
 from busi.data.dedupe import Group, group_duplicates
-from busi.data.scan import ScanResult, Sample, scan_dataset
+from busi.data.scan import Sample, ScanResult, scan_dataset
 from busi.data.split import SPLITS, SplitRow, read_splits_file, split_groups
 from busi.data.staging import ArchiveLimits, stage_source
 from busi.errors import DataError
@@ -55,7 +55,7 @@ def prepare_data(cfg: DataConfig, seed: int, exclude: Sequence[str | Path] = ())
         fractions = {"train": cfg.split.train, "val": cfg.split.val, "test": cfg.split.test}
         rows = split_groups(scan.samples, groups, fractions, seed, drop_conflicts=cfg.conflicts == "drop")
     if not any(r.split == "train" for r in rows):
-        raise DataError(f"{root}: no training images after de-duplication and splitting; add images or check data.split")
+        raise DataError(root, "no training images after de-duplication and splitting; add images or check data.split")
     report = build_report(cfg, scan, groups, rows, left_out)
     return PreparedData(scan=scan, groups=tuple(groups), rows=tuple(rows), report=report)
 

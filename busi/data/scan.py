@@ -21,8 +21,8 @@ import numpy as np
 
 from busi.data.images import decode_error, open_image_file
 from busi.data.names import has_junk_part, is_junk
-from busi.safeio import is_regular_file
 from busi.errors import DataError
+from busi.runtime.safeio import is_regular_file
 
 MASK_RE = re.compile(r"^(?P<stem>.+)_mask(?:_(?P<n>\d+))?$", re.IGNORECASE)
 
@@ -74,7 +74,7 @@ def find_dataset_root(root: str | Path, classes: Sequence[str]) -> Path:
     """The folder holding the class folders: ``root`` itself or exactly one folder below it."""
     root = Path(root)
     if not root.is_dir():
-        raise DataError(f"{root}: dataset folder not found")
+        raise DataError(root, "dataset folder not found")
     if _has_classes(root, classes):
         return root
     below = sorted(
@@ -85,12 +85,10 @@ def find_dataset_root(root: str | Path, classes: Sequence[str]) -> Path:
         return below[0]
     found = sorted(d.name for d in root.iterdir() if d.is_dir())
     if len(below) > 1:
-        raise DataError(
-            f"{root}: several folders hold the class folders ({', '.join(d.name for d in below)}); "
+        raise DataError(root, f"several folders hold the class folders ({', '.join(d.name for d in below)}); "
             "point data.source at one of them"
         )
-    raise DataError(
-        f"{root}: no class folders {list(classes)} at the top or one level down (found folders: {found}); "
+    raise DataError(root, f"no class folders {list(classes)} at the top or one level down (found folders: {found}); "
         "check data.source and data.classes"
     )
 
@@ -117,20 +115,8 @@ def scan_dataset(root: str | Path, classes: Sequence[str], exclude: Sequence[str
     for index, label in enumerate(classes):
         class_dir = base / label
         if not class_dir.is_dir():
-            raise DataError(f"{base}: class folder '{label}' is missing (data.classes lists it)")
-        files = sorted(_walk(class_dir, excluded), key=lambda p: natural_key(p.relative_to(base).as_posix()))
-        images: dict[tuple[Path, str], list[Path]] = {}  # a list: x.png and x.jpg are two samples
-        masks: dict[tuple[Path, str], list[Path]] = {}
-        for f in files:
-            rel = f.relative_to(base).as_posix()
-            if f.suffix.lower() not in exts or not is_regular_file(f):  # FIFOs, sockets, broken links
-                skipped.append(rel)
-                continue
-            m = MASK_RE.match(f.stem)
-            if m:
-                masks.setdefault((f.parent, m.group("stem").lower()), []).append(f)
-            else:
-                images.setdefault((f.parent, f.stem.lower()), []).append(f)
+            raise DataError(base, f"class folder '{label}' is missing (data.classes lists it)")
+        images, masks = _sort_files(base, class_dir, excluded, exts, skipped)
         for key, mask_files in masks.items():
             if key not in images:
                 orphans.extend(p.relative_to(base).as_posix() for p in mask_files)
@@ -140,20 +126,13 @@ def scan_dataset(root: str | Path, classes: Sequence[str], exclude: Sequence[str
             try:
                 info = read_image_info(f)
             except DataError as e:
-                corrupt.append((rel, str(e.args[0]).split(": ", 1)[-1]))
+                corrupt.append((rel, e.reason))
                 continue
             count += 1
-            samples.append(
-                Sample(
-                    path=rel,
-                    label=label,
-                    label_index=index,
-                    masks=tuple(p.relative_to(base).as_posix() for p in masks.get(key, [])),
-                    **info,
-                )
-            )
+            masks_of = tuple(p.relative_to(base).as_posix() for p in masks.get(key, []))
+            samples.append(Sample(path=rel, label=label, label_index=index, masks=masks_of, **info))
         if count == 0:
-            raise DataError(f"{class_dir}: no readable images in class '{label}'")
+            raise DataError(class_dir, f"no readable images in class '{label}'")
     extra = sorted(
         d.name for d in base.iterdir()
         if d.is_dir() and d.name not in classes and not is_junk(d.name) and (d.name,) not in excluded
@@ -167,6 +146,24 @@ def scan_dataset(root: str | Path, classes: Sequence[str], exclude: Sequence[str
         extra_dirs=tuple(extra),
         excluded_dirs=tuple("/".join(parts) for parts in excluded),
     )
+
+
+def _sort_files(base: Path, class_dir: Path, excluded: Sequence[tuple[str, ...]], exts: frozenset[str],
+                skipped: list[str]) -> tuple[dict[tuple[Path, str], list[Path]], dict[tuple[Path, str], list[Path]]]:
+    """A class folder's images and masks, keyed by (folder, lower-case stem) so each mask finds
+    its image; what is not an image goes to ``skipped``. Lists, as x.png and x.jpg are two samples."""
+    images: dict[tuple[Path, str], list[Path]] = {}
+    masks: dict[tuple[Path, str], list[Path]] = {}
+    for f in sorted(_walk(class_dir, excluded), key=lambda p: natural_key(p.relative_to(base).as_posix())):
+        if f.suffix.lower() not in exts or not is_regular_file(f):  # FIFOs, sockets, broken links
+            skipped.append(f.relative_to(base).as_posix())
+            continue
+        m = MASK_RE.match(f.stem)
+        if m:
+            masks.setdefault((f.parent, m.group("stem").lower()), []).append(f)
+        else:
+            images.setdefault((f.parent, f.stem.lower()), []).append(f)
+    return images, masks
 
 
 def _inside(base: Path, folders: Sequence[str | Path]) -> list[tuple[str, ...]]:

@@ -15,11 +15,11 @@ from typing import Sequence
 
 import numpy as np
 
-from busi.artifacts import text_of
-from busi.safeio import read_regular_file
 from busi.data.dedupe import Group
 from busi.data.scan import Sample
 from busi.errors import DataError
+from busi.files.text import text_of
+from busi.runtime.safeio import read_regular_file
 
 SPLITS = ("train", "val", "test")
 SPLITS_COLUMNS = ("path", "label", "group", "split")
@@ -88,26 +88,25 @@ def read_splits_file(path: str | Path, samples: Sequence[Sample]) -> tuple[list[
         reader = csv.DictReader(io.StringIO(text_of(read_regular_file(p)), newline=""))
         listed = list(reader)
     except FileNotFoundError:
-        raise DataError(f"{p}: data.splits file not found") from None
+        raise DataError(p, "data.splits file not found") from None
     except (OSError, csv.Error) as e:
-        raise DataError(f"{p}: cannot read data.splits file: {getattr(e, 'strerror', None) or e}") from None
+        raise DataError(p, f"cannot read data.splits file: {getattr(e, 'strerror', None) or e}") from None
     missing_cols = [c for c in SPLITS_COLUMNS if c not in (reader.fieldnames or [])]
     if missing_cols:
-        raise DataError(
-            f"{p}: data.splits file lacks column(s) {missing_cols}; expected header {','.join(SPLITS_COLUMNS)}"
+        raise DataError(p, f"data.splits file lacks column(s) {missing_cols}; expected header {','.join(SPLITS_COLUMNS)}"
         )
     by_path = {s.path: s for s in samples}
     rows: dict[str, SplitRow] = {}
     for line, r in enumerate(listed, start=2):
         sp, label, split = r["path"], r["label"], r["split"]
         if split not in SPLITS:
-            raise DataError(f"{p}:{line}: split {split!r} for {sp}; expected one of {', '.join(SPLITS)}")
+            raise DataError(f"{p}:{line}", f"split {split!r} for {sp}; expected one of {', '.join(SPLITS)}")
         if sp not in by_path:
-            raise DataError(f"{p}:{line}: {sp} is not an image of the scanned dataset; check data.source")
+            raise DataError(f"{p}:{line}", f"{sp} is not an image of the scanned dataset; check data.source")
         if by_path[sp].label != label:
-            raise DataError(f"{p}:{line}: {sp} is labelled {label!r} here but {by_path[sp].label!r} in the dataset")
+            raise DataError(f"{p}:{line}", f"{sp} is labelled {label!r} here but {by_path[sp].label!r} in the dataset")
         if sp in rows:
-            raise DataError(f"{p}:{line}: {sp} is listed twice")
+            raise DataError(f"{p}:{line}", f"{sp} is listed twice")
         rows[sp] = SplitRow(path=sp, label=label, group=r["group"] or sp, split=split)
     ordered = [rows[s.path] for s in samples if s.path in rows]
     left_out = [s.path for s in samples if s.path not in rows]

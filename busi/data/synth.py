@@ -34,7 +34,6 @@ Only numpy and Pillow are used; importing this module is cheap.
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,12 +41,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from busi.artifacts import publish_dir
+from busi.config.schema import DEFAULT_CLASSES
 from busi.errors import ConfigError
-
-__all__ = ["DEFAULT_CLASSES", "write_synthetic_dataset"]
-
-DEFAULT_CLASSES = ("normal", "benign", "malignant")
+from busi.files.atomic import publish_dir, temp_dir
 
 _MIN_SIZE = 16
 _MAX_SIZE = 4096  # BUSI's images are about 500 px; a 100,000 px side would need ~40 GB per image
@@ -89,9 +85,8 @@ def write_synthetic_dataset(
     except OSError as exc:
         raise ConfigError(f"synthetic data: cannot create parent directory of {out}: {exc}") from exc
 
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
     try:
-        os.mkdir(tmp)
+        tmp = temp_dir(out)
     except OSError as exc:
         raise ConfigError(f"synthetic data: cannot write beside {out}: {exc}") from exc
     try:

@@ -1,0 +1,199 @@
+"""``busi-job evaluate``: a trained model on another labelled dataset (external validation).
+
+The dataset is any folder or archive in the class-folder layout (``normal/``, ``benign/``,
+``malignant/``, or the model's own class names), staged and scanned as training scans its data
+(corrupt and non-image files are reported and left out). Before anything is counted, every
+image is checked against the model's training and validation images (``busi.evaluate.leakage``):
+duplicates and near-duplicates are listed in ``overlap.csv`` and, unless ``--keep-overlap``,
+left out of the metrics, which the log and ``metrics.json`` say. The metrics are those of a
+training run's test split (``busi.evaluate.writer``, with the model's own threshold).
+
+The output folder is written whole (built beside it, then renamed into place): it holds
+``metrics.json``, ``predictions.csv``, ``overlap.csv``, ``plots/`` and ``evaluation.json`` (what
+was evaluated, by which model and engine). An existing folder is replaced only when it is an
+earlier evaluation's and ``--overwrite`` is given.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from busi.data.archives import archive_suffix
+from busi.errors import ConfigError, DataError
+from busi.evaluate.leakage import Overlap
+from busi.evaluate.writer import Layout, Scored, score, write_evaluation
+from busi.files.atomic import AtomicFolder, atomic_write_dir
+from busi.files.text import csv_text, json_text
+
+log = logging.getLogger("busi")
+
+MARKER = "evaluation.json"
+OVERLAP_FILE = "overlap.csv"
+OVERLAP_COLUMNS = ("path", "training_path", "training_split", "distance", "kind")
+REPORT_FILE = "report.html"
+EXTERNAL = Layout(predictions="predictions.csv")
+
+
+@dataclass(frozen=True)
+class EvaluateRequest:
+    model: str
+    data: str
+    output: str | None = None
+    engine: str = "auto"
+    precision: str = "auto"
+    batch_size: int = 32
+    keep_overlap: bool = False
+    leakage_check: bool = True
+    overwrite: bool = False
+
+
+def default_output(data: str) -> Path:
+    """``./evaluation-<data name>``, an archive's suffix left out."""
+    name = Path(data.rstrip("/")).name
+    name = name[: len(name) - len(archive_suffix(name) or "")]
+    return Path(f"evaluation-{name or 'data'}")
+
+
+def run_evaluate(req: EvaluateRequest, threads: int | None = None) -> dict[str, Any]:
+    """Evaluate, write the output folder, return its metrics."""
+    from busi.data.scan import scan_dataset
+    from busi.data.staging import stage_source
+    from busi.model.folder import find_model_file, read_threshold
+    from busi.model.predictor import load_predictor
+    from busi.report.format import format_interval
+
+    out = Path(req.output) if req.output else default_output(req.data)
+    _check_output(out, req.overwrite)
+    model_file = find_model_file(req.model)
+    run = _run_dir_of(model_file)
+    training = _training_hashes(req, model_file, run)
+    predictor = load_predictor(req.model, req.engine, req.precision, req.batch_size, threads)
+    classes = predictor.classes
+    root = stage_source(req.data)
+    scan = scan_dataset(root, classes)
+    if not scan.samples:
+        raise DataError(req.data, f"no images in class folders {', '.join(classes)} (the model's classes); "
+                        "external data must use the class-folder layout")
+    threshold = _near_threshold(run)
+    overlap = _overlap(req, scan.samples, training, threshold)
+    left_out = set() if req.keep_overlap else {o.path for o in overlap}
+    used = [s for s in scan.samples if s.path not in left_out]
+    if not used:
+        raise DataError(req.data, "every image duplicates a training image; nothing left to evaluate "
+                        "(--keep-overlap counts them anyway)")
+    probs = _classify(predictor, [root / s.path for s in used], req.batch_size)
+    scored = score([s.path for s in used], [s.label_index for s in used], probs, classes, "external", 0,
+                   read_threshold(model_file))
+    metrics = scored.metrics
+    metrics["engine"] = predictor.engine.info.as_dict()
+    metrics["overlap"] = {"checked": req.leakage_check, "images": len(scan.samples), "overlapping": len(overlap),
+                          "excluded": 0 if req.keep_overlap else len(overlap),
+                          "near_threshold": threshold}
+    about = {"model": str(model_file), "data": req.data, "root": str(root), "engine": metrics["engine"],
+             "images_used": len(used), "not_images": len(scan.skipped), "corrupt": [list(c) for c in scan.corrupt]}
+    if scan.corrupt:
+        log.warning("evaluate: %d file(s) could not be decoded and are left out (evaluation.json lists them)",
+                    len(scan.corrupt))
+    atomic_write_dir(out, lambda tmp: _fill(AtomicFolder(tmp), scored, about, overlap))
+    ci = metrics["ci95"]
+    log.info("evaluate: %d image(s): accuracy %s, balanced accuracy %s, macro F1 %s (95%% bootstrap intervals) -> %s",
+             len(used), *(format_interval(metrics.get(k), ci.get(k)) for k in ("accuracy", "balanced_accuracy",
+                                                                                "macro_f1")), out)
+    return metrics
+
+
+def _check_output(out: Path, overwrite: bool) -> None:
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise ConfigError(f"--output {out}: exists and is not a folder; choose another --output")
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / MARKER).is_file():
+            raise ConfigError(f"--output {out}: the folder holds files that are not a busi evaluation; "
+                              "choose another --output (busi never replaces files it did not write)")
+        if not overwrite:
+            raise ConfigError(f"--output {out}: holds an earlier evaluation; pass --overwrite to replace it")
+
+
+def _run_dir_of(model_file: Path) -> Path | None:
+    """The run directory around a model folder (``RUN/model/model.keras``), if there is one."""
+    from busi.model.folder import MODEL_DIR
+
+    return model_file.parent.parent if model_file.parent.name == MODEL_DIR else None
+
+
+def _training_hashes(req: EvaluateRequest, model_file: Path, run: Path | None) -> list[Any]:
+    """The fingerprints of the model's training and validation images (``data/hashes.csv``)."""
+    from busi.evaluate.leakage import read_hashes
+    from busi.files.rundir import RUN_FILES
+
+    if not req.leakage_check:
+        return []
+    if run is None:
+        raise DataError(f"--model {req.model}", f"no run directory around {model_file}, so no training hashes "
+                        f"({RUN_FILES['hashes']}) to check the data against; pass the run directory, or "
+                        "--no-leakage-check to evaluate without the check")
+    return read_hashes(run / RUN_FILES["hashes"])
+
+
+def _near_threshold(run: Path | None) -> int:
+    """The run's ``data.near_threshold`` (its config.yaml, read as busi reads job files), else
+    the default."""
+    from busi.config.load import load_config
+    from busi.config.schema import DataConfig
+    from busi.files.rundir import RUN_FILES
+
+    default = int(DataConfig.__dataclass_fields__["near_threshold"].default)  # type: ignore[arg-type]
+    if run is None:
+        return default
+    try:
+        return load_config(run / RUN_FILES["config"]).data.near_threshold
+    except ConfigError as e:  # a config of another busi version: the default rule, said so
+        log.warning("evaluate: cannot read the run's %s (%s); near duplicates within %d bits", RUN_FILES["config"],
+                    e, default)
+        return default
+
+
+def _overlap(req: EvaluateRequest, samples: Sequence[Any], training: Sequence[Any], threshold: int) -> list[Overlap]:
+    from busi.evaluate.leakage import find_overlap
+
+    if not req.leakage_check:
+        return []
+    overlap = find_overlap([s.path for s in samples], [s.sha256 for s in samples], [s.phash for s in samples],
+                           training, threshold)
+    if overlap:
+        log.warning("evaluate: %d of %d image(s) duplicate the model's training or validation images (%d exact, "
+                    "%d within %d bits); %s (%s)", len(overlap), len(samples),
+                    sum(o.kind == "exact" for o in overlap), sum(o.kind == "near" for o in overlap), threshold,
+                    "kept in the metrics (--keep-overlap)" if req.keep_overlap else "left out of the metrics",
+                    OVERLAP_FILE)
+    return overlap
+
+
+def _classify(predictor: Any, files: list[Path], batch_size: int) -> np.ndarray:
+    from busi.data.images import load_image
+
+    out = []
+    for i in range(0, len(files), batch_size):
+        x = np.stack([load_image(f, predictor.image_size, predictor.resize) for f in files[i : i + batch_size]])
+        out.append(predictor.engine.run(x.astype(np.float32, copy=False)))
+    return np.concatenate(out)
+
+
+def _fill(folder: AtomicFolder, scored: Scored, about: dict[str, Any], overlap: Sequence[Overlap]) -> None:
+    """The evaluation folder's files, built in a temp folder that is then published whole."""
+    from busi.report.html import evaluation_page
+
+    plots = write_evaluation(folder, EXTERNAL, scored)
+    folder.write_text(OVERLAP_FILE, csv_text(
+        OVERLAP_COLUMNS, ([o.path, o.training_path, o.training_split, o.distance, o.kind] for o in overlap)))
+    o = scored.metrics["overlap"]
+    findings = (f"<h2>Overlap with the training data</h2><p>{o['overlapping']} of {o['images']} image(s) duplicate "
+                f"a training or validation image ({o['excluded']} left out of the metrics); {OVERLAP_FILE} lists "
+                "them.</p>")
+    folder.write_text(REPORT_FILE, evaluation_page(f"busi external evaluation of {about['model']}", scored.metrics,
+                                                   plots, findings))
+    folder.write_text(MARKER, json_text(about))

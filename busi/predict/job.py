@@ -1,0 +1,247 @@
+"""Headless prediction over many files: the decode-and-classify loop, and the prediction job
+(threads, shards, signals, the done marker). Loading the model: ``busi.model.predictor``.
+
+One row per input file, whatever happens: a file that cannot be decoded gets a row with its
+error, and prediction goes on. Rows are written as batches finish (``busi.predict.output``, the
+CSV and its merge); ``resume`` skips paths already in the CSV, so a walltime-killed run
+continues without duplicates. Memory stays bounded: only a few batches are decoded ahead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from busi.data.images import load_image
+from busi.data.inputs import InputFile
+from busi.errors import ConfigError, DataError, Interrupted
+from busi.model.folder import find_model_file
+from busi.model.predictor import Predictor, load_predictor
+from busi.predict.output import (
+    CsvSink,
+    own_outputs,
+    prediction_columns,
+    prediction_row,
+    write_done_marker,
+)
+from busi.predict.shards import Shard
+
+log = logging.getLogger("busi")
+
+
+# --------------------------------------------------------------------- the loop
+
+
+@dataclass
+class Summary:
+    rows: int = 0
+    classified: int = 0
+    errors: int = 0
+    skipped_resume: int = 0
+    per_class: Counter[str] = field(default_factory=Counter)
+    seconds: float = 0.0
+    images_per_second: float = 0.0
+    interrupted: str = ""
+
+    @classmethod
+    def of_rows(cls, rows: Sequence[dict[str, str]]) -> "Summary":
+        """The counts of rows already in the CSV (a resumed run continues them)."""
+        summary = cls()
+        for row in rows:
+            summary.rows += 1
+            if row.get("error"):
+                summary.errors += 1
+            else:
+                summary.classified += 1
+                summary.per_class[row["label"]] += 1
+        return summary
+
+    def add(self, f: InputFile, probs: np.ndarray | None, error: str, classes: Sequence[str]) -> list[Any]:
+        """Count one file's outcome; its CSV row."""
+        self.rows += 1
+        if probs is None:
+            self.errors += 1
+            return prediction_row(f.path, None, classes, error or "could not decode")
+        self.classified += 1
+        self.per_class[classes[int(np.argmax(probs))]] += 1
+        return prediction_row(f.path, probs, classes)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "rows": self.rows, "classified": self.classified, "errors": self.errors,
+            "skipped_resume": self.skipped_resume, "per_class": dict(self.per_class),
+            "seconds": round(self.seconds, 3), "images_per_second": round(self.images_per_second, 2),
+        }
+
+
+def _decode(f: InputFile, size: int, resize: str) -> tuple[np.ndarray | None, str]:
+    try:
+        return load_image(f.file, size, resize), ""
+    except DataError as e:
+        return None, e.reason
+    except Exception as e:  # a bad file must never stop the other ten thousand rows
+        return None, f"{type(e).__name__}: {e}"
+
+
+def _decode_thread_priority(niceness: int = 19) -> None:
+    """Run this decode thread at the lowest CPU priority (Linux: the nice value is per thread).
+
+    TensorFlow's intra-op threads already take every core; decode threads competing with them
+    at equal priority preempt its workers and stall each parallel op for its slowest thread.
+    At low priority they run in the gaps the model leaves (ops that use one core, the Python
+    between batches), and at full speed whenever the model waits for a batch (the effect,
+    measured by benchmarks/bench_predict.py: docs, "Performance")."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
+    except (AttributeError, OSError):  # not Linux, or not allowed: equal priority, still correct
+        pass
+
+
+def _batches(
+    files: Sequence[InputFile], batch_size: int, size: int, resize: str, pool: ThreadPoolExecutor, ahead: int = 2
+) -> Iterator[tuple[list[InputFile], list[tuple[np.ndarray | None, str]]]]:
+    """Decoded batches in order, ``ahead`` batches decoding in the background (bounded memory)."""
+    chunks = [files[i : i + batch_size] for i in range(0, len(files), batch_size)]
+    pending: list[tuple[list[InputFile], list[Future[tuple[np.ndarray | None, str]]]]] = []
+    for chunk in chunks:
+        pending.append((list(chunk), [pool.submit(_decode, f, size, resize) for f in chunk]))
+        if len(pending) > ahead:
+            c, futs = pending.pop(0)
+            yield c, [fu.result() for fu in futs]
+    for c, futs in pending:
+        yield c, [fu.result() for fu in futs]
+
+
+def predict_files(
+    predictor: Predictor,
+    files: Sequence[InputFile],
+    sink: CsvSink,
+    batch_size: int = 32,
+    workers: int = 2,
+    gradcam_dir: Path | None = None,
+    stopper: Any = None,
+) -> Summary:
+    """Classify ``files`` (skipping those already in ``sink``) with ``predictor.engine``,
+    writing rows batch by batch. Stops after the batch in progress when ``stopper`` (a
+    ``busi.runtime.stopper.Stopper``) says so, with ``summary.interrupted`` set; the CSV then
+    holds every row written so far."""
+    summary = Summary.of_rows(sink.previous_rows)
+    todo = [f for f in files if f.path not in sink.done]
+    summary.skipped_resume = len(files) - len(todo)
+    cam = None
+    if gradcam_dir is not None:
+        from busi.model.gradcam import GradCam
+
+        cam = GradCam(predictor.model)  # gradients: always TensorFlow
+    started = time.perf_counter()  # engines trace and compile when they are made, before this
+    images = 0
+    with ThreadPoolExecutor(
+        max_workers=max(1, workers), thread_name_prefix="decode", initializer=_decode_thread_priority
+    ) as pool:
+        for chunk, decoded in _batches(todo, batch_size, predictor.image_size, predictor.resize, pool):
+            probs = _classify(predictor, decoded)
+            if cam is not None and gradcam_dir is not None:
+                _overlays(cam, chunk, decoded, probs, gradcam_dir)
+            sink.write([summary.add(f, probs.get(i), decoded[i][1], predictor.classes) for i, f in enumerate(chunk)])
+            images += len(probs)
+            reason = stopper.reason() if stopper is not None else None
+            if reason:
+                summary.interrupted = reason
+                break
+    summary.seconds = time.perf_counter() - started
+    summary.images_per_second = images / summary.seconds if summary.seconds > 0 else 0.0
+    return summary
+
+
+def _classify(predictor: Predictor, decoded: Sequence[tuple[np.ndarray | None, str]]) -> dict[int, np.ndarray]:
+    """The probabilities of each decoded image of a batch, by its index in the batch."""
+    ok = [i for i, (im, _) in enumerate(decoded) if im is not None]
+    if not ok:
+        return {}
+    out = predictor.engine.run(np.stack([decoded[i][0] for i in ok]).astype(np.float32, copy=False))
+    return {i: out[j] for j, i in enumerate(ok)}
+
+
+def _overlays(cam: Any, chunk: Sequence[InputFile], decoded: Sequence[tuple[np.ndarray | None, str]],
+              probs: dict[int, np.ndarray], out_dir: Path) -> None:
+    from busi.predict.overlays import write_overlay
+
+    for i, p in probs.items():
+        try:
+            write_overlay(cam, decoded[i][0], int(np.argmax(p)), chunk[i], out_dir)
+        except OSError as e:  # an overlay that cannot be written never costs the rows
+            log.warning("gradcam: no overlay for %s: %s", chunk[i].path, e.strerror or e)
+
+
+# -------------------------------------------------------------------- the job
+
+
+def run_predict(cfg: Any) -> Summary:
+    """``busi-job predict``: tune threads, load the model, expand and shard the inputs, stream
+    the CSV, write the done marker, log a summary. ``cfg`` is a ``PredictJobConfig``."""
+    from busi.data.inputs import expand_inputs
+    from busi.data.staging import ArchiveLimits
+    from busi.predict.shards import parse_shard, shard_from_env, shard_output_path
+    from busi.runtime.cores import detect_cores
+    from busi.runtime.startup import start_tensorflow
+    from busi.runtime.stopper import Stopper
+    from busi.runtime.walltime import process_start_time, resolve_deadline
+
+    p = cfg.predict
+    if p.shard == "auto":
+        shard = shard_from_env()
+    elif p.shard == "none":
+        shard = Shard(0, 1, "none")
+    else:
+        shard = parse_shard(p.shard)
+    output = shard_output_path(Path(p.output), shard)
+    find_model_file(p.model)  # a missing model, or a run that did not complete, fails before any work
+    gradcam = Path(p.gradcam) if p.gradcam else None
+    if gradcam is not None and (gradcam.exists() or gradcam.is_symlink()) and not gradcam.is_dir():
+        raise ConfigError(f"--gradcam {gradcam} exists and is not a folder; give a folder for the overlays")
+    own = own_outputs(Path(p.output), gradcam)  # never inputs, even inside an input folder
+    found = expand_inputs(p.inputs, p.include_masks, p.staging_dir, ArchiveLimits.from_config(p), skip=own)
+    files = shard.select(found)
+    cores = detect_cores(cfg.runtime.cores)
+    start_tensorflow(cores, cfg.runtime.seed)
+    predictor = load_predictor(p.model, p.engine, p.precision, p.batch_size, cores.cores)
+    engine = predictor.engine.info
+    log.info(
+        "predict: %d files (shard %d/%d from %s) with %s, %d px, %d cores (%s), batch %d, engine %s -> %s",
+        len(files), shard.index, shard.count, shard.source, predictor.source, predictor.image_size,
+        cores.cores, cores.source, p.batch_size, engine.label(), output,
+    )
+    sink = CsvSink(output, prediction_columns(predictor.classes), resume=p.resume, overwrite=p.overwrite,
+                   model=predictor.source)
+    deadline, _ = resolve_deadline(cfg.runtime.walltime, process_start_time())
+    try:
+        with Stopper(cfg.runtime.signals, deadline, cfg.runtime.walltime_margin) as stopper:
+            summary = predict_files(
+                predictor, files, sink, p.batch_size, workers=cores.cores,
+                gradcam_dir=gradcam, stopper=stopper,
+            )
+    finally:
+        sink.close()
+    if summary.interrupted:
+        raise Interrupted(
+            f"prediction stopped on {summary.interrupted} after {summary.rows} rows of {len(files)}; "
+            f"{output} holds them: run again with --resume to continue"
+        )
+    write_done_marker(output, summary.as_dict(), shard, len(files), predictor.classes, predictor.source,
+                      engine.as_dict())
+    per_class = ", ".join(f"{c} {summary.per_class.get(c, 0)}" for c in predictor.classes)
+    log.info(
+        "predict: %d rows (%d classified, %d errors, %d already done): %s; %.1f img/s (%s)",
+        summary.rows, summary.classified, summary.errors, summary.skipped_resume, per_class,
+        summary.images_per_second, engine.label(),
+    )
+    return summary
