@@ -22,7 +22,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import pytest
@@ -41,11 +41,13 @@ MODULE_TIER = {
     "test_cli_data": "integration", "test_slurm": "system", "test_report": "system",
 }
 
-# `make test` runs the suite on two pytest-xdist workers, one module per worker at a time
-# (`--dist loadscope`). Modules start longest first, so the last one to start is short and
-# the two workers finish together. Order only: every module also runs alone (`pytest tests/X.py`).
-LONGEST_FIRST = ("test_resume", "test_slurm", "test_dist", "test_containers", "test_predict", "test_job",
-                 "test_trainer", "test_features", "test_bench", "test_model")
+# `make test` runs the suite on pytest-xdist workers, one module per worker at a time
+# (`--dist loadscope`). Modules start longest first, so the last one to start is short and the
+# workers finish together; test_job first, so the shared trained run is built while the other
+# workers run modules that do not need it (test_predict, test_engines and test_external do,
+# later). Order only: every module also runs alone (`pytest tests/X.py`).
+LONGEST_FIRST = ("test_job", "test_resume", "test_slurm", "test_dist", "test_containers", "test_cv", "test_trainer",
+                 "test_features", "test_predict", "test_engines", "test_external", "test_bench", "test_model")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

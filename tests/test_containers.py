@@ -288,10 +288,8 @@ def test_one_entrypoint_and_the_smoke_test_everywhere() -> None:
     docker_env = " ".join(rest for ins, rest in dockerfile_instructions() if ins == "ENV")
     assert "PATH=/opt/busi/bin:${PATH}" in docker_env
     assert "BUSI_WEIGHTS_DIR=/opt/busi/weights" in docker_env
-    # install.sh puts the entrypoint and the smoke test where the recipes call them
-    install = (CONTAINERS / "install.sh").read_text()
-    assert '"$src/job/entrypoint.sh" "$prefix/job/entrypoint.sh"' in install
-    assert '"$src/containers/smoke-test.sh" "$prefix/bin/busi-smoke-test"' in install
+    # (that install.sh puts the entrypoint and the smoke test where the recipes call them is
+    # checked by running it: test_install_script_installs_a_working_prefix)
 
 
 def test_non_root_user_and_a_cheap_healthcheck() -> None:
@@ -317,7 +315,7 @@ def test_labels_name_version_source_and_license() -> None:
     assert labels["org.opencontainers.image.version"] == "${BUSI_VERSION}"
     assert dockerfile_args()["BUSI_VERSION"] == version
     assert labels["org.opencontainers.image.licenses"] == "Apache-2.0"
-    assert 'license = { text = "Apache-2.0" }' in pyproject
+    assert 'license = "Apache-2.0"' in pyproject
     for path in (DEF_CPU, DEF_GPU):
         lab = def_labels(parse_def(path)[1])
         assert lab["org.opencontainers.image.version"] == version

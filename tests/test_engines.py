@@ -170,6 +170,29 @@ def test_a_stale_cache_is_converted_again(model_dir: Path, tmp_path: Path) -> No
         file_sha256(copy / "model.keras")
 
 
+def test_openvino_telemetry_is_off(model_dir: Path, tmp_path: Path) -> None:
+    """A conversion in a fresh process whose HOME is empty: OpenVINO's telemetry package is not
+    loaded, nothing is written under $HOME/intel (its consent and client-ID files), and no
+    telemetry line is printed."""
+    import shutil
+
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    for name in ("model.keras", "labels.json", "preprocessing.json"):
+        shutil.copy2(model_dir / "model" / name, alone / name)
+    home = tmp_path / "home"
+    home.mkdir()
+    code = ("import sys; from pathlib import Path; from busi.model.openvino import openvino_model_for; "
+            "openvino_model_for(Path(sys.argv[1])); print('telemetry module:', sys.modules.get('openvino_telemetry'))")
+    r = subprocess.run([sys.executable, "-c", code, str(alone / "model.keras")], capture_output=True, text=True,
+                       env={**os.environ, "HOME": str(home)}, cwd=REPO, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "telemetry module: None" in r.stdout
+    assert (alone / "openvino" / "model.xml").is_file()
+    assert not (home / "intel").exists() and "openvino_telemetry" not in r.stderr.lower()
+    assert "client id" not in (r.stdout + r.stderr).lower()
+
+
 # ------------------------------------------------------------------ busi-job predict
 
 

@@ -29,5 +29,10 @@ def test_estimate_model() -> None:
     assert estimate_seconds(job, counts, train_rate=10.0, infer_rate=20.0)[1]["finetune"] < uncached
     assert parts["evaluate"] == pytest.approx(117 / 20.0)
     assert total == pytest.approx(sum(parts.values()))
-    assert with_margin(3600) == 3600 * 1.3 + 600
+    # the request: whole minutes, the compute time with room for a slower node (at least 30%
+    # more) and for start-up, staging and the final evaluation (at least 10 minutes more)
+    for compute in (0.0, 59.0, 3600.0, 36000.5):
+        request = with_margin(compute)
+        assert request % 60 == 0 and request >= 1.3 * compute and request >= compute + 600
+        assert request < with_margin(compute + 600), "more compute, a longer request"
     assert format_hms(3600 * 1.3 + 600) == "01:28:00" and format_hms(100 * 3600) == "100:00:00"

@@ -1,10 +1,11 @@
-"""busi.explain: Grad-CAM heatmaps scored against lesion masks."""
+"""busi.evaluate.explain: Grad-CAM heatmaps scored against lesion masks."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from busi.evaluate.explain import load_mask, mask_agreement, upsample
@@ -14,8 +15,12 @@ def test_mask_agreement_by_hand() -> None:
     mask = np.zeros((8, 8), bool)
     mask[2:4, 2:6] = True  # 8 of 64 pixels
     assert mask_agreement(mask.astype(float), mask) == (1.0, True)
-    inside, hit = mask_agreement(np.ones((8, 8)), mask)
-    assert inside == 8 / 64 and hit is (bool(mask.flat[0]))  # a flat map: the mask's share; argmax is pixel 0
+    inside, _ = mask_agreement(np.ones((8, 8)), mask)
+    assert inside == 8 / 64  # a flat map scores the mask's share (its maximum is a tie: not asserted)
+    peak = np.full((8, 8), 0.1)
+    peak[3, 4] = 1.0  # one maximum, inside the mask
+    inside, hit = mask_agreement(peak, mask)
+    assert hit is True and inside == pytest.approx((7 * 0.1 + 1.0) / (63 * 0.1 + 1.0))
     off = np.zeros((8, 8))
     off[7, 7] = 1.0
     assert mask_agreement(off, mask) == (0.0, False)

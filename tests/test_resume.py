@@ -121,13 +121,11 @@ def test_sigterm_checkpoints_exits_75_and_resume_matches_an_uninterrupted_run(
     m2 = json.loads((out / "metrics.json").read_text())
     assert m1["confusion_matrix"] == m2["confusion_matrix"]
     assert m1["accuracy"] == pytest.approx(m2["accuracy"])
-    p1 = (uninterrupted / "predictions" / "test.csv").read_text().splitlines()
-    p2 = (out / "predictions" / "test.csv").read_text().splitlines()
-    for a, b in zip(p1, p2):
-        fa, fb = a.split(","), b.split(",")
-        assert fa[0] == fb[0] and fa[1] == fb[1]
-        if a != p1[0]:
-            np.testing.assert_allclose([float(v) for v in fa[3:6]], [float(v) for v in fb[3:6]], atol=1e-4)
+    p1, p2 = _csv_rows(uninterrupted / "predictions" / "test.csv"), _csv_rows(out / "predictions" / "test.csv")
+    assert len(p1) == len(p2) > 0 and [(a["path"], a["label"]) for a in p1] == [(b["path"], b["label"]) for b in p2]
+    probs = [f"prob_{c}" for c in ("normal", "benign", "malignant")]
+    np.testing.assert_allclose([[float(a[k]) for k in probs] for a in p1], [[float(b[k]) for k in probs] for b in p2],
+                               atol=1e-4)
 
 
 def _published(out: Path, pattern: str) -> list[Path]:
@@ -303,3 +301,11 @@ def test_an_interrupted_restart_leaves_no_old_results_and_predict_refuses_it(
     assert json.loads((out / "manifest.json").read_text())["status"] == "running"
     pred = run_cli("predict", "--model", str(out), "--input", str(data), "--output", str(tmp_path / "p.csv"))
     assert pred.returncode == 2 and "not completed" in pred.stderr, pred.stderr[-2000:]
+
+
+def _csv_rows(path: Path) -> list[dict[str, str]]:
+    """A CSV busi wrote, read with the csv module (names may hold commas and line breaks)."""
+    import csv
+
+    with path.open(newline="", encoding="utf-8", errors="surrogateescape") as fh:
+        return list(csv.DictReader(fh))

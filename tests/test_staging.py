@@ -207,12 +207,13 @@ def test_dir_without_marker_is_restaged_and_stale_temps_removed(tmp_path: Path) 
     archive = make_zip(tmp_path / "busi.zip", FILES)
     staging = tmp_path / "stage"
     out = stage_source(archive, staging)
-    # Simulate a killed run: marker gone, junk inside, orphan temp dirs next to it.
+    # Simulate a killed run: marker gone, junk inside, orphan temp and aside folders next to it
+    # (named as busi.files.atomic names them)
     (out / MARKER_NAME).unlink()
     (out / "partial.bin").write_bytes(b"x")
-    (staging / f"{out.name}.tmp-999999-abcd").mkdir()
-    (staging / f"{out.name}.tmp-999999-abcd" / "half.png").write_bytes(b"x")
-    (staging / f"{out.name}.old-999999-abcd").mkdir()
+    (staging / f".{out.name}.a1b2c3d4.tmp").mkdir()
+    (staging / f".{out.name}.a1b2c3d4.tmp" / "half.png").write_bytes(b"x")
+    (staging / f"{out.name}.old-999999-abcd1234").mkdir()
 
     assert stage_source(archive, staging) == out
     assert not (out / "partial.bin").exists()
@@ -460,10 +461,10 @@ def test_busi_sample_zip(tmp_path: Path) -> None:
 def test_a_killed_unpack_of_another_archive_is_cleaned_once_no_one_holds_its_lock(tmp_path: Path) -> None:
     staging = tmp_path / "stage"
     staging.mkdir()
-    orphan = staging / "other-0123456789ab.tmp-999999-x1"  # a killed unpack of another archive
+    orphan = staging / ".other-0123456789ab.x1y2z3w4.tmp"  # a killed unpack of another archive
     orphan.mkdir()
     (orphan / "big.bin").write_bytes(b"x" * 1000)
-    live = staging / "busy-0123456789ab.tmp-1-x2"  # another archive being unpacked right now
+    live = staging / ".busy-0123456789ab.x2y3z4w5.tmp"  # another archive being unpacked right now
     live.mkdir()
     from busi.runtime.locks import exclusive_lock
 

@@ -41,7 +41,7 @@ def merge_shards(output: Path, allow_mixed_engines: bool = False) -> int:
         part = shard_file(output, i, n)
         read = _read_shard(part)
         if isinstance(read, str):
-            problems.append(f"{part.name}: {read}")
+            problems.append(read)
             continue
         h, body, meta = read
         if header is not None and h != header:
@@ -71,23 +71,23 @@ def merge_shards(output: Path, allow_mixed_engines: bool = False) -> int:
 
 
 def _read_shard(part: Path) -> tuple[list[str], list[list[str]], dict[str, Any]] | str:
-    """A complete shard's header, rows and done marker, or what is wrong with it."""
+    """A complete shard's header, rows and done marker, or what is wrong with it (naming the file)."""
     marker = done_marker(part)
     if not part.exists():
-        return "missing"
+        return f"{part.name}: missing"
     if not marker.exists():
-        return f"incomplete (no {marker.name}; resume that shard with --resume)"
+        return f"{part.name}: incomplete (no {marker.name}; resume that shard with --resume)"
     try:
         records = read_csv_text(text_of(read_regular_file(part)))
     except (OSError, csv.Error) as e:
-        return f"unreadable ({e})"
+        return f"{part.name}: unreadable ({e})"
     if not records:
-        return "empty (not even a header); run that shard again"
+        return f"{part.name}: empty (not even a header); run that shard again"
     meta = _read_marker(marker)
     if meta is None:
-        return f"its {marker.name} is not a done marker with a row count (damaged); run that shard again with --resume"
+        return f"{marker.name}: not a done marker with a row count (damaged); run that shard again with --resume"
     if len(records) - 1 != meta["rows"]:
-        return f"{len(records) - 1} rows but its marker says {meta['rows']}"
+        return f"{part.name}: {len(records) - 1} rows but its marker says {meta['rows']}"
     return records[0], records[1:], meta
 
 

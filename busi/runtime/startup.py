@@ -38,12 +38,12 @@ def start_tensorflow(decision: CoreDecision, seed: int, deterministic: bool = Fa
     with (_nothing() if user_level or "tensorflow" in sys.modules else filtered_stderr(STARTUP_NOISE)):
         import tensorflow as tf
 
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(decision.intra_op_threads)
+            tf.config.threading.set_inter_op_parallelism_threads(decision.inter_op_threads)
+        except RuntimeError:
+            pass  # already initialised in this process (tests); the env vars covered a fresh start
         tf.constant(0.0) + 1.0  # the first op loads the oneDNN kernels, which announce themselves too
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(decision.intra_op_threads)
-        tf.config.threading.set_inter_op_parallelism_threads(decision.inter_op_threads)
-    except RuntimeError:
-        pass  # already initialised in this process (tests); the env vars covered a fresh start
     seed_everything(seed)
     if deterministic:
         tf.config.experimental.enable_op_determinism()
