@@ -5,7 +5,7 @@ Notebook style, as the original Jupyter tutorial and most transfer-learning note
 load every image into one numpy array (``keras.utils.load_img(target_size=...)``), build the
 model, ``model.fit`` on the arrays for the head phase (backbone frozen), unfreeze, recompile,
 ``model.fit`` again, save, then ``model.predict`` one image at a time; TensorFlow's default
-thread settings. Same architecture (``busi.model.build_model``), same train/val/test split
+thread settings. Same architecture (``busi.model.network.build_model``), same train/val/test split
 (read from the busi run's ``data/splits.csv``), same class weights, optimizer, learning rates,
 batch size and epochs. Both use ``model.weights: none`` (no ImageNet file here).
 

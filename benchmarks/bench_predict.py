@@ -1,6 +1,6 @@
 """Issue #4: prediction throughput and memory.
 
-1. End to end: ``busi.predict.predict_files`` (the loop of ``busi-job predict``: Pillow decode
+1. End to end: ``busi.predict.job.predict_files`` (the loop of ``busi-job predict``: Pillow decode
    in a thread pool, ``ahead`` batches decoding while the model runs, fixed-shape batches, the
    CSV written and fsynced per batch) over a folder of >= 780 PNGs of BUSI's sizes (190-1050 px
    wide), against the same model's forward pass on in-memory tensors of the same batch size

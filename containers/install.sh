@@ -10,9 +10,15 @@
 #   PYTHON=python3              the interpreter that creates the venv
 #   TF_PACKAGE=                 empty: the TensorFlow pinned in pyproject.toml (tensorflow-cpu);
 #                               else that requirement instead, e.g. 'tensorflow[and-cuda]==2.21.0'
-#   BUSI_WITH_HOROVOD=0         1: build the patched Horovod (scripts/build_horovod.sh) into the venv
+#   BUSI_WITH_HOROVOD=0         1: Horovod into the venv: the wheel in HOROVOD_WHEEL_DIR where there
+#                               is one (the Dockerfile's builder stage made it), else compiled
+#                               (scripts/build_horovod.sh)
+#   HOROVOD_WHEEL_DIR=          a folder holding a horovod-*.whl built for this Python and TensorFlow
+#   BUSI_WHEELHOUSE=            install offline: every wheel from this folder (pip download
+#                               on a machine with internet), nothing from the network
 #   BUSI_FETCH_WEIGHTS=0        1: download the ImageNet ResNet50 weights into BUSI_WEIGHTS_DIR
-#                               (needs internet: image build time, never on compute nodes)
+#                               (needs internet: image build time, never on compute nodes); a
+#                               weights file already there (a local file the build copied) is kept
 #   BUSI_WEIGHTS_DIR=$BUSI_PREFIX/weights
 #
 # What it lays out under the prefix:
@@ -49,6 +55,10 @@ if [[ ! -x "$prefix/bin/python" ]]; then
 fi
 py="$prefix/bin/python"
 pip=("$py" -m pip --disable-pip-version-check)
+if [[ -n "${BUSI_WHEELHOUSE:-}" ]]; then
+    say "installing offline from the wheelhouse $BUSI_WHEELHOUSE"
+    pip+=(--no-index --find-links "$BUSI_WHEELHOUSE")
+fi
 
 # 2. busi and its dependencies (a regular, non-editable install: the source can go away)
 if [[ -z "$tf_package" ]]; then
@@ -85,13 +95,25 @@ install -d "$prefix/job/overlays"
 install -m 0644 "$src"/job/overlays/*.yaml "$prefix/job/overlays/"
 install -m 0755 "$src/containers/smoke-test.sh" "$prefix/bin/busi-smoke-test"
 
-# 4. Horovod (optional; minutes of C++ compiling)
+# 4. Horovod (optional): a wheel built earlier, else minutes of C++ compiling
 if [[ "$with_horovod" == 1 ]]; then
-    say "building Horovod into $prefix"
-    PYTHON="$py" bash "$src/scripts/build_horovod.sh"
+    wheel="$(compgen -G "${HOROVOD_WHEEL_DIR:-/nonexistent}/horovod-*.whl" | head -n1 || true)"
+    if [[ -n "$wheel" ]]; then
+        say "installing Horovod from $wheel"
+        "${pip[@]}" install "$wheel"
+    else
+        say "building Horovod into $prefix"
+        PYTHON="$py" bash "$src/scripts/build_horovod.sh"
+    fi
 fi
 
 # 5. ImageNet weights (optional; needs internet)
+weights_file="$weights_dir/resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
+if [[ -s "$weights_file" ]]; then
+    say "ImageNet weights already in place: $weights_file"
+    chmod -R a+rX "$weights_dir"
+    fetch_weights=0
+fi
 if [[ "$fetch_weights" == 1 ]]; then
     say "fetching the ImageNet ResNet50 weights into $weights_dir"
     "$prefix/bin/busi-job" fetch-weights --dir "$weights_dir"
@@ -107,7 +129,7 @@ say "smoke check"
 if [[ "$with_horovod" == 1 ]]; then
     "$py" -c 'import horovod, horovod.tensorflow; print(f"horovod {horovod.__version__}")'
 fi
-if [[ "$fetch_weights" == 1 ]]; then
-    BUSI_WEIGHTS_DIR="$weights_dir" "$py" -c 'from busi.model import resolve_weights; print("imagenet weights:", resolve_weights("imagenet"))'
+if [[ -s "$weights_file" ]]; then
+    BUSI_WEIGHTS_DIR="$weights_dir" "$py" -c 'from busi.model.weights import resolve_weights; print("imagenet weights:", resolve_weights("imagenet"))'
 fi
 say "busi installed in $prefix"

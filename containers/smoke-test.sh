@@ -31,7 +31,6 @@ work="$(mktemp -d "${TMPDIR:-/tmp}/busi-smoke.XXXXXX")"
 if [[ "${BUSI_SMOKE_KEEP:-0}" != 1 ]]; then
     trap 'rm -rf "$work"' EXIT
 fi
-export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
 
 "$busi_job" --version
 "$busi_job" synth "$work/data" --per-class 8 --size 32 --seed 0

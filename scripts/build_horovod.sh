@@ -14,8 +14,15 @@
 # Other HOROVOD_* build variables in the environment (e.g. HOROVOD_GPU_OPERATIONS=NCCL on a GPU
 # image) are passed through to the build.
 #
+# One wheel, built once: the compiled wheel is cached under $HOROVOD_WHEEL_CACHE (default
+# ~/.cache/busi/wheels) in a folder named by the Horovod, TensorFlow and Python versions, the
+# machine and the controllers (horovod-0.28.1-tf2.21.0-cp311-x86_64-gloo/). A later run for the
+# same versions installs that wheel instead of compiling (the venv, and the image build, which
+# copies it into its build context: containers/build-image.sh). WHEEL_ONLY=1 builds (or finds)
+# the wheel and prints its path without installing it.
+#
 # Idempotent: does nothing when `import horovod.tensorflow` works and `horovodrun --check-build`
-# lists TensorFlow. FORCE=1 rebuilds.
+# lists TensorFlow. FORCE=1 rebuilds (and replaces the cached wheel).
 set -euo pipefail
 
 PYTHON="${PYTHON:-.venv/bin/python}"
@@ -43,8 +50,34 @@ built_ok() {
     grep -q '\[X\] TensorFlow' <<<"$report"
 }
 
-if [[ "${FORCE:-0}" != 1 ]] && built_ok; then
+# The cache folder for this environment's versions (TensorFlow read from the installed package's
+# metadata: importing TensorFlow takes seconds).
+tf_version="$("$PYTHON" -c 'from importlib.metadata import version, PackageNotFoundError
+for name in ("tensorflow-cpu", "tensorflow", "tensorflow-gpu"):
+    try:
+        print(version(name)); break
+    except PackageNotFoundError:
+        pass' 2>/dev/null || true)"
+py_tag="$("$PYTHON" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')"
+controllers="gloo"
+command -v mpicxx >/dev/null 2>&1 && controllers="mpi-gloo"
+wheel_dir="${HOROVOD_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/busi/wheels}/horovod-$VERSION-tf${tf_version:-unknown}-$py_tag-$(uname -m)-$controllers"
+cached_wheel() { compgen -G "$wheel_dir/horovod-$VERSION-*.whl" | head -n1; }
+
+if [[ "${WHEEL_ONLY:-0}" != 1 && "${FORCE:-0}" != 1 ]] && built_ok; then
     say "horovod already built with TensorFlow support for $PYTHON; nothing to do (FORCE=1 rebuilds)"
+    echo "$report"
+    exit 0
+fi
+
+if [[ "${FORCE:-0}" != 1 && -n "$(cached_wheel)" ]]; then
+    if [[ "${WHEEL_ONLY:-0}" == 1 ]]; then
+        cached_wheel
+        exit 0
+    fi
+    say "installing the cached wheel $(cached_wheel)"
+    "$PYTHON" -m pip install --quiet "$(cached_wheel)"
+    built_ok || die "the cached wheel $(cached_wheel) installed, but 'horovodrun --check-build' does not list TensorFlow; FORCE=1 rebuilds it"
     echo "$report"
     exit 0
 fi
@@ -84,11 +117,22 @@ fi
 # setup.py needs these at build time.
 "$PYTHON" -m pip install --quiet setuptools wheel packaging
 
-say "building (a few minutes; MAKEFLAGS=${MAKEFLAGS:--j$(nproc)})"
+say "building the wheel (a few minutes; MAKEFLAGS=${MAKEFLAGS:--j$(nproc)}) into $wheel_dir"
+mkdir -p "$work/wheel"
 env CXXFLAGS="${CXXFLAGS:-} -DHOROVOD_NO_XLA_OPS" \
     HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1 HOROVOD_WITH_GLOO=1 \
     "$mpi_var" MAKEFLAGS="${MAKEFLAGS:--j$(nproc)}" \
-    "$PYTHON" -m pip install --no-build-isolation --no-cache-dir "$src"
+    "$PYTHON" -m pip wheel --quiet --no-build-isolation --no-deps --no-cache-dir -w "$work/wheel" "$src"
+built="$(compgen -G "$work/wheel/horovod-*.whl" | head -n1)"
+[[ -n "$built" ]] || die "pip wheel wrote no horovod wheel"
+mkdir -p "$wheel_dir"
+rm -f "$wheel_dir"/horovod-*.whl
+cp "$built" "$wheel_dir/"   # the cache: the next venv or image of these versions installs it
+if [[ "${WHEEL_ONLY:-0}" == 1 ]]; then
+    cached_wheel
+    exit 0
+fi
+"$PYTHON" -m pip install --quiet "$(cached_wheel)"
 
 built_ok || die "horovod installed but 'horovodrun --check-build' does not list TensorFlow:
 $report"

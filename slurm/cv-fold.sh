@@ -25,34 +25,19 @@
 ##SBATCH --account=myproject
 set -euo pipefail
 
-# Slurm runs a copy of this script from its spool folder: find slurm/lib.sh beside the original.
-busi_slurm_dir() {
-    local d cmd=""
-    if [[ -n "${SLURM_JOB_ID:-}" ]]; then
-        cmd="$(scontrol show job -o "$SLURM_JOB_ID" 2>/dev/null | grep -o 'Command=[^ ]*' | head -n1 | cut -d= -f2-)" || true
-    fi
-    for d in "${BUSI_SLURM_DIR:-}" "${cmd%/*}" "$(dirname "${BASH_SOURCE[0]}")" "${SLURM_SUBMIT_DIR:-.}/slurm"; do
-        [[ -n "$d" && -f "$d/lib.sh" ]] && { echo "$d"; return; }
-    done
-    echo "cannot find slurm/lib.sh: set BUSI_SLURM_DIR=/path/to/busi/slurm" >&2
-    exit 2
-}
+# Slurm runs a spooled copy of this script: source lib.sh from beside the original (the job's
+# Command), this file's folder or the submit folder's slurm/; BUSI_SLURM_DIR overrides.
 # shellcheck source=slurm/lib.sh
-source "$(busi_slurm_dir)/lib.sh"
-busi_trap_signals
-
-busi_job_args job/busi.yaml "slurm/cv.sh [SBATCH OPTIONS --] --folds K [JOB.yaml ...] [--set key=value ...]" "$@"
+source "$(for d in "${BUSI_SLURM_DIR:-}" "$(scontrol show job -o "${SLURM_JOB_ID:-none}" 2>/dev/null | grep -o 'Command=[^ ]*' | head -n1 | cut -d= -f2- | sed 's|/[^/]*$||')" "$(dirname "${BASH_SOURCE[0]}")" "${SLURM_SUBMIT_DIR:-.}/slurm"; do [[ -f "$d/lib.sh" ]] && echo "$d/lib.sh" && break; done)" || { echo "cannot find slurm/lib.sh: set BUSI_SLURM_DIR=/path/to/busi/slurm" >&2; exit 2; }
+busi_begin job/busi.yaml "slurm/cv.sh [SBATCH OPTIONS --] --folds K [JOB.yaml ...] [--set key=value ...]" busi-job "$@"
 set -- ${BUSI_ARGS[@]+"${BUSI_ARGS[@]}"}
-jobs=("${BUSI_JOBS[@]}")
 
 folds="${BUSI_CV_FOLDS:-${SLURM_ARRAY_TASK_COUNT:-}}"
 [[ "$folds" =~ ^[0-9]+$ ]] || busi_die 2 "no fold count: submit with slurm/cv.sh --folds K (or set BUSI_CV_FOLDS)"
 cv_dir="${BUSI_CV_DIR:-runs/cv-${SLURM_ARRAY_JOB_ID:-local}}"
 
-busi_scratch
-busi_cmd busi-job
 sets=(--set "data.staging_dir=$BUSI_STAGING_DIR" --set "output.dir=$cv_dir")
 
-busi_log "job files ${jobs[*]}; fold ${SLURM_ARRAY_TASK_ID:-all} of $folds in $cv_dir; restart ${SLURM_RESTART_COUNT:-0}; ${SLURM_CPUS_PER_TASK:-?} cores on $(hostname)"
-busi_run "${BUSI_CMD[@]}" cv "${jobs[@]}" --folds "$folds" "${sets[@]}" "$@"
+busi_log "job files ${BUSI_JOBS[*]}; fold ${SLURM_ARRAY_TASK_ID:-all} of $folds in $cv_dir; restart ${SLURM_RESTART_COUNT:-0}; ${SLURM_CPUS_PER_TASK:-?} cores on $(hostname)"
+busi_run "${BUSI_CMD[@]}" cv "${BUSI_JOBS[@]}" --folds "$folds" "${sets[@]}" "$@"
 busi_finish "$BUSI_RC"

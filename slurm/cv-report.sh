@@ -17,27 +17,16 @@
 ##SBATCH --account=myproject
 set -euo pipefail
 
-# Slurm runs a copy of this script from its spool folder: find slurm/lib.sh beside the original.
-busi_slurm_dir() {
-    local d cmd=""
-    if [[ -n "${SLURM_JOB_ID:-}" ]]; then
-        cmd="$(scontrol show job -o "$SLURM_JOB_ID" 2>/dev/null | grep -o 'Command=[^ ]*' | head -n1 | cut -d= -f2-)" || true
-    fi
-    for d in "${BUSI_SLURM_DIR:-}" "${cmd%/*}" "$(dirname "${BASH_SOURCE[0]}")" "${SLURM_SUBMIT_DIR:-.}/slurm"; do
-        [[ -n "$d" && -f "$d/lib.sh" ]] && { echo "$d"; return; }
-    done
-    echo "cannot find slurm/lib.sh: set BUSI_SLURM_DIR=/path/to/busi/slurm" >&2
-    exit 2
-}
+# Slurm runs a spooled copy of this script: source lib.sh from beside the original (the job's
+# Command), this file's folder or the submit folder's slurm/; BUSI_SLURM_DIR overrides.
 # shellcheck source=slurm/lib.sh
-source "$(busi_slurm_dir)/lib.sh"
+source "$(for d in "${BUSI_SLURM_DIR:-}" "$(scontrol show job -o "${SLURM_JOB_ID:-none}" 2>/dev/null | grep -o 'Command=[^ ]*' | head -n1 | cut -d= -f2- | sed 's|/[^/]*$||')" "$(dirname "${BASH_SOURCE[0]}")" "${SLURM_SUBMIT_DIR:-.}/slurm"; do [[ -f "$d/lib.sh" ]] && echo "$d/lib.sh" && break; done)" || { echo "cannot find slurm/lib.sh: set BUSI_SLURM_DIR=/path/to/busi/slurm" >&2; exit 2; }
 
 busi_job_args job/busi.yaml "sbatch slurm/cv-report.sh [JOB.yaml ...] [--set key=value ...]" "$@"
 set -- ${BUSI_ARGS[@]+"${BUSI_ARGS[@]}"}
-jobs=("${BUSI_JOBS[@]}")
 [[ -n "${BUSI_CV_DIR:-}" ]] || busi_die 2 "BUSI_CV_DIR is not set: the cv dir the folds ran in (slurm/cv.sh sets it)"
 busi_cmd busi-job
 busi_log "reporting the folds in $BUSI_CV_DIR"
 rc=0
-"${BUSI_CMD[@]}" cv-report "${jobs[@]}" --set "output.dir=$BUSI_CV_DIR" "$@" || rc=$?
+"${BUSI_CMD[@]}" cv-report "${BUSI_JOBS[@]}" --set "output.dir=$BUSI_CV_DIR" "$@" || rc=$?
 busi_finish "$rc"

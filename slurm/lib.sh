@@ -1,5 +1,5 @@
 # shellcheck shell=bash disable=SC2034  # sets variables for the scripts that source it
-# Shared by slurm/train.sh, slurm/train-horovod.sh, slurm/predict.sh and slurm/merge.sh
+# Shared by the batch scripts of slurm/ (train, train-horovod, predict, merge, cv-fold, cv-report)
 # (sourced, never run). Users change nothing here; the environment variables below are the knobs.
 #
 #   BUSI_IMAGE=/path/busi.sif   run busi inside this Apptainer/Singularity image (apptainer exec)
@@ -44,6 +44,37 @@ busi_job_args() {
     for f in "${BUSI_JOBS[@]}"; do
         [[ -f "$f" ]] || busi_die 2 "job file $f not found (from $(pwd)); usage: $usage"
     done
+}
+
+# busi_split_options "$@": a submitter's arguments, [SBATCH OPTIONS --] REST. Sets the arrays
+# BUSI_OPTIONS (before an argument that is exactly "--"; none without one) and BUSI_ARGS (REST).
+busi_split_options() {
+    BUSI_OPTIONS=()
+    local arg separated=0
+    for arg in "$@"; do   # an argument that is exactly "--" (not one that merely contains it)
+        [[ "$arg" == -- ]] && { separated=1; break; }
+    done
+    if ((separated)); then
+        while [[ $# -gt 0 && "$1" != -- ]]; do
+            BUSI_OPTIONS+=("$1")
+            shift
+        done
+        shift
+    fi
+    BUSI_ARGS=("$@")
+}
+
+# busi_begin DEFAULT USAGE PROGRAM "$@": the start of a batch script that runs busi: signals
+# trapped (forwarded to busi once it runs), the job files and the rest of the arguments
+# (busi_job_args: BUSI_JOBS, BUSI_ARGS), node-local scratch (busi_scratch) and the command
+# that runs PROGRAM (busi_cmd: BUSI_CMD). The script then does: set -- "${BUSI_ARGS[@]}".
+busi_begin() {
+    local default=$1 usage=$2 program=$3
+    shift 3
+    busi_trap_signals
+    busi_job_args "$default" "$usage" "$@"
+    busi_scratch
+    busi_cmd "$program"
 }
 
 # busi_cmd PROGRAM: sets the array BUSI_CMD to the command that runs PROGRAM (busi-job,

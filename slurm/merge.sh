@@ -17,26 +17,15 @@
 ##SBATCH --account=myproject
 set -euo pipefail
 
-# Slurm runs a copy of this script from its spool folder: find slurm/lib.sh beside the original.
-busi_slurm_dir() {
-    local d cmd=""
-    if [[ -n "${SLURM_JOB_ID:-}" ]]; then
-        cmd="$(scontrol show job -o "$SLURM_JOB_ID" 2>/dev/null | grep -o 'Command=[^ ]*' | head -n1 | cut -d= -f2-)" || true
-    fi
-    for d in "${BUSI_SLURM_DIR:-}" "${cmd%/*}" "$(dirname "${BASH_SOURCE[0]}")" "${SLURM_SUBMIT_DIR:-.}/slurm"; do
-        [[ -n "$d" && -f "$d/lib.sh" ]] && { echo "$d"; return; }
-    done
-    echo "cannot find slurm/lib.sh: set BUSI_SLURM_DIR=/path/to/busi/slurm" >&2
-    exit 2
-}
+# Slurm runs a spooled copy of this script: source lib.sh from beside the original (the job's
+# Command), this file's folder or the submit folder's slurm/; BUSI_SLURM_DIR overrides.
 # shellcheck source=slurm/lib.sh
-source "$(busi_slurm_dir)/lib.sh"
+source "$(for d in "${BUSI_SLURM_DIR:-}" "$(scontrol show job -o "${SLURM_JOB_ID:-none}" 2>/dev/null | grep -o 'Command=[^ ]*' | head -n1 | cut -d= -f2- | sed 's|/[^/]*$||')" "$(dirname "${BASH_SOURCE[0]}")" "${SLURM_SUBMIT_DIR:-.}/slurm"; do [[ -f "$d/lib.sh" ]] && echo "$d/lib.sh" && break; done)" || { echo "cannot find slurm/lib.sh: set BUSI_SLURM_DIR=/path/to/busi/slurm" >&2; exit 2; }
 
 busi_job_args job/predict.yaml "sbatch slurm/merge.sh [JOB.yaml ...] [--set predict.key=value ...]" "$@"
 set -- ${BUSI_ARGS[@]+"${BUSI_ARGS[@]}"}
-jobs=("${BUSI_JOBS[@]}")
 busi_cmd busi-job
-busi_log "merging the shards of ${jobs[*]}"
+busi_log "merging the shards of ${BUSI_JOBS[*]}"
 rc=0
-"${BUSI_CMD[@]}" merge "${jobs[@]}" "$@" || rc=$?
+"${BUSI_CMD[@]}" merge "${BUSI_JOBS[@]}" "$@" || rc=$?
 busi_finish "$rc"

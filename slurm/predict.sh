@@ -39,30 +39,14 @@
 ##SBATCH --account=myproject
 set -euo pipefail
 
-# Slurm runs a copy of this script from its spool folder: find slurm/lib.sh beside the original.
-busi_slurm_dir() {
-    local d cmd=""
-    if [[ -n "${SLURM_JOB_ID:-}" ]]; then
-        cmd="$(scontrol show job -o "$SLURM_JOB_ID" 2>/dev/null | grep -o 'Command=[^ ]*' | head -n1 | cut -d= -f2-)" || true
-    fi
-    for d in "${BUSI_SLURM_DIR:-}" "${cmd%/*}" "$(dirname "${BASH_SOURCE[0]}")" "${SLURM_SUBMIT_DIR:-.}/slurm"; do
-        [[ -n "$d" && -f "$d/lib.sh" ]] && { echo "$d"; return; }
-    done
-    echo "cannot find slurm/lib.sh: set BUSI_SLURM_DIR=/path/to/busi/slurm" >&2
-    exit 2
-}
+# Slurm runs a spooled copy of this script: source lib.sh from beside the original (the job's
+# Command), this file's folder or the submit folder's slurm/; BUSI_SLURM_DIR overrides.
 # shellcheck source=slurm/lib.sh
-source "$(busi_slurm_dir)/lib.sh"
-busi_trap_signals
-
-busi_job_args job/predict.yaml "sbatch slurm/predict.sh [JOB.yaml ...] [--set predict.key=value ...]" "$@"
+source "$(for d in "${BUSI_SLURM_DIR:-}" "$(scontrol show job -o "${SLURM_JOB_ID:-none}" 2>/dev/null | grep -o 'Command=[^ ]*' | head -n1 | cut -d= -f2- | sed 's|/[^/]*$||')" "$(dirname "${BASH_SOURCE[0]}")" "${SLURM_SUBMIT_DIR:-.}/slurm"; do [[ -f "$d/lib.sh" ]] && echo "$d/lib.sh" && break; done)" || { echo "cannot find slurm/lib.sh: set BUSI_SLURM_DIR=/path/to/busi/slurm" >&2; exit 2; }
+busi_begin job/predict.yaml "sbatch slurm/predict.sh [JOB.yaml ...] [--set predict.key=value ...]" busi-job "$@"
 set -- ${BUSI_ARGS[@]+"${BUSI_ARGS[@]}"}
-jobs=("${BUSI_JOBS[@]}")
-
-busi_scratch
-busi_cmd busi-job
 sets=(--set "predict.staging_dir=$BUSI_STAGING_DIR")
 
-busi_log "job files ${jobs[*]}; shard ${SLURM_ARRAY_TASK_ID:-0} of ${SLURM_ARRAY_TASK_COUNT:-1}; restart ${SLURM_RESTART_COUNT:-0}; ${SLURM_CPUS_PER_TASK:-?} cores on $(hostname)"
-busi_run "${BUSI_CMD[@]}" predict "${jobs[@]}" --resume "${sets[@]}" "$@"
+busi_log "job files ${BUSI_JOBS[*]}; shard ${SLURM_ARRAY_TASK_ID:-0} of ${SLURM_ARRAY_TASK_COUNT:-1}; restart ${SLURM_RESTART_COUNT:-0}; ${SLURM_CPUS_PER_TASK:-?} cores on $(hostname)"
+busi_run "${BUSI_CMD[@]}" predict "${BUSI_JOBS[@]}" --resume "${sets[@]}" "$@"
 busi_finish "$BUSI_RC"

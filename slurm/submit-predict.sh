@@ -16,18 +16,11 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-array_opts=()
-separated=0
-for arg in "$@"; do   # an argument that is exactly "--" (not one that merely contains it)
-    [[ "$arg" == -- ]] && { separated=1; break; }
-done
-if (( separated )); then
-    while [[ $# -gt 0 && "$1" != -- ]]; do
-        array_opts+=("$1")
-        shift
-    done
-    shift
-fi
+# shellcheck source=slurm/lib.sh
+source "$here/lib.sh"   # run from the checkout on a login node (not spooled): lib.sh is beside it
+busi_split_options "$@"
+set -- ${BUSI_ARGS[@]+"${BUSI_ARGS[@]}"}
+array_opts=(${BUSI_OPTIONS[@]+"${BUSI_OPTIONS[@]}"})
 
 array_id="$(sbatch --parsable "${array_opts[@]}" "$here/predict.sh" "$@")"
 array_id="${array_id%%;*}"   # --parsable prints <id>[;<cluster>]

@@ -39,25 +39,14 @@
 ##SBATCH --account=myproject
 set -euo pipefail
 
-# Slurm runs a copy of this script from its spool folder: find slurm/lib.sh beside the original.
-busi_slurm_dir() {
-    local d cmd=""
-    if [[ -n "${SLURM_JOB_ID:-}" ]]; then
-        cmd="$(scontrol show job -o "$SLURM_JOB_ID" 2>/dev/null | grep -o 'Command=[^ ]*' | head -n1 | cut -d= -f2-)" || true
-    fi
-    for d in "${BUSI_SLURM_DIR:-}" "${cmd%/*}" "$(dirname "${BASH_SOURCE[0]}")" "${SLURM_SUBMIT_DIR:-.}/slurm"; do
-        [[ -n "$d" && -f "$d/lib.sh" ]] && { echo "$d"; return; }
-    done
-    echo "cannot find slurm/lib.sh: set BUSI_SLURM_DIR=/path/to/busi/slurm" >&2
-    exit 2
-}
+# Slurm runs a spooled copy of this script: source lib.sh from beside the original (the job's
+# Command), this file's folder or the submit folder's slurm/; BUSI_SLURM_DIR overrides.
 # shellcheck source=slurm/lib.sh
-source "$(busi_slurm_dir)/lib.sh"
+source "$(for d in "${BUSI_SLURM_DIR:-}" "$(scontrol show job -o "${SLURM_JOB_ID:-none}" 2>/dev/null | grep -o 'Command=[^ ]*' | head -n1 | cut -d= -f2- | sed 's|/[^/]*$||')" "$(dirname "${BASH_SOURCE[0]}")" "${SLURM_SUBMIT_DIR:-.}/slurm"; do [[ -f "$d/lib.sh" ]] && echo "$d/lib.sh" && break; done)" || { echo "cannot find slurm/lib.sh: set BUSI_SLURM_DIR=/path/to/busi/slurm" >&2; exit 2; }
 busi_trap_signals
 
 busi_job_args job/busi.yaml "sbatch slurm/train-horovod.sh [JOB.yaml ...] [--set key=value ...]" "$@"
 set -- ${BUSI_ARGS[@]+"${BUSI_ARGS[@]}"}
-jobs=("${BUSI_JOBS[@]}")
 [[ -n "${SLURM_JOB_ID:-}" ]] || busi_die 2 "run this script with sbatch (it reads the Slurm allocation)"
 ntasks="${SLURM_NTASKS:-1}"
 cpus="${SLURM_CPUS_PER_TASK:-1}"
@@ -86,7 +75,7 @@ if [[ "$launcher" == auto ]]; then
     *) busi_die 2 "Horovod with TensorFlow does not import with ${BUSI_CMD[*]} (make horovod, or an image built with Horovod)" ;;
     esac
 fi
-busi_log "job files ${jobs[*]}; restart ${SLURM_RESTART_COUNT:-0}; $ntasks ranks x $cpus threads on ${SLURM_JOB_NODELIST:-?}; launcher $launcher"
+busi_log "job files ${BUSI_JOBS[*]}; restart ${SLURM_RESTART_COUNT:-0}; $ntasks ranks x $cpus threads on ${SLURM_JOB_NODELIST:-?}; launcher $launcher"
 
 case "$launcher" in
 mpi)
@@ -95,7 +84,7 @@ mpi)
     # the checkpoint (a crashing rank still ends the job: busi shuts Horovod down on errors).
     busi_cmd busi-job
     busi_run srun --mpi="${BUSI_SRUN_MPI:-pmix}" --ntasks="$ntasks" --cpus-per-task="$cpus" \
-        --kill-on-bad-exit=0 "${BUSI_CMD[@]}" train "${jobs[@]}" "${sets[@]}" "$@"
+        --kill-on-bad-exit=0 "${BUSI_CMD[@]}" train "${BUSI_JOBS[@]}" "${sets[@]}" "$@"
     busi_finish "$BUSI_RC"
     ;;
 gloo) ;;
@@ -151,7 +140,7 @@ busi_cmd horovodrun
 busi_job=(busi-job)   # in the image, horovodrun and its ranks run inside the container
 [[ -z "${BUSI_IMAGE:-}" && -n "${BUSI_VENV:-}" ]] && busi_job=("$BUSI_VENV/bin/busi-job")
 busi_run "${BUSI_CMD[@]}" --gloo -np "$ntasks" -H "$hosts" \
-    bash -c "$wrapper" busi-rank "$rankdir" "${busi_job[@]}" train "${jobs[@]}" "${sets[@]}" "$@"
+    bash -c "$wrapper" busi-rank "$rankdir" "${busi_job[@]}" train "${BUSI_JOBS[@]}" "${sets[@]}" "$@"
 rc=$BUSI_RC
 if ((rc != 0)) && [[ -f "$rankdir/rank-0.rc" ]]; then
     rank0="$(cat "$rankdir/rank-0.rc")"

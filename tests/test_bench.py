@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import REPO, run_cli
@@ -17,10 +18,8 @@ HMS = re.compile(r"--time=(\d{2,}):([0-5]\d):([0-5]\d) --cpus-per-task=(\d+)")
 
 
 @pytest.fixture(scope="module")
-def demo_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from busi.data.synth import write_synthetic_dataset
-
-    return write_synthetic_dataset(tmp_path_factory.mktemp("bench") / "demo", per_class=8, size=32, seed=0)
+def demo_data(synth_data: Any) -> Path:
+    return synth_data(8, 32, 0)
 
 
 @pytest.mark.integration

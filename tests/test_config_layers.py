@@ -13,7 +13,14 @@ import yaml
 
 from busi import cli
 from busi.config.layers import DEFAULT_SOURCE, SET_SOURCE
-from busi.config.load import explain_config, format_explain, load_any, load_config, load_predict_config, resolve_layers
+from busi.config.load import (
+    explain_config,
+    format_explain,
+    load_any,
+    load_config,
+    load_predict_config,
+    resolve_layers,
+)
 from busi.config.schema import PredictJobConfig
 from busi.errors import ConfigError
 

@@ -7,6 +7,7 @@ import json
 import shutil
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import CLASSES, REPO, run_cli
@@ -76,12 +77,11 @@ def test_folds_csv_round_trips(tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
-def test_cv_runs_folds_resumes_and_reports(tmp_path: Path) -> None:
+def test_cv_runs_folds_resumes_and_reports(synth_data: Any, tmp_path: Path) -> None:
     """Fold 0 alone (as an array task would), a report that names the missing folds, then the
     rest in turn (fold 0 skipped), and the report: every image predicted exactly once."""
-    from busi.data.synth import write_synthetic_dataset
-
-    data = write_synthetic_dataset(tmp_path / "data", per_class=5, size=32, seed=0)
+    data = tmp_path / "data"
+    shutil.copytree(synth_data(5, 32, 0), data)  # a copy: the test adds a duplicate to it
     shutil.copy2(data / "benign" / "benign (1).png", data / "benign" / "benign copy.png")  # a duplicate pair
     out = tmp_path / "cv"
     sets = ["--set", f"data.source={data}", "--set", f"output.dir={out}", "--set", "data.image_size=32",

@@ -228,10 +228,8 @@ def rank_lines(output: str, rank: int) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from busi.data.synth import write_synthetic_dataset
-
-    return write_synthetic_dataset(tmp_path_factory.mktemp("hvd") / "data", per_class=8, size=32)
+def data(synth_data: Any) -> Path:
+    return synth_data(8, 32, 0)
 
 
 @pytest.fixture(scope="module")

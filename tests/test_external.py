@@ -14,7 +14,6 @@ from conftest import CLASSES, run_cli
 from PIL import Image
 
 
-
 @pytest.fixture(scope="module")
 def setup(trained_run: dict[str, Any], synth_data: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The session's trained run (its data/hashes.csv lists its train and val images) and an

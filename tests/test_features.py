@@ -5,7 +5,7 @@ the same training step."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import pytest
@@ -19,23 +19,26 @@ def _cfg(*sets: str):  # type: ignore[no-untyped-def]
                               "train.batch_size=4", *sets])
 
 
-def _pipelines(root: Path, cfg):  # type: ignore[no-untyped-def]
-    from busi.data.pipeline import Pipeline, SplitData
-    from busi.data.synth import write_synthetic_dataset
+@pytest.fixture(scope="module")
+def data(synth_data: Any) -> Path:
+    return synth_data(3, 32, 0)
 
-    data = write_synthetic_dataset(root / "d", per_class=3, size=32, seed=0)
+
+def _pipelines(data: Path, cfg):  # type: ignore[no-untyped-def]
+    from busi.data.pipeline import Pipeline, SplitData
+
     paths = sorted(str(p) for p in data.rglob("*.png") if "_mask" not in p.name)
     labels = [("normal", "benign", "malignant").index(Path(p).parent.name) for p in paths]
     split = SplitData(tuple(paths), tuple(labels))
     return Pipeline(split, 32, "stretch"), Pipeline(split, 32, "stretch")
 
 
-def test_cached_head_equals_the_full_model(tmp_path: Path) -> None:
+def test_cached_head_equals_the_full_model(data: Path, tmp_path: Path) -> None:
     from busi.model.features import FeatureCache
     from busi.model.network import build_model
 
     cfg = _cfg()
-    train, val = _pipelines(tmp_path, cfg)
+    train, val = _pipelines(data, cfg)
     built = build_model(cfg.model, cfg.data.image_size, cfg.data.classes)
     cache = FeatureCache(CacheSettings.of(cfg), built, "none", train, val)
     cache.build()
@@ -50,12 +53,12 @@ def test_cached_head_equals_the_full_model(tmp_path: Path) -> None:
     assert sum(int(b[0].shape[0]) for b in batches) == 9 and batches[0][0].shape[1] == 2048
 
 
-def test_variants_cache_one_feature_set_per_augmentation(tmp_path: Path) -> None:
+def test_variants_cache_one_feature_set_per_augmentation(data: Path, tmp_path: Path) -> None:
     from busi.model.features import FeatureCache
     from busi.model.network import build_model
 
     cfg = _cfg("train.feature_cache=variants", "train.feature_cache_variants=3")
-    train, val = _pipelines(tmp_path, cfg)
+    train, val = _pipelines(data, cfg)
     cache = FeatureCache(CacheSettings.of(cfg), build_model(cfg.model, cfg.data.image_size, cfg.data.classes), "none", train, val)
     cache.build()
     assert len(cache.train_features) == 3
@@ -96,7 +99,7 @@ def float64() -> Iterator[None]:
 #   is five orders of magnitude below what a real difference in BatchNorm handling gives.
 @pytest.mark.parametrize("batchnorm", ["frozen", "train"])
 def test_finetune_on_cached_prefix_takes_the_full_models_step(
-    tmp_path: Path, batchnorm: str, request: pytest.FixtureRequest
+    data: Path, tmp_path: Path, batchnorm: str, request: pytest.FixtureRequest
 ) -> None:
     """Fine-tuning conv5 on cached conv4 outputs: same probabilities, and one training step
     moves every trainable variable (conv5, its BatchNorm statistics, the head) as the full
@@ -112,7 +115,7 @@ def test_finetune_on_cached_prefix_takes_the_full_models_step(
         request.getfixturevalue("float64")
         rtol = 1e-6
     cfg = _cfg(f"model.batchnorm={batchnorm}", "model.dropout=0")
-    train, val = _pipelines(tmp_path, cfg)
+    train, val = _pipelines(data, cfg)
     keras.utils.set_random_seed(0)
     a, b = build_model(cfg.model, cfg.data.image_size, cfg.data.classes), build_model(cfg.model, cfg.data.image_size, cfg.data.classes)
     b.model.set_weights(a.model.get_weights())
@@ -155,13 +158,13 @@ def test_finetune_on_cached_prefix_takes_the_full_models_step(
         assert any(n.startswith("conv5_") and n.endswith("_bn") for n in changed)
 
 
-def test_cache_over_the_memory_limit_falls_back_to_uncached(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_cache_over_the_memory_limit_falls_back_to_uncached(data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     from busi.model.features import feature_cache_for
     from busi.model.network import build_model
 
     # 18 images (9 train + 9 val): pooled 2048-d float32 is 144 KiB, conv4 output (2x2x1024) 288 KiB.
     cfg = _cfg(f"train.feature_cache_max_gb={200 / 2**20}")
-    train, val = _pipelines(tmp_path, cfg)
+    train, val = _pipelines(data, cfg)
     built = build_model(cfg.model, cfg.data.image_size, cfg.data.classes)
     assert feature_cache_for(CacheSettings.of(cfg), built, "none", train, val) is not None
     with caplog.at_level("WARNING", logger="busi"):
@@ -195,7 +198,7 @@ def test_cache_sizes_without_a_model_match_the_model(size: int) -> None:
 # read bfloat16 constants), computing in float32 on a CPU without bf16 or bfloat16 on one with.
 @pytest.mark.integration  # converting ResNet50 for OpenVINO: seconds per case
 @pytest.mark.parametrize("unfreeze", ["none", "conv5"])
-def test_openvino_filled_cache_trains_to_the_same_first_step_loss(tmp_path: Path, unfreeze: str) -> None:
+def test_openvino_filled_cache_trains_to_the_same_first_step_loss(data: Path, tmp_path: Path, unfreeze: str) -> None:
     pytest.importorskip("openvino")
     import keras
 
@@ -206,7 +209,7 @@ def test_openvino_filled_cache_trains_to_the_same_first_step_loss(tmp_path: Path
     caches, losses = {}, {}
     for engine in ("tensorflow", "openvino"):
         cfg = _cfg("model.batchnorm=frozen", "model.dropout=0", f"train.engine={engine}")
-        train, val = _pipelines(tmp_path / engine, cfg)
+        train, val = _pipelines(data, cfg)
         keras.utils.set_random_seed(0)
         built = build_model(cfg.model, cfg.data.image_size, cfg.data.classes)
         set_trainable(built, "none" if unfreeze == "none" else unfreeze, "frozen")
@@ -230,7 +233,7 @@ def test_openvino_filled_cache_trains_to_the_same_first_step_loss(tmp_path: Path
 
 
 @pytest.mark.integration
-def test_openvino_fill_under_mixed_bfloat16_holds_bfloat16(tmp_path: Path) -> None:
+def test_openvino_fill_under_mixed_bfloat16_holds_bfloat16(data: Path, tmp_path: Path) -> None:
     pytest.importorskip("openvino")
     import keras
 
@@ -242,7 +245,7 @@ def test_openvino_fill_under_mixed_bfloat16_holds_bfloat16(tmp_path: Path) -> No
     try:
         for engine in ("tensorflow", "openvino"):
             cfg = _cfg("model.batchnorm=frozen", f"train.engine={engine}", "train.precision=mixed_bfloat16")
-            train, val = _pipelines(tmp_path / engine, cfg)
+            train, val = _pipelines(data, cfg)
             keras.utils.set_random_seed(0)
             built = build_model(cfg.model, cfg.data.image_size, cfg.data.classes)
             set_trainable(built, "conv5", "frozen")
@@ -261,7 +264,7 @@ def test_openvino_fill_under_mixed_bfloat16_holds_bfloat16(tmp_path: Path) -> No
 
 
 def test_auto_engine_keeps_tensorflow_for_a_fill_too_small_to_repay_converting(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     import logging
 
@@ -270,7 +273,7 @@ def test_auto_engine_keeps_tensorflow_for_a_fill_too_small_to_repay_converting(
     from busi.model.network import build_model
 
     cfg = _cfg()  # train.engine: auto
-    train, val = _pipelines(tmp_path, cfg)
+    train, val = _pipelines(data, cfg)
     cache = FeatureCache(CacheSettings.of(cfg), build_model(cfg.model, cfg.data.image_size, cfg.data.classes),
                          "none", train, val)
     assert cache.work_images() == pytest.approx(18 * (32 / 224) ** 2)

@@ -29,7 +29,6 @@ from PIL import Image
 from busi.files.rundir import RUN_FILES
 
 
-
 @pytest.fixture(scope="module")
 def trained(trained_run: dict[str, Any]) -> dict[str, Any]:
     """The session's one trained run (conftest ``trained_run``: the demo job on its data, 60

@@ -17,11 +17,10 @@ NO_AUGMENT = AugmentConfig(flip=False, rotation=0.0, zoom=0.0, brightness=0.0, c
 
 
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Any:
+def pipeline(synth_data: Any) -> Any:
     from busi.data.pipeline import Pipeline, SplitData
-    from busi.data.synth import write_synthetic_dataset
 
-    root = write_synthetic_dataset(tmp_path_factory.mktemp("pipeline") / "d", per_class=4, size=32, seed=4)
+    root = synth_data(4, 32, 4)
     paths = sorted(str(p) for p in root.rglob("*.png") if "_mask" not in p.name)[:N]
     labels = [("normal", "benign", "malignant").index(Path(p).parent.name) for p in paths]
     return Pipeline(SplitData(tuple(paths), tuple(labels)), 32, "stretch")

@@ -179,10 +179,8 @@ def test_shards_cover_everything_once_and_merge_to_the_unsharded_csv(messy: dict
     assert "preds.part-00002-of-00003.csv: missing" in proc.stderr
 
 
-def test_resume_after_a_killed_run(model_dir: Path, tmp_path: Path) -> None:
-    from busi.data.synth import write_synthetic_dataset
-
-    source = write_synthetic_dataset(tmp_path / "source", per_class=10, size=48, seed=5)
+def test_resume_after_a_killed_run(model_dir: Path, synth_data: Any, tmp_path: Path) -> None:
+    source = synth_data(10, 32, 2)
     data = tmp_path / "data"
     n = linked_copies(source, data, 20)  # 600 files: still running when the kill comes, however fast
     out = tmp_path / "p.csv"

@@ -32,7 +32,6 @@ from busi.config.load import load_config
 from busi.files.atomic import is_temp_name
 from busi.runtime.locks import is_locked
 
-
 # Fine-tuning conv5 (job/busi.yaml's setting) trains on the feature cache of conv1-conv4, so a
 # signal lands while the cache fills or during a cached epoch, and the resumed run refills it.
 TINY = [
@@ -43,10 +42,8 @@ TINY = [
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from busi.data.synth import write_synthetic_dataset
-
-    return write_synthetic_dataset(tmp_path_factory.mktemp("resume") / "data", per_class=10, size=32, seed=2)
+def data(synth_data: Any) -> Path:
+    return synth_data(10, 32, 2)
 
 
 def _popen(out: Path, data: Path, *extra: str) -> subprocess.Popen[str]:

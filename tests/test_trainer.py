@@ -55,11 +55,10 @@ class Stepping:
 
 
 @pytest.fixture(scope="module")
-def images(tmp_path_factory: pytest.TempPathFactory) -> Any:
+def images(synth_data: Any) -> Any:
     from busi.data.pipeline import SplitData
-    from busi.data.synth import write_synthetic_dataset
 
-    root = write_synthetic_dataset(tmp_path_factory.mktemp("trainer") / "d", per_class=PER_CLASS, size=SIZE, seed=0)
+    root = synth_data(PER_CLASS, SIZE, 0)
     paths = sorted(str(p) for p in root.rglob("*.png") if "_mask" not in p.name)
     labels = [("normal", "benign", "malignant").index(Path(p).parent.name) for p in paths]
     return SplitData(tuple(paths), tuple(labels))

@@ -14,6 +14,7 @@ import logging
 import shutil
 from pathlib import Path
 
+from busi.config.schema import EXPORT_FORMATS
 from busi.errors import ConfigError, DataError
 from busi.files.atomic import atomic_write_dir
 from busi.files.digest import file_sha256
@@ -32,7 +33,7 @@ from busi.model.openvino import (
 
 log = logging.getLogger("busi")
 
-FORMATS = ("openvino", "saved_model")
+FORMATS = EXPORT_FORMATS  # the schema's one list (busi-job export --format)
 DEFAULT_NAMES = {"openvino": OPENVINO_DIR, "saved_model": "saved_model"}
 
 
