@@ -51,8 +51,8 @@ fi
 # What the build context carries besides the source (image-inputs/, cleared each build): a
 # Horovod wheel for these versions, a weights file.
 inputs="$repo/image-inputs"
-rm -rf "$inputs"
-mkdir -p "$inputs/weights"
+clear_inputs() { rm -rf "$inputs"/*.whl "$inputs"/weights/*.h5 "$inputs/wheelhouse"; }
+clear_inputs
 if [[ "${BUSI_WITH_HOROVOD:-1}" == 1 && -x "$repo/.venv/bin/python" ]]; then
     wheel="$(PYTHON="$repo/.venv/bin/python" WHEEL_ONLY=1 bash "$repo/scripts/build_horovod.sh" 2>/dev/null | tail -n1 || true)"
     if [[ -f "$wheel" ]]; then
@@ -68,7 +68,7 @@ if [[ -n "${BUSI_WEIGHTS_FILE:-}" ]]; then
 fi
 if [[ -n "${BUSI_WHEELHOUSE:-}" ]]; then
     cp -r "$BUSI_WHEELHOUSE" "$inputs/wheelhouse"
-    opts+=(--build-arg "BUSI_WHEELHOUSE=/opt/busi/inputs/wheelhouse")
+    opts+=(--build-arg "BUSI_WHEELHOUSE=/opt/busi/src/image-inputs/wheelhouse")
 fi
 
 # A CA bundle for the downloads inside the build (pip; Debian's mirror is plain HTTP), as a secret.
@@ -93,7 +93,7 @@ start=$(date +%s)
     --build-arg "BUSI_FETCH_WEIGHTS=$fetch" \
     --build-arg "BUSI_REVISION=$revision" \
     "$@" "$repo"
-rm -rf "$inputs"
+clear_inputs
 size="$("$engine" image inspect --format '{{.Size}}' "$tag")"
 say "built $tag in $(( $(date +%s) - start )) s: $(( size / 1000000 )) MB"
 echo "$tag"
