@@ -187,3 +187,26 @@ def test_unfreeze_stages() -> None:
     assert not any("_bn/" in n for n in names), "BatchNorm must stay frozen with batchnorm: frozen"
     set_trainable(built, "all", "train")
     assert any("_bn/" in v.path for v in built.model.trainable_weights)
+
+
+@pytest.mark.integration  # a fresh Python: BUSI_WEIGHTS_DIR is read as a job reads it
+def test_imagenet_weights_staged_in_busi_weights_dir_load_into_the_backbone(tmp_path: Path) -> None:
+    """``weights: imagenet`` with Keras' notop file (its legacy HDF5 layout) staged in
+    BUSI_WEIGHTS_DIR: found by name, loaded into the backbone, weights identical."""
+    import os
+    import subprocess
+    import sys
+
+    from fake_imagenet import NAME, write_fake_imagenet_weights
+
+    write_fake_imagenet_weights(tmp_path / "weights" / NAME, seed=3)
+    code = ("import numpy as np, keras; from busi.config.schema import ModelConfig; "
+            "from busi.model.network import build_model; "
+            "b = build_model(ModelConfig(weights='imagenet'), 32, ('a', 'b')); "
+            "keras.utils.set_random_seed(3); r = keras.applications.ResNet50(include_top=False, weights=None); "
+            "print(b.weights_loaded_into, b.weights_file, "
+            "all(np.array_equal(x, y) for x, y in zip(r.get_weights(), b.backbone.get_weights())))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "BUSI_WEIGHTS_DIR": str(tmp_path / "weights")})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["backbone", str(tmp_path / "weights" / NAME), "True"]
