@@ -33,7 +33,10 @@ opts=()
 # Hard limits below the engine's defaults refuse every container ("setrlimit RLIMIT_NOFILE:
 # Operation not permitted"): ask for what the host allows.
 if (( $(ulimit -Hn) < 1048576 )); then opts+=(--ulimit "nofile=1024:$(ulimit -Hn)"); fi
-if [[ "$(ulimit -Hu)" != unlimited ]]; then opts+=(--ulimit "nproc=$(ulimit -Hu):$(ulimit -Hu)"); fi
+# (nproc: at most 32768; runc was refused 65536 on a host whose hard limit is 96362)
+if [[ "$(ulimit -Hu)" != unlimited ]]; then
+    nproc=$(( $(ulimit -Hu) < 32768 ? $(ulimit -Hu) : 32768 )); opts+=(--ulimit "nproc=$nproc:$nproc")
+fi
 [[ "$name" == podman && -z "${CONTAINERS_RUNTIME:-}" ]] && command -v runc >/dev/null 2>&1 &&
     opts+=(--runtime runc)   # crun fails where cgroups are in hybrid mode; runc does not
 

@@ -7,6 +7,7 @@
 #                                    (train, or predict when the job file has a predict: section)
 #   entrypoint.sh demo [--set ...]   -> synthetic data in ./data/demo (once), then job/demo.yaml
 #   entrypoint.sh smoke-test         -> busi-smoke-test: a tiny synthetic train + predict
+#   entrypoint.sh horovodrun ARGS... -> horovodrun ARGS... (several ranks in one container)
 #   entrypoint.sh COMMAND ARGS...    -> busi-job COMMAND ARGS... (predict, merge, config, inspect, ...)
 #   entrypoint.sh                    -> busi-job --help
 #
@@ -24,6 +25,12 @@ if [[ -x "$here/../bin/busi-job" ]]; then
 else
     busi_job="busi-job"
     smoke_test="busi-smoke-test"
+fi
+
+# An arbitrary UID has no passwd entry and a HOME it cannot write (/, or a read-only root file
+# system): tools that keep state there (horovodrun's ~/.horovod cache) would fail. /tmp instead.
+if [[ -z "${HOME:-}" || ! -w "${HOME}" ]]; then
+    export HOME=/tmp
 fi
 
 if [[ $# -eq 0 ]]; then
@@ -48,6 +55,10 @@ case "$1" in
     smoke-test)
         shift
         exec "$smoke_test" "$@"
+        ;;
+    horovodrun)
+        shift
+        exec "${bindir:+$bindir/}horovodrun" "$@"
         ;;
     *)
         exec "$busi_job" "$@"
