@@ -68,6 +68,11 @@ def _unit_tests_start_no_process(request: pytest.FixtureRequest, monkeypatch: py
     """A ``unit`` test that starts a subprocess fails, naming the tier it belongs to."""
     if request.node.get_closest_marker("unit") is None:
         return
+    import platform
+
+    # Keras asks platform.processor() when it is first imported, which runs `uname -p` once per
+    # process: ask it now, before the guard, so that a module run alone behaves as in the suite.
+    platform.processor()
 
     def refuse(self: Any, args: Any, *a: Any, **k: Any) -> None:
         raise AssertionError(f"a unit test starts no subprocess ({args!r}): mark it integration or system")

@@ -9,11 +9,13 @@ import pytest
 
 from busi.evaluate.calibration import (
     ECE_BINS,
+    T_BOUNDS,
     brier_score,
     calibration_metrics,
     expected_calibration_error,
     fit_temperature,
     reliability_bins,
+    separated,
     with_temperature,
 )
 
@@ -72,6 +74,20 @@ def test_fit_temperature_recovers_a_known_temperature() -> None:
     assert calibration_metrics(y, fixed)["nll"] < calibration_metrics(y, sharp)["nll"]
     assert expected_calibration_error(y, fixed) < expected_calibration_error(y, sharp)
     assert fit_temperature([], np.zeros((0, 3))) == 1.0
+
+
+def test_a_separated_validation_split_keeps_the_model_as_trained() -> None:
+    """Every top class right: the NLL falls without end as T -> 0, so there is no temperature to
+    fit; the search would stop at its bound (the most over-confident model). One wrong image
+    gives the NLL a minimum again."""
+    y, probs = _calibrated(200, seed=2)
+    right = np.eye(3)[y] * 0.5 + probs * 0.5  # every top class is the true class
+    assert separated(y, right)
+    assert fit_temperature(y, right) == 1.0
+    wrong = right.copy()
+    wrong[0] = np.roll(wrong[0], 1)  # one image's top class is now another
+    assert not separated(y, wrong)
+    assert T_BOUNDS[0] < fit_temperature(y, wrong) < T_BOUNDS[1]
 
 
 def test_the_temperature_goes_into_the_output_layer(tmp_path: Path) -> None:

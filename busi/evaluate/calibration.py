@@ -74,12 +74,22 @@ def with_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def separated(y_true: Sequence[int], probs: np.ndarray) -> bool:
+    """Every image's top class is its true class. Then no temperature minimises the NLL: it keeps
+    falling as T -> 0 (every probability pushed to 0 or 1), so a fit would only find the search
+    bound and make the model as over-confident as it can be (a small validation split of a
+    well-trained model is often separated)."""
+    y = np.asarray(y_true, dtype=np.int64)
+    return bool(len(y)) and bool(np.all(np.asarray(probs).argmax(axis=1) == y))
+
+
 def fit_temperature(y_true: Sequence[int], probs: np.ndarray) -> float:
-    """The T in ``T_BOUNDS`` minimising the negative log-likelihood of ``with_temperature``."""
+    """The T in ``T_BOUNDS`` minimising the negative log-likelihood of ``with_temperature``;
+    1.0 (the model as trained) where it is not identifiable: no images, or ``separated``."""
     from scipy.optimize import minimize_scalar
 
     y = np.asarray(y_true, dtype=np.int64)
-    if len(y) == 0:
+    if len(y) == 0 or separated(y, probs):
         return 1.0
 
     def nll(log_t: float) -> float:

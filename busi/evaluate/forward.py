@@ -6,18 +6,18 @@ from typing import Any
 
 import numpy as np
 
+from busi.model.tracing import one_trace
+
 
 def predict_probs(model: Any, pipeline: Any, batch_size: int, engine: Any = None) -> np.ndarray:
     """The evaluation forward pass: class probabilities for every image of a pipeline
     (``busi.data.pipeline.Pipeline``), in its file order; by ``engine`` (``busi.model.engines``)
     where given, else by the Keras ``model`` on TensorFlow."""
-    import tensorflow as tf
-
     if engine is not None:
         out = [engine.run(x.numpy()) for x, _ in pipeline.eval_dataset(batch_size)]
         return np.concatenate(out) if out else np.zeros((0, model.output_shape[-1]), np.float32)
 
-    @tf.function
+    @one_trace
     def forward(x: Any) -> Any:
         return model(x, training=False)
 

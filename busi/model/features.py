@@ -38,6 +38,7 @@ from busi.data.pipeline import Pipeline, epoch_order
 from busi.errors import ConfigError
 from busi.model.engines import Engine, EngineInfo, Host
 from busi.model.network import BuiltModel
+from busi.model.tracing import one_trace
 
 log = logging.getLogger("busi")
 
@@ -120,7 +121,7 @@ class FeatureCache:
         model = built.model
         dropout, dense = model.get_layer("dropout"), model.get_layer("probs")
         frozen = frozen_model(built, unfreeze)
-        self.extract = tf.function(lambda x: frozen(x, training=False))
+        self.extract = one_trace(lambda x: frozen(x, training=False))
         if unfreeze == "none":
             self.layer = "pool"
             self.head: Callable[..., Any] = lambda f, training: dense(dropout(f, training=training))

@@ -303,11 +303,16 @@ def calibrate(job: Job, model: Any, val: Pipeline, labels: list[int]) -> tuple[f
         calibration_metrics,
         fit_temperature,
         scale_output_layer,
+        separated,
         with_temperature,
     )
     from busi.evaluate.forward import predict_probs
 
     probs = predict_probs(model, val, cfg.train.batch_size)
+    if separated(labels, probs):
+        log.warning("calibration: all %d validation images are classified correctly, so no temperature minimises "
+                    "their NLL (it falls without end as T -> 0); temperature 1 kept: the model as trained",
+                    len(labels))
     temperature = round(fit_temperature(labels, probs), 6)
     scale_output_layer(model, temperature)
     before, after = calibration_metrics(labels, probs), calibration_metrics(labels, with_temperature(probs, temperature))

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
+from busi.model.tracing import one_trace
+
 
 def make_optimizer(learning_rate: float, variables: list[Any], ema: float | None = None) -> Any:
     """Adam at ``learning_rate`` (wrapped for loss scaling under ``mixed_float16``), its slots
@@ -24,14 +26,14 @@ def make_optimizer(learning_rate: float, variables: list[Any], ema: float | None
 
 def make_train_step(model: Any, optimizer: Any, forward: Callable[..., Any],
                     average_gradients: Callable[[Sequence[Any]], Sequence[Any]] | None = None) -> Callable[..., Any]:
-    """busi's training step, a ``tf.function`` ``step(x, y, w) -> (mean weighted loss, correct)``:
+    """busi's training step, a ``tf.function`` traced once for every batch size, ``step(x, y, w) -> (mean weighted loss, correct)``:
     ``forward(x, training=True)`` under a gradient tape, sample-weighted sparse cross-entropy,
     loss scaling where the optimizer does it, ``average_gradients`` across ranks (Horovod) when
     given, then one optimizer update of ``model.trainable_variables``."""
     import keras
     import tensorflow as tf
 
-    @tf.function
+    @one_trace
     def step(x: Any, y: Any, w: Any) -> tuple[Any, Any]:
         variables = model.trainable_variables
         with tf.GradientTape() as tape:
@@ -50,11 +52,11 @@ def make_train_step(model: Any, optimizer: Any, forward: Callable[..., Any],
 
 
 def make_eval_step(forward: Callable[..., Any]) -> Callable[..., Any]:
-    """busi's validation step, a ``tf.function`` ``evaluate(x, y) -> (summed loss, correct)``."""
+    """busi's validation step, a ``tf.function`` traced once, ``evaluate(x, y) -> (summed loss, correct)``."""
     import keras
     import tensorflow as tf
 
-    @tf.function
+    @one_trace
     def evaluate(x: Any, y: Any) -> tuple[Any, Any]:
         probs = forward(x, training=False)
         loss = tf.reduce_sum(keras.losses.sparse_categorical_crossentropy(y, probs))
