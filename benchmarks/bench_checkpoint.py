@@ -1,6 +1,6 @@
 """Issue #6: time to write a resumable checkpoint of ResNet50 at 224 px.
 
-``busi.checkpoint.Checkpointer.save`` exactly as the training loop calls it: the model's
+``busi.train.checkpoint.Checkpointer.save`` exactly as the training loop calls it: the model's
 variables, the Adam optimizer's variables (built, and after one real step so its slots hold
 values), the best weights so far, the loop state; written to a temp folder, fsynced, renamed,
 ``latest.json`` replaced, the previous checkpoint removed. Fine-tuning conv5 (job/busi.yaml)

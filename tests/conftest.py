@@ -144,7 +144,7 @@ TRAINED_SETS = ("runtime.deterministic=true", "train.calibration=temperature")
 
 
 @pytest.fixture(scope="session")
-def trained_run(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> dict[str, Any]:
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """``{"out": run directory, "data": dataset, "stderr": the run's log}`` of one real
     ``busi-job train`` (a subprocess, as a batch system runs it), built once per test session:
     the first pytest-xdist worker that asks trains under a lock, the others wait and read the
@@ -153,7 +153,8 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> dic
     from busi.runtime.locks import exclusive_lock
 
     base = tmp_path_factory.getbasetemp()
-    root = (base if worker_id == "master" else base.parent) / "trained-run"
+    # under pytest-xdist each worker's base is a folder of the session's: share the session's
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "trained-run"
     root.mkdir(exist_ok=True)
     with exclusive_lock(root / ".lock", "the trained run of the tests", wait=True):
         done = root / "done.json"
@@ -184,7 +185,7 @@ def linked_copies(src: Path, dest: Path, copies: int) -> int:
 
 
 def make_model_dir(root: Path, size: int = 32, classes: tuple[str, ...] = CLASSES, seed: int = 0) -> Path:
-    """A run directory's model folder as training writes it (``busi.modeldir``, without the
+    """A run directory's model folder as training writes it (``busi.model.folder``, without the
     SavedModel), from a ``weights: none`` model: real weights, no training needed."""
     import keras
 

@@ -1,4 +1,4 @@
-"""busi.bootstrap: the vectorised metrics equal compute_metrics' (scikit-learn's) on the data
+"""busi.evaluate.bootstrap: the vectorised metrics equal compute_metrics' (scikit-learn's) on the data
 itself, intervals are seeded, contain the estimate and narrow as the split grows."""
 
 from __future__ import annotations

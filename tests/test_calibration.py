@@ -1,4 +1,4 @@
-"""busi.calibration: ECE, Brier score, temperature fitting and the temperature inside the model."""
+"""busi.evaluate.calibration: ECE, Brier score, temperature fitting and the temperature inside the model."""
 
 from __future__ import annotations
 

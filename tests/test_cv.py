@@ -1,4 +1,4 @@
-"""busi.cv: folds over duplicate groups, each fold a complete run, and the report over them."""
+"""busi.train.cv and busi.evaluate.crossval: folds over duplicate groups, each fold a complete run, and the report over them."""
 
 from __future__ import annotations
 

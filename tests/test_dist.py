@@ -1,4 +1,4 @@
-"""Data-parallel training (busi.distributed, busi.hvd): rank detection and logging without Horovod, then
+"""Data-parallel training (busi.distributed: launchers, group, horovod): rank detection and logging without Horovod, then
 real two-rank Horovod runs (``horovodrun --gloo -np 2``) on synthetic data: the ranks end with
 the same weights, the run directory is written once, and a failing rank ends the job.
 

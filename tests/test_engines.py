@@ -1,4 +1,4 @@
-"""Tests for busi.engines and busi.export: the TensorFlow and OpenVINO engines give the same
+"""Tests for busi.model.engines and busi.model.export: the TensorFlow and OpenVINO engines give the same
 labels and probabilities within their documented tolerances, ``auto`` falls back where
 OpenVINO is missing, the OpenVINO model is cached beside model.keras, exports load."""
 

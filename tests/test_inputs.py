@@ -48,7 +48,7 @@ def test_shard_selection_from_environment() -> None:
     assert shard_from_env({"AWS_BATCH_JOB_ARRAY_INDEX": "3", "AWS_BATCH_JOB_ARRAY_SIZE": "10"}) == Shard(3, 10, "aws-batch")
     assert shard_from_env({"BATCH_TASK_INDEX": "0", "BATCH_TASK_COUNT": "2"}) == Shard(0, 2, "gcp-batch")
     assert shard_from_env({"HOROVOD_RANK": "1", "HOROVOD_SIZE": "2"}) == Shard(1, 2, "horovod")
-    # every launcher of busi.ranks' table, and an array job before the rank of a launch
+    # every launcher of busi.distributed.launchers' table, and an array job before the rank of a launch
     assert shard_from_env({"OMPI_COMM_WORLD_RANK": "2", "OMPI_COMM_WORLD_SIZE": "4"}) == Shard(2, 4, "mpi")
     assert shard_from_env({"PMI_RANK": "0", "PMI_SIZE": "3"}) == Shard(0, 3, "pmi")
     assert shard_from_env({"PMIX_RANK": "5", "PMIX_SIZE": "6"}) == Shard(5, 6, "pmix")

@@ -1,4 +1,4 @@
-"""busi.locks: one holder at a time, the refused job names the holder, the kernel frees the lock
+"""busi.runtime.locks: one holder at a time, the refused job names the holder, the kernel frees the lock
 of a killed holder."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Learning rate under data parallelism (busi.schedule) and its config keys."""
+"""Learning rate under data parallelism (busi.train.lr) and its config keys."""
 
 from __future__ import annotations
 

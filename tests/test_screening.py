@@ -1,4 +1,4 @@
-"""busi.screening: malignant-vs-rest rates, the validation-chosen threshold, its intervals."""
+"""busi.evaluate.screening: malignant-vs-rest rates, the validation-chosen threshold, its intervals."""
 
 from __future__ import annotations
 

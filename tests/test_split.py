@@ -173,7 +173,7 @@ def test_read_splits_file_missing_or_bad_header(tmp_path: Path) -> None:
 
 def test_a_written_splits_csv_is_reusable_whatever_the_file_names(tmp_path: Path) -> None:
     """Names that are not UTF-8 or hold \\r, \\n, U+2028 or \\x1c: train writes splits.csv
-    (busi.artifacts), and data.splits reads it back to the same rows."""
+    (busi.files.rundir), and data.splits reads it back to the same rows."""
     import os
 
     import numpy as np

@@ -1,4 +1,4 @@
-"""Tests for busi.tensorboard_log: event files that TensorBoard's own reader parses, one value
+"""Tests for busi.train.tensorboard: event files that TensorBoard's own reader parses, one value
 per tag per epoch, logs rebuilt from the checkpointed history on resume (no duplicate steps)."""
 
 from __future__ import annotations

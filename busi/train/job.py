@@ -309,15 +309,16 @@ def calibrate(job: Job, model: Any, val: Pipeline, labels: list[int]) -> tuple[f
     from busi.evaluate.forward import predict_probs
 
     probs = predict_probs(model, val, cfg.train.batch_size)
+    temperature = round(fit_temperature(labels, probs), 6)
+    scale_output_layer(model, temperature)
+    before, after = calibration_metrics(labels, probs), calibration_metrics(labels, with_temperature(probs, temperature))
     if separated(labels, probs):
         log.warning("calibration: all %d validation images are classified correctly, so no temperature minimises "
                     "their NLL (it falls without end as T -> 0); temperature 1 kept: the model as trained",
                     len(labels))
-    temperature = round(fit_temperature(labels, probs), 6)
-    scale_output_layer(model, temperature)
-    before, after = calibration_metrics(labels, probs), calibration_metrics(labels, with_temperature(probs, temperature))
-    log.info("calibration: temperature %.3f fitted on %d validation images (NLL %.4f -> %.4f, ECE %.3f -> %.3f)",
-             temperature, len(labels), before["nll"], after["nll"], before["ece"], after["ece"])
+    else:
+        log.info("calibration: temperature %.3f fitted on %d validation images (NLL %.4f -> %.4f, ECE %.3f -> %.3f)",
+                 temperature, len(labels), before["nll"], after["nll"], before["ece"], after["ece"])
     job.manifest.record(temperature=temperature)
     return temperature, with_temperature(probs, temperature)
 

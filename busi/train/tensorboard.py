@@ -14,7 +14,7 @@ The step is the run's global epoch (continuous across phases: the fine-tuning ph
 epoch follows the head phase's last). Only the primary rank writes.
 
 Each attempt of a run starts its logs from the checkpoint it resumes: ``start`` replaces the
-folder (built beside, renamed into place: ``busi.artifacts.atomic_write_dir``) with one holding
+folder (built beside, renamed into place: ``busi.files.atomic.atomic_write_dir``) with one holding
 exactly the checkpointed epochs, so epochs an interrupted attempt logged after its last
 checkpoint, or a failed attempt's, never show twice and the logs always match ``history.csv``.
 Then each epoch appends to TensorBoard's event files (append-only streams that TensorBoard
@@ -68,7 +68,7 @@ class TensorBoardLog:
         atomic_write_dir(self.folder, build)
 
     def epoch(self, record: Any) -> None:
-        """One epoch's scalars (``busi.train.EpochRecord``), tagged by its phase."""
+        """One epoch's scalars (``busi.train.loop.EpochRecord``), tagged by its phase."""
         if self.enabled:
             _epoch_scalars(self._writers, self.folder, record)
 
