@@ -257,8 +257,8 @@ def test_epoch_log_lines(trained: dict[str, Any]) -> None:
 
 
 def test_the_log_holds_no_tensorflow_start_up_lines(trained: dict[str, Any]) -> None:
-    """busi filters TensorFlow's C++ start-up lines while it loads (the user did not set
-    TF_CPP_MIN_LOG_LEVEL: run_cli removes it); busi's own lines are all there."""
+    """busi filters TensorFlow's C++ start-up lines while it loads (TF_CPP_MIN_LOG_LEVEL unset:
+    run_cli removes it; tests/test_slurm.py checks it set to 2); busi's own lines are all there."""
     err = trained["stderr"]
     for noise in ("absl::InitializeLog", "oneDNN custom operations", "This TensorFlow binary is optimized"):
         assert noise not in err, noise

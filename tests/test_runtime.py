@@ -84,6 +84,22 @@ def test_tensorflow_gets_the_threads() -> None:
     assert out.stdout.split() == ["1", "slurm", "1", "1", "1"]
 
 
+@pytest.mark.integration
+@pytest.mark.parametrize("level", [None, "2", "0"])
+def test_tensorflows_start_up_lines_show_only_when_asked_for(level: str | None) -> None:
+    """start_tensorflow keeps absl's "All log messages before absl::InitializeLog()..." line out of
+    stderr whether TF_CPP_MIN_LOG_LEVEL is unset or 2 (which does not hide it); 0 asks for every
+    line, and it is there. A line of the program's own written meanwhile always passes."""
+    code = ("import sys; from busi.runtime.cores import detect_cores; from busi.runtime.startup import start_tensorflow\n"
+            "start_tensorflow(detect_cores(), 0); print('own line', file=sys.stderr)\n")
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    if level is not None:
+        env["TF_CPP_MIN_LOG_LEVEL"] = level
+    err = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stderr
+    assert "own line" in err
+    assert ("absl::InitializeLog" in err) == (level == "0"), err[-2000:]
+
+
 def _cpuinfo(tmp_path: Path, name: str, flags: str) -> Path:
     """A /proc/cpuinfo with two processors carrying ``flags``."""
     block = f"processor\t: {{}}\nvendor_id\t: GenuineIntel\nflags\t\t: {flags}\n\n"

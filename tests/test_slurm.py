@@ -242,6 +242,8 @@ def test_train_sh_writes_the_run_directory(slurm: SlurmCluster, job_env: dict[st
     assert "head:\n    epochs: 1\n" in (run / "config.yaml").read_text()  # the overlay's value ran
     assert "--nv" not in call  # no GPUs in this job
     assert "busi-slurm[" in log.read_text() and "done" in tail(log, 3)
+    # TF_CPP_MIN_LOG_LEVEL=2 (job_env, as users set it) hides nothing before absl starts: busi's filter does
+    assert "absl::InitializeLog" not in log.read_text() and "oneDNN custom operations" not in log.read_text()
 
 
 @pytest.mark.system

@@ -4,8 +4,9 @@ Thread pools must be set before TensorFlow starts (``busi.runtime.cores`` decide
 the standard library only); ``start_tensorflow`` applies them, seeds Python, NumPy and
 TensorFlow with one seed, and keeps TensorFlow's C++ start-up lines (absl's "All log messages
 before absl::InitializeLog()...", the oneDNN notice, the CPU-instructions notice) out of the
-job's log unless the user set ``TF_CPP_MIN_LOG_LEVEL`` themselves. absl prints those lines
-before any log level applies, so they are filtered from the process's stderr while TensorFlow
+job's log unless the user asked for every line (``TF_CPP_MIN_LOG_LEVEL=0``). absl prints those
+lines before any log level applies (``TF_CPP_MIN_LOG_LEVEL=2``, the usual advice, does not hide
+them with TensorFlow 2.21), so they are filtered from the process's stderr while TensorFlow
 loads; every other line written meanwhile is passed on.
 """
 
@@ -33,9 +34,9 @@ STARTUP_NOISE = re.compile(
 
 def start_tensorflow(decision: CoreDecision, seed: int, deterministic: bool = False) -> Any:
     """Set thread pools and seeds, import TensorFlow (quietly), and return the module."""
-    user_level = "TF_CPP_MIN_LOG_LEVEL" in os.environ
+    everything = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "").strip() == "0"
     os.environ.update(thread_env(decision))
-    with (_nothing() if user_level or "tensorflow" in sys.modules else filtered_stderr(STARTUP_NOISE)):
+    with (_nothing() if everything or "tensorflow" in sys.modules else filtered_stderr(STARTUP_NOISE)):
         import tensorflow as tf
 
         try:
