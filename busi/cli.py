@@ -17,6 +17,7 @@ from busi import __version__
 from busi.config.schema import (
     ENGINES,
     EXPORT_FORMATS,
+    EXPORT_PRECISIONS,
     INFERENCE_PRECISIONS,
     POLICIES,
     UNFREEZE_MODES,
@@ -178,6 +179,9 @@ def _add_model_commands(sub: Any) -> None:
     p.add_argument("model", metavar="RUN_DIR", help="a completed run directory, or a model.keras file")
     p.add_argument("--format", required=True, choices=EXPORT_FORMATS, help="what to write")
     p.add_argument("--out", help="a folder (default: beside model.keras: openvino/, saved_model/)")
+    p.add_argument("--precision", choices=EXPORT_PRECISIONS, default="float32",
+                   help="openvino only: int8 quantizes a completed run's model on its training images into "
+                   "model/openvino-int8/ and measures its accuracy contract on the run's test split")
 
     p = sub.add_parser("fetch-weights", help="download ImageNet ResNet50 weights (needs internet) into a folder")
     p.add_argument("--dir", default=None, help="target folder (default: $BUSI_WEIGHTS_DIR or ~/.keras/models)")
@@ -322,8 +326,17 @@ def cmd_export(args: argparse.Namespace) -> int:
     from busi.runtime.cores import detect_cores
     from busi.runtime.startup import start_tensorflow
 
-    start_tensorflow(detect_cores("auto"), seed=0)
-    path = export_model(args.model, args.format, args.out)
+    cores = detect_cores("auto")
+    start_tensorflow(cores, seed=0)
+    if args.precision == "int8":
+        if args.format != "openvino" or args.out:
+            raise ConfigError("export --precision int8: with --format openvino and no --out (the INT8 model goes "
+                              "into the run's model/openvino-int8/, beside its accuracy contract)")
+        from busi.train.quantize import export_int8
+
+        path = export_int8(args.model, threads=cores.cores)
+    else:
+        path = export_model(args.model, args.format, args.out)
     print(f"wrote {path}")
     return EXIT_OK
 

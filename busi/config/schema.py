@@ -35,13 +35,16 @@ TrainPrecision = Literal["auto", "float32", "mixed_bfloat16", "mixed_float16"]
 POLICIES: tuple[str, ...] = typing.get_args(TrainPrecision)[1:]  # Keras dtype policies (bench measures them)
 EngineName = Literal["auto", "tensorflow", "openvino"]
 ENGINES: tuple[str, ...] = typing.get_args(EngineName)
-InferencePrecision = Literal["auto", "float32", "bfloat16"]
+InferencePrecision = Literal["auto", "float32", "bfloat16", "int8"]
 INFERENCE_PRECISIONS: tuple[str, ...] = typing.get_args(InferencePrecision)
 Distributed = Literal["auto", "none", "horovod"]
 DISTRIBUTED_MODES: tuple[str, ...] = typing.get_args(Distributed)
 ExportFormat = Literal["openvino", "saved_model"]
 EXPORT_FORMATS: tuple[str, ...] = typing.get_args(ExportFormat)  # busi-job export --format
+ExportPrecision = Literal["float32", "int8"]
+EXPORT_PRECISIONS: tuple[str, ...] = typing.get_args(ExportPrecision)  # busi-job export --precision
 DedupeMode = Literal["none", "exact", "near"]
+Quantize = Literal["int8", "none"]
 DEFAULT_CLASSES: tuple[str, ...] = ("normal", "benign", "malignant")  # BUSI's folders (synth writes them too)
 
 MAX_EPOCHS = 1_000_000  # far beyond any real run; bounds what a typo (1e30) can ask for
@@ -160,6 +163,12 @@ class TrainConfig:
         doc="temperature: after training, fit one temperature on the validation split (busi.evaluate.calibration) and "
         "put it into the model's output layer; test metrics are reported before and after",
     )
+    quantize: Quantize = _opt(
+        "int8",
+        doc="int8: after training, quantize the OpenVINO model with NNCF on training images (model/openvino-int8/) "
+        "and measure the INT8 and bfloat16 accuracy contracts on the test split (metrics.json precisions); none: "
+        "float model only",
+    )
     ema: Union[float, None] = _opt(
         None, min=0.5, max=0.99999,
         doc="decay of an exponential moving average of the trained weights (Keras' use_ema), e.g. 0.99; "
@@ -226,7 +235,8 @@ class PredictConfig:
         "auto", doc="inference engine; auto: OpenVINO on a CPU-only node where it is installed, else TensorFlow"
     )
     precision: InferencePrecision = _opt(
-        "auto", doc="OpenVINO's inference precision; auto: the runtime's fastest on this CPU (bfloat16 on AMX)"
+        "auto", doc="OpenVINO's inference precision; auto: the fastest that passed its accuracy contract and this "
+        "CPU runs fast (int8 with VNNI/AMX-INT8, bfloat16 with AMX/AVX512-BF16, else float32)"
     )
     staging_dir: Union[str, None] = _opt(None, doc="where input archives unpack; default $TMPDIR/busi-staging")
     max_archive_members: int = _archive_members()

@@ -63,6 +63,10 @@ RUN_LAYOUT: tuple[Entry, ...] = (
     Entry("model", "model/model.keras", "file", "the Keras model, preprocessing inside (plain Keras loads it)"),
     Entry("saved_model", "model/saved_model", "folder", "the TensorFlow SavedModel (serving)"),
     Entry("openvino", "model/openvino", "folder", "the OpenVINO model: model.xml, model.bin, source.json"),
+    Entry("openvino_int8", "model/openvino-int8", "folder", "the INT8 OpenVINO model (NNCF post-training "
+          "quantization on training images; `train.quantize`): model.xml, model.bin, source.json"),
+    Entry("precisions", "model/precisions.json", "file", "each reduced precision's accuracy contract on the test "
+          "split (INT8, bfloat16 against float32): what `--precision auto` may pick"),
     Entry("labels", "model/labels.json", "file", "output index -> class name"),
     Entry("preprocessing", "model/preprocessing.json", "file", "input side and resize mode prediction must use"),
     Entry("thresholds", "model/thresholds.json", "file", "the malignant operating point chosen on the validation "

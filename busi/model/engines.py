@@ -5,10 +5,12 @@ the same model converted by OpenVINO (Intel's CPU inference runtime; ``pip insta
 part of busi's default install), which on a CPU runs ResNet50 at 1.4x TensorFlow's speed in
 float32 and about 2.8x in bfloat16 on CPUs with AMX (docs, "Performance"). ``auto`` picks
 OpenVINO on a node without a GPU where it is installed, else TensorFlow. Precision
-(``auto|float32|bfloat16``) is OpenVINO's inference precision; ``auto`` is the runtime's
-fastest on this CPU (bfloat16 on AMX / AVX512-BF16, else float32). The TensorFlow engine
-computes in the model's own dtype policy. Converting and caching the OpenVINO model:
-``busi.model.openvino``.
+(``auto|float32|bfloat16|int8``) is OpenVINO's: ``int8`` runs the model folder's quantized
+model (``busi.model.quantize``); ``auto`` (``choose_precision``) takes the fastest precision
+that passed its accuracy contract (``model/precisions.json``, ``busi.evaluate.precision``) and
+that this CPU runs fast: INT8 with VNNI or AMX-INT8, bfloat16 with AMX or AVX512-BF16, else
+float32. The TensorFlow engine computes in the model's own dtype policy. Converting and
+caching the OpenVINO model: ``busi.model.openvino``.
 """
 
 from __future__ import annotations
@@ -21,7 +23,10 @@ from typing import Any, Protocol
 import numpy as np
 
 from busi.errors import ConfigError, DataError
-from busi.model.openvino import OPENVINO_PIN, import_openvino, openvino_model_for
+from busi.model.folder import read_precisions
+from busi.model.openvino import OPENVINO_PIN, OPENVINO_XML, import_openvino, openvino_model_for, read_openvino_dir
+from busi.model.quantize import INT8_DIR
+from busi.runtime.cpu import BF16_FLAGS, INT8_FLAGS, cpu_flags
 
 log = logging.getLogger("busi")
 
@@ -110,6 +115,32 @@ def choose_engine(setting: str, gpu: bool, available: bool, key: str = "predict.
     return "openvino"
 
 
+def choose_precision(setting: str, model_dir: Path, flags: frozenset[str] | None = None) -> tuple[str, str]:
+    """OpenVINO's precision for ``setting`` and why: ``auto`` takes INT8 where the model folder
+    holds an INT8 model that passed its contract and the CPU (``flags``, default this one's) has
+    VNNI or AMX-INT8; else bfloat16 where the CPU has AMX or AVX512-BF16 and the contract did not
+    fail (a model trained before contracts were measured has none); else float32."""
+    if setting != "auto":
+        return setting, "asked for"
+    flags = cpu_flags() if flags is None else flags
+    contracts = read_precisions(model_dir)
+    int8, bf16 = contracts.get("int8", {}), contracts.get("bfloat16", {})
+    why: list[str] = []
+    if not (model_dir / INT8_DIR / OPENVINO_XML).is_file():
+        why.append("no INT8 model in the model folder")
+    elif not int8.get("passed"):
+        why.append(f"the INT8 model missed its accuracy contract ({int8.get('reason', 'not measured')})")
+    elif not flags & INT8_FLAGS:
+        why.append("this CPU has no VNNI or AMX-INT8")
+    else:
+        return "int8", "the INT8 model passed its accuracy contract and this CPU has VNNI/AMX-INT8"
+    if not flags & BF16_FLAGS:
+        return "float32", "; ".join([*why, "no AMX or AVX512-BF16 for bfloat16"])
+    if bf16 and not bf16.get("passed"):
+        return "float32", "; ".join([*why, f"bfloat16 missed its accuracy contract ({bf16.get('reason')})"])
+    return "bfloat16", "; ".join([*why, "bfloat16 on AMX/AVX512-BF16"])
+
+
 # ------------------------------------------------------------------ TensorFlow
 
 
@@ -153,12 +184,14 @@ class OpenVINOEngine:
     requests (its streams: 2 on a 2-core AMX CPU), which run at once."""
 
     def __init__(self, ov_model: Any, batch_size: int, precision: str = "auto", threads: int | None = None) -> None:
+        """``precision``: ``auto`` (the runtime's choice), ``float32``, ``bfloat16``, or ``int8``
+        for a quantized ``ov_model`` (its remaining float parts in the runtime's choice)."""
         ov = import_openvino()
         core = ov.Core()
         config: dict[str, Any] = {"PERFORMANCE_HINT": "THROUGHPUT"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
-        if precision != "auto":
+        if precision in _OV_HINT:
             if precision == "bfloat16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
                 raise ConfigError("predict.precision: bfloat16 needs a CPU with AVX512-BF16 or AMX, which this one "
                                   "lacks; use auto or float32")
@@ -175,7 +208,8 @@ class OpenVINOEngine:
         self._queue.set_callback(self._done)
         hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")
         name = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
-        self.info = EngineInfo("openvino", ov.__version__.split("-")[0], _OV_PRECISION.get(name, name))
+        self.info = EngineInfo("openvino", ov.__version__.split("-")[0],
+                               "int8" if precision == "int8" else _OV_PRECISION.get(name, name))
 
     def _done(self, request: Any, index: int) -> None:
         self._results[index] = np.array(request.get_output_tensor(0).data, copy=True)
@@ -212,6 +246,9 @@ def make_engine(name: str, precision: str, model_file: Path, keras_model: Any, b
 
             keras_model = load_saved_model(model_file)
         return TensorFlowEngine(keras_model, batch_size, image_size)
+    precision, why = choose_precision(precision, model_file.parent)
+    if precision == "int8":
+        return _int8_engine(model_file, batch_size, threads, why)
     try:
         ov_model = openvino_model_for(model_file, keras_model)
     except ConfigError:
@@ -219,4 +256,24 @@ def make_engine(name: str, precision: str, model_file: Path, keras_model: Any, b
     except Exception as e:  # the converter raises many kinds on a model it cannot read
         raise DataError(model_file, f"OpenVINO cannot convert this model ({type(e).__name__}: {str(e)[:200]}); "
                         "use --engine tensorflow") from None
-    return OpenVINOEngine(ov_model, batch_size, precision, threads)
+    engine = OpenVINOEngine(ov_model, batch_size, precision, threads)
+    log.info("engine: openvino %s (%s)", engine.info.precision, why)
+    return engine
+
+
+def _int8_engine(model_file: Path, batch_size: int, threads: int | None, why: str) -> Engine:
+    folder = model_file.parent / INT8_DIR
+    if not (folder / OPENVINO_XML).is_file():
+        raise ConfigError(f"--precision int8: {model_file.parent} holds no INT8 model ({INT8_DIR}/); make one with "
+                          f"`busi-job export --model {model_file.parent} --format openvino --precision int8`")
+    if not cpu_flags() & INT8_FLAGS:
+        log.warning("engine: this CPU has no VNNI or AMX-INT8: INT8 may run slower than float32 here")
+    try:
+        engine = OpenVINOEngine(read_openvino_dir(folder), batch_size, "int8", threads)
+    except ConfigError:
+        raise
+    except Exception as e:
+        raise DataError(folder / OPENVINO_XML, f"OpenVINO cannot run this INT8 model ({type(e).__name__}: "
+                        f"{str(e)[:200]}); export it again or use --precision float32") from None
+    log.info("engine: openvino int8 (%s)", why)
+    return engine

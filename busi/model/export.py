@@ -20,6 +20,7 @@ from busi.files.atomic import atomic_write_dir
 from busi.files.digest import file_sha256
 from busi.model.folder import (
     LABELS_FILE,
+    PRECISIONS_FILE,
     PREPROCESSING_FILE,
     THRESHOLDS_FILE,
     find_model_file,
@@ -71,6 +72,6 @@ def export_model(model_arg: str | Path, fmt: str, out: str | Path | None = None)
 
 def _with_labels(_: object, folder: Path, model_file: Path) -> None:
     """Copy what the model's outputs and inputs mean into an exported folder."""
-    for name in (LABELS_FILE, PREPROCESSING_FILE, THRESHOLDS_FILE):
+    for name in (LABELS_FILE, PREPROCESSING_FILE, THRESHOLDS_FILE, PRECISIONS_FILE):
         if (model_file.parent / name).is_file():
             shutil.copyfile(model_file.parent / name, folder / name)

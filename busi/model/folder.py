@@ -5,9 +5,12 @@ What it holds (file names from ``busi.files.rundir.RUN_FILES``, the run-director
 OpenVINO model, ``busi.model.openvino``), ``labels.json`` (index -> class name),
 ``preprocessing.json`` (the input side and resize mode prediction must use) and
 ``thresholds.json`` (the malignant operating point chosen on the validation split,
-``busi.evaluate.screening``; written once the written model has classified that split).
+``busi.evaluate.screening``; written once the written model has classified that split),
+``openvino-int8/`` (the quantized model, ``busi.model.quantize``) and ``precisions.json`` (each
+reduced precision's accuracy contract, ``busi.evaluate.precision``).
 Training writes it through ``write_model_dir``; prediction, evaluation, tests and benchmarks
-read it through ``find_model_file``, ``read_model_info`` and ``read_threshold``, so no other
+read it through ``find_model_file``, ``read_model_info``, ``read_threshold`` and
+``read_precisions``, so no other
 module spells out these names.
 """
 
@@ -30,6 +33,7 @@ MODEL_FILE = Path(RUN_FILES["model"]).name  # "model.keras"
 LABELS_FILE = Path(RUN_FILES["labels"]).name
 PREPROCESSING_FILE = Path(RUN_FILES["preprocessing"]).name
 THRESHOLDS_FILE = Path(RUN_FILES["thresholds"]).name
+PRECISIONS_FILE = Path(RUN_FILES["precisions"]).name
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,16 @@ def write_model_dir(run: RunDir, model: Any, classes: Sequence[str], image_size:
 def write_thresholds(run: RunDir, point: dict[str, Any]) -> None:
     """``thresholds.json``: the operating point of the model already in ``run``'s model folder."""
     run.write_json("thresholds", point)
+
+
+def read_precisions(model_dir: Path) -> dict[str, Any]:
+    """``precisions.json`` of a model folder: {precision: its contract}; {} where there is none
+    (a model trained before contracts were measured, or one copied without it)."""
+    try:
+        data = json.loads((model_dir / PRECISIONS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def read_threshold(model_file: Path) -> float | None:

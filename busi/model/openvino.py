@@ -81,13 +81,14 @@ def to_openvino(model: Any, saved_model: Path | None = None) -> Any:
         return ov.convert_model(str(Path(tmp) / "saved_model"))
 
 
-def write_openvino_dir(folder: Path, ov_model: Any, source_sha256: str) -> None:
-    """``ov_model`` as ``folder/model.xml`` + ``.bin``, and the hash of the model.keras it is of."""
+def write_openvino_dir(folder: Path, ov_model: Any, source_sha256: str, extra: dict[str, Any] | None = None) -> None:
+    """``ov_model`` as ``folder/model.xml`` + ``.bin``, and the hash of the model.keras it is of
+    (with ``extra``: how it was made, for a quantized model)."""
     ov = import_openvino()
     folder.mkdir(parents=True, exist_ok=True)
     ov.save_model(ov_model, str(folder / OPENVINO_XML), compress_to_fp16=False)
-    (folder / OPENVINO_SOURCE).write_text(json.dumps({"model_keras_sha256": source_sha256,
-                                                      "openvino": ov.__version__}, indent=2) + "\n")
+    source = {"model_keras_sha256": source_sha256, "openvino": ov.__version__, **(extra or {})}
+    (folder / OPENVINO_SOURCE).write_text(json.dumps(source, indent=2) + "\n")
 
 
 def read_openvino_dir(folder: Path) -> Any:

@@ -17,7 +17,8 @@ def model_card(cfg: JobConfig, report: dict[str, Any], metrics: dict[str, Any], 
         "# busi ResNet50 breast ultrasound classifier\n",
         "**Intended use: research and education only. Not a medical device; not for diagnosis or\n"
         "any clinical decision.**\n",
-        _model(cfg, result), _loading(cfg), _data(cfg, report), _results(metrics), _limitations(),
+        _model(cfg, result), _loading(cfg), _data(cfg, report), _results(metrics), _precisions(metrics),
+        _limitations(),
     ])
 
 
@@ -98,6 +99,26 @@ def _results(metrics: dict[str, Any]) -> str:
 |---|---|---|---|---|---|
 {per_class}
 """
+
+
+def _precisions(metrics: dict[str, Any]) -> str:
+    """The reduced precisions' accuracy contracts (``busi.evaluate.precision``)."""
+    results = metrics.get("precisions") or {}
+    if not results:
+        return ""
+    rows = []
+    for name, r in results.items():
+        if not r.get("measured"):
+            rows.append(f"| {name} | not measured | | | {r.get('reason', '')} |")
+            continue
+        figures = ", ".join(f"{k} {format_interval(v, None)}" for k, v in r["metrics"].items() if v is not None)
+        rows.append(f"| {name} | {'passed' if r['passed'] else 'missed'} | {r['label_agreement']:.1%} | {figures} "
+                    f"| {r['reason']} |")
+    return ("## Reduced precisions\n\nEach precision against float32 on the same images (labels agree on at least "
+            "99%, and accuracy, macro F1 and macro ROC AUC inside float32's 95% intervals); `--precision auto` "
+            "uses only one that passed (`model/precisions.json`).\n\n"
+            "| precision | contract | label agreement | metrics | why |\n|---|---|---|---|---|\n"
+            + "\n".join(rows) + "\n")
 
 
 def _calibration(metrics: dict[str, Any]) -> str:

@@ -11,7 +11,9 @@ cores, walltime, manifest); ``_stages`` then reads like the run it performs:
 5. ``calibrate``: the temperature on the validation split (``train.calibration``);
 6. ``save_model``: the model folder (model.keras, SavedModel, OpenVINO);
 7. ``evaluate``: the test split's metrics, intervals, operating point and explanations;
-8. ``publish``: metrics, predictions, plots, model card, report.html, TensorBoard.
+8. ``quantize_and_check``: the INT8 model and the reduced precisions' accuracy contracts
+   (``busi.train.quantize``, ``train.quantize``);
+9. ``publish``: metrics, predictions, plots, model card, report.html, TensorBoard.
 
 Each stage returns what the next needs; ``StageClock`` times them into the manifest.
 """
@@ -55,6 +57,7 @@ from busi.runtime.stopper import Stopper
 from busi.runtime.walltime import process_start_time, resolve_deadline
 from busi.train.checkpoint import Checkpoint, Checkpointer
 from busi.train.loop import TrainResult
+from busi.train.quantize import quantize_and_check
 
 log = logging.getLogger("busi")
 
@@ -144,6 +147,8 @@ def _stages(job: Job, t_start: float) -> dict[str, Any]:
         save_model(job, built)
     with clock("evaluate"):
         scored = evaluate(job, data, built, pipelines, host, policy, result, temperature, val_probs)
+    with clock("quantize"):
+        quantize_and_check(job, data, built.model, pipelines, scored, host)
     with clock("save"):
         publish(job, data, scored, result)
     job.manifest.seconds["total"] = round(time.perf_counter() - t_start, 3)
