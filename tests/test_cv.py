@@ -85,7 +85,7 @@ def test_cv_runs_folds_resumes_and_reports(synth_data: Any, tmp_path: Path) -> N
     shutil.copy2(data / "benign" / "benign (1).png", data / "benign" / "benign copy.png")  # a duplicate pair
     out = tmp_path / "cv"
     sets = ["--set", f"data.source={data}", "--set", f"output.dir={out}", "--set", "data.image_size=32",
-            "--set", "train.finetune.epochs=0", "--set", "runtime.checkpoint_minutes=0"]
+            "--set", "train.finetune.epochs=0", "--set", "runtime.checkpoint_minutes=0", "--set", "train.quantize=none"]
     job = str(REPO / "job" / "demo.yaml")
     p = run_cli("cv", job, "--folds", "3", *sets, env={"SLURM_ARRAY_TASK_ID": "0"})
     assert p.returncode == 0, p.stderr[-3000:]

@@ -216,6 +216,7 @@ def test_stop_checkpoints_exits_75_and_the_same_run_resumes(image: Image, synth_
                           "--set", "data.image_size=32", "--set", "train.batch_size=4", "--set", "train.finetune.epochs=0",
                           "--set", f"train.head.epochs={epochs}", "--set", f"train.head.patience={epochs}",
                           "--set", "train.feature_cache=none",  # every epoch through the backbone: still training at the stop
+                          "--set", "train.quantize=none",
                           mounts=(f"{data}:/data:ro", f"{tmp_path}:/out"), name=name)
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     history = tmp_path / "run" / "history.csv"
@@ -251,6 +252,7 @@ def test_horovod_two_ranks_in_one_container_end_with_identical_weights(image: Im
                   "/opt/busi/job/demo.yaml", "--set", "data.source=/data", "--set", "output.dir=/out/run",
                   "--set", "data.image_size=32", "--set", "train.batch_size=4", "--set", "train.head.epochs=2",
                   "--set", "train.finetune.epochs=0",  # tests/test_dist.py checks fine-tuning's allreduce
+                  "--set", "train.quantize=none",
                   mounts=(f"{data}:/data:ro", f"{tmp_path}:/out"))
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     sums = set(re.findall(r"final weights sha256 ([0-9a-f]{64})", r.stdout + r.stderr))

@@ -38,6 +38,7 @@ TINY = [
     "--set", "data.image_size=32", "--set", "train.batch_size=2", "--set", "train.head.epochs=1",
     "--set", "train.finetune.epochs=2", "--set", "train.finetune.patience=5", "--set", "train.finetune.unfreeze=conv5",
     "--set", "runtime.deterministic=true",
+    "--set", "train.quantize=none",  # tests/test_quantize.py covers the INT8 stage; these the training before it
 ]
 
 

@@ -38,7 +38,8 @@ SLURM = REPO / "slurm"
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL",
             "DEADLINE", "PREEMPTED", "SPECIAL_EXIT"}
 # A tiny training job: 32 px, head phase only, no pretrained weights (job/demo.yaml's model).
-TINY = ["--set", "data.image_size=32", "--set", "train.batch_size=8", "--set", "train.finetune.epochs=0"]
+TINY = ["--set", "data.image_size=32", "--set", "train.batch_size=8", "--set", "train.finetune.epochs=0",
+        "--set", "train.quantize=none"]  # INT8: tests/test_quantize.py
 NOISE = ("I0000 ", "WARNING: All log messages", "To enable the following", "oneDNN custom operations")
 
 

@@ -64,7 +64,8 @@ RUN_LAYOUT: tuple[Entry, ...] = (
     Entry("saved_model", "model/saved_model", "folder", "the TensorFlow SavedModel (serving)"),
     Entry("openvino", "model/openvino", "folder", "the OpenVINO model: model.xml, model.bin, source.json"),
     Entry("openvino_int8", "model/openvino-int8", "folder", "the INT8 OpenVINO model (NNCF post-training "
-          "quantization on training images; `train.quantize`): model.xml, model.bin, source.json"),
+          "quantization on training images), with `train.quantize: int8` (the default): model.xml, model.bin, "
+          "source.json"),
     Entry("precisions", "model/precisions.json", "file", "each reduced precision's accuracy contract on the test "
           "split (INT8, bfloat16 against float32): what `--precision auto` may pick"),
     Entry("labels", "model/labels.json", "file", "output index -> class name"),

@@ -48,10 +48,16 @@ class Evaluated:
 
 def quantize_and_check(job: Job, data: TrainingData, model: Any, pipelines: dict[str, Pipeline], scored: Scored,
                        host: Host) -> dict[str, Any]:
-    """Training's stage (``train.quantize: int8``): {} when off or not the primary rank."""
+    """Training's stage: the contracts (``not_measured`` for each with ``train.quantize: none``);
+    {} off the primary rank."""
     cfg, run = job.cfg, job.run
-    if cfg.train.quantize == "none" or not run.primary:
+    if not run.primary:
         return {}
+    if cfg.train.quantize == "none":
+        results = {p: not_measured("train.quantize: none") for p in ("int8", "bfloat16")}
+        run.write_json("precisions", results)
+        scored.metrics["precisions"] = results
+        return results
     name, bs = data.test_name, cfg.train.batch_size
     results = _unmeasurable(run)
     if results is None:
