@@ -145,6 +145,8 @@ def _add_prediction_commands(sub: Any) -> None:
     p.add_argument("--overwrite", action="store_true", default=None, help="replace an existing output CSV")
     p.add_argument("--shard", help="I/N: take shard I of N (default: from array-job env vars)")
     p.add_argument("--gradcam", metavar="DIR", help="write a Grad-CAM overlay PNG per image into DIR")
+    p.add_argument("--dicom-sr", metavar="DIR",
+                   help="write a DICOM Structured Report per classified DICOM input into DIR (for the PACS)")
     p.add_argument("--engine", choices=ENGINES,
                    help="inference engine (default auto: OpenVINO on a CPU-only node where installed)")
     p.add_argument("--precision", choices=INFERENCE_PRECISIONS,
@@ -173,6 +175,9 @@ def _add_model_commands(sub: Any) -> None:
                    help="count images that duplicate training images in the metrics (default: left out)")
     p.add_argument("--no-leakage-check", action="store_true",
                    help="skip the overlap check (a model without its run directory's data/hashes.csv)")
+    p.add_argument("--group-pattern", metavar="REGEX",
+                   help="the patient ID in each file name (as data.group_pattern; default: the run's): images of a "
+                   "training patient count as overlap")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier evaluation in --output")
 
     p = sub.add_parser("export", help="write a trained model as an OpenVINO model or a SavedModel")
@@ -273,6 +278,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         "model": args.model, "inputs": args.inputs, "output": args.output, "batch_size": args.batch_size,
         "include_masks": args.include_masks, "resume": args.resume, "overwrite": args.overwrite,
         "shard": args.shard, "gradcam": args.gradcam, "engine": args.engine, "precision": args.precision,
+        "dicom_sr": args.dicom_sr,
     }
     settings = {f"predict.{k}": v for k, v in flags.items() if v is not None}
     if args.cores is not None:
@@ -353,7 +359,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     run_evaluate(EvaluateRequest(
         model=args.model, data=args.data, output=args.output, engine=args.engine, precision=args.precision,
         batch_size=args.batch_size, keep_overlap=args.keep_overlap, leakage_check=not args.no_leakage_check,
-        overwrite=args.overwrite,
+        overwrite=args.overwrite, group_pattern=args.group_pattern,
     ), threads=cores.cores)
     return EXIT_OK
 

@@ -38,7 +38,8 @@ MODULE_TIER = {
     "test_job": "integration", "test_predict": "integration", "test_resume": "integration",
     "test_features": "integration", "test_trainer": "integration", "test_engines": "integration",
     "test_external": "integration", "test_cv": "integration", "test_bench": "integration",
-    "test_cli_data": "integration", "test_quantize": "integration", "test_slurm": "system", "test_report": "system",
+    "test_cli_data": "integration", "test_quantize": "integration", "test_class_sets": "integration",
+    "test_slurm": "system", "test_report": "system",
 }
 
 # `make test` runs the suite on pytest-xdist workers, one module per worker at a time
@@ -47,7 +48,7 @@ MODULE_TIER = {
 # workers run modules that do not need it (test_predict, test_engines and test_external do,
 # later). Order only: every module also runs alone (`pytest tests/X.py`).
 LONGEST_FIRST = ("test_job", "test_resume", "test_slurm", "test_dist", "test_containers", "test_cv", "test_trainer",
-                 "test_features", "test_predict", "test_engines", "test_quantize", "test_external", "test_bench",
+                 "test_features", "test_predict", "test_class_sets", "test_engines", "test_quantize", "test_external", "test_bench",
                  "test_model")
 
 

@@ -27,7 +27,7 @@ def test_config_prints_resolved_yaml(write_job) -> None:
     p = run_cli("config", str(job), "--set", "train.head.epochs=3", env={"BUSI_TEST_CORES": "2"})
     assert p.returncode == 0, p.stderr
     out = yaml.safe_load(p.stdout)
-    assert list(out) == ["data", "output", "model", "train", "runtime"]
+    assert list(out) == ["data", "output", "model", "train", "evaluate", "runtime"]
     assert out["data"]["source"] == "data/x"
     assert out["data"]["classes"] == ["normal", "benign", "malignant"]
     assert out["train"]["batch_size"] == 8

@@ -109,7 +109,7 @@ def test_unknown_key_names_path_and_known_keys() -> None:
         assert known in msg
     msg = _error({**MINIMAL, "trian": {}})
     assert msg.startswith("trian: unknown key")
-    assert "data, model, output, runtime, train" in msg
+    assert "data, evaluate, model, output, runtime, train" in msg
     assert _error(_with("train", head={"epoch": 1})).startswith("train.head.epoch: unknown key")
 
 
@@ -168,6 +168,18 @@ def test_split_fractions_must_sum_to_one() -> None:
     cfg = _load(_with("data", split={"train": 0.8, "val": 0.2, "test": 0.0}))
     assert cfg.data.split.test == 0.0
     assert _error(_with("data", split={"train": 0.0, "val": 0.5, "test": 0.5})).startswith("data.split.train")
+
+
+def test_the_positive_class_is_one_of_the_classes() -> None:
+    assert _load().evaluate.positive_class is None  # no positive-vs-rest table unless a class is named
+    cfg = _load({**MINIMAL, "data": {"source": "d", "classes": ["BI-RADS 3", "BI-RADS 4", "BI-RADS 5"]},
+                 "evaluate": {"positive_class": "BI-RADS 5", "target_sensitivity": 0.9}})
+    assert cfg.evaluate.positive_class == "BI-RADS 5" and cfg.evaluate.target_sensitivity == 0.9
+    with pytest.raises(ConfigError) as info:
+        _load(_with("evaluate", positive_class="Malignant"))
+    assert info.value.keys[0] == "evaluate.positive_class"
+    assert "'Malignant' is not one of data.classes (normal, benign, malignant)" in str(info.value)
+    assert _error(_with("evaluate", target_sensitivity=0)).startswith("evaluate.target_sensitivity")
 
 
 def test_both_phases_zero_epochs_is_an_error() -> None:
@@ -339,7 +351,7 @@ def test_dump_config_round_trips(tmp_path: Path) -> None:
     assert again == cfg
     assert _round_trip(_load(), tmp_path) == _load()
     dumped = yaml.safe_load(dump_config(cfg))
-    assert list(dumped) == ["data", "output", "model", "train", "runtime"]
+    assert list(dumped) == ["data", "output", "model", "train", "evaluate", "runtime"]
     assert dumped["data"]["classes"] == ["a", "b"]
 
 

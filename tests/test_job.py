@@ -139,7 +139,7 @@ def test_metrics_carry_intervals_and_calibration(trained: dict[str, Any]) -> Non
     assert "temperature" in card and "expected calibration error" in card
     # malignant vs the rest: the threshold chosen on the validation split, stored beside the model
     point = json.loads((out / "model" / "thresholds.json").read_text())
-    screen = m["malignant_vs_rest"]
+    screen = m["positive_vs_rest"]
     assert point["positive_class"] == "malignant" and point["threshold"] == screen["threshold"]
     assert point["val_sensitivity"] >= 0.95 and point["val_positives"] >= 1
     truth = np.array(y) == CLASSES.index("malignant")

@@ -100,7 +100,8 @@ def test_every_file_gets_exactly_one_row(messy: dict, model_dir: Path, tmp_path:
                    "--engine", "tensorflow")
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = _rows(out)
-    assert list(rows[0]) == ["path", "label", "label_index", "prob_normal", "prob_benign", "prob_malignant", "error"]
+    assert list(rows[0]) == ["path", "label", "label_index", "prob_normal", "prob_benign", "prob_malignant",
+                             "study_instance_uid", "series_instance_uid", "sop_instance_uid", "frame", "error"]
     reported = [os.path.relpath(r["path"], root) for r in rows]
     assert sorted(reported) == sorted(messy["good"] + messy["bad"])  # masks left out, nothing twice
     by_path = dict(zip(reported, rows))
@@ -240,9 +241,9 @@ def test_decode_threads_run_at_low_cpu_priority(messy: dict, model_dir: Path, tm
     niceness: list[int] = []
     real_decode = bp._decode
 
-    def spy(f: Any, size: int, resize: str) -> Any:
+    def spy(f: Any, size: int, resize: str, dicom: Any) -> Any:
         niceness.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
-        return real_decode(f, size, resize)
+        return real_decode(f, size, resize, dicom)
 
     monkeypatch.setattr(bp, "_decode", spy)
     predictor = load_predictor(model_dir)

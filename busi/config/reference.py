@@ -11,7 +11,7 @@ from typing import Any, Iterator
 
 from busi.config.schema import JobConfig, PredictJobConfig
 from busi.config.tree import join_key
-from busi.config.validate import describe
+from busi.config.validate import describe, optional_section
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,7 +30,11 @@ def key_docs(cls: type = JobConfig, prefix: str = "", defaults: Any = None) -> I
         key, tp = join_key(prefix, f.name), hints[f.name]
         default = getattr(defaults, f.name) if defaults is not None else f.default
         doc = str(f.metadata.get("doc", ""))
-        if dataclasses.is_dataclass(tp):
+        section = optional_section(tp)
+        if section is not None:  # a section that may be null: its keys with their own defaults
+            yield KeyDoc(key, True, "", "null", doc)
+            yield from key_docs(section, key, None)
+        elif dataclasses.is_dataclass(tp):
             yield KeyDoc(key, True, "", "required" if default is dataclasses.MISSING else "", doc)
             yield from key_docs(tp, key, None if default is dataclasses.MISSING else default)
         else:
@@ -55,6 +59,8 @@ def reference_markdown() -> str:
             if d.section and "." not in d.key:
                 out += ["", f"### `{d.key}:`", "", d.doc + (" (required)" if d.default == "required" else "") + ".", "",
                         "| key | accepts | default | what it does |", "|---|---|---|---|"]
+            elif d.section and d.default == "null":
+                out.append(f"| `{d.key}` | a section or null | `null` | {_cell(d.doc)} |")
             elif d.section:
                 out.append(f"| `{d.key}` | a section | | {_cell(d.doc)} |")
             else:

@@ -45,6 +45,8 @@ ExportPrecision = Literal["float32", "int8"]
 EXPORT_PRECISIONS: tuple[str, ...] = typing.get_args(ExportPrecision)  # busi-job export --precision
 DedupeMode = Literal["none", "exact", "near"]
 Quantize = Literal["int8", "none"]
+DicomFrame = Literal["first", "middle"]
+DICOM_FRAMES: tuple[str, ...] = typing.get_args(DicomFrame)  # which frame of a multi-frame DICOM (busi.data.dicom)
 DEFAULT_CLASSES: tuple[str, ...] = ("normal", "benign", "malignant")  # BUSI's folders (synth writes them too)
 
 MAX_EPOCHS = 1_000_000  # far beyond any real run; bounds what a typo (1e30) can ask for
@@ -79,11 +81,44 @@ class AugmentConfig:
 
 
 @dataclass(frozen=True)
+class TableConfig:
+    file: str = _opt(doc="the label table (CSV or TSV; the delimiter is sniffed, Excel's UTF-8 BOM is fine), "
+                     "relative to data.source (a folder or an archive holding the table and the images)")
+    path: str = _opt(doc="the column holding each image's path, relative to the table's folder")
+    label: str = _opt(doc="the column holding each image's class (one of data.classes; case is ignored)")
+    path_format: str = _opt("{}", doc="the image path made from the path column's value, {} standing for it "
+                            "(BUS-BRA: Images/{}.png, as its ID column names neither folder nor suffix)")
+    group: Union[str, None] = _opt(None, doc="the column holding the patient (group) of each image: a patient "
+                                   "never sits on two sides of a split or in two cv folds; null: data.group_pattern")
+    masks: tuple[str, ...] = _opt((), doc="columns holding lesion-mask paths (relative to the table's folder)")
+    split: Union[str, None] = _opt(None, doc="a column of predefined splits (train, val or test) used instead of "
+                                   "data.split; null: busi splits")
+    fold: Union[str, None] = _opt(None, doc="a column of predefined cross-validation folds that busi-job cv uses "
+                                  "instead of assigning folds (--folds must match their number)")
+
+
+@dataclass(frozen=True)
+class DicomConfig:
+    frame: DicomFrame = _opt("first", doc="the frame of a multi-frame DICOM (a cine loop) to classify: first or middle")
+    crop_to_region: bool = _opt(
+        False, doc="crop to the largest region of the header's Sequence of Ultrasound Regions (leaves out "
+        "burned-in text and rulers); the whole frame where there is none",
+    )
+
+
+@dataclass(frozen=True)
 class DataConfig:
-    source: str = _opt(doc="folder, .zip or .tar(.gz) holding <class>/ folders (top or one level down)")
+    source: str = _opt(doc="folder, .zip or .tar(.gz) holding <class>/ folders (top or one level down), or the "
+                       "images and the label table of data.table")
+    table: Union[TableConfig, None] = _opt(None, doc="labels (and patients) from a table instead of class folders; "
+                                           "null: class folders")
+    group_pattern: Union[str, None] = _opt(
+        None, doc="a regular expression whose group named 'group' (else its first group) taken from each image's "
+        "file name is the patient, e.g. ^(bus_\\d+) or ^(?P<group>[A-Z]+)_\\d+; null: data.table.group or none",
+    )
     classes: tuple[str, ...] = _opt(
         DEFAULT_CLASSES, min_items=2, unique=True,
-        doc="class folder names; their order gives the label index (0, 1, 2, ...)",
+        doc="class folder names (or data.table's label values); their order gives the label index (0, 1, 2, ...)",
     )
     image_size: int = _opt(224, min=32, max=1024, doc="side of the square model input, pixels")
     resize: ResizeMode = _opt("stretch", doc="stretch (as the notebook did) or pad to keep aspect")
@@ -94,10 +129,14 @@ class DataConfig:
     dedupe: DedupeMode = _opt("near", doc="group duplicate images so no group straddles splits")
     near_threshold: int = _opt(6, min=0, max=32, doc="max Hamming distance of 63-bit perceptual hashes")
     conflicts: Literal["drop", "keep"] = _opt("drop", doc="duplicate groups whose members carry different labels")
-    split: SplitFractions = _opt(SplitFractions(), doc="how busi splits the data (stratified, seeded, whole duplicate groups)")
+    split: SplitFractions = _opt(SplitFractions(), doc="how busi splits the data (stratified, seeded, whole patients and duplicate groups)")
     splits: Union[str, None] = _opt(None, doc="a splits.csv (path,label,group,split) to reuse instead of splitting")
     augment: AugmentConfig = _opt(AugmentConfig(), doc="random augmentation of training images (seeded, resumable)")
     cache: bool = _opt(True, doc="cache decoded, resized images in memory after the first epoch")
+    dicom: DicomConfig = _opt(
+        DicomConfig(), doc="how DICOM files (recognised by content) are read; recorded with the model, so "
+        "prediction reads them the same way",
+    )
 
 
 @dataclass(frozen=True)
@@ -177,6 +216,20 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class EvaluateConfig:
+    positive_class: Union[str, None] = _opt(
+        None,
+        doc="the class a reader screens for (e.g. malignant; one of data.classes): metrics.json then holds it "
+        "against the rest (sensitivity, specificity, PPV, NPV at the top class and at a threshold chosen on the "
+        "validation split, model/thresholds.json); null: no such table",
+    )
+    target_sensitivity: float = _opt(
+        0.95, min=0.0, max=1.0, exclusive_min=True,
+        doc="the threshold is the highest one that still finds this share of the validation split's positive images",
+    )
+
+
+@dataclass(frozen=True)
 class OutputConfig:
     dir: str = _opt(doc="the run directory; key it by ${SLURM_JOB_ID} on clusters")
 
@@ -213,6 +266,7 @@ class JobConfig:
     output: OutputConfig = _opt(doc="where the run directory goes")
     model: ModelConfig = _opt(ModelConfig(), doc="the network")
     train: TrainConfig = _opt(TrainConfig(), doc="the two training phases, precision, engines, calibration")
+    evaluate: EvaluateConfig = _opt(EvaluateConfig(), doc="what the test-split evaluation reports beyond the metrics")
     runtime: RuntimeConfig = _opt(RuntimeConfig(), doc="cores, seed, ranks, walltime, signals, checkpoints")
 
     def to_dict(self) -> dict[str, Any]:
@@ -231,6 +285,10 @@ class PredictConfig:
     overwrite: bool = _opt(False, doc="replace an existing output CSV")
     shard: str = _opt("auto", doc="auto (array job env vars), none, or I/N")
     gradcam: Union[str, None] = _opt(None, doc="folder for Grad-CAM overlay PNGs, one per image")
+    dicom_sr: Union[str, None] = _opt(
+        None, doc="folder for DICOM Comprehensive Structured Reports, one per classified DICOM input, referencing it "
+        "(they carry the source's patient and study identity, as DICOM requires: meant for the PACS)",
+    )
     engine: EngineName = _opt(
         "auto", doc="inference engine; auto: OpenVINO on a CPU-only node where it is installed, else TensorFlow"
     )

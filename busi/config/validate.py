@@ -11,7 +11,7 @@ import types
 import typing
 from typing import Any, Literal, Mapping, Sequence, Union
 
-from busi.config.schema import JobConfig
+from busi.config.schema import DataConfig, JobConfig
 from busi.config.tree import join_key, key_error
 from busi.errors import ConfigError
 
@@ -41,13 +41,24 @@ def build(cls: type, data: Any, path: str) -> Any:
                 kwargs[name] = f.default
             continue
         tp = hints[name]
-        if dataclasses.is_dataclass(tp):
+        section = optional_section(tp)
+        if section is not None:  # a section that may be null (data.table): null, or its keys from scratch
+            kwargs[name] = None if data[name] is None else build(section, data[name], key_path)
+        elif dataclasses.is_dataclass(tp):
             # A section starts from the field's own default (phases differ in defaults).
             default = f.default if dataclasses.is_dataclass(f.default) else None
             kwargs[name] = _build_section(tp, data[name], key_path, default)
         else:
             kwargs[name] = _check(data[name], tp, key_path, f.metadata)
     return cls(**kwargs)
+
+
+def optional_section(tp: Any) -> type | None:
+    """The dataclass of a ``Union[Section, None]`` key (a section that may be null), else None."""
+    if typing.get_origin(tp) not in (Union, types.UnionType):
+        return None
+    options = [o for o in typing.get_args(tp) if o is not type(None)]
+    return options[0] if len(options) == 1 and dataclasses.is_dataclass(options[0]) else None
 
 
 def _build_section(tp: type, value: Any, path: str, default: Any) -> Any:
@@ -173,6 +184,36 @@ def _show(value: Any) -> str:
 # ------------------------------------------------------------------ derived values
 
 
+def check_groups(data: DataConfig) -> None:
+    """``data.group_pattern`` compiles and has a group; it and ``data.table.group`` are not both set;
+    ``data.table.file`` stays inside ``data.source``."""
+    table, pattern = data.table, data.group_pattern
+    if table is not None:
+        parts = table.file.replace("\\", "/").split("/")
+        if table.file.startswith(("/", "\\")) or ".." in parts or (len(parts[0]) > 1 and parts[0][1] == ":"):
+            raise key_error("data.table.file", f"{table.file!r}: give the table's path relative to data.source "
+                            "(no absolute path, no '..')")
+        if "{}" not in table.path_format:
+            raise key_error("data.table.path_format", f"{table.path_format!r} has no {{}} for the path column's value")
+    if pattern is None:
+        return
+    if table is not None and table.group is not None:
+        raise ConfigError("data.group_pattern, data.table.group: give one source of patients, not both",
+                          keys=("data.group_pattern", "data.table.group"))
+    check_group_pattern(pattern, "data.group_pattern")
+
+
+def check_group_pattern(pattern: str, key: str) -> None:
+    """A patient pattern compiles and has a group (``key``: where it was given, for the error)."""
+    try:
+        compiled = re.compile(pattern)
+    except re.error as e:
+        raise key_error(key, f"{pattern!r} is not a regular expression: {e}") from None
+    if compiled.groups == 0:
+        raise key_error(key, f"{pattern!r} has no group: put the patient part in parentheses, "
+                        "e.g. ^(bus_\\d+) or ^(?P<group>[A-Z]+)_\\d+")
+
+
 UNCATCHABLE_SIGNALS = ("SIGKILL", "SIGSTOP")
 
 
@@ -209,6 +250,7 @@ def validate_semantics(cfg: JobConfig) -> None:
         except ConfigError as e:
             raise ConfigError(str(e), keys=("runtime.walltime",)) from None
     check_signals(cfg.runtime.signals)
+    check_groups(cfg.data)
     for name in cfg.data.classes:
         if name in (".", "..") or "/" in name or "\0" in name or name != name.strip() or name.startswith("."):
             raise ConfigError(
@@ -216,6 +258,13 @@ def validate_semantics(cfg: JobConfig) -> None:
                 "dataset root (no '/', not '.', '..' or hidden, no leading or trailing spaces)",
                 keys=("data.classes",),
             )
+    positive = cfg.evaluate.positive_class
+    if positive is not None and positive not in cfg.data.classes:
+        raise ConfigError(
+            f"evaluate.positive_class: {positive!r} is not one of data.classes ({', '.join(cfg.data.classes)}); "
+            "name one of them, or null for no positive-vs-rest table",
+            keys=("evaluate.positive_class", "data.classes"),
+        )
     if cfg.train.head.epochs + cfg.train.finetune.epochs == 0:
         raise ConfigError("train.head.epochs, train.finetune.epochs: at least one phase needs epochs > 0",
                           keys=("train.head.epochs", "train.finetune.epochs"))

@@ -5,6 +5,10 @@ Any image Pillow reads becomes ``size x size x 3`` uint8 RGB: 16-bit and float i
 scaled to 8 bits, palette/CMYK/grayscale/alpha images converted, 1-channel ultrasound
 replicated to 3 channels (ResNet expects RGB). ``stretch`` resizes as the original
 notebook did; ``pad`` keeps the aspect ratio and pads with black (the ultrasound background).
+
+DICOM files, recognised by content (``DICM`` at byte 128, whatever the name), are read by
+``busi.data.dicom`` (one frame, as ``data.dicom`` says) and then take the same ``to_rgb8`` and
+``resize_rgb`` as any other image, so a DICOM and a PNG of the same pixels give the same input.
 """
 
 from __future__ import annotations
@@ -14,23 +18,37 @@ from typing import BinaryIO
 
 import numpy as np
 
+from busi.config.schema import DicomConfig
+from busi.data.dicom import HEAD_BYTES, DicomSource, is_dicom, read_dicom
 from busi.errors import DataError
 from busi.runtime.safeio import open_regular_file
 
 
-def load_image(path: str | Path, size: int, resize: str = "stretch") -> np.ndarray:
-    """Decode and resize one image. DataError (naming the path) if Pillow cannot decode it."""
+def load_image(path: str | Path, size: int, resize: str = "stretch", dicom: DicomConfig = DicomConfig()) -> np.ndarray:
+    """Decode and resize one image. DataError (naming the path) if it cannot be decoded."""
+    return decode_image(path, size, resize, dicom)[0]
+
+
+def decode_image(path: str | Path, size: int, resize: str = "stretch",
+                 dicom: DicomConfig = DicomConfig()) -> tuple[np.ndarray, DicomSource | None]:
+    """``load_image``, and the DICOM source of the pixels (UIDs, frame) where the file is DICOM."""
     from PIL import Image
 
+    source = None
     with open_image_file(path) as fh:
-        try:
-            with Image.open(fh) as im:
-                if im.format == "JPEG":
-                    im.draft("RGB", (size, size))  # decode JPEGs at reduced scale: much faster
-                rgb = to_rgb8(im)
-        except Exception as e:  # any failure of a decoder on one file makes that file unreadable
-            raise decode_error(path, e) from None
-    return np.asarray(resize_rgb(rgb, size, resize), dtype=np.uint8)
+        if is_dicom(fh.read(HEAD_BYTES)):
+            im, source = read_dicom(fh, path, dicom)
+            rgb = to_rgb8(im)
+        else:
+            fh.seek(0)
+            try:
+                with Image.open(fh) as im:
+                    if im.format == "JPEG":
+                        im.draft("RGB", (size, size))  # decode JPEGs at reduced scale: much faster
+                    rgb = to_rgb8(im)
+            except Exception as e:  # any failure of a decoder on one file makes that file unreadable
+                raise decode_error(path, e) from None
+    return np.asarray(resize_rgb(rgb, size, resize), dtype=np.uint8), source
 
 
 def decode_error(path: str | Path, e: Exception) -> DataError:

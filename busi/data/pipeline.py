@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from busi.config.schema import AugmentConfig
+from busi.config.schema import AugmentConfig, DicomConfig
 from busi.data.images import load_image
 
 
@@ -42,7 +42,8 @@ def balanced_class_weights(labels: Sequence[int], num_classes: int) -> np.ndarra
 class Pipeline:
     """Decoded, cached images of one split, and per-epoch datasets built from them."""
 
-    def __init__(self, data: SplitData, image_size: int, resize: str, cache: bool = True) -> None:
+    def __init__(self, data: SplitData, image_size: int, resize: str, cache: bool = True,
+                 dicom: DicomConfig = DicomConfig()) -> None:
         import tensorflow as tf
 
         self.data = data
@@ -51,7 +52,7 @@ class Pipeline:
         index = np.arange(n, dtype=np.int64)
 
         def decode(path: Any) -> np.ndarray:
-            return load_image(os.fsdecode(path), image_size, resize)
+            return load_image(os.fsdecode(path), image_size, resize, dicom)
 
         def tf_decode(path: Any, label: Any, idx: Any) -> tuple[Any, Any, Any]:
             image = tf.numpy_function(decode, [path], tf.uint8, stateful=False)

@@ -2,7 +2,8 @@
 
 Layout: ``<root>/<class>/.../<name>.<ext>``, with ground-truth masks beside their image as
 ``<name>_mask.png``, ``<name>_mask_1.png``, ... (the original BUSI naming). Masks are never
-samples. The class folders may sit at the root or one level down (BUSI's zip nests
+samples. Images are the files Pillow reads by suffix, and DICOM files by content, whatever
+their suffix (``busi.data.dicom``); a DICOM file read here is decoded as training decodes it. The class folders may sit at the root or one level down (BUSI's zip nests
 ``Dataset_BUSI_with_GT/``).
 """
 
@@ -19,7 +20,9 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from busi.data.images import decode_error, open_image_file
+from busi.config.schema import DicomConfig
+from busi.data.dicom import DICOM_SUFFIXES, is_dicom, read_dicom_bytes
+from busi.data.images import decode_error, open_image_file, to_rgb8
 from busi.data.names import has_junk_part, is_junk
 from busi.errors import DataError
 from busi.runtime.safeio import is_regular_file
@@ -64,7 +67,7 @@ class ScanResult:
     root: Path
     samples: tuple[Sample, ...]
     orphan_masks: tuple[str, ...]  # masks with no image beside them
-    skipped: tuple[str, ...]  # files that are not images (by extension)
+    skipped: tuple[str, ...]  # not images: no suffix Pillow reads and no DICOM preamble
     corrupt: tuple[tuple[str, str], ...]  # (path, error) of images Pillow could not decode
     extra_dirs: tuple[str, ...] = field(default=())  # top-level folders that are not a class
     excluded_dirs: tuple[str, ...] = field(default=())  # busi's own output folders inside the dataset
@@ -97,7 +100,8 @@ def _has_classes(folder: Path, classes: Sequence[str]) -> bool:
     return any((folder / c).is_dir() for c in classes)
 
 
-def scan_dataset(root: str | Path, classes: Sequence[str], exclude: Sequence[str | Path] = ()) -> ScanResult:
+def scan_dataset(root: str | Path, classes: Sequence[str], exclude: Sequence[str | Path] = (),
+                 dicom: DicomConfig = DicomConfig()) -> ScanResult:
     """Scan class folders under ``root`` (or one level down) into samples in natural order.
 
     Every file is accounted for: a sample, a mask (attached or orphan), a skipped
@@ -124,7 +128,7 @@ def scan_dataset(root: str | Path, classes: Sequence[str], exclude: Sequence[str
         for key, f in ((key, f) for key, fs in images.items() for f in fs):
             rel = f.relative_to(base).as_posix()
             try:
-                info = read_image_info(f)
+                info = read_image_info(f, dicom)
             except DataError as e:
                 corrupt.append((rel, e.reason))
                 continue
@@ -151,18 +155,27 @@ def scan_dataset(root: str | Path, classes: Sequence[str], exclude: Sequence[str
 def _sort_files(base: Path, class_dir: Path, excluded: Sequence[tuple[str, ...]], exts: frozenset[str],
                 skipped: list[str]) -> tuple[dict[tuple[Path, str], list[Path]], dict[tuple[Path, str], list[Path]]]:
     """A class folder's images and masks, keyed by (folder, lower-case stem) so each mask finds
-    its image; what is not an image goes to ``skipped``. Lists, as x.png and x.jpg are two samples."""
+    its image; what is not an image goes to ``skipped``. Lists, as x.png and x.jpg are two samples.
+    A DICOM file is keyed by its name less a DICOM suffix (``IM0001.dcm`` and ``1.2.840.1`` find
+    ``IM0001_mask.png`` and ``1.2.840.1_mask.png``)."""
     images: dict[tuple[Path, str], list[Path]] = {}
     masks: dict[tuple[Path, str], list[Path]] = {}
     for f in sorted(_walk(class_dir, excluded), key=lambda p: natural_key(p.relative_to(base).as_posix())):
-        if f.suffix.lower() not in exts or not is_regular_file(f):  # FIFOs, sockets, broken links
+        if not is_regular_file(f):  # FIFOs, sockets, broken links
             skipped.append(f.relative_to(base).as_posix())
             continue
-        m = MASK_RE.match(f.stem)
+        if f.suffix.lower() in exts:
+            stem = f.stem
+        elif is_dicom(f):  # by content: hospital exports often have no suffix
+            stem = f.name[: -len(f.suffix)] if f.suffix.lower() in DICOM_SUFFIXES else f.name
+        else:
+            skipped.append(f.relative_to(base).as_posix())
+            continue
+        m = MASK_RE.match(stem)
         if m:
             masks.setdefault((f.parent, m.group("stem").lower()), []).append(f)
         else:
-            images.setdefault((f.parent, f.stem.lower()), []).append(f)
+            images.setdefault((f.parent, stem.lower()), []).append(f)
     return images, masks
 
 
@@ -192,12 +205,22 @@ def _walk(folder: Path, excluded: Sequence[tuple[str, ...]] = ()) -> Iterable[Pa
         yield p
 
 
-def read_image_info(path: Path) -> dict[str, object]:
-    """Decode an image fully; size, mode, content hash and perceptual hash. DataError if unreadable."""
+def read_image_info(path: Path, dicom: DicomConfig = DicomConfig()) -> dict[str, object]:
+    """Decode an image fully; size, mode, content hash and perceptual hash. DataError if unreadable.
+    A DICOM file: its frame as training reads it (``dicom``), the hash of the whole file."""
     from PIL import Image
 
     with open_image_file(path) as fh:
         raw = fh.read()  # all of it: the content hash
+    if is_dicom(raw):
+        im, _ = read_dicom_bytes(raw, path, dicom)
+        return {
+            "width": im.width,
+            "height": im.height,
+            "mode": im.mode,
+            "sha256": hashlib.sha256(raw).hexdigest(),
+            "phash": perceptual_hash(to_rgb8(im).convert("L")),  # as a PNG of the same pixels hashes
+        }
     try:
         with Image.open(io.BytesIO(raw)) as im:
             im.load()

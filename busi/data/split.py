@@ -1,7 +1,9 @@
-"""Stratified, group-aware, seeded train/val/test splits; and reading a given splits.csv.
+"""Stratified, group-aware, seeded train/val/test splits; reading a given splits.csv; checking
+a predefined split (a label table's split or fold column) for patients on two sides.
 
 Pure functions: the same samples, groups, fractions and seed give the same split on every
-machine. A duplicate group never straddles splits, so a copy of a test image is never trained on.
+machine. A group (a patient's images and every copy of them) never straddles splits, so neither
+a copy of a test image nor another image of a test patient is trained on.
 """
 
 from __future__ import annotations
@@ -75,6 +77,46 @@ def split_groups(
         for i, s in enumerate(samples)
         if i in assignment
     ]
+
+
+@dataclass(frozen=True)
+class Crossing:
+    """A patient, or a group joined by duplicate images, that a predefined split or fold puts on
+    several sides."""
+
+    group: str  # the patient ID, or the group's id
+    kind: str  # patient | duplicates
+    sides: tuple[str, ...]
+    members: tuple[str, ...]  # paths
+
+
+def find_crossings(samples: Sequence[Sample], groups: Sequence[Group], patients: Sequence[str | None],
+                   sides: Sequence[str]) -> list[Crossing]:
+    """Patients whose images ``sides`` (sample i's split or fold) puts on several sides; then
+    groups that cross only through duplicate images of different patients (or none)."""
+    from busi.data.scan import natural_key
+
+    out: list[Crossing] = []
+    for g in groups:
+        crossing_patients = []
+        for p in g.patients:
+            idx = [i for i in g.members if patients[i] == p]
+            seen = tuple(sorted({sides[i] for i in idx}, key=natural_key))
+            if len(seen) > 1:
+                crossing_patients.append(p)
+                out.append(Crossing(p, "patient", seen, tuple(samples[i].path for i in idx)))
+        seen = tuple(sorted({sides[i] for i in g.members}, key=natural_key))
+        if len(seen) > 1 and not crossing_patients:
+            out.append(Crossing(g.id, "duplicates", seen, tuple(samples[i].path for i in g.members)))
+    return out
+
+
+def given_split(samples: Sequence[Sample], groups: Sequence[Group], sides: Sequence[str]) -> list[SplitRow]:
+    """The rows of a predefined split: sample i in ``sides[i]``, its group's id; samples of no
+    group (dropped label conflicts) left out. Rows in sample order."""
+    group_of = {i: g.id for g in groups for i in g.members}
+    return [SplitRow(path=s.path, label=s.label, group=group_of[i], split=sides[i])
+            for i, s in enumerate(samples) if i in group_of]
 
 
 def read_splits_file(path: str | Path, samples: Sequence[Sample]) -> tuple[list[SplitRow], list[str]]:

@@ -16,11 +16,13 @@ import numpy as np
 
 from busi.data.folds import read_folds
 from busi.errors import DataError
+from busi.evaluate.screening import OperatingPoint
 from busi.evaluate.writer import Layout, score, write_evaluation
 from busi.files.atomic import AtomicFolder
 from busi.files.cvdir import FOLDS_FILE, OOF_FILE, REPORT_FILE, fold_dir, fold_status
 from busi.files.rundir import RUN_FILES, RunDir
 from busi.files.text import json_text, text_of
+from busi.model.folder import read_thresholds
 from busi.runtime.safeio import read_regular_file
 
 OOF = Layout(predictions=OOF_FILE, metrics=None, plot_prefix="oof_", extra_columns=("fold",))
@@ -77,8 +79,10 @@ def cv_report(root: Path, seed: int = 0) -> dict[str, Any]:
     }
     rows = _out_of_fold(root, folds, results)
     probs = np.array([[float(row[f"prob_{c}"]) for c in classes] for row, _ in rows])
+    # each fold chose its own threshold: pooled, the positive class at the argmax rule only
+    positive = OperatingPoint.from_json(read_thresholds(fold_dir(root, 0) / RUN_FILES["model"])).positive_class
     pooled = score([row["path"] for row, _ in rows], [classes.index(row["true_label"]) for row, _ in rows], probs,
-                   classes, "out of fold", seed, None)
+                   classes, "out of fold", seed, OperatingPoint(positive))
     report = {"folds": k, "images": len(rows), "across_folds": per_metric, "pooled_out_of_fold": pooled.metrics,
               "fold_sizes": [sum(r.fold == i for r in folds) for i in range(k)]}
     folder = AtomicFolder(root)

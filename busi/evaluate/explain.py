@@ -22,6 +22,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from busi.config.schema import DicomConfig
+
 
 def load_mask(paths: Sequence[Path], size: int, resize: str) -> np.ndarray:
     """The union of an image's masks at the model input, as a boolean ``size`` x ``size`` array."""
@@ -49,9 +51,10 @@ def mask_agreement(heat: np.ndarray, mask: np.ndarray) -> tuple[float, bool]:
 
 
 def gradcam_vs_masks(model: Any, images: Sequence[tuple[Path, int, Sequence[Path]]], classes: Sequence[str],
-                     size: int, resize: str) -> dict[str, Any]:
+                     size: int, resize: str, dicom: DicomConfig) -> dict[str, Any]:
     """``images``: (image path, true class index, mask paths). Every image with a non-empty
-    mask is scored; the summary per class and overall."""
+    mask is scored; the summary per class and overall. A DICOM image is decoded as training
+    decodes it (``dicom``)."""
     from busi.data.images import load_image
     from busi.model.gradcam import GradCam
 
@@ -63,7 +66,7 @@ def gradcam_vs_masks(model: Any, images: Sequence[tuple[Path, int, Sequence[Path
         mask = load_mask(masks, size, resize)
         if not mask.any():
             continue
-        heat = upsample(cam.heatmap(load_image(path, size, resize).astype(np.float32), label), size)
+        heat = upsample(cam.heatmap(load_image(path, size, resize, dicom).astype(np.float32), label), size)
         inside, hit = mask_agreement(heat, mask)
         scores[classes[label]].append((inside, hit, float(mask.mean())))
 

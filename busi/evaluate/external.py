@@ -26,6 +26,7 @@ import numpy as np
 from busi.data.archives import archive_suffix
 from busi.errors import ConfigError, DataError
 from busi.evaluate.leakage import Overlap
+from busi.evaluate.screening import OperatingPoint
 from busi.evaluate.writer import Layout, Scored, score, write_evaluation
 from busi.files.atomic import AtomicFolder, atomic_write_dir
 from busi.files.text import csv_text, json_text
@@ -35,6 +36,7 @@ log = logging.getLogger("busi")
 MARKER = "evaluation.json"
 OVERLAP_FILE = "overlap.csv"
 OVERLAP_COLUMNS = ("path", "training_path", "training_split", "distance", "kind")
+OVERLAP_KINDS = ("exact", "near", "patient")  # busi.evaluate.leakage.Overlap.kind
 REPORT_FILE = "report.html"
 EXTERNAL = Layout(predictions="predictions.csv")
 
@@ -50,6 +52,7 @@ class EvaluateRequest:
     keep_overlap: bool = False
     leakage_check: bool = True
     overwrite: bool = False
+    group_pattern: str | None = None  # patients from the file names; None: the run's data.group_pattern
 
 
 def default_output(data: str) -> Path:
@@ -63,7 +66,7 @@ def run_evaluate(req: EvaluateRequest, threads: int | None = None) -> dict[str, 
     """Evaluate, write the output folder, return its metrics."""
     from busi.data.scan import scan_dataset
     from busi.data.staging import stage_source
-    from busi.model.folder import find_model_file, read_threshold
+    from busi.model.folder import find_model_file, read_thresholds
     from busi.model.predictor import load_predictor
     from busi.report.format import format_interval
 
@@ -71,29 +74,30 @@ def run_evaluate(req: EvaluateRequest, threads: int | None = None) -> dict[str, 
     _check_output(out, req.overwrite)
     model_file = find_model_file(req.model)
     run = _run_dir_of(model_file)
+    threshold, pattern = _run_rules(run, req.group_pattern)
     training = _training_hashes(req, model_file, run)
     predictor = load_predictor(req.model, req.engine, req.precision, req.batch_size, threads)
     classes = predictor.classes
     root = stage_source(req.data)
-    scan = scan_dataset(root, classes)
+    scan = scan_dataset(root, classes, dicom=predictor.dicom)
     if not scan.samples:
         raise DataError(req.data, f"no images in class folders {', '.join(classes)} (the model's classes); "
                         "external data must use the class-folder layout")
-    threshold = _near_threshold(run)
-    overlap = _overlap(req, scan.samples, training, threshold)
+    overlap = _overlap(req, scan.samples, training, threshold, pattern)
     left_out = set() if req.keep_overlap else {o.path for o in overlap}
     used = [s for s in scan.samples if s.path not in left_out]
     if not used:
-        raise DataError(req.data, "every image duplicates a training image; nothing left to evaluate "
-                        "(--keep-overlap counts them anyway)")
+        raise DataError(req.data, "every image overlaps the training data (a copy, or a training patient); nothing "
+                        "left to evaluate (--keep-overlap counts them anyway)")
     probs = _classify(predictor, [root / s.path for s in used], req.batch_size)
     scored = score([s.path for s in used], [s.label_index for s in used], probs, classes, "external", 0,
-                   read_threshold(model_file))
+                   OperatingPoint.from_json(read_thresholds(model_file)))
     metrics = scored.metrics
     metrics["engine"] = predictor.engine.info.as_dict()
     metrics["overlap"] = {"checked": req.leakage_check, "images": len(scan.samples), "overlapping": len(overlap),
                           "excluded": 0 if req.keep_overlap else len(overlap),
-                          "near_threshold": threshold}
+                          "near_threshold": threshold, "group_pattern": pattern,
+                          "by_kind": {k: sum(o.kind == k for o in overlap) for k in OVERLAP_KINDS}}
     about = {"model": str(model_file), "data": req.data, "root": str(root), "engine": metrics["engine"],
              "images_used": len(used), "not_images": len(scan.skipped), "corrupt": [list(c) for c in scan.corrupt]}
     if scan.corrupt:
@@ -139,35 +143,48 @@ def _training_hashes(req: EvaluateRequest, model_file: Path, run: Path | None) -
     return read_hashes(run / RUN_FILES["hashes"])
 
 
-def _near_threshold(run: Path | None) -> int:
-    """The run's ``data.near_threshold`` (its config.yaml, read as busi reads job files), else
-    the default."""
+def _run_rules(run: Path | None, group_pattern: str | None) -> tuple[int, str | None]:
+    """The run's ``data.near_threshold`` and the patient pattern (``--group-pattern``, else the
+    run's ``data.group_pattern``), from its config.yaml read as busi reads job files; the
+    defaults where there is none."""
     from busi.config.load import load_config
     from busi.config.schema import DataConfig
+    from busi.config.validate import check_group_pattern
     from busi.files.rundir import RUN_FILES
 
+    if group_pattern is not None:
+        check_group_pattern(group_pattern, "--group-pattern")
     default = int(DataConfig.__dataclass_fields__["near_threshold"].default)  # type: ignore[arg-type]
     if run is None:
-        return default
+        return default, group_pattern
     try:
-        return load_config(run / RUN_FILES["config"]).data.near_threshold
+        data = load_config(run / RUN_FILES["config"]).data
     except ConfigError as e:  # a config of another busi version: the default rule, said so
         log.warning("evaluate: cannot read the run's %s (%s); near duplicates within %d bits", RUN_FILES["config"],
                     e, default)
-        return default
+        return default, group_pattern
+    return data.near_threshold, group_pattern if group_pattern is not None else data.group_pattern
 
 
-def _overlap(req: EvaluateRequest, samples: Sequence[Any], training: Sequence[Any], threshold: int) -> list[Overlap]:
+def _overlap(req: EvaluateRequest, samples: Sequence[Any], training: Sequence[Any], threshold: int,
+             pattern: str | None) -> list[Overlap]:
+    from busi.data.dedupe import patients_from_names
     from busi.evaluate.leakage import find_overlap
+    from busi.files.rundir import RUN_FILES
 
     if not req.leakage_check:
         return []
+    patients = patients_from_names([s.path for s in samples], pattern) if pattern else None
+    if pattern and not any(f.patient for f in training):
+        log.warning("evaluate: the run's %s holds no patient IDs (trained without data.table.group or "
+                    "data.group_pattern): images are compared, patients are not", RUN_FILES["hashes"])
     overlap = find_overlap([s.path for s in samples], [s.sha256 for s in samples], [s.phash for s in samples],
-                           training, threshold)
+                           training, threshold, patients)
     if overlap:
-        log.warning("evaluate: %d of %d image(s) duplicate the model's training or validation images (%d exact, "
-                    "%d within %d bits); %s (%s)", len(overlap), len(samples),
-                    sum(o.kind == "exact" for o in overlap), sum(o.kind == "near" for o in overlap), threshold,
+        count = {k: sum(o.kind == k for o in overlap) for k in OVERLAP_KINDS}
+        log.warning("evaluate: %d of %d image(s) overlap the model's training or validation data (%d exact copies, "
+                    "%d within %d bits, %d other images of a training patient); %s (%s)", len(overlap), len(samples),
+                    count["exact"], count["near"], threshold, count["patient"],
                     "kept in the metrics (--keep-overlap)" if req.keep_overlap else "left out of the metrics",
                     OVERLAP_FILE)
     return overlap
@@ -178,7 +195,8 @@ def _classify(predictor: Any, files: list[Path], batch_size: int) -> np.ndarray:
 
     out = []
     for i in range(0, len(files), batch_size):
-        x = np.stack([load_image(f, predictor.image_size, predictor.resize) for f in files[i : i + batch_size]])
+        x = np.stack([load_image(f, predictor.image_size, predictor.resize, predictor.dicom)
+                      for f in files[i : i + batch_size]])
         out.append(predictor.engine.run(x.astype(np.float32, copy=False)))
     return np.concatenate(out)
 
@@ -189,7 +207,8 @@ def _fill(folder: AtomicFolder, scored: Scored, about: dict[str, Any], overlap: 
 
     plots = write_evaluation(folder, EXTERNAL, scored)
     folder.write_text(OVERLAP_FILE, csv_text(
-        OVERLAP_COLUMNS, ([o.path, o.training_path, o.training_split, o.distance, o.kind] for o in overlap)))
+        OVERLAP_COLUMNS, ([o.path, o.training_path, o.training_split, "" if o.distance is None else o.distance, o.kind]
+        for o in overlap)))
     o = scored.metrics["overlap"]
     findings = (f"<h2>Overlap with the training data</h2><p>{o['overlapping']} of {o['images']} image(s) duplicate "
                 f"a training or validation image ({o['excluded']} left out of the metrics); {OVERLAP_FILE} lists "

@@ -20,7 +20,7 @@ import numpy as np
 from busi.evaluate.bootstrap import bootstrap_intervals
 from busi.evaluate.metrics import compute_metrics
 from busi.evaluate.plots import plot_calibration, plot_confusion, plot_roc
-from busi.evaluate.screening import screening_metrics
+from busi.evaluate.screening import OperatingPoint, screening_metrics
 from busi.files.atomic import AtomicFolder
 from busi.files.text import csv_text, json_text
 from busi.predict.output import prediction_columns, prediction_row
@@ -57,13 +57,14 @@ class Layout:
 
 
 def score(paths: Sequence[str], y_true: Sequence[int], probs: np.ndarray, classes: Sequence[str], split: str,
-          seed: int, threshold: float | None) -> Scored:
+          seed: int, point: OperatingPoint) -> Scored:
     """The metrics of a split's predictions: ``compute_metrics``, their 95% bootstrap intervals
-    (``ci95``) and malignant vs the rest at the argmax rule and at ``threshold``."""
+    (``ci95``) and the point's positive class against the rest (``positive_vs_rest``, null
+    without one) at the argmax rule and at its threshold."""
     metrics = compute_metrics(y_true, probs, classes)
     metrics["split"] = split
     metrics["ci95"] = bootstrap_intervals(y_true, probs, classes, seed=seed)
-    metrics["malignant_vs_rest"] = screening_metrics(y_true, probs, classes, threshold, seed)
+    metrics["positive_vs_rest"] = screening_metrics(y_true, probs, classes, point, seed)
     return Scored(tuple(paths), tuple(int(y) for y in y_true), np.asarray(probs), tuple(classes), metrics)
 
 

@@ -56,9 +56,10 @@ RUN_LAYOUT: tuple[Entry, ...] = (
     Entry("config", "config.yaml", "file", "the resolved job config (`busi-job config` of the run)"),
     Entry("manifest", "manifest.json", "file", "versions, host, cores and threads and their source, precision, "
           "seed, engines, seconds per stage, one entry per attempt, status"),
-    Entry("splits", "data/splits.csv", "file", "path,label,group,split of every image used"),
-    Entry("hashes", "data/hashes.csv", "file", "path,split,sha256,phash of the train and validation images "
-          "(`busi-job evaluate`'s overlap check)"),
+    Entry("splits", "data/splits.csv", "file", "path,label,group,split of every image used; group: the "
+          "patient ID (data.table.group, data.group_pattern), else the duplicate group"),
+    Entry("hashes", "data/hashes.csv", "file", "path,split,sha256,phash,patient of the train and validation "
+          "images (`busi-job evaluate`'s overlap check; patient empty where the job gave none)"),
     Entry("report", "data/report.json", "file", "the dataset report (`busi-job inspect --json`)"),
     Entry("model", "model/model.keras", "file", "the Keras model, preprocessing inside (plain Keras loads it)"),
     Entry("saved_model", "model/saved_model", "folder", "the TensorFlow SavedModel (serving)"),
@@ -70,12 +71,12 @@ RUN_LAYOUT: tuple[Entry, ...] = (
           "split (INT8, bfloat16 against float32): what `--precision auto` may pick"),
     Entry("labels", "model/labels.json", "file", "output index -> class name"),
     Entry("preprocessing", "model/preprocessing.json", "file", "input side and resize mode prediction must use"),
-    Entry("thresholds", "model/thresholds.json", "file", "the malignant operating point chosen on the validation "
-          "split"),
+    Entry("thresholds", "model/thresholds.json", "file", "the positive class (evaluate.positive_class) and "
+          "its threshold chosen on the validation split"),
     Entry("model_card", "model/README.md", "file", "the model card"),
     Entry("history", "history.csv", "file", "phase,epoch,loss,accuracy,val_loss,val_accuracy,lr,seconds"),
-    Entry("metrics", "metrics.json", "file", "test-split metrics with 95% intervals, calibration, malignant vs "
-          "the rest, Grad-CAM against the masks, engine"),
+    Entry("metrics", "metrics.json", "file", "test-split metrics with 95% intervals, calibration, the positive "
+          "class vs the rest, Grad-CAM against the masks, engine"),
     Entry("report_html", "report.html", "file", "one self-contained page: metrics, plots, data findings"),
     Entry("plot_accuracy", "plots/accuracy.png", "file", "accuracy per epoch"),
     Entry("plot_loss", "plots/loss.png", "file", "loss per epoch"),

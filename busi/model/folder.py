@@ -3,13 +3,13 @@
 What it holds (file names from ``busi.files.rundir.RUN_FILES``, the run-directory contract):
 ``model.keras`` (preprocessing inside), ``saved_model/`` (TF serving), ``openvino/`` (the
 OpenVINO model, ``busi.model.openvino``), ``labels.json`` (index -> class name),
-``preprocessing.json`` (the input side and resize mode prediction must use) and
-``thresholds.json`` (the malignant operating point chosen on the validation split,
+``preprocessing.json`` (the input side, resize mode and DICOM reading prediction must use) and
+``thresholds.json`` (the positive class and its operating point chosen on the validation split,
 ``busi.evaluate.screening``; written once the written model has classified that split),
 ``openvino-int8/`` (the quantized model, ``busi.model.quantize``) and ``precisions.json`` (each
 reduced precision's accuracy contract, ``busi.evaluate.precision``).
 Training writes it through ``write_model_dir``; prediction, evaluation, tests and benchmarks
-read it through ``find_model_file``, ``read_model_info``, ``read_threshold`` and
+read it through ``find_model_file``, ``read_model_info``, ``read_thresholds`` and
 ``read_precisions``, so no other
 module spells out these names.
 """
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from busi.config.schema import RESIZE_MODES
+from busi.config.schema import DICOM_FRAMES, RESIZE_MODES, DicomConfig
 from busi.errors import ConfigError, DataError
 from busi.files.rundir import RUN_FILES, RunDir
 
@@ -38,25 +38,28 @@ PRECISIONS_FILE = Path(RUN_FILES["precisions"]).name
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What a model's inputs and outputs mean: class names by output index, input side, resize."""
+    """What a model's inputs and outputs mean: class names by output index, input side, resize,
+    and how DICOM files were read (the frame, the crop to the ultrasound region)."""
 
     classes: tuple[str, ...]
     image_size: int
     resize: str = "stretch"
+    dicom: DicomConfig = DicomConfig()
 
     def labels_json(self) -> dict[str, str]:
         return {str(i): c for i, c in enumerate(self.classes)}
 
     def preprocessing_json(self) -> dict[str, Any]:
-        return {"image_size": self.image_size, "resize": self.resize, "input": "RGB, float32, 0-255"}
+        return {"image_size": self.image_size, "resize": self.resize, "input": "RGB, float32, 0-255",
+                "dicom": {"frame": self.dicom.frame, "crop_to_region": self.dicom.crop_to_region}}
 
 
 def write_model_dir(run: RunDir, model: Any, classes: Sequence[str], image_size: int, resize: str,
-                    saved_model: bool = True) -> ModelInfo:
+                    saved_model: bool = True, dicom: DicomConfig = DicomConfig()) -> ModelInfo:
     """Write ``model`` and what it means into ``run``'s model folder (atomically, primary rank
     only, as every ``RunDir`` write). ``saved_model=False`` skips the SavedModel export (tests
     and benchmarks that only predict)."""
-    info = ModelInfo(tuple(classes), int(image_size), resize)
+    info = ModelInfo(tuple(classes), int(image_size), resize, dicom)
     run.write_json("labels", info.labels_json())
     run.write_json("preprocessing", info.preprocessing_json())
     run.write_file_with("model", lambda p: model.save(str(p)), ".keras")
@@ -81,14 +84,14 @@ def read_precisions(model_dir: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def read_threshold(model_file: Path) -> float | None:
-    """The malignant threshold in ``thresholds.json`` beside ``model_file``; None where the model
-    has none (no validation split, no such class, or a model copied without it)."""
+def read_thresholds(model_file: Path) -> dict[str, Any]:
+    """``thresholds.json`` beside ``model_file`` (the positive class and its threshold); {} where
+    the model has none (a model copied without it): the evaluation then uses the argmax rule."""
     try:
-        value = json.loads((model_file.parent / THRESHOLDS_FILE).read_text(encoding="utf-8")).get("threshold")
-        return None if value is None else float(value)
-    except (OSError, ValueError, AttributeError, TypeError):
-        return None  # the argmax rule only
+        data = json.loads((model_file.parent / THRESHOLDS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _write_openvino(run: RunDir) -> None:
@@ -126,8 +129,9 @@ def find_model_file(model_arg: str | Path) -> Path:
 
 
 def read_model_info(model_file: Path, image_size: int) -> ModelInfo:
-    """The classes (``labels.json``) and resize mode (``preprocessing.json``, ``stretch`` where
-    absent) of the model at ``model_file``, whose input side is ``image_size``."""
+    """The classes (``labels.json``), resize mode and DICOM reading (``preprocessing.json``;
+    ``stretch``, the first frame, no crop where absent: models trained before DICOM was read)
+    of the model at ``model_file``, whose input side is ``image_size``."""
     labels = model_file.parent / LABELS_FILE
     try:
         raw = json.loads(labels.read_text(encoding="utf-8"))
@@ -140,9 +144,14 @@ def read_model_info(model_file: Path, image_size: int) -> ModelInfo:
         resize = prep.get("resize", "stretch")
         if resize not in RESIZE_MODES:
             raise ValueError(f"resize {resize!r}")
+        dicom = prep.get("dicom", {})
+        frame, crop = dicom.get("frame", "first"), dicom.get("crop_to_region", False)
+        if frame not in DICOM_FRAMES or not isinstance(crop, bool):
+            raise ValueError(f"dicom {dicom!r}")
     except (OSError, ValueError, AttributeError) as e:
-        raise DataError(prep_file, f"expected {{\"image_size\": N, \"resize\": \"stretch\" or \"pad\"}}: {e}") from None
-    return ModelInfo(classes, image_size, resize)
+        raise DataError(prep_file, f"expected {{\"image_size\": N, \"resize\": \"stretch\" or \"pad\", \"dicom\": "
+                        f"{{\"frame\": {' or '.join(DICOM_FRAMES)}, \"crop_to_region\": true or false}}}}: {e}") from None
+    return ModelInfo(classes, image_size, resize, DicomConfig(frame=frame, crop_to_region=crop))
 
 
 def _check_run_finished(folder: Path, model_arg: str | Path) -> None:

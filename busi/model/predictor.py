@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from busi.config.schema import DicomConfig
 from busi.errors import DataError
 from busi.model.engines import Engine
 from busi.model.folder import LABELS_FILE, find_model_file, read_model_info
@@ -23,6 +24,7 @@ class Predictor:
     resize: str
     source: Path
     engine: Engine
+    dicom: DicomConfig = DicomConfig()  # how DICOM files are read: as in training (preprocessing.json)
 
 
 def load_predictor(model_arg: str | Path, engine: str = "tensorflow", precision: str = "auto",
@@ -47,4 +49,4 @@ def load_predictor(model_arg: str | Path, engine: str = "tensorflow", precision:
         engine = choose_engine(engine, False, openvino_available())
     runner = make_engine(engine, precision, model_file, model, batch_size, info.image_size, threads)
     return Predictor(model=model, classes=info.classes, image_size=info.image_size, resize=info.resize,
-                     source=model_file, engine=runner)
+                     source=model_file, engine=runner, dicom=info.dicom)

@@ -26,6 +26,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from busi.config.schema import DicomConfig
 from busi.data.images import load_image
 from busi.files.rundir import RUN_FILES
 from busi.model.openvino import import_openvino
@@ -63,11 +64,12 @@ def calibration_sample(paths: Sequence[str], seed: int, limit: int = CALIBRATION
     return [paths[i] for i in keep]
 
 
-def calibration_images(paths: Sequence[str], image_size: int, resize: str) -> np.ndarray:
+def calibration_images(paths: Sequence[str], image_size: int, resize: str,
+                       dicom: DicomConfig = DicomConfig()) -> np.ndarray:
     """The calibration images as prediction decodes them: N x S x S x 3 float32 RGB 0-255."""
     out = np.empty((len(paths), image_size, image_size, 3), np.float32)
     for i, path in enumerate(paths):
-        out[i] = load_image(path, image_size, resize)
+        out[i] = load_image(path, image_size, resize, dicom)
     return out
 
 

@@ -17,11 +17,13 @@ from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
-from busi.data.images import load_image
+from busi.config.schema import DicomConfig
+from busi.data.dicom import DicomSource
+from busi.data.images import decode_image
 from busi.data.inputs import InputFile
 from busi.errors import ConfigError, DataError, Interrupted
 from busi.model.folder import find_model_file
@@ -65,15 +67,15 @@ class Summary:
                 summary.per_class[row["label"]] += 1
         return summary
 
-    def add(self, f: InputFile, probs: np.ndarray | None, error: str, classes: Sequence[str]) -> list[Any]:
+    def add(self, f: InputFile, probs: np.ndarray | None, decoded: "Decoded", classes: Sequence[str]) -> list[Any]:
         """Count one file's outcome; its CSV row."""
         self.rows += 1
         if probs is None:
             self.errors += 1
-            return prediction_row(f.path, None, classes, error or "could not decode")
+            return prediction_row(f.path, None, classes, decoded.error or "could not decode", decoded.source)
         self.classified += 1
         self.per_class[classes[int(np.argmax(probs))]] += 1
-        return prediction_row(f.path, probs, classes)
+        return prediction_row(f.path, probs, classes, source=decoded.source)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -83,13 +85,22 @@ class Summary:
         }
 
 
-def _decode(f: InputFile, size: int, resize: str) -> tuple[np.ndarray | None, str]:
+class Decoded(NamedTuple):
+    """One file decoded for the model, or its error; ``source``: a DICOM file's UIDs and frame."""
+
+    image: np.ndarray | None
+    error: str = ""
+    source: DicomSource | None = None
+
+
+def _decode(f: InputFile, size: int, resize: str, dicom: DicomConfig) -> Decoded:
     try:
-        return load_image(f.file, size, resize), ""
+        image, source = decode_image(f.file, size, resize, dicom)
+        return Decoded(image, "", source)
     except DataError as e:
-        return None, e.reason
+        return Decoded(None, e.reason)
     except Exception as e:  # a bad file must never stop the other ten thousand rows
-        return None, f"{type(e).__name__}: {e}"
+        return Decoded(None, f"{type(e).__name__}: {e}")
 
 
 def _decode_thread_priority(niceness: int = 19) -> None:
@@ -107,13 +118,14 @@ def _decode_thread_priority(niceness: int = 19) -> None:
 
 
 def _batches(
-    files: Sequence[InputFile], batch_size: int, size: int, resize: str, pool: ThreadPoolExecutor, ahead: int = 2
-) -> Iterator[tuple[list[InputFile], list[tuple[np.ndarray | None, str]]]]:
+    files: Sequence[InputFile], batch_size: int, size: int, resize: str, pool: ThreadPoolExecutor, ahead: int = 2,
+    dicom: DicomConfig = DicomConfig(),
+) -> Iterator[tuple[list[InputFile], list[Decoded]]]:
     """Decoded batches in order, ``ahead`` batches decoding in the background (bounded memory)."""
     chunks = [files[i : i + batch_size] for i in range(0, len(files), batch_size)]
-    pending: list[tuple[list[InputFile], list[Future[tuple[np.ndarray | None, str]]]]] = []
+    pending: list[tuple[list[InputFile], list[Future[Decoded]]]] = []
     for chunk in chunks:
-        pending.append((list(chunk), [pool.submit(_decode, f, size, resize) for f in chunk]))
+        pending.append((list(chunk), [pool.submit(_decode, f, size, resize, dicom) for f in chunk]))
         if len(pending) > ahead:
             c, futs = pending.pop(0)
             yield c, [fu.result() for fu in futs]
@@ -129,6 +141,7 @@ def predict_files(
     workers: int = 2,
     gradcam_dir: Path | None = None,
     stopper: Any = None,
+    sr_dir: Path | None = None,
 ) -> Summary:
     """Classify ``files`` (skipping those already in ``sink``) with ``predictor.engine``,
     writing rows batch by batch. Stops after the batch in progress when ``stopper`` (a
@@ -147,11 +160,14 @@ def predict_files(
     with ThreadPoolExecutor(
         max_workers=max(1, workers), thread_name_prefix="decode", initializer=_decode_thread_priority
     ) as pool:
-        for chunk, decoded in _batches(todo, batch_size, predictor.image_size, predictor.resize, pool):
+        for chunk, decoded in _batches(todo, batch_size, predictor.image_size, predictor.resize, pool,
+                                       dicom=predictor.dicom):
             probs = _classify(predictor, decoded)
             if cam is not None and gradcam_dir is not None:
                 _overlays(cam, chunk, decoded, probs, gradcam_dir)
-            sink.write([summary.add(f, probs.get(i), decoded[i][1], predictor.classes) for i, f in enumerate(chunk)])
+            if sr_dir is not None:
+                _reports(predictor, chunk, decoded, probs, sr_dir)
+            sink.write([summary.add(f, probs.get(i), decoded[i], predictor.classes) for i, f in enumerate(chunk)])
             images += len(probs)
             reason = stopper.reason() if stopper is not None else None
             if reason:
@@ -162,24 +178,40 @@ def predict_files(
     return summary
 
 
-def _classify(predictor: Predictor, decoded: Sequence[tuple[np.ndarray | None, str]]) -> dict[int, np.ndarray]:
+def _classify(predictor: Predictor, decoded: Sequence[Decoded]) -> dict[int, np.ndarray]:
     """The probabilities of each decoded image of a batch, by its index in the batch."""
-    ok = [i for i, (im, _) in enumerate(decoded) if im is not None]
+    ok = [i for i, d in enumerate(decoded) if d.image is not None]
     if not ok:
         return {}
-    out = predictor.engine.run(np.stack([decoded[i][0] for i in ok]).astype(np.float32, copy=False))
+    out = predictor.engine.run(np.stack([decoded[i].image for i in ok]).astype(np.float32, copy=False))
     return {i: out[j] for j, i in enumerate(ok)}
 
 
-def _overlays(cam: Any, chunk: Sequence[InputFile], decoded: Sequence[tuple[np.ndarray | None, str]],
+def _overlays(cam: Any, chunk: Sequence[InputFile], decoded: Sequence[Decoded],
               probs: dict[int, np.ndarray], out_dir: Path) -> None:
     from busi.predict.overlays import write_overlay
 
     for i, p in probs.items():
         try:
-            write_overlay(cam, decoded[i][0], int(np.argmax(p)), chunk[i], out_dir)
+            write_overlay(cam, decoded[i].image, int(np.argmax(p)), chunk[i], out_dir)
         except OSError as e:  # an overlay that cannot be written never costs the rows
             log.warning("gradcam: no overlay for %s: %s", chunk[i].path, e.strerror or e)
+
+
+def _reports(predictor: Predictor, chunk: Sequence[InputFile], decoded: Sequence[Decoded],
+             probs: dict[int, np.ndarray], out_dir: Path) -> None:
+    """A structured report per classified DICOM input of the batch (``busi.predict.sr``)."""
+    from busi import __version__
+    from busi.predict.sr import write_sr
+
+    for i, p in probs.items():
+        source = decoded[i].source
+        if source is None:
+            continue
+        try:
+            write_sr(chunk[i], source, p, predictor.classes, out_dir, predictor.source, __version__)
+        except OSError as e:  # a report that cannot be written never costs the rows
+            log.warning("dicom_sr: no SR for %s: %s", chunk[i].path, e.strerror or e)
 
 
 # -------------------------------------------------------------------- the job
@@ -208,7 +240,10 @@ def run_predict(cfg: Any) -> Summary:
     gradcam = Path(p.gradcam) if p.gradcam else None
     if gradcam is not None and (gradcam.exists() or gradcam.is_symlink()) and not gradcam.is_dir():
         raise ConfigError(f"--gradcam {gradcam} exists and is not a folder; give a folder for the overlays")
-    own = own_outputs(Path(p.output), gradcam)  # never inputs, even inside an input folder
+    sr_dir = Path(p.dicom_sr) if p.dicom_sr else None
+    if sr_dir is not None and (sr_dir.exists() or sr_dir.is_symlink()) and not sr_dir.is_dir():
+        raise ConfigError(f"--dicom-sr {sr_dir} exists and is not a folder; give a folder for the reports")
+    own = own_outputs(Path(p.output), gradcam, sr_dir)  # never inputs, even inside an input folder
     found = expand_inputs(p.inputs, p.include_masks, p.staging_dir, ArchiveLimits.from_config(p), skip=own)
     files = shard.select(found)
     cores = detect_cores(cfg.runtime.cores)
@@ -227,7 +262,7 @@ def run_predict(cfg: Any) -> Summary:
         with Stopper(cfg.runtime.signals, deadline, cfg.runtime.walltime_margin) as stopper:
             summary = predict_files(
                 predictor, files, sink, p.batch_size, workers=cores.cores,
-                gradcam_dir=gradcam, stopper=stopper,
+                gradcam_dir=gradcam, stopper=stopper, sr_dir=sr_dir,
             )
     finally:
         sink.close()

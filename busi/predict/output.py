@@ -1,9 +1,11 @@
 """The prediction CSV: its columns, the streaming sink and the done marker (the merge of shards:
 ``busi.predict.merge``).
 
-Columns: ``path,label,label_index,prob_<class>...,error``, the classes from the model's
-``labels.json`` (never a hard-coded list); a file that could not be classified has an empty
-label and probabilities and its error. ``CsvSink`` appends rows and fsyncs them batch by batch,
+Columns: ``path,label,label_index,prob_<class>...,study_instance_uid,series_instance_uid,
+sop_instance_uid,frame,error``, the classes from the model's ``labels.json`` (never a hard-coded
+list); a file that could not be classified has an empty label and probabilities and its error.
+The DICOM columns (``busi.data.dicom.DicomSource``: the UIDs a PACS joins results on and the
+1-based frame number) are empty for other images; no other header value ever reaches a row. ``CsvSink`` appends rows and fsyncs them batch by batch,
 and on ``--resume`` knows which paths are done. A finished CSV gets ``<csv>.done.json``, which
 ``merge_shards`` requires of every shard. Training's ``predictions/test.csv`` uses the same
 columns plus ``true_label``.
@@ -12,6 +14,7 @@ columns plus ``true_label``.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import functools
 import json
 import os
@@ -21,6 +24,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from busi.data.dicom import DicomSource
 from busi.errors import ConfigError
 from busi.files.atomic import atomic_write_text
 from busi.files.text import (
@@ -40,16 +44,22 @@ from busi.runtime.locks import exclusive_lock
 from busi.runtime.safeio import is_regular_file, read_regular_file
 
 
+SOURCE_COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(DicomSource))  # UIDs, frame
+
+
 def prediction_columns(classes: Sequence[str]) -> list[str]:
-    return ["path", "label", "label_index"] + [f"prob_{c}" for c in classes] + ["error"]
+    return ["path", "label", "label_index"] + [f"prob_{c}" for c in classes] + [*SOURCE_COLUMNS, "error"]
 
 
-def prediction_row(path: str, probs: np.ndarray | None, classes: Sequence[str], error: str = "") -> list[Any]:
-    """One CSV row: a classified file, or a failed one (empty label and probabilities, the error)."""
+def prediction_row(path: str, probs: np.ndarray | None, classes: Sequence[str], error: str = "",
+                   source: DicomSource | None = None) -> list[Any]:
+    """One CSV row: a classified file, or a failed one (empty label and probabilities, the error);
+    ``source``: the DICOM file's UIDs and frame (empty columns for other images)."""
+    where = list(dataclasses.astuple(source)) if source is not None else [""] * len(SOURCE_COLUMNS)
     if probs is None:
-        return [path, "", ""] + [""] * len(classes) + [error]
+        return [path, "", ""] + [""] * len(classes) + where + [error]
     i = int(np.argmax(probs))
-    return [path, classes[i], i] + [f"{float(p):.6f}" for p in probs] + [error]
+    return [path, classes[i], i] + [f"{float(p):.6f}" for p in probs] + where + [error]
 
 
 class CsvSink:
@@ -154,16 +164,17 @@ class CsvSink:
             self._stack.close()
 
 
-def own_outputs(output: Path, gradcam: Path | None = None) -> Callable[[Path], bool]:
+def own_outputs(output: Path, gradcam: Path | None = None, *more: Path | None) -> Callable[[Path], bool]:
     """A test for files a prediction job writes (its CSV and every shard's, their done markers
-    and locks, Grad-CAM overlays): never inputs, even where ``--output`` lies in an input folder."""
+    and locks, Grad-CAM overlays, the folders in ``more``: structured reports): never inputs,
+    even where ``--output`` lies in an input folder."""
     folder = os.path.realpath(output.parent)
-    cams = os.path.realpath(gradcam) if gradcam is not None else None
+    dirs = [os.path.realpath(d) for d in (gradcam, *more) if d is not None]
     real = functools.lru_cache(maxsize=4096)(os.path.realpath)  # once per folder, not per file
 
     def owned(path: Path) -> bool:
         where = real(str(path.parent))
-        if cams is not None and (where == cams or where.startswith(cams + os.sep)):
+        if any(where == d or where.startswith(d + os.sep) for d in dirs):
             return True
         if where != folder:
             return False

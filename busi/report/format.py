@@ -1,6 +1,6 @@
 """How numbers look wherever busi shows them (the model card, report.html, log lines, the
 cross-validation summary): a value with its 95% interval, and the rows of the
-malignant-vs-rest table."""
+positive-class-vs-rest table."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 Opened from a cluster's file browser (Open OnDemand, JupyterHub's file view) or copied to a
 laptop, it needs nothing else: the plots are inlined (``data:`` URIs), there is no script, no
 style sheet or font from the network. It shows what a reviewer asks first: the data and its
-split, the metrics with their 95% intervals, calibration, malignant vs the rest, Grad-CAM
+split, the metrics with their 95% intervals, calibration, the positive class vs the rest, Grad-CAM
 against the lesion masks, the label conflicts and duplicate groups, and (cross-validation)
 the figures across folds and out of fold. Every value comes from the JSON files beside it.
 """
@@ -93,7 +93,7 @@ def metrics_section(metrics: Mapping[str, Any], title: str) -> str:
             line += (f" Temperature {metrics['temperature']:.3f} (fitted on the validation split, inside the model); "
                      f"without it ECE {_fmt(pre.get('ece'))}, Brier {_fmt(pre.get('brier'))}.")
         parts.append(f"<p>{line}</p>")
-    screen = metrics.get("malignant_vs_rest")
+    screen = metrics.get("positive_vs_rest")
     if screen:
         from busi.report.format import rule_rows
 
@@ -113,6 +113,19 @@ def metrics_section(metrics: Mapping[str, Any], title: str) -> str:
     return "".join(parts)
 
 
+def _patients(p: Mapping[str, Any] | None) -> str:
+    """Patients per split (``busi.data.prepare``), or the plain note that none were given."""
+    if not p:
+        return ""  # a report from before patients were counted
+    text = ""
+    if p.get("from"):
+        per = ", ".join(f"{_e(s)} {_e(n)}" for s, n in p.get("per_split", {}).items())
+        text = f"<p>{_e(p.get('count', 0))} patients (from {_e(p['from'])}); per split: {per}.</p>"
+    if p.get("note"):
+        text += f"<p class=\"warn\">{_e(p['note'])}.</p>"
+    return text
+
+
 def data_section(report: Mapping[str, Any]) -> str:
     counts = report.get("counts", {})
     classes = report.get("classes", [])
@@ -123,6 +136,7 @@ def data_section(report: Mapping[str, Any]) -> str:
     if per_split:
         parts.append(_table(("class", "train", "val", "test"),
                             ((c, *(per_split.get(s, {}).get(c, 0) for s in ("train", "val", "test"))) for c in classes)))
+    parts.append(_patients(report.get("patients")))
     conflicts = report.get("label_conflicts", [])
     parts.append(f"<h3>Label conflicts ({len(conflicts)})</h3>")
     if conflicts:

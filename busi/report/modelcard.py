@@ -38,6 +38,11 @@ def _model(cfg: JobConfig, result: Any) -> str:
 """
 
 
+def _dicom_args(cfg: JobConfig) -> str:
+    d = cfg.data.dicom
+    return f"frame={d.frame!r}, crop_to_region={d.crop_to_region}"
+
+
 def _loading(cfg: JobConfig) -> str:
     """The snippet calls the decode training and prediction use (``busi.data.images.load_image``):
     16-bit, palette, alpha and grayscale images and ``resize: pad`` come out as they did in training."""
@@ -52,6 +57,9 @@ import keras
 from busi.data.images import load_image
 model = keras.saving.load_model("model.keras")
 image = load_image("scan.png", {side}, "{cfg.data.resize}")  # {side} x {side} x 3, RGB, uint8
+# a DICOM file, read as training read them (data.dicom):
+# from busi.config.schema import DicomConfig
+# image = load_image("IM0001", {side}, "{cfg.data.resize}", DicomConfig({_dicom_args(cfg)}))
 probabilities = model.predict(image[None].astype("float32"), verbose=0)[0]  # order: labels.json
 ```
 
@@ -65,10 +73,14 @@ def _data(cfg: JobConfig, report: dict[str, Any]) -> str:
     rows = "\n".join(f"| {c} | " + " | ".join(str(counts["per_split"][s][c]) for s in SPLITS) + " |"
                      for c in cfg.data.classes)
     conflicts = len(report.get("label_conflicts", []))
+    patients = report.get("patients") or {}
+    who = (f"{patients['count']} patients from {patients['from']}; no patient straddles splits" if patients.get("from")
+           else "no patient IDs given: images of one patient may sit on both sides")
     return f"""## Data
 - Source: `{cfg.data.source}` ({counts['images']} images, {counts['used']} used).
 - De-duplication: {cfg.data.dedupe} (threshold {cfg.data.near_threshold}); label conflicts: {conflicts}
   ({cfg.data.conflicts}). Split: see `../data/splits.csv` (no duplicate group straddles splits).
+- Patients: {who}.
 
 | class | train | val | test |
 |---|---|---|---|
@@ -94,7 +106,7 @@ def _results(metrics: dict[str, Any]) -> str:
 
 {intervals}
 {_calibration(metrics)}
-{_screening_table(metrics.get("malignant_vs_rest"))}{_explanations(metrics.get("gradcam_vs_masks"))}
+{_screening_table(metrics.get("positive_vs_rest"))}{_explanations(metrics.get("gradcam_vs_masks"))}
 | class | precision | recall | F1 | support | ROC AUC |
 |---|---|---|---|---|---|
 {per_class}
@@ -146,7 +158,7 @@ def _limitations() -> str:
 
 
 def _screening_table(screen: dict[str, Any] | None) -> str:
-    """Malignant vs the rest at the argmax rule and at the validation-chosen threshold."""
+    """The positive class (``evaluate.positive_class``) vs the rest at the argmax rule and at the validation-chosen threshold."""
     if not screen:
         return ""
     rows = ["| " + " | ".join(row) + " |" for row in rule_rows(screen)]

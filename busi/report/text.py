@@ -61,4 +61,40 @@ def format_inspect(r: dict[str, Any]) -> str:
         lines.append(f"  {e['path']}: {e['error']}")
     if r["excluded"]["not_in_splits_file"]:
         lines.append(f"not in data.splits file (excluded): {len(r['excluded']['not_in_splits_file'])}")
+    lines += _source_lines(r)
     return "\n".join(lines) + "\n"
+
+
+def _source_lines(r: dict[str, Any]) -> list[str]:
+    """The label table's rows left out, the patients per split, where the split came from."""
+    lines = []
+    t = r.get("table")
+    if t:
+        problems = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in t["problems"].items()) or "none"
+        lines.append(f"label table: {t['file']} ({t['rows']} rows, {t['images']} images; rows left out or "
+                     f"flagged: {problems})")
+        for p in t["rows_left_out"][:50]:
+            lines.append(f"  line {p['line']}: {p['path']}: {p['kind'].replace('_', ' ')}: {p['detail']}")
+        if len(t["rows_left_out"]) > 50:
+            lines.append(f"  ... {len(t['rows_left_out']) - 50} more in --json")
+    p = r.get("patients")
+    if p:
+        if p["from"]:
+            per = ", ".join(f"{s} {n}" for s, n in p["per_split"].items())
+            lines.append(f"patients: {p['count']} from {p['from']}; per split: {per}")
+        else:
+            per = ", ".join(f"{s} {n}" for s, n in p["groups_per_split"].items())
+            lines.append(f"patients: not given; groups (duplicates) per split: {per}")
+        if p["note"]:
+            lines.append(f"  note: {p['note']}")
+    s = r.get("split")
+    if s:
+        lines.append(f"split: {s['from']}")
+        for c in s["crossings"]:
+            lines.append(f"  warning: duplicates {', '.join(c['members'])} sit in {', '.join(c['sides'])}")
+    f = r.get("folds")
+    if f:
+        lines.append(f"folds: {f['count']} from {f['from']} (images per fold: {', '.join(map(str, f['sizes']))})")
+        for c in f["crossings"]:
+            lines.append(f"  warning: duplicates {', '.join(c['members'])} sit in folds {', '.join(c['sides'])}")
+    return lines

@@ -2,9 +2,11 @@
 
 One split of BUSI tests on ~113 images; K-fold predicts every image once, by a model whose
 training never saw it or any of its duplicates. ``assign_folds`` uses scikit-learn's
-``StratifiedGroupKFold`` (seeded) over the duplicate groups of ``data.dedupe``: a group is never
-in two folds; label-conflict groups are dropped or kept as training drops or keeps them
-(``data.conflicts``). The assignment is written once into ``OUT/folds.csv``
+``StratifiedGroupKFold`` (seeded) over the groups of ``data.dedupe`` joined by patient
+(``data.table.group``, ``data.group_pattern``): a patient or a duplicate group is never in two
+folds; label-conflict groups are dropped or kept as training drops or keeps them
+(``data.conflicts``). A label table's fold column (``data.table.fold``, BUS-BRA's official
+partitions) replaces the assignment; ``--folds`` must equal its number of folds. The assignment is written once into ``OUT/folds.csv``
 (``path,label,group,fold``) and reused by every task, so array tasks on different nodes agree.
 
 Fold I is a complete training run in ``OUT/fold-I/`` (the usual run directory, so signals,
@@ -48,10 +50,13 @@ def prepare_folds(cfg: JobConfig, k: int) -> list[FoldRow]:
     root.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(root / CV_LOCK_FILE, f"cv folder {root}", wait=True,
                         on_wait=lambda who: log.info("cv: waiting for %s to write %s", who, FOLDS_FILE)):
+        # folds, not the table's split column: every image is in one fold's test split
+        table = None if cfg.data.table is None else dataclasses.replace(cfg.data.table, split=None)
         data = dataclasses.replace(cfg.data, split=dataclasses.replace(cfg.data.split, train=1.0, val=0.0, test=0.0),
-                                   splits=None)
+                                   splits=None, table=table)
         prepared = prepare_data(data, cfg.runtime.seed, exclude=[root])
         rows = list(prepared.rows)
+        given = _given_folds(prepared.folds, k)
         path = root / FOLDS_FILE
         if path.exists():
             folds = read_folds(path)
@@ -63,7 +68,7 @@ def prepare_folds(cfg: JobConfig, k: int) -> list[FoldRow]:
                 raise ConfigError(f"--folds: {k}, but {path} holds {len({r.fold for r in folds})} folds; give "
                                   "that number or use a new output.dir")
             return folds
-        folds = assign_folds(rows, k, cfg.runtime.seed)
+        folds = given or assign_folds(rows, k, cfg.runtime.seed)
         for i in range(k):
             val = cfg.data.split.val / max(cfg.data.split.train + cfg.data.split.val, 1e-9)
             text = csv_text(SPLITS_COLUMNS, ([r.path, r.label, r.group, r.split]
@@ -75,6 +80,17 @@ def prepare_folds(cfg: JobConfig, k: int) -> list[FoldRow]:
         log.info("cv: %d images in %d groups over %d folds (%s images) -> %s", len(folds), len({r.group for r in folds}),
                  k, ", ".join(map(str, sizes)), path)
         return folds
+
+
+def _given_folds(folds: tuple[FoldRow, ...], k: int) -> list[FoldRow]:
+    """The table's fold column's folds (``data.table.fold``), checked against ``--folds``; else none."""
+    if not folds:
+        return []
+    found = len({r.fold for r in folds})
+    if found != k:
+        raise ConfigError(f"--folds: {k}, but data.table.fold's column holds {found} folds; give --folds {found}",
+                          keys=("data.table.fold",))
+    return list(folds)
 
 
 def fold_config(cfg: JobConfig, fold: int) -> JobConfig:

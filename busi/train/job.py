@@ -148,7 +148,8 @@ def _stages(job: Job, t_start: float) -> dict[str, Any]:
     with clock("evaluate"):
         scored = evaluate(job, data, built, pipelines, host, policy, result, temperature, val_probs)
     with clock("quantize"):
-        quantize_and_check(job, data, built.model, pipelines, scored, host)
+        quantize_and_check(job.cfg, job.run, built.model, pipelines[data.test_name], data.labels(data.test_name),
+                           data.splits["train"].paths, scored, host)
     with clock("save"):
         publish(job, data, scored, result)
     job.manifest.seconds["total"] = round(time.perf_counter() - t_start, 3)
@@ -259,7 +260,7 @@ def build(job: Job) -> BuiltModel:
 
 def input_pipelines(job: Job, data: TrainingData) -> dict[str, Pipeline]:
     d = job.cfg.data
-    return {name: Pipeline(s, d.image_size, d.resize, d.cache) for name, s in data.splits.items()}
+    return {name: Pipeline(s, d.image_size, d.resize, d.cache, d.dicom) for name, s in data.splits.items()}
 
 
 def fit(job: Job, data: TrainingData, built: BuiltModel, pipelines: dict[str, Pipeline], host: Host) -> TrainResult:
@@ -336,18 +337,19 @@ def save_model(job: Job, built: BuiltModel) -> None:
     cfg = job.cfg
     sha = weights_sha256(built.model)
     log.info("final weights sha256 %s", sha, extra=ALL_RANKS)
-    write_model_dir(job.run, built.model, cfg.data.classes, cfg.data.image_size, cfg.data.resize)
+    write_model_dir(job.run, built.model, cfg.data.classes, cfg.data.image_size, cfg.data.resize,
+                    dicom=cfg.data.dicom)
     job.manifest.record(weights_sha256=sha)
 
 
 def evaluate(job: Job, data: TrainingData, built: BuiltModel, pipelines: dict[str, Pipeline], host: Host,
              policy: str, result: TrainResult, temperature: float | None, val_probs: np.ndarray | None) -> Scored:
-    """The evaluated split's probabilities (on ``train.engine``), the malignant operating point
-    chosen on the validation split (``thresholds.json``), and the metrics: intervals,
-    calibration before the temperature, malignant vs the rest, Grad-CAM against the masks."""
+    """The evaluated split's probabilities (on ``train.engine``), the positive class's operating
+    point chosen on the validation split (``thresholds.json``), and the metrics: intervals,
+    calibration before the temperature, the positive class vs the rest, Grad-CAM against the masks."""
     from busi.evaluate.calibration import calibration_metrics, with_temperature
     from busi.evaluate.forward import predict_probs
-    from busi.evaluate.screening import choose_operating_point
+    from busi.evaluate.screening import OperatingPoint, choose_operating_point
     from busi.model.folder import write_thresholds
 
     cfg, run = job.cfg, job.run
@@ -356,11 +358,12 @@ def evaluate(job: Job, data: TrainingData, built: BuiltModel, pipelines: dict[st
     probs = predict_probs(built.model, pipelines[name], bs, engine)
     if val_probs is None and data.labels("val"):
         val_probs = predict_probs(built.model, pipelines["val"], bs, engine)
-    point = choose_operating_point(data.labels("val"), val_probs, classes)
+    point = choose_operating_point(data.labels("val"), val_probs, classes, cfg.evaluate.positive_class,
+                                   cfg.evaluate.target_sensitivity)
     write_thresholds(run, point)
     root = data.prepared.root
     paths = [s.path for s, _ in data.prepared.split(name)]  # as splits.csv names them
-    scored = score(paths, data.labels(name), probs, classes, name, cfg.runtime.seed, point["threshold"])
+    scored = score(paths, data.labels(name), probs, classes, name, cfg.runtime.seed, OperatingPoint.from_json(point))
     metrics = scored.metrics
     if temperature is not None:
         metrics["temperature"] = temperature
@@ -371,7 +374,8 @@ def evaluate(job: Job, data: TrainingData, built: BuiltModel, pipelines: dict[st
 
         metrics["gradcam_vs_masks"] = gradcam_vs_masks(
             built.model, [(root / s.path, classes.index(s.label), [root / m for m in s.masks])
-                          for s, _ in data.prepared.split(name)], classes, cfg.data.image_size, cfg.data.resize)
+                          for s, _ in data.prepared.split(name)], classes, cfg.data.image_size, cfg.data.resize,
+            cfg.data.dicom)
     metrics["engine"] = (engine.info if engine is not None else tensorflow_info(built.model)).as_dict()
     job.manifest.record(best_epoch=result.best_epoch, monitor=cfg.train.monitor, best_value=result.best_value,
                         engines={"feature_cache": result.cache_engines, "evaluate": metrics["engine"]})

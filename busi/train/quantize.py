@@ -16,10 +16,11 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
+from busi.config.schema import DicomConfig, JobConfig
 from busi.data.pipeline import Pipeline, SplitData
 from busi.errors import ConfigError, DataError
 from busi.evaluate.precision import not_measured, precision_contract
@@ -27,9 +28,6 @@ from busi.evaluate.writer import Scored
 from busi.files.rundir import RUN_FILES, RunDir
 from busi.model.engines import Host
 from busi.runtime.cpu import cpu_has_bf16
-
-if TYPE_CHECKING:
-    from busi.train.job import Job, TrainingData
 
 log = logging.getLogger("busi")
 
@@ -46,11 +44,11 @@ class Evaluated:
     classes: tuple[str, ...]
 
 
-def quantize_and_check(job: Job, data: TrainingData, model: Any, pipelines: dict[str, Pipeline], scored: Scored,
-                       host: Host) -> dict[str, Any]:
-    """Training's stage: the contracts (``not_measured`` for each with ``train.quantize: none``);
-    {} off the primary rank."""
-    cfg, run = job.cfg, job.run
+def quantize_and_check(cfg: JobConfig, run: RunDir, model: Any, test: Pipeline, test_labels: list[int],
+                       train_paths: Sequence[str], scored: Scored, host: Host) -> dict[str, Any]:
+    """Training's stage: the INT8 model (calibrated on ``train_paths``) and the contracts on the
+    evaluated split (``test``, scored as ``scored``); ``not_measured`` for each with
+    ``train.quantize: none``; {} off the primary rank."""
     if not run.primary:
         return {}
     if cfg.train.quantize == "none":
@@ -58,13 +56,12 @@ def quantize_and_check(job: Job, data: TrainingData, model: Any, pipelines: dict
         run.write_json("precisions", results)
         scored.metrics["precisions"] = results
         return results
-    name, bs = data.test_name, cfg.train.batch_size
     results = _unmeasurable(run)
     if results is None:
         reference = scored.probs if scored.metrics.get("engine", {}).get("precision") == "float32" else None
-        split = Evaluated(pipelines[name], data.labels(name), reference, scored.metrics.get("ci95", {}), scored.classes)
-        results = check_precisions(run, model, split, list(data.splits["train"].paths), cfg.data.image_size,
-                                   cfg.data.resize, cfg.runtime.seed, bs, host.threads)
+        split = Evaluated(test, test_labels, reference, scored.metrics.get("ci95", {}), scored.classes)
+        results = check_precisions(run, model, split, list(train_paths), cfg.data.image_size, cfg.data.resize,
+                                   cfg.runtime.seed, cfg.train.batch_size, host.threads, cfg.data.dicom)
     scored.metrics["precisions"] = results
     return results
 
@@ -80,7 +77,8 @@ def _unmeasurable(run: RunDir) -> dict[str, Any] | None:
 
 
 def check_precisions(run: RunDir, model: Any, split: Evaluated, train_paths: Sequence[str], image_size: int,
-                     resize: str, seed: int, batch_size: int, threads: int | None) -> dict[str, Any]:
+                     resize: str, seed: int, batch_size: int, threads: int | None,
+                     dicom: DicomConfig = DicomConfig()) -> dict[str, Any]:
     """Quantize into ``model/openvino-int8/``, measure the INT8 and bfloat16 contracts on
     ``split``, write ``model/precisions.json`` and log each verdict."""
     from busi.evaluate.forward import predict_probs
@@ -98,7 +96,7 @@ def check_precisions(run: RunDir, model: Any, split: Evaluated, train_paths: Seq
         split.reference = predict_probs(model, split.pipeline, batch_size,
                                         OpenVINOEngine(float_model, batch_size, "float32", threads))
     results: dict[str, Any] = {}
-    quantized, made = _quantize(run, float_model, train_paths, image_size, resize, seed)
+    quantized, made = _quantize(run, float_model, train_paths, image_size, resize, seed, dicom)
     results["int8"] = {**contract(quantized, "int8"), **made} if quantized is not None else made
     if not cpu_has_bf16():
         results["bfloat16"] = not_measured("this CPU has no AMX or AVX512-BF16")
@@ -115,7 +113,7 @@ def check_precisions(run: RunDir, model: Any, split: Evaluated, train_paths: Seq
 
 
 def _quantize(run: RunDir, float_model: Any, train_paths: Sequence[str], image_size: int, resize: str,
-              seed: int) -> tuple[Any, dict[str, Any]]:
+              seed: int, dicom: DicomConfig = DicomConfig()) -> tuple[Any, dict[str, Any]]:
     """The INT8 model written to ``model/openvino-int8/`` and how it was made; (None, why not)."""
     from busi.files.digest import file_sha256
     from busi.model.openvino import write_openvino_dir
@@ -126,7 +124,7 @@ def _quantize(run: RunDir, float_model: Any, train_paths: Sequence[str], image_s
     paths = calibration_sample(list(train_paths), seed)
     if not paths:
         return None, not_measured("no training images to calibrate on")
-    quantized, made = quantize_int8(float_model, calibration_images(paths, image_size, resize))
+    quantized, made = quantize_int8(float_model, calibration_images(paths, image_size, resize, dicom))
     made["quantization"].update(calibration_split="train", seed=seed)
     sha = file_sha256(run.path("model"))
     run.write_dir_with("openvino_int8", lambda p: write_openvino_dir(p, quantized, sha, made))
@@ -156,10 +154,11 @@ def export_int8(run_dir: str | Path, batch_size: int = 32, threads: int | None =
                           "(busi-job export --format openvino first)")
     split = Evaluated(Pipeline(SplitData(tuple(p for p, _ in splits[test]),
                                          tuple(classes.index(c) for _, c in splits[test])),
-                               cfg.data.image_size, cfg.data.resize), [classes.index(c) for _, c in splits[test]],
+                               cfg.data.image_size, cfg.data.resize, dicom=cfg.data.dicom),
+                      [classes.index(c) for _, c in splits[test]],
                       None, metrics.get("ci95", {}), classes)
     results = check_precisions(run, model, split, [p for p, _ in splits["train"]], cfg.data.image_size,
-                               cfg.data.resize, cfg.runtime.seed, batch_size, threads)
+                               cfg.data.resize, cfg.runtime.seed, batch_size, threads, cfg.data.dicom)
     metrics["precisions"] = results
     run.write_json("metrics", metrics)
     return run.path("openvino_int8")

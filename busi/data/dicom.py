@@ -1,0 +1,393 @@
+"""DICOM files: recognised by content, one frame decoded into a Pillow image, refused safely.
+
+Hospital and PACS exports of ultrasound are DICOM files, often without a suffix, so a file is
+DICOM when it holds ``DICM`` at byte 128 (``is_dicom``), whatever its name. ``read_dicom``
+decodes one frame (``data.dicom.frame``: the first or the middle one of a cine loop) into an
+8-bit ``L`` or ``RGB`` image; ``busi.data.images`` then gives it the same ``to_rgb8``/``resize_rgb`` as a PNG, so a DICOM and
+a PNG of the same pixels become the same input tensor.
+
+Photometric interpretations: MONOCHROME1 (inverted), MONOCHROME2, RGB, YBR_FULL and YBR_FULL_422
+(converted to RGB by pydicom), the JPEG 2000 YBR_ICT/YBR_RCT (RGB from the decoder) and PALETTE
+COLOR (its lookup table applied). Grayscale deeper than 8 bits goes through the modality LUT and
+the VOI LUT or window when the header has one, else min-max to 8 bits. ``crop_to_region`` keeps
+the largest region of the header's Sequence of Ultrasound Regions, leaving out burned-in text.
+
+Hostile files never crash, hang or exhaust memory: the header is read without the pixel data,
+then a DICOMDIR, an object without pixels (a structured report, an RT plan), an unsupported
+transfer syntax, a frame declared bigger than ``MAX_FRAME_BYTES`` (a decompression bomb, also
+checked against a compressed frame's own codestream) and truncated pixel data are each a
+``DataError`` naming the path. No patient data leaves this module: a decoded file yields its
+pixels and ``DicomSource`` (UIDs and the frame number, UIDs checked to be digits and dots), and
+no error reason quotes a header value. pydicom is imported inside the functions that use it.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO, Union
+
+import numpy as np
+
+from busi.config.schema import DicomConfig
+from busi.data.codestream import codestream_size
+from busi.errors import DataError
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+PREAMBLE = 128  # bytes before the magic, in every DICOM Part 10 file
+MAGIC = b"DICM"
+DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")  # a name's suffix that only says "DICOM" (a mask's name leaves it out)
+HEAD_BYTES = PREAMBLE + len(MAGIC)  # what is_dicom needs to see
+# One decoded frame larger than this is refused before decoding: 256 MiB holds a 8192 x 8192
+# RGB frame, ~40x the largest ultrasound frame (1920 x 1080 x 3), and keeps the float copies a
+# window makes (8 bytes a sample) within a few GiB per decode thread.
+MAX_FRAME_BYTES = 256 * 1024**2
+DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"  # Media Storage Directory Storage
+DEFLATED = ("1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.8.1")  # the whole dataset zlib-compressed
+UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")  # a UID is digits and dots, at most 64 characters
+# MONOCHROME2 and MONOCHROME1 are grayscale; the rest are colour, RGB after pydicom's decode
+GRAY = ("MONOCHROME1", "MONOCHROME2")
+COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "PALETTE COLOR")
+
+PathOrHead = Union[str, "os.PathLike[str]", bytes]
+
+
+@dataclass(frozen=True)
+class DicomSource:
+    """Where a decoded image came from, for a PACS to join results back: the three instance
+    UIDs (empty where the header's value is not a valid UID) and the 1-based frame number
+    (DICOM's Referenced Frame Number). Never patient data."""
+
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    frame: int
+
+
+def is_dicom(path_or_head: PathOrHead) -> bool:
+    """True for a DICOM Part 10 file: ``DICM`` at byte 128. Takes the file's first bytes, or a
+    path (read without blocking on what is not a regular file: a FIFO is not DICOM)."""
+    if isinstance(path_or_head, (bytes, bytearray, memoryview)):
+        head = bytes(path_or_head[:HEAD_BYTES])
+    else:
+        from busi.runtime.safeio import open_regular_file
+
+        try:
+            with open_regular_file(path_or_head) as fh:
+                head = fh.read(HEAD_BYTES)
+        except OSError:  # missing, unreadable, or not a regular file (never waits on a FIFO)
+            return False
+    return len(head) == HEAD_BYTES and head[PREAMBLE:] == MAGIC
+
+
+def read_dicom(fh: BinaryIO, path: str | Path, options: DicomConfig = DicomConfig()) -> tuple["Image.Image", DicomSource]:
+    """One frame of the DICOM file open in ``fh`` (seekable, at any position) as an 8-bit ``L``
+    or ``RGB`` Pillow image, and its source. DataError naming ``path`` for anything that
+    is not a decodable image."""
+    try:
+        return _read_dicom(fh, path, options)
+    except DataError:
+        raise
+    except MemoryError:
+        raise DataError(path, "DICOM frame too large to decode in the memory left") from None
+    except Exception as e:  # a header malformed in a way no check above foresaw: that file only
+        raise DataError(path, f"cannot read DICOM file ({type(e).__name__})") from None
+
+
+def _read_dicom(fh: BinaryIO, path: str | Path, options: DicomConfig) -> tuple["Image.Image", DicomSource]:
+    pydicom = _pydicom()
+    header = _read_header(pydicom, fh, path)
+    geometry = _check_image(pydicom, header, path)
+    index = 0 if options.frame == "first" else geometry.frames // 2
+    arr = _decode_frame(pydicom, fh, header, geometry, index, path)
+    arr = _to_display(arr, header, geometry, path)
+    if options.crop_to_region:
+        arr = crop_to_region(arr, header)
+    return _image(arr), DicomSource(
+        study_instance_uid=_uid(header, "StudyInstanceUID"),
+        series_instance_uid=_uid(header, "SeriesInstanceUID"),
+        sop_instance_uid=_uid(header, "SOPInstanceUID"),
+        frame=index + 1,
+    )
+
+
+def _pydicom() -> Any:
+    """pydicom, told not to validate header values on reading: its warnings would quote them
+    (a birth date that is not a date), and busi reads only the image and UID elements."""
+    import pydicom
+    import pydicom.config
+
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+    return pydicom
+
+
+def _read_header(pydicom: Any, fh: BinaryIO, path: str | Path) -> Any:
+    """The dataset up to (not including) its pixel data: nothing large is read."""
+    fh.seek(0)
+    try:
+        return pydicom.dcmread(fh, stop_before_pixels=True)
+    except Exception as e:  # any parser failure on one file makes that file unreadable
+        raise DataError(path, f"not a readable DICOM file ({type(e).__name__} while reading its header)") from None
+
+
+@dataclass(frozen=True)
+class _Geometry:
+    rows: int
+    columns: int
+    samples: int
+    bits: int
+    frames: int
+    photometric: str
+    transfer_syntax: Any  # pydicom UID
+    encapsulated: bool
+
+
+def _check_image(pydicom: Any, header: Any, path: str | Path) -> _Geometry:
+    """Refuse, before a byte of pixel data is read, what busi cannot or must not decode."""
+    meta = getattr(header, "file_meta", None) or {}
+    sop_class = str(meta.get("MediaStorageSOPClassUID", "") or header.get("SOPClassUID", "") or "")
+    if sop_class == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in header:
+        raise DataError(path, "a DICOMDIR (an index of other DICOM files), not an image; give the image files, "
+                        "or the folder that holds them")
+    ts = meta.get("TransferSyntaxUID")
+    if ts is None:
+        raise DataError(path, "not a readable DICOM file (no transfer syntax in its file meta information)")
+    if "Rows" not in header or "Columns" not in header:
+        kind = _sop_class_name(sop_class)
+        raise DataError(path, f"a DICOM object without an image ({kind}): no pixel data to classify")
+    if str(ts) in DEFLATED:
+        raise DataError(path, f"transfer syntax {ts.name} ({ts}) is not supported: a deflated dataset could "
+                        "inflate without bound; export it uncompressed or JPEG-compressed")
+    from pydicom.pixels import get_decoder
+
+    try:
+        decoder = get_decoder(ts)
+    except NotImplementedError:
+        raise DataError(path, f"transfer syntax {_ts_name(ts)} is not supported (pydicom has no decoder for it)") from None
+    if not decoder.is_available:
+        raise DataError(path, f"transfer syntax {_ts_name(ts)}: no decoder installed for it "
+                        "(pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg)")
+    try:
+        rows, columns = int(header.Rows), int(header.Columns)
+        samples = int(header.get("SamplesPerPixel", 1) or 1)
+        bits = int(header.BitsAllocated)
+        frames = int(header.get("NumberOfFrames", 1) or 1)
+        photometric = str(header.PhotometricInterpretation).strip().upper()
+    except (AttributeError, TypeError, ValueError):
+        raise DataError(path, "DICOM image header without valid Rows, Columns, BitsAllocated and "
+                        "PhotometricInterpretation") from None
+    if min(rows, columns, samples, bits, frames) < 1:
+        raise DataError(path, f"DICOM image header declares {rows} x {columns} pixels, {samples} samples, "
+                        f"{bits} bits, {frames} frames: not an image")
+    frame_bytes = rows * columns * samples * -(-bits // 8)
+    if frame_bytes > MAX_FRAME_BYTES:
+        raise DataError(path, f"DICOM frame declared as {rows} x {columns} x {samples} samples of {bits} bits "
+                        f"({frame_bytes / 1024**2:.0f} MiB decoded) is over busi's limit of "
+                        f"{MAX_FRAME_BYTES // 1024**2} MiB a frame; refused before decoding")
+    if photometric not in GRAY + COLOUR:
+        raise DataError(path, f"photometric interpretation {photometric[:16]!r} is not supported "
+                        f"(busi reads {', '.join(GRAY + COLOUR)})")
+    return _Geometry(rows, columns, samples, bits, frames, photometric, ts, bool(ts.is_compressed))
+
+
+def _decode_frame(pydicom: Any, fh: BinaryIO, header: Any, g: _Geometry, index: int, path: str | Path) -> np.ndarray:
+    """Frame ``index`` (0-based) as pydicom decodes it, YBR converted to RGB. A compressed
+    frame's codestream must declare the header's size: a small header over a huge JPEG is a bomb too."""
+    from pydicom.pixels import pixel_array
+
+    if not g.encapsulated:
+        _check_native_length(fh, header, g, index, path)
+    fh.seek(0)
+    try:
+        if not g.encapsulated:  # reads this frame's bytes only
+            arr = pixel_array(fh, index=index)
+        else:
+            ds = pydicom.dcmread(fh)  # compressed: at most the file's size
+            if "PixelData" not in ds:
+                raise DataError(path, "DICOM image header but no pixel data")
+            _check_codestream(_encapsulated_frame(ds, index, g.frames), g, path)
+            arr = pixel_array(ds, index=index, decoding_plugin=_plugin(g.transfer_syntax))
+    except (DataError, MemoryError):
+        raise
+    except Exception as e:  # truncated, inconsistent or undecodable pixel data: that file only
+        raise DataError(path, f"cannot decode DICOM pixel data ({_decode_reason(e)})") from None
+    if arr.shape[:2] != (g.rows, g.columns):
+        raise DataError(path, f"decoded DICOM frame is {arr.shape[1]} x {arr.shape[0]}, the header says "
+                        f"{g.columns} x {g.rows}")
+    return arr
+
+
+def _check_native_length(fh: BinaryIO, header: Any, g: _Geometry, index: int, path: str | Path) -> None:
+    """Uncompressed pixel data must hold frame ``index`` whole: ``fh`` is where the header read
+    stopped, at the Pixel Data element (tag, VR, length), which must be there."""
+    from pydicom.pixels.utils import get_expected_length
+
+    start = fh.tell()
+    little = g.transfer_syntax.is_little_endian
+    head = fh.read(12)
+    order = "<" if little else ">"
+    if len(head) < 8 or struct.unpack(order + "HH", head[:4]) != (0x7FE0, 0x0010):
+        raise DataError(path, "DICOM image header but no pixel data (the file ends, or other elements follow)")
+    if g.transfer_syntax.is_implicit_VR:
+        header_len, length = 8, struct.unpack(order + "I", head[4:8])[0]
+    else:
+        header_len, length = 12, struct.unpack(order + "I", head[8:12])[0]
+    fh.seek(0, os.SEEK_END)
+    present = fh.tell() - start - header_len
+    needed = get_expected_length(header, unit="bytes") * (index + 1) // g.frames
+    if min(present, length) < needed:
+        raise DataError(path, f"DICOM pixel data truncated: {max(min(present, length), 0)} bytes of the {needed} "
+                        f"that frame {index + 1} needs (a file cut short in a copy?)")
+
+
+def _plugin(ts: Any) -> str:
+    """Pillow (libjpeg-turbo) for JPEG baseline, the usual ultrasound export: 2x faster than
+    pylibjpeg here; pydicom's own choice (the first that works) for every other syntax."""
+    from pydicom.pixels import get_decoder
+    from pydicom.uid import JPEGBaseline8Bit
+
+    return "pillow" if ts == JPEGBaseline8Bit and "pillow" in get_decoder(ts).available_plugins else ""
+
+
+def _encapsulated_frame(ds: Any, index: int, frames: int) -> bytes:
+    from pydicom.encaps import get_frame
+
+    return bytes(get_frame(ds.PixelData, index, number_of_frames=frames))
+
+
+def _check_codestream(frame: bytes, g: _Geometry, path: str | Path) -> None:
+    """The width and height a JPEG or JPEG 2000 codestream declares, against the header's."""
+    size = codestream_size(frame)
+    if size is not None and size != (g.columns, g.rows):
+        raise DataError(path, f"compressed DICOM frame declares {size[0]} x {size[1]} pixels, the header "
+                        f"{g.columns} x {g.rows}; refused before decoding")
+
+
+def _to_display(arr: np.ndarray, header: Any, g: _Geometry, path: str | Path) -> np.ndarray:
+    """The frame as 8-bit gray or RGB (uint8)."""
+    from pydicom.pixels import apply_color_lut
+
+    if g.photometric == "PALETTE COLOR":
+        try:
+            rgb = apply_color_lut(arr, header)
+        except Exception as e:  # a missing or malformed lookup table
+            raise DataError(path, f"PALETTE COLOR image with an unusable colour lookup table ({type(e).__name__})") from None
+        return rgb if rgb.dtype == np.uint8 else _scale(rgb, 0.0, float(np.iinfo(rgb.dtype).max))
+    if g.photometric not in GRAY:  # RGB (YBR already converted by pydicom)
+        if arr.ndim != 3 or arr.shape[2] != 3:
+            raise DataError(path, f"{g.photometric} image with {arr.shape[2] if arr.ndim == 3 else 1} samples a pixel")
+        if arr.dtype == np.uint8:
+            return arr
+        stored = int(header.get("BitsStored", g.bits) or g.bits)
+        return _scale(arr, 0.0, float(2**stored - 1))
+    if arr.ndim == 3:  # grayscale declared with samples: the first
+        arr = arr[..., 0]
+    invert = g.photometric == "MONOCHROME1"  # the lowest value is white
+    if arr.dtype == np.uint8:  # 8-bit unsigned: the pixels as stored, as a PNG holds them
+        return 255 - arr if invert else arr
+    return _gray_deep(arr, header, invert)
+
+
+def _gray_deep(arr: np.ndarray, header: Any, invert: bool) -> np.ndarray:
+    """Grayscale deeper than 8 bits (or signed): modality LUT, then the VOI LUT or window
+    mapped onto 0-255 where the header has one; else its own minimum to maximum onto 0-255."""
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    values = apply_modality_lut(arr, header).astype(np.float64, copy=False)
+    has_voi = "VOILUTSequence" in header or ("WindowCenter" in header and "WindowWidth" in header)
+    if has_voi:
+        try:
+            lo, hi = _stored_range(arr, header)
+            ends = apply_voi_lut(apply_modality_lut(np.array([lo, hi], dtype=arr.dtype), header), header)
+            out_lo, out_hi = float(np.min(ends)), float(np.max(ends))
+            if out_hi > out_lo:
+                shown = _scale(apply_voi_lut(values, header), out_lo, out_hi)
+                return 255 - shown if invert else shown
+        except Exception:  # a malformed window or LUT: the fallback below, still a sane image
+            pass
+    shown = _scale(values, float(values.min()), float(values.max()))  # a frame has at least one pixel
+    return 255 - shown if invert else shown
+
+
+def _stored_range(arr: np.ndarray, header: Any) -> tuple[int, int]:
+    """The smallest and largest value the stored bits can hold."""
+    bits = int(header.get("BitsStored", arr.dtype.itemsize * 8) or arr.dtype.itemsize * 8)
+    if int(header.get("PixelRepresentation", 0) or 0):
+        return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    return 0, 2**bits - 1
+
+
+def _scale(arr: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Values in [lo, hi] onto 0-255, rounded."""
+    out = (np.asarray(arr, dtype=np.float64) - lo) * (255.0 / max(hi - lo, 1e-6))
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+def crop_to_region(arr: np.ndarray, header: Any) -> np.ndarray:
+    """The largest region of the Sequence of Ultrasound Regions that lies inside the frame
+    (2D tissue regions first: RegionSpatialFormat 1), so burned-in text and rulers are left
+    out; the whole frame where the header has no such region."""
+    height, width = arr.shape[:2]
+    boxes: list[tuple[int, int, int, int, int]] = []  # (is 2D, x0, y0, x1, y1), inclusive
+    for region in header.get("SequenceOfUltrasoundRegions", None) or ():
+        try:
+            x0, y0 = int(region.RegionLocationMinX0), int(region.RegionLocationMinY0)
+            x1, y1 = int(region.RegionLocationMaxX1), int(region.RegionLocationMaxY1)
+            is_2d = int(region.get("RegionSpatialFormat", 0) or 0) == 1
+        except (AttributeError, TypeError, ValueError):
+            continue
+        if 0 <= x0 < x1 < width and 0 <= y0 < y1 < height:
+            boxes.append((int(is_2d), x0, y0, x1, y1))
+    if not boxes:
+        return arr
+    _, x0, y0, x1, y1 = max(boxes, key=lambda b: (b[0], (b[3] - b[1] + 1) * (b[4] - b[2] + 1)))
+    return arr[y0 : y1 + 1, x0 : x1 + 1]
+
+
+def _image(arr: np.ndarray) -> "Image.Image":
+    from PIL import Image
+
+    return Image.fromarray(np.ascontiguousarray(arr, dtype=np.uint8), mode="RGB" if arr.ndim == 3 else "L")
+
+
+def _uid(header: Any, keyword: str) -> str:
+    """A UID element's value where it is one (digits and dots, at most 64); else empty, so a
+    hostile header cannot put text (patient data, a CSV formula) into a prediction row."""
+    try:
+        value = str(header.get(keyword, "") or "").strip().rstrip("\x00")
+    except Exception:
+        return ""
+    return value if len(value) <= 64 and UID_RE.match(value) else ""
+
+
+def _ts_name(ts: Any) -> str:
+    name = getattr(ts, "name", "")
+    return f"{name} ({ts})" if name and name != str(ts) else f"{str(ts)[:64]!r}"
+
+
+def _sop_class_name(uid: str) -> str:
+    """``Comprehensive SR Storage`` for a known SOP class UID; else the UID if it is one."""
+    from pydicom.uid import UID
+
+    name = UID(uid).name if uid else ""
+    if name and name != uid:
+        return name
+    return f"SOP class {uid}" if uid and UID_RE.match(uid) and len(uid) <= 64 else "unknown SOP class"
+
+
+def _decode_reason(e: Exception) -> str:
+    """What a pixel decoder said, without header values: pydicom's messages about pixel data
+    quote sizes and element names, never patient data; its type first, cut to one line."""
+    text = " ".join(str(e).split())[:200]
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def read_dicom_bytes(data: bytes, path: str | Path, options: DicomConfig = DicomConfig()) -> tuple["Image.Image", DicomSource]:
+    """``read_dicom`` of a file already in memory (the scan reads whole files for their hash)."""
+    return read_dicom(io.BytesIO(data), path, options)
