@@ -32,7 +32,8 @@ def compare(model_dir: str, data: str, batch_size: int) -> list[dict]:
 
     reference = load_predictor(model_dir, "tensorflow", "auto", batch_size)
     files = expand_inputs([data])  # masks left out, as predict leaves them
-    x = np.stack([load_image(f.file, reference.image_size, reference.resize) for f in files]).astype(np.float32)
+    x = np.stack([load_image(f.file, reference.image_size, reference.resize, reference.dicom)
+                  for f in files]).astype(np.float32)
     expected = reference.engine.run(x)
     rows = []
     ov = import_openvino()  # telemetry off

@@ -102,7 +102,7 @@ def worker(args: argparse.Namespace) -> dict:
 
         t = time.perf_counter()
         for f in files[:n]:
-            load_image(f.file, size, predictor.resize)
+            load_image(f.file, size, predictor.resize, predictor.dicom)
         return (time.perf_counter() - t) / min(n, len(files))
 
     mem, engine_mem = memory_runs(args.repeats)
