@@ -1,6 +1,6 @@
 """Any class set, end to end: a two-class and a five-class (BI-RADS-like) run train, evaluate,
 report and predict with the class names the job file gives; the positive-vs-rest table follows
-``evaluate.positive_class``, or is absent without it."""
+``evaluate.positive_class`` (the two-class run), and is absent without one (the five-class run)."""
 
 from __future__ import annotations
 
@@ -51,10 +51,10 @@ def _train(out: Path, data: Path, classes: tuple[str, ...], positive: str | None
 @pytest.mark.parametrize("case", ["two", "five"])
 def test_a_class_set_trains_evaluates_reports_and_predicts(case: str, synth_data: Callable[..., Path],
                                                           five_classes: Path, tmp_path: Path) -> None:
-    if case == "two":  # BUSI's folders, normal left out by data.classes
+    if case == "two":  # BUSI's folders, normal left out by data.classes; the malignant-vs-rest table
         data, classes, positive = synth_data(10, 32, 2), ("benign", "malignant"), "malignant"
-    else:
-        data, classes, positive = five_classes, FIVE, "BI-RADS 5"
+    else:  # no positive class: no table (tests/test_writer.py scores BI-RADS 5 against the rest)
+        data, classes, positive = five_classes, FIVE, None
     out = tmp_path / "run"
     m = _train(out, data, classes, positive)
     k = len(classes)
@@ -62,12 +62,17 @@ def test_a_class_set_trains_evaluates_reports_and_predicts(case: str, synth_data
     assert set(m["per_class"]) == set(classes) and m["n"] >= k
     assert json.loads((out / "model" / "labels.json").read_text()) == {str(i): c for i, c in enumerate(classes)}
     point = json.loads((out / "model" / "thresholds.json").read_text())
-    assert point["positive_class"] == positive == m["positive_vs_rest"]["positive_class"]
-    for plot in ("confusion_matrix", "roc", "calibration"):
-        assert (out / "plots" / f"{plot}.png").stat().st_size > 5000
     card = (out / "model" / "README.md").read_text()
     page = (out / "report.html").read_text()
-    assert f"{positive} vs the rest".lower() in card.lower() and f"{positive} vs the rest" in page
+    assert point["positive_class"] == positive
+    if positive is None:
+        assert m["positive_vs_rest"] is None and point["threshold"] is None
+        assert "vs the rest" not in card and "vs the rest" not in page
+    else:
+        assert m["positive_vs_rest"]["positive_class"] == positive
+        assert f"{positive} vs the rest".lower() in card.lower() and f"{positive} vs the rest" in page
+    for plot in ("confusion_matrix", "roc", "calibration"):
+        assert (out / "plots" / f"{plot}.png").stat().st_size > 5000
     assert all(f"| {c} |" in card for c in classes) and all(c in page for c in classes)
     with open(out / "predictions" / "test.csv", newline="", encoding="utf-8") as f:
         test_rows = list(csv.DictReader(f))
@@ -83,13 +88,3 @@ def test_a_class_set_trains_evaluates_reports_and_predicts(case: str, synth_data
     for r in rows:
         probs = [float(r[f"prob_{c}"]) for c in classes]
         assert r["label"] == classes[int(np.argmax(probs))] and abs(sum(probs) - 1) < 1e-4
-
-
-def test_without_a_positive_class_no_table(synth_data: Callable[..., Path], tmp_path: Path) -> None:
-    out = tmp_path / "run"
-    m = _train(out, synth_data(10, 32, 2), ("normal", "benign", "malignant"), None)
-    assert m["positive_vs_rest"] is None
-    point = json.loads((out / "model" / "thresholds.json").read_text())
-    assert point["positive_class"] is None and point["threshold"] is None
-    assert "vs the rest" not in (out / "model" / "README.md").read_text()
-    assert "vs the rest" not in (out / "report.html").read_text()

@@ -341,3 +341,16 @@ def test_a_gradcam_path_that_is_a_file_is_refused_before_any_work(model_dir: Pat
                    str(tmp_path / "p.csv"), "--gradcam", str(tmp_path / "cams"))
     assert proc.returncode == 2 and "--gradcam" in proc.stderr and "not a folder" in proc.stderr, proc.stderr[-2000:]
     assert not (tmp_path / "p.csv").exists() and (tmp_path / "cams").read_text() == "not a folder"
+
+
+@pytest.mark.unit
+def test_an_output_folder_that_is_a_file_is_refused(tmp_path: Path) -> None:
+    from busi.errors import ConfigError
+    from busi.predict.job import _output_folder
+
+    (tmp_path / "taken").write_text("x")
+    with pytest.raises(ConfigError) as info:
+        _output_folder(str(tmp_path / "taken"), "--dicom-sr", "the reports")
+    assert str(info.value) == f"--dicom-sr {tmp_path / 'taken'} exists and is not a folder; give a folder for the reports"
+    assert _output_folder(None, "--gradcam", "the overlays") is None
+    assert _output_folder(str(tmp_path / "new"), "--gradcam", "the overlays") == tmp_path / "new"

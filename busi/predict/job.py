@@ -217,6 +217,14 @@ def _reports(predictor: Predictor, chunk: Sequence[InputFile], decoded: Sequence
 # -------------------------------------------------------------------- the job
 
 
+def _output_folder(value: str | None, option: str, what: str) -> Path | None:
+    """An optional output folder, refused (ConfigError) where something else already has its name."""
+    folder = Path(value) if value else None
+    if folder is not None and (folder.exists() or folder.is_symlink()) and not folder.is_dir():
+        raise ConfigError(f"{option} {folder} exists and is not a folder; give a folder for {what}")
+    return folder
+
+
 def run_predict(cfg: Any) -> Summary:
     """``busi-job predict``: tune threads, load the model, expand and shard the inputs, stream
     the CSV, write the done marker, log a summary. ``cfg`` is a ``PredictJobConfig``."""
@@ -237,12 +245,8 @@ def run_predict(cfg: Any) -> Summary:
         shard = parse_shard(p.shard)
     output = shard_output_path(Path(p.output), shard)
     find_model_file(p.model)  # a missing model, or a run that did not complete, fails before any work
-    gradcam = Path(p.gradcam) if p.gradcam else None
-    if gradcam is not None and (gradcam.exists() or gradcam.is_symlink()) and not gradcam.is_dir():
-        raise ConfigError(f"--gradcam {gradcam} exists and is not a folder; give a folder for the overlays")
-    sr_dir = Path(p.dicom_sr) if p.dicom_sr else None
-    if sr_dir is not None and (sr_dir.exists() or sr_dir.is_symlink()) and not sr_dir.is_dir():
-        raise ConfigError(f"--dicom-sr {sr_dir} exists and is not a folder; give a folder for the reports")
+    gradcam = _output_folder(p.gradcam, "--gradcam", "the overlays")
+    sr_dir = _output_folder(p.dicom_sr, "--dicom-sr", "the reports")
     own = own_outputs(Path(p.output), gradcam, sr_dir)  # never inputs, even inside an input folder
     found = expand_inputs(p.inputs, p.include_masks, p.staging_dir, ArchiveLimits.from_config(p), skip=own)
     files = shard.select(found)

@@ -63,6 +63,20 @@ def write_sr(f: InputFile, source: DicomSource, probs: np.ndarray, classes: Sequ
     return atomic_write_with(target, lambda p: sr.save_as(p, enforce_file_format=True), ".dcm")
 
 
+def _fill_type2(header: Any) -> None:
+    """The Type 2 elements highdicom copies, present (empty where absent or not a valid date/time)."""
+    from pydicom.valuerep import DA, TM
+
+    for keyword in TYPE2:
+        if keyword not in header:
+            setattr(header, keyword, None)
+    for keyword, vr in (("PatientBirthDate", DA), ("StudyDate", DA), ("StudyTime", TM)):
+        try:
+            vr(header.get(keyword) or None)
+        except ValueError:  # not a date or time: empty in the SR rather than no SR
+            setattr(header, keyword, None)
+
+
 def build_sr(header: Any, source: DicomSource, probs: np.ndarray, classes: Sequence[str], model: Path,
              version: str) -> Any:
     """The Comprehensive SR (a pydicom dataset) of one classified instance, ``header`` its source."""
@@ -77,16 +91,7 @@ def build_sr(header: Any, source: DicomSource, probs: np.ndarray, classes: Seque
     )
     from pydicom.uid import generate_uid
 
-    from pydicom.valuerep import DA, TM
-
-    for keyword in TYPE2:
-        if keyword not in header:
-            setattr(header, keyword, None)
-    for keyword, vr in (("PatientBirthDate", DA), ("StudyDate", DA), ("StudyTime", TM)):
-        try:
-            vr(header.get(keyword) or None)
-        except ValueError:  # not a date or time: empty in the SR rather than no SR
-            setattr(header, keyword, None)
+    _fill_type2(header)
     frames = int(header.get("NumberOfFrames", 1) or 1)
     top = int(np.argmax(probs))
     items = [
