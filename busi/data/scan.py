@@ -3,7 +3,8 @@
 Layout: ``<root>/<class>/.../<name>.<ext>``, with ground-truth masks beside their image as
 ``<name>_mask.png``, ``<name>_mask_1.png``, ... (the original BUSI naming). Masks are never
 samples. Images are the files Pillow reads by suffix, and DICOM files by content, whatever
-their suffix (``busi.data.dicom``); a DICOM file read here is decoded as training decodes it. The class folders may sit at the root or one level down (BUSI's zip nests
+their suffix (``busi.data.dicom``); a DICOM file read here is decoded as training decodes it.
+The class folders may sit at the root or one level down (BUSI's zip nests
 ``Dataset_BUSI_with_GT/``).
 """
 

@@ -5,8 +5,9 @@ Columns: ``path,label,label_index,prob_<class>...,study_instance_uid,series_inst
 sop_instance_uid,frame,error``, the classes from the model's ``labels.json`` (never a hard-coded
 list); a file that could not be classified has an empty label and probabilities and its error.
 The DICOM columns (``busi.data.dicom.DicomSource``: the UIDs a PACS joins results on and the
-1-based frame number) are empty for other images; no other header value ever reaches a row. ``CsvSink`` appends rows and fsyncs them batch by batch,
-and on ``--resume`` knows which paths are done. A finished CSV gets ``<csv>.done.json``, which
+1-based frame number) are empty for other images; no other header value ever reaches a row.
+``CsvSink`` appends rows and fsyncs them batch by batch, and on ``--resume`` knows which paths are
+done (a CSV written with other columns, e.g. by a busi from before the DICOM columns, is refused). A finished CSV gets ``<csv>.done.json``, which
 ``merge_shards`` requires of every shard. Training's ``predictions/test.csv`` uses the same
 columns plus ``true_label``.
 """
