@@ -266,3 +266,21 @@ def test_export_refuses_a_bad_target_and_an_unfinished_run(model_dir: Path, tmp_
         export_model(model_dir, "openvino", tmp_path / "file")
     proc = run_cli("export", str(tmp_path / "nothing-here"), "--format", "openvino")
     assert proc.returncode == 3 and "no model.keras found" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_mixed_bfloat16_run_writes_its_openvino_model(synth_data: Any, tmp_path: Path) -> None:
+    """A bfloat16 training run (what train.precision auto picks on a CPU with AMX or AVX512-BF16)
+    completes with model/openvino/: converted from the float32 twin, since OpenVINO's TensorFlow
+    frontend refuses the SavedModel's bfloat16 constants ("unknown element type bf16")."""
+    out = tmp_path / "run"
+    proc = run_cli("train", str(REPO / "job" / "demo.yaml"), "--set", f"data.source={synth_data(10, 32, 2)}",
+                   "--set", f"output.dir={out}", "--set", "data.image_size=32", "--set", "train.batch_size=4",
+                   "--set", "train.head.epochs=1", "--set", "train.finetune.epochs=1",
+                   "--set", "train.precision=mixed_bfloat16", "--set", "train.gradcam_masks=false",
+                   "--set", "train.quantize=none")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((out / "manifest.json").read_text())["precision"] == "mixed_bfloat16"
+    assert (out / "model" / "openvino" / "model.xml").is_file()
+    pred = run_cli("predict", "--model", str(out), "--input", str(synth_data(10, 32, 2) / "benign"),
+                   "--output", str(tmp_path / "p.csv"), "--engine", "openvino", "--precision", "float32")
+    assert pred.returncode == 0 and "10 classified, 0 errors" in pred.stderr, pred.stderr[-2000:]
