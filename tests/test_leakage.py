@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from busi.errors import DataError
-from busi.evaluate.leakage import Fingerprint, find_overlap, hashes_text, read_hashes
+from busi.evaluate.leakage import Fingerprint, count_kinds, find_overlap, hashes_text, read_hashes
 
 TRAINING = [
     Fingerprint("benign/a.png", "train", "aa" * 32, 0x0F0F_0F0F_0F0F_0F0F, "P01"),
@@ -28,6 +28,7 @@ def test_exact_near_and_patient_overlap() -> None:
         ("x/near.png", "normal/c.png", "near", 1),
         ("x/p01-other.png", "benign/a.png", "patient", None),
     ]
+    assert count_kinds(found) == {"exact": 1, "near": 1, "patient": 1} and count_kinds([])["patient"] == 0
     # without patients of the evaluation images, only the images are compared
     assert [o.kind for o in find_overlap(paths, sha, phash, TRAINING, 2)] == ["exact", "near"]
     # a training image without a patient ID never matches an evaluation image without one

@@ -25,7 +25,7 @@ import numpy as np
 
 from busi.data.archives import archive_suffix
 from busi.errors import ConfigError, DataError
-from busi.evaluate.leakage import Overlap
+from busi.evaluate.leakage import Overlap, count_kinds
 from busi.evaluate.screening import OperatingPoint
 from busi.evaluate.writer import Layout, Scored, score, write_evaluation
 from busi.files.atomic import AtomicFolder, atomic_write_dir
@@ -36,7 +36,6 @@ log = logging.getLogger("busi")
 MARKER = "evaluation.json"
 OVERLAP_FILE = "overlap.csv"
 OVERLAP_COLUMNS = ("path", "training_path", "training_split", "distance", "kind")
-OVERLAP_KINDS = ("exact", "near", "patient")  # busi.evaluate.leakage.Overlap.kind
 REPORT_FILE = "report.html"
 EXTERNAL = Layout(predictions="predictions.csv")
 
@@ -97,7 +96,7 @@ def run_evaluate(req: EvaluateRequest, threads: int | None = None) -> dict[str, 
     metrics["overlap"] = {"checked": req.leakage_check, "images": len(scan.samples), "overlapping": len(overlap),
                           "excluded": 0 if req.keep_overlap else len(overlap),
                           "near_threshold": threshold, "group_pattern": pattern,
-                          "by_kind": {k: sum(o.kind == k for o in overlap) for k in OVERLAP_KINDS}}
+                          "by_kind": count_kinds(overlap)}
     about = {"model": str(model_file), "data": req.data, "root": str(root), "engine": metrics["engine"],
              "images_used": len(used), "not_images": len(scan.skipped), "corrupt": [list(c) for c in scan.corrupt]}
     if scan.corrupt:
@@ -181,7 +180,7 @@ def _overlap(req: EvaluateRequest, samples: Sequence[Any], training: Sequence[An
     overlap = find_overlap([s.path for s in samples], [s.sha256 for s in samples], [s.phash for s in samples],
                            training, threshold, patients)
     if overlap:
-        count = {k: sum(o.kind == k for o in overlap) for k in OVERLAP_KINDS}
+        count = count_kinds(overlap)
         log.warning("evaluate: %d of %d image(s) overlap the model's training or validation data (%d exact copies, "
                     "%d within %d bits, %d other images of a training patient); %s (%s)", len(overlap), len(samples),
                     count["exact"], count["near"], threshold, count["patient"],

@@ -38,6 +38,9 @@ class Fingerprint:
     patient: str = ""  # "" where the job gave no patient IDs
 
 
+OVERLAP_KINDS = ("exact", "near", "patient")  # Overlap.kind, in the order the summaries list them
+
+
 @dataclass(frozen=True)
 class Overlap:
     """An evaluation image that duplicates a training (or validation) image."""
@@ -46,7 +49,7 @@ class Overlap:
     training_path: str
     training_split: str
     distance: int | None  # Hamming distance of the perceptual hashes (0: the same file; None: another image)
-    kind: str  # exact | near | patient (another image of a training patient)
+    kind: str  # one of OVERLAP_KINDS (patient: another image of a training patient)
 
 
 def training_fingerprints(prepared: Any) -> list[Fingerprint]:
@@ -75,6 +78,11 @@ def read_hashes(path: Path) -> list[Fingerprint]:
                         "wrote them, or copied without data/): pass --no-leakage-check to evaluate anyway") from None
     except (OSError, ValueError, KeyError, TypeError, csv.Error) as e:
         raise DataError(path, f"cannot read the training hashes: {e}") from None
+
+
+def count_kinds(overlap: Sequence[Overlap]) -> dict[str, int]:
+    """How many overlaps of each kind, every kind listed."""
+    return {k: sum(o.kind == k for o in overlap) for k in OVERLAP_KINDS}
 
 
 def find_overlap(paths: Sequence[str], sha256: Sequence[str], phash: Sequence[int], training: Sequence[Fingerprint],
