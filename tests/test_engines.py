@@ -268,9 +268,34 @@ def test_export_refuses_a_bad_target_and_an_unfinished_run(model_dir: Path, tmp_
     assert proc.returncode == 3 and "no model.keras found" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_a_mixed_bfloat16_model_keras_alone_converts_for_openvino(tmp_path: Path) -> None:
+    """A bfloat16 model.keras with no openvino/ beside it (copied without it, or written by an
+    older busi) converts through its float32 copy: OpenVINO's TensorFlow frontend refuses
+    bfloat16 constants. The cached model computes what the float32 copy computes."""
+    import keras
+
+    from busi.config.schema import ModelConfig
+    from busi.model.network import build_model, float32_copy, load_saved_model
+    from busi.model.openvino import import_openvino, openvino_model_for
+
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        built = build_model(ModelConfig(weights="none"), 32, CLASSES)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    model_file = tmp_path / "model.keras"
+    built.model.save(str(model_file))
+    ov_model = openvino_model_for(model_file)
+    assert (tmp_path / "openvino" / "model.xml").is_file()
+    x = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype(np.float32)
+    compiled = import_openvino().Core().compile_model(ov_model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    reference = float32_copy(load_saved_model(model_file))(x).numpy()
+    np.testing.assert_allclose(compiled(x)[0], reference, atol=F32_ATOL)
+
+
 def test_a_mixed_bfloat16_run_writes_its_openvino_model(synth_data: Any, tmp_path: Path) -> None:
     """A bfloat16 training run (what train.precision auto picks on a CPU with AMX or AVX512-BF16)
-    completes with model/openvino/: converted from the float32 twin, since OpenVINO's TensorFlow
+    completes with model/openvino/: converted from its float32 copy, since OpenVINO's TensorFlow
     frontend refuses the SavedModel's bfloat16 constants ("unknown element type bf16")."""
     out = tmp_path / "run"
     proc = run_cli("train", str(REPO / "job" / "demo.yaml"), "--set", f"data.source={synth_data(10, 32, 2)}",

@@ -133,6 +133,28 @@ def test_preprocessing_is_keras_preprocess_input_bit_for_bit() -> None:
     np.testing.assert_array_equal(ours, legacy)
 
 
+def test_float32_copy_of_a_mixed_precision_model() -> None:
+    """Every layer float32, the same weights bit for bit, the same probabilities within bfloat16's
+    rounding; a float32 model is its own copy."""
+    import keras
+
+    from busi.model.network import computes_in_float32, float32_copy
+
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        built = _build()
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    copy = float32_copy(built.model)
+    assert not computes_in_float32(built.model) and copy is not built.model
+    layers = [*copy.layers, *copy.get_layer(built.backbone.name).layers]
+    assert all(computes_in_float32(layer) for layer in layers)
+    assert all(np.array_equal(a, b) for a, b in zip(copy.get_weights(), built.model.get_weights(), strict=True))
+    x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_allclose(copy(x).numpy(), built.model(x).numpy(), atol=0.05)
+    assert float32_copy(copy) is copy
+
+
 def test_preprocessing_adds_no_weights() -> None:
     """Checkpoints, weight files and fingerprints of the model keep the same variables."""
     built = _build()

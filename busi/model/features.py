@@ -24,7 +24,6 @@ cache would exceed ``train.feature_cache_max_gb`` runs uncached, with a warning.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import time
@@ -86,7 +85,7 @@ def cacheable(train: TrainConfig, unfreeze: str) -> bool:
 class CacheSettings:
     """What the feature cache needs of a job: the ``train.feature_cache*`` keys, the batch size
     and seed its passes run with, the augmentation of ``variants``, the model settings (BatchNorm
-    mode; a float32 twin for OpenVINO is built from them), ``train.engine`` and the node."""
+    mode), ``train.engine`` and the node."""
 
     train: TrainConfig
     augment: AugmentConfig
@@ -186,7 +185,7 @@ class FeatureCache:
             return tensorflow_info(self._built.model)
         t = time.perf_counter()
         try:
-            frozen = frozen_model(float32_twin(self._built, self.settings.model), self.unfreeze)
+            frozen = frozen_model(self._built, self.unfreeze)
             self.engine = OpenVINOEngine(to_openvino(frozen), self.settings.train.batch_size, precision,
                                          host.threads)
         except ConfigError:
@@ -275,26 +274,6 @@ def frozen_model(built: BuiltModel, unfreeze: str) -> Any:
     prefix = keras.Model(backbone.input, backbone.get_layer(PREFIX_END[unfreeze]).output, name="frozen_prefix")
     image = keras.Input(shape=model.input_shape[1:], name="image", dtype="float32")
     return keras.Model(image, prefix(model.get_layer("preprocess")(image), training=False), name="frozen_part")
-
-
-def float32_twin(built: BuiltModel, model_cfg: ModelConfig) -> BuiltModel:
-    """``built`` itself under the float32 policy; else the same network built in float32 holding
-    the same weights (variables are float32 under mixed precision, so they copy exactly)."""
-    import keras
-
-    from busi.model.network import build_model
-
-    policy = keras.mixed_precision.global_policy()
-    if policy.name == "float32":
-        return built
-    classes = [str(i) for i in range(built.model.output_shape[-1])]
-    keras.mixed_precision.set_global_policy("float32")
-    try:
-        twin = build_model(dataclasses.replace(model_cfg, weights="none"), built.model.input_shape[1], classes)
-    finally:
-        keras.mixed_precision.set_global_policy(policy)
-    twin.model.set_weights(built.model.get_weights())
-    return twin
 
 
 def feature_cache_for(settings: CacheSettings, built: BuiltModel, unfreeze: str, train: Pipeline,

@@ -55,20 +55,17 @@ class ModelInfo:
 
 
 def write_model_dir(run: RunDir, model: Any, classes: Sequence[str], image_size: int, resize: str,
-                    saved_model: bool = True, dicom: DicomConfig = DicomConfig(),
-                    float32_model: Any = None) -> ModelInfo:
+                    saved_model: bool = True, dicom: DicomConfig = DicomConfig()) -> ModelInfo:
     """Write ``model`` and what it means into ``run``'s model folder (atomically, primary rank
     only, as every ``RunDir`` write). ``saved_model=False`` skips the SavedModel export (tests
-    and benchmarks that only predict). ``float32_model``: a mixed-precision ``model``'s float32
-    twin (the same weights), which the OpenVINO model is converted from: OpenVINO's TensorFlow
-    frontend refuses the bfloat16 constants of a mixed-precision SavedModel."""
+    and benchmarks that only predict)."""
     info = ModelInfo(tuple(classes), int(image_size), resize, dicom)
     run.write_json("labels", info.labels_json())
     run.write_json("preprocessing", info.preprocessing_json())
     run.write_file_with("model", lambda p: model.save(str(p)), ".keras")
     if saved_model:
         run.write_dir_with("saved_model", lambda p: model.export(str(p), verbose=False))
-        _write_openvino(run, float32_model)
+        _write_openvino(run, model)
     return info
 
 
@@ -97,10 +94,13 @@ def read_thresholds(model_file: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _write_openvino(run: RunDir, float32_model: Any = None) -> None:
-    """The OpenVINO model of the SavedModel just written, so prediction never converts it;
-    skipped, with a log line, where OpenVINO is not installed."""
+def _write_openvino(run: RunDir, model: Any) -> None:
+    """The OpenVINO model of ``model``, so prediction never converts it: from the SavedModel just
+    written, or, for a mixed-precision model (whose SavedModel holds bfloat16 constants OpenVINO
+    cannot read), from its float32 copy in memory; skipped, with a log line, where OpenVINO is
+    not installed."""
     from busi.files.digest import file_sha256
+    from busi.model.network import computes_in_float32
     from busi.model.openvino import openvino_available, to_openvino, write_openvino_dir
 
     if not run.primary:
@@ -108,10 +108,10 @@ def _write_openvino(run: RunDir, float32_model: Any = None) -> None:
     if not openvino_available():
         log.info("model: no %s (openvino is not installed)", RUN_FILES["openvino"])
         return
-    if float32_model is not None:  # mixed precision: from the float32 twin, in memory
-        ov_model = to_openvino(float32_model)
+    if computes_in_float32(model):
+        ov_model = to_openvino(model, saved_model=run.path("saved_model"))
     else:
-        ov_model = to_openvino(None, saved_model=run.path("saved_model"))
+        ov_model = to_openvino(model)
     sha = file_sha256(run.path("model"))
     run.write_dir_with("openvino", lambda p: write_openvino_dir(p, ov_model, sha))
 

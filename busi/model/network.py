@@ -68,6 +68,34 @@ def build_model(
     return BuiltModel(model=model, backbone=backbone, weights_file=weights, weights_loaded_into=loaded)
 
 
+def computes_in_float32(model: Any) -> bool:
+    """``model`` computes in float32 (not under a mixed-precision policy)."""
+    return getattr(getattr(model, "dtype_policy", None), "compute_dtype", "float32") == "float32"
+
+
+def float32_copy(model: Any) -> Any:
+    """``model`` itself where it computes in float32; else the same network with every layer's
+    dtype policy set to float32, holding the same weights (variables stay float32 under mixed
+    precision, so they copy exactly). Works on any Keras model, a loaded ``model.keras`` too:
+    OpenVINO's TensorFlow frontend refuses a mixed-precision model's bfloat16 constants."""
+    if computes_in_float32(model) and all(computes_in_float32(layer) for layer in model.layers):
+        return model
+    copy = model.__class__.from_config(_float32_policies(model.get_config()))
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def _float32_policies(config: Any) -> Any:
+    """A Keras config with every serialised ``DTypePolicy`` (mixed_bfloat16, mixed_float16) made float32."""
+    if isinstance(config, dict):
+        if config.get("class_name") == "DTypePolicy" and isinstance(config.get("config"), dict):
+            return {**config, "config": {**config["config"], "name": "float32"}}
+        return {k: _float32_policies(v) for k, v in config.items()}
+    if isinstance(config, list):
+        return [_float32_policies(v) for v in config]
+    return config
+
+
 def _load_weights(model: Any, backbone: Any, path: Path) -> str:
     """A backbone file (Keras' ImageNet .h5) goes into the backbone; a whole-model file
     (``save_weights`` of a busi model) into the whole model. Anything else is an error."""

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 from types import ModuleType
@@ -63,22 +62,21 @@ def openvino_available() -> bool:
 
 def to_openvino(model: Any, saved_model: Path | None = None) -> Any:
     """The OpenVINO model of a Keras ``model``: converted from ``saved_model`` (its SavedModel
-    export) where given; else from the model itself when it computes in float32 (about twice as
-    fast as an export); else through a temporary SavedModel (OpenVINO's converter cannot read a
-    mixed-precision model's bfloat16 constants in memory)."""
+    export, of a model that computes in float32) where given; else from the model in memory
+    (about twice as fast as an export), a mixed-precision one through its float32 copy (OpenVINO's
+    TensorFlow frontend refuses bfloat16 constants; the engine's precision hint brings bf16 back)."""
+    from busi.model.network import float32_copy
+
     ov = import_openvino()
     if saved_model is not None:
         return ov.convert_model(str(saved_model))
-    if getattr(getattr(model, "dtype_policy", None), "compute_dtype", "float32") == "float32":
-        example = np.zeros((1, *[int(d) for d in model.input_shape[1:]]), np.float32)
-        with warnings.catch_warnings():
-            # the converter calls the model with a tuple of one tensor; Keras warns that this differs
-            # from its one named input, and runs it correctly (tests/test_engines.py compares outputs)
-            warnings.filterwarnings("ignore", message="The structure of `inputs` doesn't match", category=UserWarning)
-            return ov.convert_model(model, example_input=example)
-    with tempfile.TemporaryDirectory(prefix="busi-ov-") as tmp:
-        model.export(str(Path(tmp) / "saved_model"), verbose=False)
-        return ov.convert_model(str(Path(tmp) / "saved_model"))
+    model = float32_copy(model)
+    example = np.zeros((1, *[int(d) for d in model.input_shape[1:]]), np.float32)
+    with warnings.catch_warnings():
+        # the converter calls the model with a tuple of one tensor; Keras warns that this differs
+        # from its one named input, and runs it correctly (tests/test_engines.py compares outputs)
+        warnings.filterwarnings("ignore", message="The structure of `inputs` doesn't match", category=UserWarning)
+        return ov.convert_model(model, example_input=example)
 
 
 def write_openvino_dir(folder: Path, ov_model: Any, source_sha256: str, extra: dict[str, Any] | None = None) -> None:

@@ -331,16 +331,14 @@ def calibrate(job: Job, model: Any, val: Pipeline, labels: list[int]) -> tuple[f
 
 def save_model(job: Job, built: BuiltModel) -> None:
     """The model folder: model.keras, labels, preprocessing, SavedModel and OpenVINO."""
-    from busi.model.features import float32_twin
     from busi.model.folder import write_model_dir
     from busi.model.network import weights_sha256
 
     cfg = job.cfg
     sha = weights_sha256(built.model)
     log.info("final weights sha256 %s", sha, extra=ALL_RANKS)
-    twin = float32_twin(built, cfg.model)  # built itself in float32
     write_model_dir(job.run, built.model, cfg.data.classes, cfg.data.image_size, cfg.data.resize,
-                    dicom=cfg.data.dicom, float32_model=None if twin is built else twin.model)
+                    dicom=cfg.data.dicom)
     job.manifest.record(weights_sha256=sha)
 
 
