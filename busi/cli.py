@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 from busi import __version__
 from busi.config.schema import (
+    DICOM_FRAMES,
     ENGINES,
     EXPORT_FORMATS,
     EXPORT_PRECISIONS,
@@ -132,7 +133,7 @@ def _add_training_commands(sub: Any) -> None:
 
 
 def _add_prediction_commands(sub: Any) -> None:
-    p = sub.add_parser("predict", help="classify folders, files, archives; one CSV row per file")
+    p = sub.add_parser("predict", help="classify folders, files, archives; one CSV row per image")
     p.add_argument("job", nargs="*", help="optional prediction job files (YAML, a predict: section; several "
                    "are layered left to right)")
     p.add_argument("--model", help="run directory or model.keras (labels.json beside it)")
@@ -146,7 +147,10 @@ def _add_prediction_commands(sub: Any) -> None:
     p.add_argument("--shard", help="I/N: take shard I of N (default: from array-job env vars)")
     p.add_argument("--gradcam", metavar="DIR", help="write a Grad-CAM overlay PNG per image into DIR")
     p.add_argument("--dicom-sr", metavar="DIR",
-                   help="write a DICOM Structured Report per classified DICOM input into DIR (for the PACS)")
+                   help="write a DICOM Structured Report per classified DICOM image into DIR (for the PACS)")
+    p.add_argument("--dicom-frame", choices=DICOM_FRAMES,
+                   help="the frames of a multi-frame DICOM to classify; all: a row per frame "
+                   "(default: as the model was trained)")
     p.add_argument("--engine", choices=ENGINES,
                    help="inference engine (default auto: OpenVINO on a CPU-only node where installed)")
     p.add_argument("--precision", choices=INFERENCE_PRECISIONS,
@@ -278,7 +282,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         "model": args.model, "inputs": args.inputs, "output": args.output, "batch_size": args.batch_size,
         "include_masks": args.include_masks, "resume": args.resume, "overwrite": args.overwrite,
         "shard": args.shard, "gradcam": args.gradcam, "engine": args.engine, "precision": args.precision,
-        "dicom_sr": args.dicom_sr,
+        "dicom_sr": args.dicom_sr, "dicom_frame": args.dicom_frame,
     }
     settings = {f"predict.{k}": v for k, v in flags.items() if v is not None}
     if args.cores is not None:

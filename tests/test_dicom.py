@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from busi.config.schema import DICOM_FRAMES, DicomConfig
+from busi.config.schema import DICOM_FRAMES, DICOM_ONE_FRAME, DicomConfig
 from busi.data.codestream import codestream_size
-from busi.data.dicom import DicomSource, is_dicom
-from busi.data.images import decode_image, load_image
+from busi.data.dicom import DicomSource, is_dicom, read_dicom_frames
+from busi.data.images import decode_frames, decode_image, load_image
 from busi.data.scan import read_image_info, scan_dataset
 from busi.errors import ConfigError, DataError
 from dicom_files import PHI_FIELDS, uids_of, write_dicom, write_hostile
@@ -142,11 +142,38 @@ def test_deep_grayscale_uses_the_window_else_min_max(tmp_path: Path) -> None:
 def test_frame_policy_first_and_middle(tmp_path: Path) -> None:
     frames = np.stack([np.full((24, 32), 10 * (k + 1), np.uint8) for k in range(7)])
     cine = write_dicom(tmp_path / "cine", frames, frames=7)
-    assert DICOM_FRAMES == ("first", "middle")
+    assert DICOM_FRAMES == ("first", "middle", "all") and DICOM_ONE_FRAME == ("first", "middle")
     first, src1 = decode_image(cine, 16, dicom=DicomConfig(frame="first"))
     middle, src2 = decode_image(cine, 16, dicom=DicomConfig(frame="middle"))
     assert (first == 10).all() and src1 is not None and src1.frame == 1
     assert (middle == 40).all() and src2 is not None and src2.frame == 4  # 1-based, as Referenced Frame Number
+    with pytest.raises(ValueError, match="names several"):  # one image a file: training's decode
+        decode_image(cine, 16, dicom=DicomConfig(frame="all"))
+
+
+def test_frame_policy_all_gives_every_frame_in_order(tmp_path: Path) -> None:
+    frames = np.stack([np.full((24, 32, 3), 10 * (k + 1), np.uint8) for k in range(7)])
+    cine = write_dicom(tmp_path / "cine", frames, frames=7)
+    every = decode_frames(cine, 16, dicom=DicomConfig(frame="all"))
+    assert [source.frame for _, source in every if source is not None] == list(range(1, 8))
+    assert [int(image.mean()) for image, _ in every] == [10 * (k + 1) for k in range(7)]
+    uids = uids_of(cine)
+    assert all(source is not None and source.sop_instance_uid == uids["sop_instance_uid"] for _, source in every)
+    # a PNG and a one-frame DICOM are one image each under all
+    png = decode_frames(_png(tmp_path / "one.png", frames[2]), 16, dicom=DicomConfig(frame="all"))
+    assert len(png) == 1 and png[0][1] is None and np.array_equal(png[0][0], every[2][0])
+    single = decode_frames(write_dicom(tmp_path / "single", frames[2]), 16, dicom=DicomConfig(frame="all"))
+    assert len(single) == 1 and single[0][1] is not None and single[0][1].frame == 1
+    # more frames than the caller can hold: refused before any is decoded
+    with open(cine, "rb") as fh, pytest.raises(DataError, match="of 7 frames is over the 5 frames"):
+        list(read_dicom_frames(fh, cine, DicomConfig(frame="all"), max_frames=5))
+    # a loop cut short in a copy: one error for the file, not the frames that happen to be there
+    data = cine.read_bytes()
+    cut = tmp_path / "cut"
+    cut.write_bytes(data[: len(data) - 2 * 24 * 32 * 3])
+    with pytest.raises(DataError, match="truncated"):
+        decode_frames(cut, 16, dicom=DicomConfig(frame="all"))
+    assert len(decode_image(cut, 16, dicom=DicomConfig(frame="middle"))) == 2  # frame 4 is whole
 
 
 def test_crop_to_the_largest_ultrasound_region(tmp_path: Path) -> None:
@@ -169,12 +196,17 @@ def test_crop_to_the_largest_ultrasound_region(tmp_path: Path) -> None:
                                          ("ExplVR_BigEnd.dcm", 1)])
 def test_real_ultrasound_files_decode_to_sane_rgb(name: str, frames: int) -> None:
     path = _testdata(name)
-    for policy in DICOM_FRAMES:
+    one = {}
+    for policy in DICOM_ONE_FRAME:
         image, source = decode_image(path, 64, dicom=DicomConfig(frame=policy))
         assert image.shape == (64, 64, 3) and image.dtype == np.uint8
         assert 2 < image.mean() < 250 and image.std() > 5, (name, image.mean(), image.std())
         assert source is not None and source.frame == (1 if policy == "first" else frames // 2 + 1)
         assert source.sop_instance_uid and source.study_instance_uid and source.series_instance_uid
+        one[source.frame] = image
+    every = decode_frames(path, 64, dicom=DicomConfig(frame="all"))  # the 30-frame JPEG loop: each frame
+    assert [source.frame for _, source in every if source is not None] == list(range(1, frames + 1))
+    assert all(np.array_equal(every[k - 1][0], image) for k, image in one.items())
     crop = load_image(path, 64, dicom=DicomConfig(crop_to_region=True))
     assert crop.shape == (64, 64, 3)
 
@@ -307,8 +339,10 @@ def test_dicom_keys_in_the_job_file_and_the_model_folder(tmp_path: Path) -> None
     base = {"data": {"source": "x", "dicom": {"frame": "middle", "crop_to_region": True}}, "output": {"dir": "o"}}
     cfg = load_config(None, env={}, base=base)
     assert cfg.data.dicom == DicomConfig(frame="middle", crop_to_region=True)
+    with pytest.raises(ConfigError, match=r"data.dicom.frame: all .*is for prediction .*--dicom-frame all"):
+        load_config(None, ["data.dicom.frame=all"], env={}, base=base)  # training reads one frame a file
     with pytest.raises(ConfigError, match="data.dicom.frame"):
-        load_config(None, ["data.dicom.frame=all"], env={}, base=base)
+        load_config(None, ["data.dicom.frame=last"], env={}, base=base)
     info = ModelInfo(("a", "b"), 32, "pad", cfg.data.dicom)
     (tmp_path / "labels.json").write_text('{"0": "a", "1": "b"}')
     import json
@@ -442,3 +476,53 @@ def test_predict_rows_of_dicom_equal_those_of_the_same_pngs(tmp_path: Path) -> N
         assert png["sop_instance_uid"] == "" and png["frame"] == ""
         assert dcm["sop_instance_uid"] == uids_of(inputs / f"scan{i}")["sop_instance_uid"] and dcm["frame"] == "1"
     assert MARKER.encode() not in (tmp_path / "p.csv").read_bytes()
+
+
+@pytest.mark.integration
+def test_predict_every_frame_of_a_cine_loop_a_row_each_resumable(tmp_path: Path) -> None:
+    """``--dicom-frame all``: a row per frame (its number and the loop's UIDs), in order, each
+    frame classified as a PNG of its pixels is; an overlay and an SR per frame; a run killed
+    with the loop's rows cut short resumes to the same rows, predicting only the loop again."""
+    from conftest import make_model_dir, run_cli
+    from pydicom import dcmread
+
+    from busi.predict.output import done_marker
+
+    model = make_model_dir(tmp_path / "run")
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    frames = np.stack([_pixels(k, (40, 56, 3)) for k in range(6)])
+    write_dicom(inputs / "zcine", frames, frames=6, phi=MARKER)
+    for k in (0, 3):
+        _png(inputs / f"frame{k}.png", frames[k])
+    write_dicom(inputs / "single", frames[1], phi=MARKER)
+    out, cam, sr = tmp_path / "p.csv", tmp_path / "cam", tmp_path / "sr"
+    args = ["predict", "--model", str(model), "--input", str(inputs), "--output", str(out), "--dicom-frame", "all",
+            "--batch-size", "4", "--engine", "tensorflow"]
+    proc = run_cli(*args, "--gradcam", str(cam), "--dicom-sr", str(sr))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(out, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    keys = [(Path(r["path"]).name, r["frame"]) for r in rows]
+    assert keys == [("frame0.png", ""), ("frame3.png", ""), ("single", "1"), *[("zcine", str(k)) for k in range(1, 7)]]
+    uids = uids_of(inputs / "zcine")
+    assert all(r["sop_instance_uid"] == uids["sop_instance_uid"] and r["label"] for r in rows[3:])
+    by = {key: r for key, r in zip(keys, rows)}
+    probs = [c for c in rows[0] if c.startswith("prob_")]
+    for k in (0, 3):
+        assert [by[("zcine", str(k + 1))][c] for c in probs] == [by[(f"frame{k}.png", "")][c] for c in probs]
+    assert sorted(p.name for p in cam.rglob("*.png")) == sorted(
+        ["frame0.png.gradcam.png", "frame3.png.gradcam.png", "single.gradcam.png",
+         *[f"zcine.frame-{k}.gradcam.png" for k in range(1, 7)]])
+    reports = {p.name: p for p in sr.rglob("*.sr.dcm")}
+    assert sorted(reports) == sorted(["single.sr.dcm", *[f"zcine.frame-{k}.sr.dcm" for k in range(1, 7)]])
+    evidence = dcmread(reports["zcine.frame-5.sr.dcm"]).ContentSequence
+    assert ["5"] == [str(ref.get("ReferencedFrameNumber")) for item in evidence if "ReferencedSOPSequence" in item
+                     for ref in item.ReferencedSOPSequence]
+    whole = out.read_bytes()
+    out.write_bytes(b"".join(whole.splitlines(keepends=True)[:-3]))  # killed: the loop's last 3 rows never written
+    done_marker(out).unlink()
+    again = run_cli(*args, "--resume")
+    assert again.returncode == 0 and "3 already done" in again.stderr, again.stderr[-3000:]
+    assert out.read_bytes() == whole
+    assert MARKER not in proc.stderr + again.stderr and MARKER.encode() not in whole

@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from busi.data.dicom import DicomSource
 from busi.errors import ConfigError, DataError
-from busi.files.text import open_text
+from busi.files.text import csv_text, open_text
 from busi.predict.merge import merge_shards
 from busi.predict.output import (
     CsvSink,
@@ -20,6 +21,7 @@ from busi.predict.output import (
     own_outputs,
     prediction_columns,
     prediction_row,
+    row_key,
 )
 
 CLASSES = ("normal", "benign", "malignant")
@@ -85,6 +87,57 @@ def test_resume_rereads_names_with_line_breaks_and_non_utf8_bytes_once_each(tmp_
     shard.write_bytes(out.read_bytes())
     done_marker(shard).write_text(json.dumps({"rows": len(AWKWARD)}))
     assert merge_shards(tmp_path / "m.csv") == len(AWKWARD)
+
+
+def _frame_rows(path: str, frames: range) -> list[list[object]]:
+    """The rows of a cine loop's frames, as ``--dicom-frame all`` writes them."""
+    return [prediction_row(path, np.array([0.1, 0.8, 0.1]), CLASSES, source=DicomSource("1.2", "1.2.3", "1.2.3.4", k))
+            for k in frames]
+
+
+@pytest.mark.parametrize("cut", ["at_a_row", "mid_row"])
+def test_resume_predicts_a_cine_loop_cut_short_again_and_keeps_whole_files(tmp_path: Path, cut: str) -> None:
+    """A file's rows are written together, but a kill mid-write may leave some frames of the last
+    cine loop: resume drops that loop's rows (and only those) and predicts it again."""
+    out = tmp_path / "p.csv"
+    sink = CsvSink(out, COLUMNS, resume=False)
+    sink.write([*_rows(["a.png"]), *_frame_rows("loop1", range(1, 4)), *_rows(["b.png"]),
+                *_frame_rows("loop2", range(1, 6))])
+    sink.close()
+    lines = out.read_bytes().splitlines(keepends=True)
+    kept = b"".join(lines[:-2])  # loop2's frames 4 and 5 never reached the disk
+    out.write_bytes(kept + (lines[-2][:25] if cut == "mid_row" else b""))
+    sink = CsvSink(out, COLUMNS, resume=True)
+    assert sink.done == {"a.png", "loop1", "b.png"}
+    assert [r["frame"] for r in sink.previous_rows] == ["", "1", "2", "3", ""]
+    sink.write(_frame_rows("loop2", range(1, 6)))
+    sink.close()
+    with open_text(out) as fh:
+        keys = [row_key(r, COLUMNS) for r in list(csv.reader(fh))[1:]]
+    assert keys == [("a.png", 0), ("loop1", 1), ("loop1", 2), ("loop1", 3), ("b.png", 0),
+                    *[("loop2", k) for k in range(1, 6)]]
+    # the rows cannot tell a whole loop from a cut one: every resume predicts the last loop again
+    sink = CsvSink(out, COLUMNS, resume=True)
+    assert "loop2" not in sink.done and len(sink.previous_rows) == 5
+    sink.close()
+
+
+def test_merge_orders_a_loops_frames_and_refuses_one_frame_twice(tmp_path: Path) -> None:
+    output = tmp_path / "p.csv"
+    for i, rows in enumerate([[*_frame_rows("loop", range(10, 12)), *_rows(["z.png"])],
+                              [*_rows(["a.png"]), *_frame_rows("loop", range(1, 10))]]):
+        part = output.with_name(f"p.part-{i:05d}-of-00002.csv")
+        part.write_bytes(csv_text(COLUMNS, rows).encode())
+        done_marker(part).write_text(json.dumps({"rows": len(rows)}))
+    assert merge_shards(output) == 13
+    with output.open(newline="") as fh:
+        assert [row_key(r, COLUMNS) for r in list(csv.reader(fh))[1:]] == \
+            [("a.png", 0), *[("loop", k) for k in range(1, 12)], ("z.png", 0)]
+    part = output.with_name("p.part-00001-of-00002.csv")
+    part.write_bytes(csv_text(COLUMNS, [*_rows(["a.png"]), *_frame_rows("loop", range(1, 11))]).encode())
+    done_marker(part).write_text(json.dumps({"rows": 11}))
+    with pytest.raises(DataError, match=r"paths in more than one shard, e.g. \['loop'\]"):
+        merge_shards(output)
 
 
 @pytest.mark.parametrize("content", [b"my notes\n", b"path,label\nx.png,benign\n", b"\x89PNG\r\n\x1a\n\x00\xff" * 50,

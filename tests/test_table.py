@@ -302,6 +302,33 @@ def test_a_predefined_split_that_puts_a_patient_on_two_sides_exits_3(two_folders
     assert "data.table.split puts 1 patient(s) on two sides: P02 (test, train)" in e.value.reason
 
 
+def test_a_splits_file_is_checked_for_patients_on_two_sides(two_folders: Path, tmp_path: Path) -> None:
+    """data.splits (a splits.csv reused, e.g. from an earlier run that had no patient IDs) is held
+    to the patients the job now knows: one on two sides exits 3 naming the file; images the file
+    leaves out are on no side."""
+    table = TWO_FOLDERS
+    rows = prepare_data(_cfg(two_folders, *table).data, 0).rows
+    patient_of = {r.path: r.path.split("(")[1].split(")")[0] for r in rows}  # "benign/benign (2).png" -> "2"
+
+    def write(name: str, side: Callable[[str], str], keep: Callable[[str], bool] = lambda p: True) -> Path:
+        path = tmp_path / name
+        _write_csv(path, ["path", "label", "group", "split"],
+                   [[r.path, r.label, r.group, side(r.path)] for r in rows if keep(r.path)])
+        return path
+
+    whole = write("whole.csv", lambda p: "test" if patient_of[p] == "2" else "train")
+    prepared = prepare_data(_cfg(two_folders, *table, f"data.splits={whole}").data, 0)
+    assert prepared.report["split"] == {"from": "data.splits", "crossings": []}
+    torn = write("torn.csv", lambda p: "test" if p == "benign/benign (2).png" else "train")
+    with pytest.raises(DataError) as e:
+        prepare_data(_cfg(two_folders, *table, f"data.splits={torn}").data, 0)
+    assert e.value.path == str(torn) and "data.splits puts 1 patient(s) on two sides: P02 (test, train)" in e.value.reason
+    # P02's benign image left out of the file (excluded from the run): its other images are on one side
+    left = write("left.csv", lambda p: "train", keep=lambda p: p != "benign/benign (2).png")
+    prepared = prepare_data(_cfg(two_folders, *table, f"data.splits={left}").data, 0)
+    assert prepared.report["split"]["crossings"] == [] and "benign/benign (2).png" not in {r.path for r in prepared.rows}
+
+
 def test_a_split_value_outside_train_val_test_exits_3(two_folders: Path, tmp_path: Path) -> None:
     root = _with_split(two_folders, tmp_path, lambda i, p: "validation" if i == 7 else "train")
     with pytest.raises(DataError) as e:

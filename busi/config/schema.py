@@ -45,8 +45,9 @@ ExportPrecision = Literal["float32", "int8"]
 EXPORT_PRECISIONS: tuple[str, ...] = typing.get_args(ExportPrecision)  # busi-job export --precision
 DedupeMode = Literal["none", "exact", "near"]
 Quantize = Literal["int8", "none"]
-DicomFrame = Literal["first", "middle"]
-DICOM_FRAMES: tuple[str, ...] = typing.get_args(DicomFrame)  # which frame of a multi-frame DICOM (busi.data.dicom)
+DicomFrame = Literal["first", "middle", "all"]
+DICOM_FRAMES: tuple[str, ...] = typing.get_args(DicomFrame)  # which frames of a multi-frame DICOM (busi.data.dicom)
+DICOM_ONE_FRAME: tuple[str, ...] = ("first", "middle")  # the policies a training run reads (one frame a file)
 DEFAULT_CLASSES: tuple[str, ...] = ("normal", "benign", "malignant")  # BUSI's folders (synth writes them too)
 
 MAX_EPOCHS = 1_000_000  # far beyond any real run; bounds what a typo (1e30) can ask for
@@ -99,7 +100,10 @@ class TableConfig:
 
 @dataclass(frozen=True)
 class DicomConfig:
-    frame: DicomFrame = _opt("first", doc="the frame of a multi-frame DICOM (a cine loop) to classify: first or middle")
+    frame: DicomFrame = _opt(
+        "first", doc="the frame of a multi-frame DICOM (a cine loop) to read: first or middle (training reads one "
+        "frame a file); all, each frame its own row, is for busi-job predict --dicom-frame",
+    )
     crop_to_region: bool = _opt(
         False, doc="crop to the largest region of the header's Sequence of Ultrasound Regions (leaves out "
         "burned-in text and rulers); the whole frame where there is none",
@@ -288,6 +292,10 @@ class PredictConfig:
     dicom_sr: Union[str, None] = _opt(
         None, doc="folder for DICOM Comprehensive Structured Reports, one per classified DICOM input, referencing it "
         "(they carry the source's patient and study identity, as DICOM requires: meant for the PACS)",
+    )
+    dicom_frame: Union[DicomFrame, None] = _opt(
+        None, doc="the frames of a multi-frame DICOM to classify: first, middle, or all (a row per frame, with its "
+        "frame number); null: as the model was trained (its preprocessing.json)",
     )
     engine: EngineName = _opt(
         "auto", doc="inference engine; auto: OpenVINO on a CPU-only node where it is installed, else TensorFlow"

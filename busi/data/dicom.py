@@ -1,9 +1,10 @@
-"""DICOM files: recognised by content, one frame decoded into a Pillow image, refused safely.
+"""DICOM files: recognised by content, their frames decoded into Pillow images, refused safely.
 
 Hospital and PACS exports of ultrasound are DICOM files, often without a suffix, so a file is
 DICOM when it holds ``DICM`` at byte 128 (``is_dicom``), whatever its name. ``read_dicom``
 decodes one frame (``data.dicom.frame``: the first or the middle one of a cine loop) into an
-8-bit ``L`` or ``RGB`` image; ``busi.data.images`` then gives it the same ``to_rgb8``/``resize_rgb`` as a PNG, so a DICOM and
+8-bit ``L`` or ``RGB`` image, ``read_dicom_frames`` each frame of a policy (``all``: every frame
+of a cine loop, one at a time, for prediction's one row a frame); ``busi.data.images`` then gives it the same ``to_rgb8``/``resize_rgb`` as a PNG, so a DICOM and
 a PNG of the same pixels become the same input tensor.
 
 Photometric interpretations: MONOCHROME1 (inverted), MONOCHROME2, RGB, YBR_FULL and YBR_FULL_422
@@ -29,11 +30,11 @@ import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Union
+from typing import TYPE_CHECKING, Any, BinaryIO, Iterator, Union
 
 import numpy as np
 
-from busi.config.schema import DicomConfig
+from busi.config.schema import DICOM_ONE_FRAME, DicomConfig
 from busi.data.codestream import codestream_size
 from busi.errors import DataError
 
@@ -89,32 +90,57 @@ def is_dicom(path_or_head: PathOrHead) -> bool:
 def read_dicom(fh: BinaryIO, path: str | Path, options: DicomConfig = DicomConfig()) -> tuple["Image.Image", DicomSource]:
     """One frame of the DICOM file open in ``fh`` (seekable, at any position) as an 8-bit ``L``
     or ``RGB`` Pillow image, and its source. DataError naming ``path`` for anything that
-    is not a decodable image."""
-    try:
-        return _read_dicom(fh, path, options)
-    except DataError:
-        raise
-    except MemoryError:
-        raise DataError(path, "DICOM frame too large to decode in the memory left") from None
-    except Exception as e:  # a header malformed in a way no check above foresaw: that file only
-        raise DataError(path, f"cannot read DICOM file ({type(e).__name__})") from None
+    is not a decodable image. ``options.frame`` is ``first`` or ``middle`` (``all`` names
+    several: ``read_dicom_frames``)."""
+    if options.frame not in DICOM_ONE_FRAME:
+        raise ValueError(f"read_dicom reads one frame; frame policy {options.frame!r} names several")
+    return next(read_dicom_frames(fh, path, options))
 
 
-def _read_dicom(fh: BinaryIO, path: str | Path, options: DicomConfig) -> tuple["Image.Image", DicomSource]:
+def read_dicom_frames(fh: BinaryIO, path: str | Path, options: DicomConfig = DicomConfig(),
+                      max_frames: int | None = None) -> Iterator[tuple["Image.Image", DicomSource]]:
+    """Every frame ``options.frame`` names (``all``: each frame of a cine loop, in order), one at a
+    time, as ``read_dicom`` reads one. ``max_frames``: a file with more frames than this is
+    refused under ``all`` before any is decoded (what the caller can hold). DataError naming
+    ``path`` for anything that is not a decodable image, before the first frame or at any later one."""
+    frames = _read_dicom_frames(fh, path, options, max_frames)
+    while True:
+        try:
+            item = next(frames)
+        except StopIteration:
+            return
+        except DataError:
+            raise
+        except MemoryError:
+            raise DataError(path, "DICOM frame too large to decode in the memory left") from None
+        except Exception as e:  # a header malformed in a way no check above foresaw: that file only
+            raise DataError(path, f"cannot read DICOM file ({type(e).__name__})") from None
+        yield item
+
+
+def frame_indices(policy: str, frames: int) -> range:
+    """The 0-based frames a ``data.dicom.frame`` policy names in a file of ``frames`` frames."""
+    if policy == "all":
+        return range(frames)
+    index = 0 if policy == "first" else frames // 2
+    return range(index, index + 1)
+
+
+def _read_dicom_frames(fh: BinaryIO, path: str | Path, options: DicomConfig,
+                       max_frames: int | None) -> Iterator[tuple["Image.Image", DicomSource]]:
     pydicom = _pydicom()
     header = _read_header(pydicom, fh, path)
     geometry = _check_image(pydicom, header, path)
-    index = 0 if options.frame == "first" else geometry.frames // 2
-    arr = _decode_frame(pydicom, fh, header, geometry, index, path)
-    arr = _to_display(arr, header, geometry, path)
-    if options.crop_to_region:
-        arr = crop_to_region(arr, header)
-    return _image(arr), DicomSource(
-        study_instance_uid=_uid(header, "StudyInstanceUID"),
-        series_instance_uid=_uid(header, "SeriesInstanceUID"),
-        sop_instance_uid=_uid(header, "SOPInstanceUID"),
-        frame=index + 1,
-    )
+    indices = frame_indices(options.frame, geometry.frames)
+    if max_frames is not None and len(indices) > max_frames:
+        raise DataError(path, f"DICOM file of {len(indices)} frames is over the {max_frames} frames busi decodes "
+                        "from one file at once; read it with frame policy first or middle")
+    uids = [_uid(header, k) for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")]
+    for index, arr in zip(indices, _decode_frames(pydicom, fh, header, geometry, indices, path)):
+        arr = _to_display(arr, header, geometry, path)
+        if options.crop_to_region:
+            arr = crop_to_region(arr, header)
+        yield _image(arr), DicomSource(*uids, frame=index + 1)
 
 
 def _pydicom() -> Any:
@@ -196,31 +222,40 @@ def _check_image(pydicom: Any, header: Any, path: str | Path) -> _Geometry:
     return _Geometry(rows, columns, samples, bits, frames, photometric, ts, bool(ts.is_compressed))
 
 
-def _decode_frame(pydicom: Any, fh: BinaryIO, header: Any, g: _Geometry, index: int, path: str | Path) -> np.ndarray:
-    """Frame ``index`` (0-based) as pydicom decodes it, YBR converted to RGB. A compressed
-    frame's codestream must declare the header's size: a small header over a huge JPEG is a bomb too."""
+def _decode_frames(pydicom: Any, fh: BinaryIO, header: Any, g: _Geometry, indices: range,
+                   path: str | Path) -> Iterator[np.ndarray]:
+    """Frames ``indices`` (0-based, ascending) as pydicom decodes them, YBR converted to RGB, one
+    at a time. Uncompressed pixel data must hold the last of them whole; a compressed frame's
+    codestream must declare the header's size: a small header over a huge JPEG is a bomb too."""
     from pydicom.pixels import pixel_array
 
     if not g.encapsulated:
-        _check_native_length(fh, header, g, index, path)
-    fh.seek(0)
-    try:
-        if not g.encapsulated:  # reads this frame's bytes only
-            arr = pixel_array(fh, index=index)
-        else:
-            ds = pydicom.dcmread(fh)  # compressed: at most the file's size
-            if "PixelData" not in ds:
-                raise DataError(path, "DICOM image header but no pixel data")
-            _check_codestream(_encapsulated_frame(ds, index, g.frames), g, path)
-            arr = pixel_array(ds, index=index, decoding_plugin=_plugin(g.transfer_syntax))
-    except (DataError, MemoryError):
-        raise
-    except Exception as e:  # truncated, inconsistent or undecodable pixel data: that file only
-        raise DataError(path, f"cannot decode DICOM pixel data ({_decode_reason(e)})") from None
-    if arr.shape[:2] != (g.rows, g.columns):
-        raise DataError(path, f"decoded DICOM frame is {arr.shape[1]} x {arr.shape[0]}, the header says "
-                        f"{g.columns} x {g.rows}")
-    return arr
+        _check_native_length(fh, header, g, indices[-1], path)
+        source: Any = fh  # reads each frame's bytes only
+    else:
+        fh.seek(0)
+        try:
+            source = pydicom.dcmread(fh)  # compressed: at most the file's size, read once
+        except Exception as e:
+            raise DataError(path, f"cannot decode DICOM pixel data ({_decode_reason(e)})") from None
+        if "PixelData" not in source:
+            raise DataError(path, "DICOM image header but no pixel data")
+    plugin = _plugin(g.transfer_syntax) if g.encapsulated else ""
+    for index in indices:
+        try:
+            if g.encapsulated:
+                _check_codestream(_encapsulated_frame(source, index, g.frames), g, path)
+            else:
+                fh.seek(0)
+            arr = pixel_array(source, index=index, decoding_plugin=plugin)
+        except (DataError, MemoryError):
+            raise
+        except Exception as e:  # truncated, inconsistent or undecodable pixel data: that file only
+            raise DataError(path, f"cannot decode DICOM pixel data ({_decode_reason(e)})") from None
+        if arr.shape[:2] != (g.rows, g.columns):
+            raise DataError(path, f"decoded DICOM frame is {arr.shape[1]} x {arr.shape[0]}, the header says "
+                            f"{g.columns} x {g.rows}")
+        yield arr
 
 
 def _check_native_length(fh: BinaryIO, header: Any, g: _Geometry, index: int, path: str | Path) -> None:

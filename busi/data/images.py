@@ -7,7 +7,7 @@ replicated to 3 channels (ResNet expects RGB). ``stretch`` resizes as the origin
 notebook did; ``pad`` keeps the aspect ratio and pads with black (the ultrasound background).
 
 DICOM files, recognised by content (``DICM`` at byte 128, whatever the name), are read by
-``busi.data.dicom`` (one frame, as ``data.dicom`` says) and then take the same ``to_rgb8`` and
+``busi.data.dicom`` (one frame as ``data.dicom`` says; every frame for prediction's ``all``) and then take the same ``to_rgb8`` and
 ``resize_rgb`` as any other image, so a DICOM and a PNG of the same pixels give the same input.
 """
 
@@ -18,10 +18,16 @@ from typing import BinaryIO
 
 import numpy as np
 
-from busi.config.schema import DicomConfig
-from busi.data.dicom import HEAD_BYTES, DicomSource, is_dicom, read_dicom
+from busi.config.schema import DICOM_ONE_FRAME, DicomConfig
+from busi.data.dicom import HEAD_BYTES, DicomSource, is_dicom, read_dicom_frames
 from busi.errors import DataError
 from busi.runtime.safeio import open_regular_file
+
+
+# The frames of one file decoded at once under ``data.dicom.frame: all`` (prediction holds a
+# file's frames together, its rows are written together): at most this many bytes of them, 3,566
+# frames at 224 px; a longer loop is one error row naming the limit.
+MAX_FILE_FRAMES_BYTES = 512 * 1024**2
 
 
 def load_image(path: str | Path, size: int, resize: str = "stretch", dicom: DicomConfig = DicomConfig()) -> np.ndarray:
@@ -31,24 +37,34 @@ def load_image(path: str | Path, size: int, resize: str = "stretch", dicom: Dico
 
 def decode_image(path: str | Path, size: int, resize: str = "stretch",
                  dicom: DicomConfig = DicomConfig()) -> tuple[np.ndarray, DicomSource | None]:
-    """``load_image``, and the DICOM source of the pixels (UIDs, frame) where the file is DICOM."""
+    """``load_image``, and the DICOM source of the pixels (UIDs, frame) where the file is DICOM.
+    One image a file: ``dicom.frame`` first or middle."""
+    if dicom.frame not in DICOM_ONE_FRAME:
+        raise ValueError(f"decode_image decodes one image; frame policy {dicom.frame!r} names several")
+    return decode_frames(path, size, resize, dicom)[0]
+
+
+def decode_frames(path: str | Path, size: int, resize: str = "stretch",
+                  dicom: DicomConfig = DicomConfig()) -> list[tuple[np.ndarray, DicomSource | None]]:
+    """Every image ``path`` holds as ``dicom.frame`` reads it, decoded and resized: one for a
+    Pillow image or a DICOM under first/middle, each frame of a cine loop under ``all`` (at most
+    ``MAX_FILE_FRAMES_BYTES`` of them). DataError (naming the path) if it cannot be decoded."""
     from PIL import Image
 
-    source = None
     with open_image_file(path) as fh:
         if is_dicom(fh.read(HEAD_BYTES)):
-            im, source = read_dicom(fh, path, dicom)
-            rgb = to_rgb8(im)
-        else:
-            fh.seek(0)
-            try:
-                with Image.open(fh) as im:
-                    if im.format == "JPEG":
-                        im.draft("RGB", (size, size))  # decode JPEGs at reduced scale: much faster
-                    rgb = to_rgb8(im)
-            except Exception as e:  # any failure of a decoder on one file makes that file unreadable
-                raise decode_error(path, e) from None
-    return np.asarray(resize_rgb(rgb, size, resize), dtype=np.uint8), source
+            limit = MAX_FILE_FRAMES_BYTES // (size * size * 3)
+            return [(np.asarray(resize_rgb(to_rgb8(im), size, resize), dtype=np.uint8), source)
+                    for im, source in read_dicom_frames(fh, path, dicom, max_frames=limit)]
+        fh.seek(0)
+        try:
+            with Image.open(fh) as im:
+                if im.format == "JPEG":
+                    im.draft("RGB", (size, size))  # decode JPEGs at reduced scale: much faster
+                rgb = to_rgb8(im)
+        except Exception as e:  # any failure of a decoder on one file makes that file unreadable
+            raise decode_error(path, e) from None
+    return [(np.asarray(resize_rgb(rgb, size, resize), dtype=np.uint8), None)]
 
 
 def decode_error(path: str | Path, e: Exception) -> DataError:

@@ -104,7 +104,10 @@ def split_rows(cfg: DataConfig, table: TableResult | None, samples: Sequence[Sam
     split's crossings: ``data.splits``, else the table's split column, else busi's split."""
     if cfg.splits:
         rows, left_out = read_splits_file(cfg.splits, samples)
-        return rows, left_out, []
+        side_of = {r.path: r.split for r in rows}  # the images the file leaves out are on no side
+        crossings = _checked_crossings(samples, groups, patients, [side_of.get(s.path, "") for s in samples],
+                                       "data.splits", Path(cfg.splits))
+        return rows, left_out, crossings
     if table is not None and cfg.table is not None and cfg.table.split:
         sides = [s or "" for s in table.splits]
         crossings = _checked_crossings(samples, groups, patients, sides, "data.table.split", table.file)
@@ -137,7 +140,7 @@ def _checked_crossings(samples: Sequence[Sample], groups: Sequence[Group], patie
     if leaks:
         shown = "; ".join(f"{c.group} ({', '.join(c.sides)})" for c in leaks[:5])
         raise DataError(file, f"{key} puts {len(leaks)} patient(s) on two sides: {shown}{' ...' if len(leaks) > 5 else ''}"
-                        f"; fix that column, or set {key}: null to let busi split by patient")
+                        f"; fix it, or set {key}: null to let busi split by patient")
     for c in crossings:
         log.warning("data: %s puts duplicate images %s on two sides (%s); their patients differ, so they are kept as "
                     "given", key, ", ".join(c.members), ", ".join(c.sides))

@@ -92,8 +92,8 @@ class Crossing:
 
 def find_crossings(samples: Sequence[Sample], groups: Sequence[Group], patients: Sequence[str | None],
                    sides: Sequence[str]) -> list[Crossing]:
-    """Patients whose images ``sides`` (sample i's split or fold) puts on several sides; then
-    groups that cross only through duplicate images of different patients (or none)."""
+    """Patients whose images ``sides`` (sample i's split or fold; "" for none: left out) puts on
+    several sides; then groups that cross only through duplicate images of different patients (or none)."""
     from busi.data.scan import natural_key
 
     out: list[Crossing] = []
@@ -101,11 +101,11 @@ def find_crossings(samples: Sequence[Sample], groups: Sequence[Group], patients:
         crossing_patients = []
         for p in g.patients:
             idx = [i for i in g.members if patients[i] == p]
-            seen = tuple(sorted({sides[i] for i in idx}, key=natural_key))
+            seen = tuple(sorted({sides[i] for i in idx if sides[i]}, key=natural_key))
             if len(seen) > 1:
                 crossing_patients.append(p)
                 out.append(Crossing(p, "patient", seen, tuple(samples[i].path for i in idx)))
-        seen = tuple(sorted({sides[i] for i in g.members}, key=natural_key))
+        seen = tuple(sorted({sides[i] for i in g.members if sides[i]}, key=natural_key))
         if len(seen) > 1 and not crossing_patients:
             out.append(Crossing(g.id, "duplicates", seen, tuple(samples[i].path for i in g.members)))
     return out

@@ -1,19 +1,21 @@
 """Headless prediction over many files: the decode-and-classify loop, and the prediction job
 (threads, shards, signals, the done marker). Loading the model: ``busi.model.predictor``.
 
-One row per input file, whatever happens: a file that cannot be decoded gets a row with its
-error, and prediction goes on. Rows are written as batches finish (``busi.predict.output``, the
-CSV and its merge); ``resume`` skips paths already in the CSV, so a walltime-killed run
+One row per input image, whatever happens: a file that cannot be decoded gets a row with its
+error, and prediction goes on; a DICOM cine loop under ``--dicom-frame all`` gets a row per
+frame. Rows are written as batches finish, a file's rows together (``busi.predict.output``,
+the CSV and its merge); ``resume`` skips paths already in the CSV, so a walltime-killed run
 continues without duplicates. Memory stays bounded: only a few batches are decoded ahead.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +25,7 @@ import numpy as np
 
 from busi.config.schema import DicomConfig
 from busi.data.dicom import DicomSource
-from busi.data.images import decode_image
+from busi.data.images import decode_frames
 from busi.data.inputs import InputFile
 from busi.errors import ConfigError, DataError, Interrupted
 from busi.model.folder import find_model_file
@@ -86,21 +88,35 @@ class Summary:
 
 
 class Decoded(NamedTuple):
-    """One file decoded for the model, or its error; ``source``: a DICOM file's UIDs and frame."""
+    """One image decoded for the model, or its file's error; ``source``: a DICOM file's UIDs and frame."""
 
     image: np.ndarray | None
     error: str = ""
     source: DicomSource | None = None
 
 
-def _decode(f: InputFile, size: int, resize: str, dicom: DicomConfig) -> Decoded:
+class Item(NamedTuple):
+    """One image of the loop: its file, the decoded image (or the file's error), and where it
+    stands among the file's images (``count`` of them: several for a cine loop under ``all``)."""
+
+    file: InputFile
+    decoded: Decoded
+    count: int
+    last: bool
+
+    def frame(self) -> int | None:
+        """The frame number that names this image's outputs, where its file gave several."""
+        return self.decoded.source.frame if self.count > 1 and self.decoded.source is not None else None
+
+
+def _decode(f: InputFile, size: int, resize: str, dicom: DicomConfig) -> list[Decoded]:
+    """Every image of ``f`` (one, or each frame of a cine loop under ``all``), or one error."""
     try:
-        image, source = decode_image(f.file, size, resize, dicom)
-        return Decoded(image, "", source)
+        return [Decoded(image, "", source) for image, source in decode_frames(f.file, size, resize, dicom)]
     except DataError as e:
-        return Decoded(None, e.reason)
+        return [Decoded(None, e.reason)]
     except Exception as e:  # a bad file must never stop the other ten thousand rows
-        return Decoded(None, f"{type(e).__name__}: {e}")
+        return [Decoded(None, f"{type(e).__name__}: {e}")]
 
 
 def _decode_thread_priority(niceness: int = 19) -> None:
@@ -117,20 +133,40 @@ def _decode_thread_priority(niceness: int = 19) -> None:
         pass
 
 
-def _batches(
-    files: Sequence[InputFile], batch_size: int, size: int, resize: str, pool: ThreadPoolExecutor, ahead: int = 2,
-    dicom: DicomConfig = DicomConfig(),
-) -> Iterator[tuple[list[InputFile], list[Decoded]]]:
-    """Decoded batches in order, ``ahead`` batches decoding in the background (bounded memory)."""
-    chunks = [files[i : i + batch_size] for i in range(0, len(files), batch_size)]
-    pending: list[tuple[list[InputFile], list[Future[Decoded]]]] = []
-    for chunk in chunks:
-        pending.append((list(chunk), [pool.submit(_decode, f, size, resize, dicom) for f in chunk]))
-        if len(pending) > ahead:
-            c, futs = pending.pop(0)
-            yield c, [fu.result() for fu in futs]
-    for c, futs in pending:
-        yield c, [fu.result() for fu in futs]
+def _items(files: Sequence[InputFile], size: int, resize: str, pool: ThreadPoolExecutor, ahead: int,
+           dicom: DicomConfig = DicomConfig()) -> Iterator[Item]:
+    """Every image of ``files`` in order, up to ``ahead`` files decoding in the background and at
+    most about ``ahead`` decoded images waiting (bounded memory, cine loops included)."""
+    todo = iter(files)
+    pending: deque[tuple[InputFile, Future[list[Decoded]]]] = deque()
+
+    def fill() -> None:
+        waiting = sum(len(fu.result()) for _, fu in pending if fu.done())
+        while len(pending) < ahead and waiting < ahead:
+            f = next(todo, None)
+            if f is None:
+                return
+            pending.append((f, pool.submit(_decode, f, size, resize, dicom)))
+
+    fill()
+    while pending:
+        f, future = pending.popleft()
+        fill()
+        images = future.result()
+        for k, d in enumerate(images):
+            yield Item(f, d, len(images), k == len(images) - 1)
+
+
+def _batches(items: Iterator[Item], batch_size: int) -> Iterator[list[Item]]:
+    """``items`` in batches of ``batch_size`` (a cine loop's frames may span batches)."""
+    batch: list[Item] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def predict_files(
@@ -157,17 +193,25 @@ def predict_files(
         cam = GradCam(predictor.model)  # gradients: always TensorFlow
     started = time.perf_counter()  # engines trace and compile when they are made, before this
     images = 0
+    of_file: list[tuple[Item, np.ndarray | None]] = []  # the current file's images, until its last
     with ThreadPoolExecutor(
         max_workers=max(1, workers), thread_name_prefix="decode", initializer=_decode_thread_priority
     ) as pool:
-        for chunk, decoded in _batches(todo, batch_size, predictor.image_size, predictor.resize, pool,
-                                       dicom=predictor.dicom):
-            probs = _classify(predictor, decoded)
+        items = _items(todo, predictor.image_size, predictor.resize, pool, ahead=3 * batch_size,
+                       dicom=predictor.dicom)
+        for batch in _batches(items, batch_size):
+            probs = _classify(predictor, [item.decoded for item in batch])
             if cam is not None and gradcam_dir is not None:
-                _overlays(cam, chunk, decoded, probs, gradcam_dir)
+                _overlays(cam, batch, probs, gradcam_dir)
             if sr_dir is not None:
-                _reports(predictor, chunk, decoded, probs, sr_dir)
-            sink.write([summary.add(f, probs.get(i), decoded[i], predictor.classes) for i, f in enumerate(chunk)])
+                _reports(predictor, batch, probs, sr_dir)
+            rows = []
+            for i, item in enumerate(batch):  # a file's rows are written together, once its last image is in
+                of_file.append((item, probs.get(i)))
+                if item.last:
+                    rows += [summary.add(it.file, p, it.decoded, predictor.classes) for it, p in of_file]
+                    of_file = []
+            sink.write(rows)
             images += len(probs)
             reason = stopper.reason() if stopper is not None else None
             if reason:
@@ -187,31 +231,31 @@ def _classify(predictor: Predictor, decoded: Sequence[Decoded]) -> dict[int, np.
     return {i: out[j] for j, i in enumerate(ok)}
 
 
-def _overlays(cam: Any, chunk: Sequence[InputFile], decoded: Sequence[Decoded],
-              probs: dict[int, np.ndarray], out_dir: Path) -> None:
+def _overlays(cam: Any, batch: Sequence[Item], probs: dict[int, np.ndarray], out_dir: Path) -> None:
     from busi.predict.overlays import write_overlay
 
     for i, p in probs.items():
+        item = batch[i]
         try:
-            write_overlay(cam, decoded[i].image, int(np.argmax(p)), chunk[i], out_dir)
+            write_overlay(cam, item.decoded.image, int(np.argmax(p)), item.file, out_dir, item.frame())
         except OSError as e:  # an overlay that cannot be written never costs the rows
-            log.warning("gradcam: no overlay for %s: %s", chunk[i].path, e.strerror or e)
+            log.warning("gradcam: no overlay for %s: %s", item.file.path, e.strerror or e)
 
 
-def _reports(predictor: Predictor, chunk: Sequence[InputFile], decoded: Sequence[Decoded],
-             probs: dict[int, np.ndarray], out_dir: Path) -> None:
-    """A structured report per classified DICOM input of the batch (``busi.predict.sr``)."""
+def _reports(predictor: Predictor, batch: Sequence[Item], probs: dict[int, np.ndarray], out_dir: Path) -> None:
+    """A structured report per classified DICOM image of the batch (``busi.predict.sr``)."""
     from busi import __version__
     from busi.predict.sr import write_sr
 
     for i, p in probs.items():
-        source = decoded[i].source
+        item = batch[i]
+        source = item.decoded.source
         if source is None:
             continue
         try:
-            write_sr(chunk[i], source, p, predictor.classes, out_dir, predictor.source, __version__)
+            write_sr(item.file, source, p, predictor.classes, out_dir, predictor.source, __version__, item.frame())
         except OSError as e:  # a report that cannot be written never costs the rows
-            log.warning("dicom_sr: no SR for %s: %s", chunk[i].path, e.strerror or e)
+            log.warning("dicom_sr: no SR for %s: %s", item.file.path, e.strerror or e)
 
 
 # -------------------------------------------------------------------- the job
@@ -253,6 +297,8 @@ def run_predict(cfg: Any) -> Summary:
     cores = detect_cores(cfg.runtime.cores)
     start_tensorflow(cores, cfg.runtime.seed)
     predictor = load_predictor(p.model, p.engine, p.precision, p.batch_size, cores.cores)
+    if p.dicom_frame is not None:  # else as the model was trained (its preprocessing.json)
+        predictor.dicom = dataclasses.replace(predictor.dicom, frame=p.dicom_frame)
     engine = predictor.engine.info
     log.info(
         "predict: %d files (shard %d/%d from %s) with %s, %d px, %d cores (%s), batch %d, engine %s -> %s",

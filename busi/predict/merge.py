@@ -1,4 +1,4 @@
-"""``busi-job merge``: the shards of an array job joined into one CSV, in sorted path order, once
+"""``busi-job merge``: the shards of an array job joined into one CSV, in sorted path (and frame) order, once
 every shard is complete (its done marker) and all were predicted by one engine and precision."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from busi.data.scan import natural_key
 from busi.errors import ConfigError, DataError
 from busi.files.atomic import atomic_write_text
 from busi.files.text import csv_text, read_csv_text, text_of
-from busi.predict.output import done_marker
+from busi.predict.output import done_marker, row_key
 from busi.predict.shards import shard_count, shard_file, shard_files
 from busi.runtime.safeio import read_regular_file
 
@@ -58,11 +58,11 @@ def merge_shards(output: Path, allow_mixed_engines: bool = False) -> int:
     if problems:
         raise DataError(output, "cannot merge: " + "; ".join(problems))
     assert header is not None
-    seen = Counter(r[0] for r in rows)
+    seen = Counter(row_key(r, header) for r in rows)
     if len(seen) != len(rows):
-        dup = sorted(p for p, k in seen.items() if k > 1)[:5]
+        dup = sorted({p for (p, _), k in seen.items() if k > 1})[:5]
         raise DataError(output, f"cannot merge: paths in more than one shard, e.g. {dup}")
-    rows.sort(key=lambda r: natural_key(r[0]))
+    rows.sort(key=lambda r: (natural_key(row_key(r, header)[0]), row_key(r, header)[1]))
     try:
         atomic_write_text(output, csv_text(header, rows))
     except OSError as e:

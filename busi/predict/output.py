@@ -7,7 +7,9 @@ list); a file that could not be classified has an empty label and probabilities 
 The DICOM columns (``busi.data.dicom.DicomSource``: the UIDs a PACS joins results on and the
 1-based frame number) are empty for other images; no other header value ever reaches a row.
 ``CsvSink`` appends rows and fsyncs them batch by batch, and on ``--resume`` knows which paths are
-done (a CSV written with other columns, e.g. by a busi from before the DICOM columns, is refused). A finished CSV gets ``<csv>.done.json``, which
+done (a CSV written with other columns, e.g. by a busi from before the DICOM columns, is refused;
+the last file's frame rows are predicted again, since a kill may have cut a cine loop's rows).
+A row is one image: ``row_key`` (path, frame). A finished CSV gets ``<csv>.done.json``, which
 ``merge_shards`` requires of every shard. Training's ``predictions/test.csv`` uses the same
 columns plus ``true_label``.
 """
@@ -38,13 +40,12 @@ from busi.files.text import (
     text_of,
 )
 from busi.predict.shards import Shard, is_shard_file
-
-DONE_SUFFIX = ".done.json"
 from busi.runtime.clock import utc_now
 from busi.runtime.locks import exclusive_lock
 from busi.runtime.safeio import is_regular_file, read_regular_file
 
 
+DONE_SUFFIX = ".done.json"
 SOURCE_COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(DicomSource))  # UIDs, frame
 
 
@@ -61,6 +62,26 @@ def prediction_row(path: str, probs: np.ndarray | None, classes: Sequence[str], 
         return [path, "", ""] + [""] * len(classes) + where + [error]
     i = int(np.argmax(probs))
     return [path, classes[i], i] + [f"{float(p):.6f}" for p in probs] + where + [error]
+
+
+def row_key(record: Sequence[str], columns: Sequence[str]) -> tuple[str, int]:
+    """A row's identity: its path and frame number (0 where it has none): one row per image, so a
+    cine loop predicted under ``--dicom-frame all`` has one row per frame under one path."""
+    at = columns.index("frame")
+    frame = record[at] if at < len(record) else ""
+    return record[columns.index("path")], int(frame) if frame.isdigit() else 0
+
+
+def _without_last_loop(body: list[list[str]], columns: Sequence[str]) -> list[list[str]]:
+    """``body`` less the rows of its last file where they are DICOM frame rows: a file's rows are
+    written together, but a run killed mid-write may have left only some frames of a cine loop,
+    so that one file is predicted again (a PNG's single row is whole or dropped as partial)."""
+    if not body or not row_key(body[-1], columns)[1]:
+        return body
+    last, end = row_key(body[-1], columns)[0], len(body)
+    while end and row_key(body[end - 1], columns)[0] == last:
+        end -= 1
+    return body[:end]
 
 
 class CsvSink:
@@ -137,6 +158,7 @@ class CsvSink:
         bad = [i for i, r in enumerate(body, start=2) if len(r) != len(self.columns)]
         if bad:
             raise self._not_ours(f"record {bad[0]} has {len(body[bad[0] - 2])} fields, not {len(self.columns)}")
+        body = _without_last_loop(body, self.columns)
         text = csv_text(self.columns, body)
         if text_bytes(text) != data:
             atomic_write_text(self.path, text)

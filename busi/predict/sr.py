@@ -10,7 +10,8 @@ diagnostic use. DICOM files an SR with its study: highdicom copies
 the source's patient and study modules into it, so **an SR holds the patient's identity** (the one
 file busi writes that does; the CSV, logs and run directory never do). Its UIDs derive from the
 source instance and the model, so predicting again writes the same instance, not a second one.
-Files: ``DIR/<input path>.sr.dcm`` (the overlay naming rule). highdicom is imported inside.
+Files: ``DIR/<input path>.sr.dcm`` (the overlay naming rule; ``.frame-N`` before the suffix for
+each frame of a cine loop under ``--dicom-frame all``). highdicom is imported inside.
 """
 
 from __future__ import annotations
@@ -39,8 +40,9 @@ NOTICE = "Automated classification by busi; not verified by a physician; not for
 
 
 def write_sr(f: InputFile, source: DicomSource, probs: np.ndarray, classes: Sequence[str], out_dir: Path,
-             model: Path, version: str) -> Path | None:
-    """``out_dir/<path>.sr.dcm`` for the DICOM input ``f``; None (with a warning that quotes no
+             model: Path, version: str, frame: int | None = None) -> Path | None:
+    """``out_dir/<path>.sr.dcm`` for the DICOM input ``f`` (``<path>.frame-N.sr.dcm`` for frame N
+    of a cine loop that gave several images); None (with a warning that quotes no
     header value) where no SR can be made from it."""
     from busi.runtime.safeio import open_regular_file
 
@@ -58,7 +60,7 @@ def write_sr(f: InputFile, source: DicomSource, probs: np.ndarray, classes: Sequ
     except Exception as e:  # a header highdicom refuses costs the SR, never the row; no header value logged
         log.warning("dicom_sr: no SR for %s (%s)", f.path, type(e).__name__)
         return None
-    target = out_dir / (overlay_name(f.path) + SR_SUFFIX)
+    target = out_dir / (overlay_name(f.path, frame) + SR_SUFFIX)
     target.parent.mkdir(parents=True, exist_ok=True)
     return atomic_write_with(target, lambda p: sr.save_as(p, enforce_file_format=True), ".dcm")
 
