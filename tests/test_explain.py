@@ -44,6 +44,33 @@ def test_masks_are_unioned_and_resized_as_their_image(tmp_path: Path) -> None:
     assert s[10:30, 0:10].all()  # stretched: rows double
 
 
+def test_a_whole_frame_mask_is_cut_to_the_ultrasound_region_of_its_dicom(tmp_path: Path) -> None:
+    """With data.dicom.crop_to_region the image is the region of the frame; its mask, drawn on
+    the whole frame, is cut the same way (a mask already of the region's size is taken as it is),
+    so the lesion stays where the image shows it."""
+    from dicom_files import write_dicom
+
+    from busi.config.schema import DicomConfig
+    from busi.data.dicom import cropped_region
+
+    frame = np.full((60, 80), 250, np.uint8)  # burned-in text around the region x 20-69, y 10-49
+    dicom = write_dicom(tmp_path / "img", frame, regions=[(20, 10, 69, 49)])
+    lesion = np.zeros((60, 80), np.uint8)
+    lesion[10:30, 20:45] = 255  # the region's top-left quarter
+    Image.fromarray(lesion).save(tmp_path / "img_mask.png")
+    Image.fromarray(lesion[10:50, 20:70]).save(tmp_path / "img_region_mask.png")
+    crop = cropped_region(dicom, DicomConfig(crop_to_region=True))
+    assert crop == (80, 60, (20, 10, 69, 49))
+    assert cropped_region(dicom, DicomConfig()) is None  # not cropped: the mask is taken whole
+    assert cropped_region(tmp_path / "img_mask.png", DicomConfig(crop_to_region=True)) is None  # not DICOM
+    whole = load_mask([tmp_path / "img_mask.png"], 40, "stretch", crop)
+    assert whole[:20, :20].all() and not whole[20:].any() and not whole[:, 20:].any()
+    region = load_mask([tmp_path / "img_region_mask.png"], 40, "stretch", crop)
+    assert np.array_equal(whole, region)
+    uncut = load_mask([tmp_path / "img_mask.png"], 40, "stretch")  # what the score compared before
+    assert not np.array_equal(uncut, whole)
+
+
 def test_upsample_keeps_the_peak_where_it_was() -> None:
     heat = np.zeros((4, 4), np.float32)
     heat[1, 2] = 1.0

@@ -365,10 +365,19 @@ def _scale(arr: np.ndarray, lo: float, hi: float) -> np.ndarray:
 
 
 def crop_to_region(arr: np.ndarray, header: Any) -> np.ndarray:
-    """The largest region of the Sequence of Ultrasound Regions that lies inside the frame
-    (2D tissue regions first: RegionSpatialFormat 1), so burned-in text and rulers are left
-    out; the whole frame where the header has no such region."""
-    height, width = arr.shape[:2]
+    """``arr`` cut to ``ultrasound_region``, so burned-in text and rulers are left out; the whole
+    frame where the header has no such region."""
+    box = ultrasound_region(header, arr.shape[1], arr.shape[0])
+    if box is None:
+        return arr
+    x0, y0, x1, y1 = box
+    return arr[y0 : y1 + 1, x0 : x1 + 1]
+
+
+def ultrasound_region(header: Any, width: int, height: int) -> tuple[int, int, int, int] | None:
+    """The largest region of the header's Sequence of Ultrasound Regions that lies inside a
+    ``width`` x ``height`` frame (2D tissue regions first: RegionSpatialFormat 1), as inclusive
+    (x0, y0, x1, y1); None where there is none."""
     boxes: list[tuple[int, int, int, int, int]] = []  # (is 2D, x0, y0, x1, y1), inclusive
     for region in header.get("SequenceOfUltrasoundRegions", None) or ():
         try:
@@ -380,9 +389,24 @@ def crop_to_region(arr: np.ndarray, header: Any) -> np.ndarray:
         if 0 <= x0 < x1 < width and 0 <= y0 < y1 < height:
             boxes.append((int(is_2d), x0, y0, x1, y1))
     if not boxes:
-        return arr
+        return None
     _, x0, y0, x1, y1 = max(boxes, key=lambda b: (b[0], (b[3] - b[1] + 1) * (b[4] - b[2] + 1)))
-    return arr[y0 : y1 + 1, x0 : x1 + 1]
+    return x0, y0, x1, y1
+
+
+def cropped_region(path: str | Path, options: DicomConfig) -> tuple[int, int, tuple[int, int, int, int]] | None:
+    """Where ``options.crop_to_region`` crops the DICOM file at ``path``: (frame width, frame
+    height, inclusive box), read from its header only; None for a file that is not DICOM, an
+    uncropped read, or a header without a region (so a full-frame mask can be cut the same way)."""
+    if not options.crop_to_region or not is_dicom(path):
+        return None
+    from busi.runtime.safeio import open_regular_file
+
+    with open_regular_file(path) as fh:
+        header = _read_header(_pydicom(), fh, path)
+    width, height = int(header.get("Columns", 0) or 0), int(header.get("Rows", 0) or 0)
+    box = ultrasound_region(header, width, height)
+    return None if box is None else (width, height, box)
 
 
 def _image(arr: np.ndarray) -> "Image.Image":

@@ -10,8 +10,8 @@ of the true class (``busi.model.gradcam``), upsampled bilinearly to the model in
 * ``pointing_hit``: whether the heatmap's maximum lies inside the mask (the pointing game of
   Zhang et al., "Top-down Neural Attention by Excitation Backprop", 2016).
 
-The mask goes through the image's own resize (``stretch`` or ``pad``), so they stay aligned; a
-mask is never a model input. Per class and over all images, in ``metrics.json``
+The mask goes through the image's own resize (``stretch`` or ``pad``), and the crop of a DICOM
+read with ``data.dicom.crop_to_region``, so they stay aligned; a mask is never a model input. Per class and over all images, in ``metrics.json``
 ``gradcam_vs_masks`` and the model card.
 """
 
@@ -25,14 +25,35 @@ import numpy as np
 from busi.config.schema import DicomConfig
 
 
-def load_mask(paths: Sequence[Path], size: int, resize: str) -> np.ndarray:
-    """The union of an image's masks at the model input, as a boolean ``size`` x ``size`` array."""
+def load_mask(paths: Sequence[Path], size: int, resize: str,
+              crop: tuple[int, int, tuple[int, int, int, int]] | None = None) -> np.ndarray:
+    """The union of an image's masks at the model input, as a boolean ``size`` x ``size`` array.
+    ``crop``: the image's (frame width, frame height, box) where it was cut to its ultrasound
+    region (``busi.data.dicom.cropped_region``); a mask of the whole frame is cut the same way, one
+    of another size (already the region's) is taken as it is."""
     from busi.data.images import load_image
 
     out = np.zeros((size, size), bool)
     for p in paths:
-        out |= load_image(p, size, resize)[..., 0] > 127
+        out |= (load_image(p, size, resize) if crop is None else _cropped_mask(p, size, resize, crop))[..., 0] > 127
     return out
+
+
+def _cropped_mask(path: Path, size: int, resize: str, crop: tuple[int, int, tuple[int, int, int, int]]) -> np.ndarray:
+    from PIL import Image
+
+    from busi.data.images import decode_error, open_image_file, resize_rgb, to_rgb8
+
+    with open_image_file(path) as fh:
+        try:
+            with Image.open(fh) as im:
+                if im.size == crop[:2]:
+                    x0, y0, x1, y1 = crop[2]
+                    im = im.crop((x0, y0, x1 + 1, y1 + 1))
+                rgb = to_rgb8(im)
+        except Exception as e:  # any decoder failure on a mask is that mask's error
+            raise decode_error(path, e) from None
+    return np.asarray(resize_rgb(rgb, size, resize))
 
 
 def upsample(heat: np.ndarray, size: int) -> np.ndarray:
@@ -54,7 +75,8 @@ def gradcam_vs_masks(model: Any, images: Sequence[tuple[Path, int, Sequence[Path
                      size: int, resize: str, dicom: DicomConfig) -> dict[str, Any]:
     """``images``: (image path, true class index, mask paths). Every image with a non-empty
     mask is scored; the summary per class and overall. A DICOM image is decoded as training
-    decodes it (``dicom``)."""
+    decodes it (``dicom``), its whole-frame masks cut to the same ultrasound region."""
+    from busi.data.dicom import cropped_region
     from busi.data.images import load_image
     from busi.model.gradcam import GradCam
 
@@ -63,7 +85,7 @@ def gradcam_vs_masks(model: Any, images: Sequence[tuple[Path, int, Sequence[Path
     for path, label, masks in images:
         if not masks:
             continue
-        mask = load_mask(masks, size, resize)
+        mask = load_mask(masks, size, resize, cropped_region(path, dicom))
         if not mask.any():
             continue
         heat = upsample(cam.heatmap(load_image(path, size, resize, dicom).astype(np.float32), label), size)
