@@ -10,8 +10,9 @@ a PNG of the same pixels become the same input tensor.
 Photometric interpretations: MONOCHROME1 (inverted), MONOCHROME2, RGB, YBR_FULL and YBR_FULL_422
 (converted to RGB by pydicom), the JPEG 2000 YBR_ICT/YBR_RCT (RGB from the decoder) and PALETTE
 COLOR (its lookup table applied). Grayscale deeper than 8 bits goes through the modality LUT and
-the VOI LUT or window when the header has one, else min-max to 8 bits. ``crop_to_region`` keeps
-the largest region of the header's Sequence of Ultrasound Regions, leaving out burned-in text.
+the VOI LUT or window when the header has one, else min-max to 8 bits. ``crop_to_region``
+(``busi.data.regions``) keeps the largest region of the header's Sequence of Ultrasound Regions,
+leaving out burned-in text; ``cropped_region`` says where, for a mask drawn on the whole frame.
 
 Hostile files never crash, hang or exhaust memory: the header is read without the pixel data,
 then a DICOMDIR, an object without pixels (a structured report, an RT plan), an unsupported
@@ -20,6 +21,7 @@ checked against a compressed frame's own codestream) and truncated pixel data ar
 ``DataError`` naming the path. No patient data leaves this module: a decoded file yields its
 pixels and ``DicomSource`` (UIDs and the frame number, UIDs checked to be digits and dots), and
 no error reason quotes a header value. pydicom is imported inside the functions that use it.
+(Over ~400 lines: each check against a hostile file stays beside the read it guards.)
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import numpy as np
 
 from busi.config.schema import DICOM_ONE_FRAME, DicomConfig
 from busi.data.codestream import codestream_size
+from busi.data.regions import crop_to_region, ultrasound_region
 from busi.errors import DataError
 
 if TYPE_CHECKING:
@@ -362,36 +365,6 @@ def _scale(arr: np.ndarray, lo: float, hi: float) -> np.ndarray:
     """Values in [lo, hi] onto 0-255, rounded."""
     out = (np.asarray(arr, dtype=np.float64) - lo) * (255.0 / max(hi - lo, 1e-6))
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
-
-
-def crop_to_region(arr: np.ndarray, header: Any) -> np.ndarray:
-    """``arr`` cut to ``ultrasound_region``, so burned-in text and rulers are left out; the whole
-    frame where the header has no such region."""
-    box = ultrasound_region(header, arr.shape[1], arr.shape[0])
-    if box is None:
-        return arr
-    x0, y0, x1, y1 = box
-    return arr[y0 : y1 + 1, x0 : x1 + 1]
-
-
-def ultrasound_region(header: Any, width: int, height: int) -> tuple[int, int, int, int] | None:
-    """The largest region of the header's Sequence of Ultrasound Regions that lies inside a
-    ``width`` x ``height`` frame (2D tissue regions first: RegionSpatialFormat 1), as inclusive
-    (x0, y0, x1, y1); None where there is none."""
-    boxes: list[tuple[int, int, int, int, int]] = []  # (is 2D, x0, y0, x1, y1), inclusive
-    for region in header.get("SequenceOfUltrasoundRegions", None) or ():
-        try:
-            x0, y0 = int(region.RegionLocationMinX0), int(region.RegionLocationMinY0)
-            x1, y1 = int(region.RegionLocationMaxX1), int(region.RegionLocationMaxY1)
-            is_2d = int(region.get("RegionSpatialFormat", 0) or 0) == 1
-        except (AttributeError, TypeError, ValueError):
-            continue
-        if 0 <= x0 < x1 < width and 0 <= y0 < y1 < height:
-            boxes.append((int(is_2d), x0, y0, x1, y1))
-    if not boxes:
-        return None
-    _, x0, y0, x1, y1 = max(boxes, key=lambda b: (b[0], (b[3] - b[1] + 1) * (b[4] - b[2] + 1)))
-    return x0, y0, x1, y1
 
 
 def cropped_region(path: str | Path, options: DicomConfig) -> tuple[int, int, tuple[int, int, int, int]] | None:
