@@ -147,7 +147,7 @@ def test_frame_policy_first_and_middle(tmp_path: Path) -> None:
     middle, src2 = decode_image(cine, 16, dicom=DicomConfig(frame="middle"))
     assert (first == 10).all() and src1 is not None and src1.frame == 1
     assert (middle == 40).all() and src2 is not None and src2.frame == 4  # 1-based, as Referenced Frame Number
-    with pytest.raises(ValueError, match="names several"):  # one image a file: training's decode
+    with pytest.raises(ValueError, match="holds 7 under frame policy .all.: give the frame"):  # one image a file: training's decode
         decode_image(cine, 16, dicom=DicomConfig(frame="all"))
 
 
@@ -339,8 +339,7 @@ def test_dicom_keys_in_the_job_file_and_the_model_folder(tmp_path: Path) -> None
     base = {"data": {"source": "x", "dicom": {"frame": "middle", "crop_to_region": True}}, "output": {"dir": "o"}}
     cfg = load_config(None, env={}, base=base)
     assert cfg.data.dicom == DicomConfig(frame="middle", crop_to_region=True)
-    with pytest.raises(ConfigError, match=r"data.dicom.frame: all .*is for prediction .*--dicom-frame all"):
-        load_config(None, ["data.dicom.frame=all"], env={}, base=base)  # training reads one frame a file
+    assert load_config(None, ["data.dicom.frame=all"], env={}, base=base).data.dicom.frame == "all"
     with pytest.raises(ConfigError, match="data.dicom.frame"):
         load_config(None, ["data.dicom.frame=last"], env={}, base=base)
     info = ModelInfo(("a", "b"), 32, "pad", cfg.data.dicom)
@@ -351,9 +350,65 @@ def test_dicom_keys_in_the_job_file_and_the_model_folder(tmp_path: Path) -> None
     assert read_model_info(tmp_path / "model.keras", 32) == info
     (tmp_path / "preprocessing.json").write_text('{"image_size": 32, "resize": "stretch"}')  # before DICOM
     assert read_model_info(tmp_path / "model.keras", 32).dicom == DicomConfig()
-    (tmp_path / "preprocessing.json").write_text('{"resize": "stretch", "dicom": {"frame": "all"}}')
+    (tmp_path / "preprocessing.json").write_text('{"resize": "stretch", "dicom": {"frame": "last"}}')
     with pytest.raises(DataError, match="frame"):
         read_model_info(tmp_path / "model.keras", 32)
+
+
+# ------------------------------------------------------------ every frame a sample
+
+
+def _cine_dataset(root: Path, pngs: int = 6, frames: int = 4) -> Path:
+    """Class folders, each with ``pngs`` PNGs and one suffix-less cine loop of ``frames`` frames
+    (its frames alike but not equal, as a loop's are)."""
+    for k, label in enumerate(CLASSES):
+        (root / label).mkdir(parents=True)
+        for i in range(pngs):
+            _png(root / label / f"{label}{i}.png", _pixels(10 * k + i, (48, 64)))
+        loop = np.stack([_pixels(100 + 10 * k + f, (48, 64)) for f in range(frames)])
+        write_dicom(root / label / f"{label}-loop", loop, frames=frames, phi=MARKER)
+    return root
+
+
+def test_under_all_every_frame_is_a_sample_and_a_loop_stays_on_one_side(tmp_path: Path) -> None:
+    from busi.config.load import load_config
+    from busi.data.prepare import prepare_data
+    from busi.data.split import read_splits_file, splits_text
+
+    root = _cine_dataset(tmp_path / "ds")
+    one = scan_dataset(root, CLASSES, dicom=DicomConfig(frame="middle"))
+    scan = scan_dataset(root, CLASSES, dicom=DicomConfig(frame="all"))
+    assert len(one.samples) == 3 * 7 and len(scan.samples) == 3 * 10
+    loop = [s for s in scan.samples if s.path == "benign/benign-loop"]
+    assert [(s.frame, s.key) for s in loop] == [(f, f"benign/benign-loop#frame-{f}") for f in range(1, 5)]
+    assert len({s.sha256 for s in loop}) == 1 and len({s.phash for s in loop}) > 1  # one file, four images
+    base = {"data": {"source": str(root), "dicom": {"frame": "all"}}, "output": {"dir": str(tmp_path / "o")}}
+    for dedupe in ("none", "near"):
+        for seed in range(8):
+            cfg = load_config(None, [f"data.dedupe={dedupe}"], env={}, base=base)
+            prepared = prepare_data(cfg.data, seed)
+            sides: dict[str, set[str]] = {}
+            for r in prepared.rows:
+                sides.setdefault(r.path, set()).add(r.split)
+            assert all(len(v) == 1 for v in sides.values()), (dedupe, seed, sides)
+            assert len(prepared.rows) == 30
+    assert prepared.report["duplicates"]["groups"] == []  # a loop is no duplicate of itself
+    text = splits_text(prepared.rows)
+    assert text.splitlines()[0] == "path,label,group,split,frame" and "benign/benign-loop," in text
+    (tmp_path / "splits.csv").write_text(text)
+    rows, left = read_splits_file(tmp_path / "splits.csv", scan.samples)
+    assert rows == list(prepared.rows) and left == []
+    assert splits_text([r for r in prepared.rows if r.frame is None]).splitlines()[0] == "path,label,group,split"
+    # one frame image per sample: each frame decodes as that frame of the loop
+    middle = decode_image(root / "benign/benign-loop", 32, dicom=DicomConfig(frame="middle"))[0]
+    assert np.array_equal(load_image(root / "benign/benign-loop", 32, dicom=DicomConfig(frame="all"), frame=3), middle)
+    with pytest.raises(DataError, match="no frame 5"):
+        load_image(root / "benign/benign-loop", 32, dicom=DicomConfig(frame="all"), frame=5)
+    from busi.model.quantize import calibration_images  # INT8 calibration decodes frames as training does
+
+    calib = calibration_images([str(root / "benign/benign-loop"), str(root / "benign/benign0.png")], 32, "stretch",
+                               DicomConfig(frame="all"), [3, None])
+    assert np.array_equal(calib[0], middle) and np.array_equal(calib[1], load_image(root / "benign/benign0.png", 32))
 
 
 # ------------------------------------------------------------ end to end (integration)
@@ -526,3 +581,36 @@ def test_predict_every_frame_of_a_cine_loop_a_row_each_resumable(tmp_path: Path)
     assert again.returncode == 0 and "3 already done" in again.stderr, again.stderr[-3000:]
     assert out.read_bytes() == whole
     assert MARKER not in proc.stderr + again.stderr and MARKER.encode() not in whole
+
+
+@pytest.mark.integration
+def test_train_and_predict_on_every_frame_of_cine_loops(tmp_path: Path) -> None:
+    """data.dicom.frame: all end to end: every frame a sample (splits.csv's frame column, a loop
+    on one side), test.csv naming frames path#frame-N, and the model predicting a row per frame,
+    as it was trained."""
+    from conftest import REPO, run_cli
+
+    data = _cine_dataset(tmp_path / "ds")
+    out = tmp_path / "run"
+    train = run_cli("train", str(REPO / "job" / "demo.yaml"), "--set", f"data.source={data}", "--set",
+                    f"output.dir={out}", "--set", "data.image_size=32", "--set", "train.batch_size=8",
+                    "--set", "train.head.epochs=1", "--set", "train.finetune.epochs=1", "--set", "data.dicom.frame=all",
+                    "--set", "train.gradcam_masks=false", "--set", "train.quantize=none")
+    assert train.returncode == 0, train.stderr[-3000:]
+    with open(out / "data" / "splits.csv", newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 30 and sum(r["frame"] != "" for r in rows) == 12
+    for label in CLASSES:
+        assert len({r["split"] for r in rows if r["path"] == f"{label}/{label}-loop"}) == 1
+    with open(out / "predictions" / "test.csv", newline="", encoding="utf-8") as fh:
+        tested = [r["path"] for r in csv.DictReader(fh)]
+    loops = [r for r in rows if r["frame"] and r["split"] == "test"]
+    assert {f"{r['path']}#frame-{r['frame']}" for r in loops} <= set(tested)
+    assert '"frame": "all"' in (out / "model" / "preprocessing.json").read_text()
+    pred = run_cli("predict", "--model", str(out), "--input", str(data / "benign"), "--output", str(tmp_path / "p.csv"))
+    assert pred.returncode == 0, pred.stderr[-3000:]
+    with open(tmp_path / "p.csv", newline="", encoding="utf-8") as fh:
+        keys = [(Path(r["path"]).name, r["frame"]) for r in csv.DictReader(fh)]
+    assert [k for k in keys if k[0] == "benign-loop"] == [("benign-loop", str(f)) for f in range(1, 5)]
+    assert len(keys) == 10
+    assert MARKER not in train.stderr + pred.stderr

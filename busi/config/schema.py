@@ -47,7 +47,7 @@ DedupeMode = Literal["none", "exact", "near"]
 Quantize = Literal["int8", "none"]
 DicomFrame = Literal["first", "middle", "all"]
 DICOM_FRAMES: tuple[str, ...] = typing.get_args(DicomFrame)  # which frames of a multi-frame DICOM (busi.data.dicom)
-DICOM_ONE_FRAME: tuple[str, ...] = ("first", "middle")  # the policies a training run reads (one frame a file)
+DICOM_ONE_FRAME: tuple[str, ...] = ("first", "middle")  # the policies that read one frame a file
 DEFAULT_CLASSES: tuple[str, ...] = ("normal", "benign", "malignant")  # BUSI's folders (synth writes them too)
 
 MAX_EPOCHS = 1_000_000  # far beyond any real run; bounds what a typo (1e30) can ask for
@@ -101,8 +101,8 @@ class TableConfig:
 @dataclass(frozen=True)
 class DicomConfig:
     frame: DicomFrame = _opt(
-        "first", doc="the frame of a multi-frame DICOM (a cine loop) to read: first or middle (training reads one "
-        "frame a file); all, each frame its own row, is for busi-job predict --dicom-frame",
+        "first", doc="the frames of a multi-frame DICOM (a cine loop) to read: first, middle, or all (each frame "
+        "its own sample, the frames of a loop on one side of the split, and in prediction its own row)",
     )
     crop_to_region: bool = _opt(
         False, doc="crop to the largest region of the header's Sequence of Ultrasound Regions (leaves out "

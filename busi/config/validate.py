@@ -11,7 +11,7 @@ import types
 import typing
 from typing import Any, Literal, Mapping, Sequence, Union
 
-from busi.config.schema import DICOM_ONE_FRAME, DataConfig, JobConfig
+from busi.config.schema import DataConfig, JobConfig
 from busi.config.tree import join_key, key_error
 from busi.errors import ConfigError
 
@@ -251,13 +251,6 @@ def validate_semantics(cfg: JobConfig) -> None:
             raise ConfigError(str(e), keys=("runtime.walltime",)) from None
     check_signals(cfg.runtime.signals)
     check_groups(cfg.data)
-    if cfg.data.dicom.frame not in DICOM_ONE_FRAME:
-        raise ConfigError(
-            f"data.dicom.frame: {cfg.data.dicom.frame} (a row per frame) is for prediction (busi-job predict "
-            f"--dicom-frame {cfg.data.dicom.frame}); training reads one frame a file: "
-            f"{' or '.join(DICOM_ONE_FRAME)}",
-            keys=("data.dicom.frame",),
-        )
     for name in cfg.data.classes:
         if name in (".", "..") or "/" in name or "\0" in name or name != name.strip() or name.startswith("."):
             raise ConfigError(

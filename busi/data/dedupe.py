@@ -69,7 +69,8 @@ def group_patients(
     drop: Iterable[int] = (),
 ) -> list[Group]:
     """The groups a split keeps whole: ``duplicates`` joined wherever they share a patient
-    (``patients[i]``: sample i's patient ID, None where unknown), samples in ``drop`` left out.
+    (``patients[i]``: sample i's patient ID, None where unknown) or a file (the frames of a cine
+    loop), samples in ``drop`` left out.
 
     A group with patients takes the first patient's ID (natural order) as its ``id``; one without
     keeps its duplicate group's ``id``. Without patients and ``drop`` this is ``duplicates``.
@@ -82,6 +83,7 @@ def group_patients(
         if kept:
             pairs.extend((kept[0], i) for i in kept[1:])
     first_of: dict[str, int] = {}
+    first_frame: dict[str, int] = {}
     for i in keep:
         p = patients[i]
         if p is not None:
@@ -89,6 +91,8 @@ def group_patients(
                 pairs.append((first_of[p], i))
             else:
                 first_of[p] = i
+        if samples[i].frame is not None:  # the frames of one cine loop: one group, whatever dedupe says
+            pairs.append((first_frame.setdefault(samples[i].path, i), i))
     dup_id = {i: g.id for g in duplicates for i in g.members}
     groups = []
     for idx in _components(keep, pairs):

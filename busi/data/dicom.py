@@ -1,10 +1,10 @@
 """DICOM files: recognised by content, their frames decoded into Pillow images, refused safely.
 
 Hospital and PACS exports of ultrasound are DICOM files, often without a suffix, so a file is
-DICOM when it holds ``DICM`` at byte 128 (``is_dicom``), whatever its name. ``read_dicom``
-decodes one frame (``data.dicom.frame``: the first or the middle one of a cine loop) into an
-8-bit ``L`` or ``RGB`` image, ``read_dicom_frames`` each frame of a policy (``all``: every frame
-of a cine loop, one at a time, for prediction's one row a frame); ``busi.data.images`` then gives it the same ``to_rgb8``/``resize_rgb`` as a PNG, so a DICOM and
+DICOM when it holds ``DICM`` at byte 128 (``is_dicom``), whatever its name. ``read_dicom_frames``
+decodes the frames ``data.dicom.frame`` names (the first or the middle one of a cine loop, or all
+of them, one at a time; or one given frame) into 8-bit ``L`` or ``RGB`` images;
+``busi.data.images`` then gives each the same ``to_rgb8``/``resize_rgb`` as a PNG, so a DICOM and
 a PNG of the same pixels become the same input tensor.
 
 Photometric interpretations: MONOCHROME1 (inverted), MONOCHROME2, RGB, YBR_FULL and YBR_FULL_422
@@ -26,7 +26,6 @@ no error reason quotes a header value. pydicom is imported inside the functions 
 
 from __future__ import annotations
 
-import io
 import os
 import re
 import struct
@@ -36,7 +35,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Iterator, Union
 
 import numpy as np
 
-from busi.config.schema import DICOM_ONE_FRAME, DicomConfig
+from busi.config.schema import DicomConfig
 from busi.data.codestream import codestream_size
 from busi.data.regions import crop_to_region, ultrasound_region
 from busi.errors import DataError
@@ -90,23 +89,15 @@ def is_dicom(path_or_head: PathOrHead) -> bool:
     return len(head) == HEAD_BYTES and head[PREAMBLE:] == MAGIC
 
 
-def read_dicom(fh: BinaryIO, path: str | Path, options: DicomConfig = DicomConfig()) -> tuple["Image.Image", DicomSource]:
-    """One frame of the DICOM file open in ``fh`` (seekable, at any position) as an 8-bit ``L``
-    or ``RGB`` Pillow image, and its source. DataError naming ``path`` for anything that
-    is not a decodable image. ``options.frame`` is ``first`` or ``middle`` (``all`` names
-    several: ``read_dicom_frames``)."""
-    if options.frame not in DICOM_ONE_FRAME:
-        raise ValueError(f"read_dicom reads one frame; frame policy {options.frame!r} names several")
-    return next(read_dicom_frames(fh, path, options))
-
-
 def read_dicom_frames(fh: BinaryIO, path: str | Path, options: DicomConfig = DicomConfig(),
-                      max_frames: int | None = None) -> Iterator[tuple["Image.Image", DicomSource]]:
-    """Every frame ``options.frame`` names (``all``: each frame of a cine loop, in order), one at a
-    time, as ``read_dicom`` reads one. ``max_frames``: a file with more frames than this is
-    refused under ``all`` before any is decoded (what the caller can hold). DataError naming
-    ``path`` for anything that is not a decodable image, before the first frame or at any later one."""
-    frames = _read_dicom_frames(fh, path, options, max_frames)
+                      max_frames: int | None = None, frame: int | None = None) -> Iterator[tuple["Image.Image", DicomSource]]:
+    """Every frame ``options.frame`` names (``all``: each frame of a cine loop, in order), or
+    only frame number ``frame`` (1-based: one sample of a loop read under ``all``), one at a
+    time, as 8-bit ``L`` or ``RGB`` Pillow images with their source. ``max_frames``: a file
+    with more frames than this is refused under ``all`` before any is decoded (what the caller
+    can hold). DataError naming ``path`` for anything that is not a decodable image, before the
+    first frame or at any later one."""
+    frames = _read_dicom_frames(fh, path, options, max_frames, frame)
     while True:
         try:
             item = next(frames)
@@ -129,12 +120,17 @@ def frame_indices(policy: str, frames: int) -> range:
     return range(index, index + 1)
 
 
-def _read_dicom_frames(fh: BinaryIO, path: str | Path, options: DicomConfig,
-                       max_frames: int | None) -> Iterator[tuple["Image.Image", DicomSource]]:
+def _read_dicom_frames(fh: BinaryIO, path: str | Path, options: DicomConfig, max_frames: int | None,
+                       frame: int | None) -> Iterator[tuple["Image.Image", DicomSource]]:
     pydicom = _pydicom()
     header = _read_header(pydicom, fh, path)
     geometry = _check_image(pydicom, header, path)
     indices = frame_indices(options.frame, geometry.frames)
+    if frame is not None:
+        if not 1 <= frame <= geometry.frames:
+            raise DataError(path, f"DICOM file has {geometry.frames} frame(s), no frame {frame} (the file changed "
+                            "since it was scanned?)")
+        indices = range(frame - 1, frame)
     if max_frames is not None and len(indices) > max_frames:
         raise DataError(path, f"DICOM file of {len(indices)} frames is over the {max_frames} frames busi decodes "
                         "from one file at once; read it with frame policy first or middle")
@@ -418,8 +414,3 @@ def _decode_reason(e: Exception) -> str:
     quote sizes and element names, never patient data; its type first, cut to one line."""
     text = " ".join(str(e).split())[:200]
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
-
-
-def read_dicom_bytes(data: bytes, path: str | Path, options: DicomConfig = DicomConfig()) -> tuple["Image.Image", DicomSource]:
-    """``read_dicom`` of a file already in memory (the scan reads whole files for their hash)."""
-    return read_dicom(io.BytesIO(data), path, options)

@@ -13,21 +13,30 @@ from typing import Sequence
 
 import numpy as np
 
-from busi.data.split import SplitRow
+from busi.data.scan import sample_key
+from busi.data.split import SplitRow, frame_cell, read_frame_cell
 from busi.errors import ConfigError, DataError
 from busi.files.text import csv_text, text_of
 from busi.runtime.safeio import read_regular_file
 
-FOLDS_COLUMNS = ("path", "label", "group", "fold")
+FOLDS_COLUMNS = ("path", "label", "group", "fold", "frame")
+LEGACY_FOLDS_COLUMNS = FOLDS_COLUMNS[:4]  # no sample is a frame of a cine loop: no frame column
 MAX_FOLDS = 20
 
 
 @dataclass(frozen=True)
 class FoldRow:
+    """One line of ``folds.csv``; ``frame`` as in ``SplitRow``."""
+
     path: str
     label: str
     group: str
     fold: int
+    frame: int | None = None
+
+    @property
+    def key(self) -> str:
+        return sample_key(self.path, self.frame)
 
 
 def assign_folds(rows: Sequence[SplitRow], k: int, seed: int) -> list[FoldRow]:
@@ -48,7 +57,7 @@ def assign_folds(rows: Sequence[SplitRow], k: int, seed: int) -> list[FoldRow]:
     splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
     for i, (_, test) in enumerate(splitter.split(np.zeros(len(rows)), labels, [r.group for r in rows])):
         fold[test] = i
-    return [FoldRow(r.path, r.label, r.group, int(f)) for r, f in zip(rows, fold)]
+    return [FoldRow(r.path, r.label, r.group, int(f), r.frame) for r, f in zip(rows, fold)]
 
 
 def fold_splits(folds: Sequence[FoldRow], fold: int, val_fraction: float, seed: int) -> list[SplitRow]:
@@ -70,20 +79,24 @@ def fold_splits(folds: Sequence[FoldRow], fold: int, val_fraction: float, seed: 
     out = []
     for r in folds:
         split = "test" if r.fold == fold else "val" if r.group in val_groups else "train"
-        out.append(SplitRow(r.path, r.label, r.group, split))
+        out.append(SplitRow(r.path, r.label, r.group, split, r.frame))
     return out
 
 
 def folds_text(rows: Sequence[FoldRow]) -> str:
-    return csv_text(FOLDS_COLUMNS, ([r.path, r.label, r.group, r.fold] for r in rows))
+    """``folds.csv``; the ``frame`` column only where a sample is a frame of a cine loop."""
+    if not any(r.frame is not None for r in rows):
+        return csv_text(LEGACY_FOLDS_COLUMNS, ([r.path, r.label, r.group, r.fold] for r in rows))
+    return csv_text(FOLDS_COLUMNS, ([r.path, r.label, r.group, r.fold, frame_cell(r.frame)] for r in rows))
 
 
 def read_folds(path: Path) -> list[FoldRow]:
     try:
         reader = csv.DictReader(io.StringIO(text_of(read_regular_file(path)), newline=""))
-        if tuple(reader.fieldnames or ()) != FOLDS_COLUMNS:
+        if tuple(reader.fieldnames or ()) not in (FOLDS_COLUMNS, LEGACY_FOLDS_COLUMNS):
             raise ValueError(f"columns {reader.fieldnames}, expected {','.join(FOLDS_COLUMNS)}")
-        return [FoldRow(r["path"], r["label"], r["group"], int(r["fold"])) for r in reader]
+        return [FoldRow(r["path"], r["label"], r["group"], int(r["fold"]), read_frame_cell(r.get("frame"), str(path)))
+                for r in reader]
     except FileNotFoundError:
         raise DataError(path, "not found; run `busi-job cv JOB.yaml --folds K` first") from None
     except (OSError, ValueError, KeyError, TypeError, csv.Error) as e:

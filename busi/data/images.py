@@ -18,7 +18,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from busi.config.schema import DICOM_ONE_FRAME, DicomConfig
+from busi.config.schema import DicomConfig
 from busi.data.dicom import HEAD_BYTES, DicomSource, is_dicom, read_dicom_frames
 from busi.errors import DataError
 from busi.runtime.safeio import open_regular_file
@@ -30,32 +30,37 @@ from busi.runtime.safeio import open_regular_file
 MAX_FILE_FRAMES_BYTES = 512 * 1024**2
 
 
-def load_image(path: str | Path, size: int, resize: str = "stretch", dicom: DicomConfig = DicomConfig()) -> np.ndarray:
-    """Decode and resize one image. DataError (naming the path) if it cannot be decoded."""
-    return decode_image(path, size, resize, dicom)[0]
+def load_image(path: str | Path, size: int, resize: str = "stretch", dicom: DicomConfig = DicomConfig(),
+               frame: int | None = None) -> np.ndarray:
+    """Decode and resize one image. DataError (naming the path) if it cannot be decoded.
+    ``frame``: the 1-based frame of a DICOM cine loop (a sample scanned under ``all``)."""
+    return decode_image(path, size, resize, dicom, frame)[0]
 
 
-def decode_image(path: str | Path, size: int, resize: str = "stretch",
-                 dicom: DicomConfig = DicomConfig()) -> tuple[np.ndarray, DicomSource | None]:
+def decode_image(path: str | Path, size: int, resize: str = "stretch", dicom: DicomConfig = DicomConfig(),
+                 frame: int | None = None) -> tuple[np.ndarray, DicomSource | None]:
     """``load_image``, and the DICOM source of the pixels (UIDs, frame) where the file is DICOM.
-    One image a file: ``dicom.frame`` first or middle."""
-    if dicom.frame not in DICOM_ONE_FRAME:
-        raise ValueError(f"decode_image decodes one image; frame policy {dicom.frame!r} names several")
-    return decode_frames(path, size, resize, dicom)[0]
+    One image: ``dicom.frame`` first or middle, or the one ``frame``, of a cine loop."""
+    images = decode_frames(path, size, resize, dicom, frame)
+    if len(images) != 1:
+        raise ValueError(f"decode_image decodes one image; {path} holds {len(images)} under frame policy "
+                         f"{dicom.frame!r}: give the frame")
+    return images[0]
 
 
-def decode_frames(path: str | Path, size: int, resize: str = "stretch",
-                  dicom: DicomConfig = DicomConfig()) -> list[tuple[np.ndarray, DicomSource | None]]:
+def decode_frames(path: str | Path, size: int, resize: str = "stretch", dicom: DicomConfig = DicomConfig(),
+                  frame: int | None = None) -> list[tuple[np.ndarray, DicomSource | None]]:
     """Every image ``path`` holds as ``dicom.frame`` reads it, decoded and resized: one for a
     Pillow image or a DICOM under first/middle, each frame of a cine loop under ``all`` (at most
-    ``MAX_FILE_FRAMES_BYTES`` of them). DataError (naming the path) if it cannot be decoded."""
+    ``MAX_FILE_FRAMES_BYTES`` of them), only the 1-based ``frame`` where given (a DICOM's frame;
+    any other image is its own frame 1). DataError (naming the path) if it cannot be decoded."""
     from PIL import Image
 
     with open_image_file(path) as fh:
         if is_dicom(fh.read(HEAD_BYTES)):
             limit = MAX_FILE_FRAMES_BYTES // (size * size * 3)
             return [(np.asarray(resize_rgb(to_rgb8(im), size, resize), dtype=np.uint8), source)
-                    for im, source in read_dicom_frames(fh, path, dicom, max_frames=limit)]
+                    for im, source in read_dicom_frames(fh, path, dicom, max_frames=limit, frame=frame)]
         fh.seek(0)
         try:
             with Image.open(fh) as im:

@@ -20,13 +20,23 @@ from busi.data.images import load_image
 
 @dataclass(frozen=True)
 class SplitData:
-    """Absolute file paths and integer labels of one split, in a fixed order."""
+    """Absolute file paths and integer labels of one split, in a fixed order; ``frames``: each
+    sample's 1-based frame of a cine loop (``data.dicom.frame: all``), None for a whole file
+    (empty: every sample is a whole file)."""
 
     paths: tuple[str, ...]
     labels: tuple[int, ...]
+    frames: tuple[int | None, ...] = ()
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    def frame(self, i: int) -> int | None:
+        return self.frames[i] if self.frames else None
+
+    def images(self) -> list[tuple[str, int | None]]:
+        """(path, frame) of every sample: what ``busi.data.images.load_image`` decodes."""
+        return [(p, self.frame(i)) for i, p in enumerate(self.paths)]
 
 
 def balanced_class_weights(labels: Sequence[int], num_classes: int) -> np.ndarray:
@@ -51,11 +61,11 @@ class Pipeline:
         n = len(data)
         index = np.arange(n, dtype=np.int64)
 
-        def decode(path: Any) -> np.ndarray:
-            return load_image(os.fsdecode(path), image_size, resize, dicom)
+        def decode(path: Any, idx: Any) -> np.ndarray:
+            return load_image(os.fsdecode(path), image_size, resize, dicom, data.frame(int(idx)))
 
         def tf_decode(path: Any, label: Any, idx: Any) -> tuple[Any, Any, Any]:
-            image = tf.numpy_function(decode, [path], tf.uint8, stateful=False)
+            image = tf.numpy_function(decode, [path, idx], tf.uint8, stateful=False)
             image.set_shape((image_size, image_size, 3))
             return image, label, idx
 

@@ -65,8 +65,8 @@ class PreparedData:
 
     def split(self, name: str) -> list[tuple[Sample, SplitRow]]:
         """(sample, row) pairs of one split, in sample order."""
-        by_path = {s.path: s for s in self.scan.samples}
-        return [(by_path[r.path], r) for r in self.rows if r.split == name]
+        by_key = {s.key: s for s in self.scan.samples}  # a row's path is its sample's key
+        return [(by_key[r.key], r) for r in self.rows if r.split == name]
 
 
 def prepare_data(cfg: DataConfig, seed: int, exclude: Sequence[str | Path] = ()) -> PreparedData:
@@ -104,8 +104,8 @@ def split_rows(cfg: DataConfig, table: TableResult | None, samples: Sequence[Sam
     split's crossings: ``data.splits``, else the table's split column, else busi's split."""
     if cfg.splits:
         rows, left_out = read_splits_file(cfg.splits, samples)
-        side_of = {r.path: r.split for r in rows}  # the images the file leaves out are on no side
-        crossings = _checked_crossings(samples, groups, patients, [side_of.get(s.path, "") for s in samples],
+        side_of = {r.key: r.split for r in rows}  # the images the file leaves out are on no side
+        crossings = _checked_crossings(samples, groups, patients, [side_of.get(s.key, "") for s in samples],
                                        "data.splits", Path(cfg.splits))
         return rows, left_out, crossings
     if table is not None and cfg.table is not None and cfg.table.split:
@@ -157,19 +157,19 @@ def given_folds(cfg: DataConfig, table: TableResult | None, samples: Sequence[Sa
     index = {name: i for i, name in enumerate(names)}
     sides = [f or "" for f in table.folds]
     crossings = _checked_crossings(samples, groups, patients, sides, "data.table.fold", table.file)
-    fold_of = {s.path: index[f] for s, f in zip(samples, sides)}
-    return [FoldRow(r.path, r.label, r.group, fold_of[r.path]) for r in rows], crossings
+    fold_of = {s.key: index[f] for s, f in zip(samples, sides)}
+    return [FoldRow(r.path, r.label, r.group, fold_of[r.key], r.frame) for r in rows], crossings
 
 
 def source_report(cfg: DataConfig, table: TableResult | None, samples: Sequence[Sample],
                   patients: Sequence[str | None], rows: Sequence[SplitRow], crossings: Sequence[Crossing],
                   folds: Sequence[FoldRow], fold_crossings: Sequence[Crossing]) -> dict[str, Any]:
     """The report's ``table``, ``patients``, ``split`` and ``folds`` entries."""
-    patient_of = {s.path: p for s, p in zip(samples, patients)}
+    patient_of = {s.key: p for s, p in zip(samples, patients)}
     given = cfg.group_pattern is not None or (cfg.table is not None and cfg.table.group is not None)
     source = (f"data.group_pattern '{cfg.group_pattern}'" if cfg.group_pattern is not None
               else f"data.table.group (column {cfg.table.group!r})" if given and cfg.table is not None else None)
-    without = [s.path for s, p in zip(samples, patients) if p is None] if given else []
+    without = [s.key for s, p in zip(samples, patients) if p is None] if given else []
     note = NO_PATIENTS if not given else (
         f"{len(without)} image(s) without a patient ID: each is its own group" if without else None)
     split_from = ("data.splits" if cfg.splits else f"data.table.split (column {cfg.table.split!r})"
@@ -187,7 +187,7 @@ def source_report(cfg: DataConfig, table: TableResult | None, samples: Sequence[
         "patients": {
             "from": source,
             "count": len({p for p in patients if p is not None}),
-            "per_split": {s: len({patient_of[r.path] for r in rows if r.split == s and patient_of[r.path] is not None})
+            "per_split": {s: len({patient_of[r.key] for r in rows if r.split == s and patient_of[r.key] is not None})
                           for s in SPLITS},
             "groups_per_split": {s: len({r.group for r in rows if r.split == s}) for s in SPLITS},
             "images_without_patient": without,
@@ -216,8 +216,9 @@ def build_report(
     per_split: dict[str, dict[str, int]] = {s: {c: 0 for c in cfg.classes} for s in SPLITS}
     for r in rows:
         per_split[r.split][r.label] += 1
-    used = {r.path for r in rows}
-    dup_groups = [g for g in groups if len(g.members) > 1]
+    used = {r.key for r in rows}
+    # the frames of one cine loop share the file's hash: one file is no duplicate of itself
+    dup_groups = [g for g in groups if len({samples[i].path for i in g.members}) > 1]
     conflicts = [g for g in dup_groups if g.conflict]
     widths = [s.width for s in samples]
     heights = [s.height for s in samples]
@@ -238,7 +239,7 @@ def build_report(
         "masks": {
             "mask_files": sum(len(s.masks) for s in samples) + len(scan.orphan_masks),
             "images_with_masks": sum(1 for s in samples if s.masks),
-            "images_without_masks": [s.path for s in samples if not s.masks],
+            "images_without_masks": [s.key for s in samples if not s.masks],
             "orphan_masks": list(scan.orphan_masks),
         },
         "duplicates": {
@@ -251,7 +252,7 @@ def build_report(
             for g in conflicts
         ],
         "excluded": {
-            "label_conflicts": sum(1 for g in conflicts for i in g.members if samples[i].path not in used),
+            "label_conflicts": sum(1 for g in conflicts for i in g.members if samples[i].key not in used),
             "not_in_splits_file": left_out,
         },
         "skipped_files": list(scan.skipped),
@@ -264,7 +265,7 @@ def build_report(
 def _group_json(g: Group, samples: tuple[Sample, ...]) -> dict[str, Any]:
     return {
         "id": g.id,
-        "members": [samples[i].path for i in g.members],
+        "members": [samples[i].key for i in g.members],
         "labels": list(g.labels),
         "exact": len({samples[i].sha256 for i in g.members}) == 1,
     }

@@ -21,8 +21,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from busi.config.schema import DicomConfig
-from busi.data.dicom import DICOM_SUFFIXES, is_dicom, read_dicom_bytes
+from busi.config.schema import DICOM_ONE_FRAME, DicomConfig
+from busi.data.dicom import DICOM_SUFFIXES, is_dicom, read_dicom_frames
 from busi.data.images import decode_error, open_image_file, to_rgb8
 from busi.data.names import has_junk_part, is_junk
 from busi.errors import DataError
@@ -50,7 +50,10 @@ def is_mask_name(path: str | Path) -> bool:
 
 @dataclass(frozen=True)
 class Sample:
-    """One image of the dataset. ``path`` is relative to the dataset root, in POSIX form."""
+    """One image of the dataset. ``path`` is its file, relative to the dataset root, in POSIX
+    form; ``frame`` the 1-based frame of a DICOM cine loop scanned under ``data.dicom.frame: all``
+    (each frame a sample; None: the file's one image). ``key`` names the sample everywhere a
+    sample is listed (splits.csv, hashes.csv, the report)."""
 
     path: str
     label: str
@@ -59,8 +62,19 @@ class Sample:
     width: int
     height: int
     mode: str
-    sha256: str
+    sha256: str  # of the whole file (the frames of a loop share it)
     phash: int  # 63-bit DCT perceptual hash of a grayscale thumbnail
+    frame: int | None = None
+
+    @property
+    def key(self) -> str:
+        return sample_key(self.path, self.frame)
+
+
+def sample_key(path: str, frame: int | None) -> str:
+    """A sample's name: its path, with ``#frame-N`` after it for frame N of a cine loop scanned
+    under ``all``. Only ever compared with the keys of a scan, never split back into its parts."""
+    return path if frame is None else f"{path}#frame-{frame}"
 
 
 @dataclass(frozen=True)
@@ -129,13 +143,13 @@ def scan_dataset(root: str | Path, classes: Sequence[str], exclude: Sequence[str
         for key, f in ((key, f) for key, fs in images.items() for f in fs):
             rel = f.relative_to(base).as_posix()
             try:
-                info = read_image_info(f, dicom)
+                infos = read_image_infos(f, dicom)
             except DataError as e:
                 corrupt.append((rel, e.reason))
                 continue
             count += 1
             masks_of = tuple(p.relative_to(base).as_posix() for p in masks.get(key, []))
-            samples.append(Sample(path=rel, label=label, label_index=index, masks=masks_of, **info))
+            samples.extend(Sample(path=rel, label=label, label_index=index, masks=masks_of, **info) for info in infos)
         if count == 0:
             raise DataError(class_dir, f"no readable images in class '{label}'")
     extra = sorted(
@@ -208,20 +222,25 @@ def _walk(folder: Path, excluded: Sequence[tuple[str, ...]] = ()) -> Iterable[Pa
 
 def read_image_info(path: Path, dicom: DicomConfig = DicomConfig()) -> dict[str, object]:
     """Decode an image fully; size, mode, content hash and perceptual hash. DataError if unreadable.
-    A DICOM file: its frame as training reads it (``dicom``), the hash of the whole file."""
+    A DICOM file: its frame as training reads it (``dicom``: first or middle), the hash of the whole file."""
+    return read_image_infos(path, dicom)[0]
+
+
+def read_image_infos(path: Path, dicom: DicomConfig = DicomConfig()) -> list[dict[str, object]]:
+    """``read_image_info`` of every sample ``path`` holds: one, or each frame of a DICOM cine loop
+    under ``data.dicom.frame: all`` (its ``frame`` number set; the frames share the file's hash)."""
     from PIL import Image
 
     with open_image_file(path) as fh:
         raw = fh.read()  # all of it: the content hash
+    sha = hashlib.sha256(raw).hexdigest()
     if is_dicom(raw):
-        im, _ = read_dicom_bytes(raw, path, dicom)
-        return {
-            "width": im.width,
-            "height": im.height,
-            "mode": im.mode,
-            "sha256": hashlib.sha256(raw).hexdigest(),
-            "phash": perceptual_hash(to_rgb8(im).convert("L")),  # as a PNG of the same pixels hashes
-        }
+        infos = [{"width": im.width, "height": im.height, "mode": im.mode, "sha256": sha,
+                  "phash": perceptual_hash(to_rgb8(im).convert("L")),  # as a PNG of the same pixels hashes
+                  "frame": source.frame} for im, source in read_dicom_frames(io.BytesIO(raw), path, dicom)]
+        if dicom.frame in DICOM_ONE_FRAME or len(infos) == 1:  # the file's one image: no frame number
+            return [{**info, "frame": None} for info in infos]
+        return infos
     try:
         with Image.open(io.BytesIO(raw)) as im:
             im.load()
@@ -229,13 +248,7 @@ def read_image_info(path: Path, dicom: DicomConfig = DicomConfig()) -> dict[str,
             gray = im.convert("L")
     except Exception as e:  # any failure of a decoder on one file makes that file corrupt, not the scan
         raise decode_error(path, e) from None
-    return {
-        "width": width,
-        "height": height,
-        "mode": mode,
-        "sha256": hashlib.sha256(raw).hexdigest(),
-        "phash": perceptual_hash(gray),
-    }
+    return [{"width": width, "height": height, "mode": mode, "sha256": sha, "phash": perceptual_hash(gray)}]
 
 
 @functools.lru_cache(maxsize=1)

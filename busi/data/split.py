@@ -9,6 +9,7 @@ a copy of a test image nor another image of a test patient is trained on.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 from collections import Counter
 from dataclasses import dataclass
@@ -18,23 +19,53 @@ from typing import Sequence
 import numpy as np
 
 from busi.data.dedupe import Group
-from busi.data.scan import Sample
+from busi.data.scan import Sample, sample_key
 from busi.errors import DataError
-from busi.files.text import text_of
+from busi.files.text import csv_text, text_of
 from busi.runtime.safeio import read_regular_file
 
 SPLITS = ("train", "val", "test")
-SPLITS_COLUMNS = ("path", "label", "group", "split")
+SPLITS_COLUMNS = ("path", "label", "group", "split", "frame")
+REQUIRED_SPLITS_COLUMNS = SPLITS_COLUMNS[:4]  # frame: only where a sample is a frame of a cine loop
 
 
 @dataclass(frozen=True)
 class SplitRow:
-    """One line of ``splits.csv``."""
+    """One line of ``splits.csv``: an image file, and its 1-based ``frame`` where the sample is
+    one frame of a cine loop (``data.dicom.frame: all``)."""
 
     path: str
     label: str
     group: str
     split: str
+    frame: int | None = None
+
+    @property
+    def key(self) -> str:
+        """The key of the sample this row is of (``busi.data.scan.sample_key``)."""
+        return sample_key(self.path, self.frame)
+
+
+def splits_text(rows: Sequence[SplitRow]) -> str:
+    """``splits.csv`` (a run's data/splits.csv, a cv fold's split): a row per sample; the
+    ``frame`` column only where a sample is a frame of a cine loop (else the file is as it
+    always was, and so is its hash, which a checkpoint compares on resume)."""
+    if not any(r.frame is not None for r in rows):
+        return csv_text(REQUIRED_SPLITS_COLUMNS, ([r.path, r.label, r.group, r.split] for r in rows))
+    return csv_text(SPLITS_COLUMNS, ([r.path, r.label, r.group, r.split, frame_cell(r.frame)] for r in rows))
+
+
+def frame_cell(frame: int | None) -> str:
+    return "" if frame is None else str(frame)
+
+
+def read_frame_cell(value: str | None, where: str) -> int | None:
+    """A frame column's cell: empty (or no column) for a whole file, else a frame number >= 1."""
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise DataError(where, f"frame {value!r}; expected a frame number (1, 2, ...) or nothing")
+    return int(value)
 
 
 def split_groups(
@@ -73,7 +104,7 @@ def split_groups(
             for i in g.members:
                 assignment[i] = (g.id, split)
     return [
-        SplitRow(path=s.path, label=s.label, group=assignment[i][0], split=assignment[i][1])
+        SplitRow(path=s.path, label=s.label, group=assignment[i][0], split=assignment[i][1], frame=s.frame)
         for i, s in enumerate(samples)
         if i in assignment
     ]
@@ -104,10 +135,10 @@ def find_crossings(samples: Sequence[Sample], groups: Sequence[Group], patients:
             seen = tuple(sorted({sides[i] for i in idx if sides[i]}, key=natural_key))
             if len(seen) > 1:
                 crossing_patients.append(p)
-                out.append(Crossing(p, "patient", seen, tuple(samples[i].path for i in idx)))
+                out.append(Crossing(p, "patient", seen, tuple(samples[i].key for i in idx)))
         seen = tuple(sorted({sides[i] for i in g.members if sides[i]}, key=natural_key))
         if len(seen) > 1 and not crossing_patients:
-            out.append(Crossing(g.id, "duplicates", seen, tuple(samples[i].path for i in g.members)))
+            out.append(Crossing(g.id, "duplicates", seen, tuple(samples[i].key for i in g.members)))
     return out
 
 
@@ -115,7 +146,7 @@ def given_split(samples: Sequence[Sample], groups: Sequence[Group], sides: Seque
     """The rows of a predefined split: sample i in ``sides[i]``, its group's id; samples of no
     group (dropped label conflicts) left out. Rows in sample order."""
     group_of = {i: g.id for g in groups for i in g.members}
-    return [SplitRow(path=s.path, label=s.label, group=group_of[i], split=sides[i])
+    return [SplitRow(path=s.path, label=s.label, group=group_of[i], split=sides[i], frame=s.frame)
             for i, s in enumerate(samples) if i in group_of]
 
 
@@ -133,23 +164,26 @@ def read_splits_file(path: str | Path, samples: Sequence[Sample]) -> tuple[list[
         raise DataError(p, "data.splits file not found") from None
     except (OSError, csv.Error) as e:
         raise DataError(p, f"cannot read data.splits file: {getattr(e, 'strerror', None) or e}") from None
-    missing_cols = [c for c in SPLITS_COLUMNS if c not in (reader.fieldnames or [])]
+    missing_cols = [c for c in REQUIRED_SPLITS_COLUMNS if c not in (reader.fieldnames or [])]
     if missing_cols:
         raise DataError(p, f"data.splits file lacks column(s) {missing_cols}; expected header {','.join(SPLITS_COLUMNS)}"
         )
-    by_path = {s.path: s for s in samples}
+    by_key = {s.key: s for s in samples}  # a cine loop's frames by their keys (path#frame-N)
     rows: dict[str, SplitRow] = {}
     for line, r in enumerate(listed, start=2):
-        sp, label, split = r["path"], r["label"], r["split"]
-        if split not in SPLITS:
-            raise DataError(f"{p}:{line}", f"split {split!r} for {sp}; expected one of {', '.join(SPLITS)}")
-        if sp not in by_path:
-            raise DataError(f"{p}:{line}", f"{sp} is not an image of the scanned dataset; check data.source")
-        if by_path[sp].label != label:
-            raise DataError(f"{p}:{line}", f"{sp} is labelled {label!r} here but {by_path[sp].label!r} in the dataset")
+        where = f"{p}:{line}"
+        row = SplitRow(path=r["path"], label=r["label"], group=r["group"], split=r["split"],
+                       frame=read_frame_cell(r.get("frame"), where))
+        sp = row.key
+        if row.split not in SPLITS:
+            raise DataError(where, f"split {row.split!r} for {sp}; expected one of {', '.join(SPLITS)}")
+        if sp not in by_key:
+            raise DataError(where, f"{sp} is not an image of the scanned dataset; check data.source")
+        if by_key[sp].label != row.label:
+            raise DataError(where, f"{sp} is labelled {row.label!r} here but {by_key[sp].label!r} in the dataset")
         if sp in rows:
-            raise DataError(f"{p}:{line}", f"{sp} is listed twice")
-        rows[sp] = SplitRow(path=sp, label=label, group=r["group"] or sp, split=split)
-    ordered = [rows[s.path] for s in samples if s.path in rows]
-    left_out = [s.path for s in samples if s.path not in rows]
+            raise DataError(where, f"{sp} is listed twice")
+        rows[sp] = dataclasses.replace(row, group=row.group or sp)
+    ordered = [rows[s.key] for s in samples if s.key in rows]
+    left_out = [s.key for s in samples if s.key not in rows]
     return ordered, left_out

@@ -32,7 +32,7 @@ from pathlib import Path, PurePosixPath
 from typing import Sequence
 
 from busi.config.schema import DicomConfig, TableConfig
-from busi.data.scan import Sample, ScanResult, natural_key, read_image_info
+from busi.data.scan import Sample, ScanResult, natural_key, read_image_infos
 from busi.data.split import SPLITS
 from busi.errors import ConfigError, DataError
 from busi.runtime.safeio import is_regular_file, read_regular_file
@@ -103,12 +103,14 @@ def read_table(root: str | Path, cfg: TableConfig, classes: Sequence[str], dicom
     corrupt: list[tuple[str, str]] = []
     for r in sorted(rows, key=lambda r: natural_key(r.path)):
         try:
-            info = read_image_info(root / r.path, dicom)
+            infos = read_image_infos(root / r.path, dicom)
         except DataError as e:
             corrupt.append((r.path, e.reason))
             continue
-        samples.append(Sample(path=r.path, label=r.label, label_index=classes.index(r.label), masks=r.masks, **info))
-        kept.append(r)
+        for info in infos:  # a cine loop under data.dicom.frame all: a sample per frame, each with its row
+            samples.append(Sample(path=r.path, label=r.label, label_index=classes.index(r.label), masks=r.masks,
+                                  **info))
+            kept.append(r)
     _check_usable(file, classes, samples, problems, corrupt, count)
     return TableResult(
         scan=ScanResult(root=root, samples=tuple(samples), orphan_masks=(), skipped=(), corrupt=tuple(corrupt)),

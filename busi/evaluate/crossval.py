@@ -96,7 +96,7 @@ def _out_of_fold(root: Path, folds: Sequence[Any], results: Sequence[tuple[dict[
                  ) -> list[tuple[dict[str, str], int]]:
     """Every fold's test predictions with its fold, checked: each image of ``folds.csv`` exactly
     once, predicted by its own fold's model."""
-    fold_of = {r.path: r.fold for r in folds}
+    fold_of = {r.key: r.fold for r in folds}  # test.csv names a sample by its key
     seen: dict[str, int] = {}
     out = []
     for i, (_, rows) in enumerate(results):
@@ -107,7 +107,7 @@ def _out_of_fold(root: Path, folds: Sequence[Any], results: Sequence[tuple[dict[
             seen[row["path"]] = seen.get(row["path"], 0) + 1
             out.append((row, i))
     twice = [p for p, n in seen.items() if n > 1]
-    absent = [r.path for r in folds if r.path not in seen]
+    absent = [r.key for r in folds if r.key not in seen]
     if twice or absent:
         raise DataError(root, f"out-of-fold predictions cover {len(seen)} of {len(folds)} images "
                         f"({len(absent)} missing, {len(twice)} twice, e.g. {(absent or twice)[0]!r})")

@@ -71,9 +71,9 @@ def mask_agreement(heat: np.ndarray, mask: np.ndarray) -> tuple[float, bool]:
     return inside, hit
 
 
-def gradcam_vs_masks(model: Any, images: Sequence[tuple[Path, int, Sequence[Path]]], classes: Sequence[str],
-                     size: int, resize: str, dicom: DicomConfig) -> dict[str, Any]:
-    """``images``: (image path, true class index, mask paths). Every image with a non-empty
+def gradcam_vs_masks(model: Any, images: Sequence[tuple[Path, int, Sequence[Path], int | None]],
+                     classes: Sequence[str], size: int, resize: str, dicom: DicomConfig) -> dict[str, Any]:
+    """``images``: (image path, true class index, mask paths, frame of a cine loop or None). Every image with a non-empty
     mask is scored; the summary per class and overall. A DICOM image is decoded as training
     decodes it (``dicom``), its whole-frame masks cut to the same ultrasound region."""
     from busi.data.dicom import cropped_region
@@ -82,13 +82,13 @@ def gradcam_vs_masks(model: Any, images: Sequence[tuple[Path, int, Sequence[Path
 
     cam = GradCam(model)
     scores: dict[str, list[tuple[float, bool, float]]] = {c: [] for c in classes}
-    for path, label, masks in images:
+    for path, label, masks, frame in images:
         if not masks:
             continue
         mask = load_mask(masks, size, resize, cropped_region(path, dicom))
         if not mask.any():
             continue
-        heat = upsample(cam.heatmap(load_image(path, size, resize, dicom).astype(np.float32), label), size)
+        heat = upsample(cam.heatmap(load_image(path, size, resize, dicom, frame).astype(np.float32), label), size)
         inside, hit = mask_agreement(heat, mask)
         scores[classes[label]].append((inside, hit, float(mask.mean())))
 

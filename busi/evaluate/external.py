@@ -84,12 +84,12 @@ def run_evaluate(req: EvaluateRequest, threads: int | None = None) -> dict[str, 
                         "external data must use the class-folder layout")
     overlap = _overlap(req, scan.samples, training, threshold, pattern)
     left_out = set() if req.keep_overlap else {o.path for o in overlap}
-    used = [s for s in scan.samples if s.path not in left_out]
+    used = [s for s in scan.samples if s.key not in left_out]
     if not used:
         raise DataError(req.data, "every image overlaps the training data (a copy, or a training patient); nothing "
                         "left to evaluate (--keep-overlap counts them anyway)")
-    probs = _classify(predictor, [root / s.path for s in used], req.batch_size)
-    scored = score([s.path for s in used], [s.label_index for s in used], probs, classes, "external", 0,
+    probs = _classify(predictor, [(root / s.path, s.frame) for s in used], req.batch_size)
+    scored = score([s.key for s in used], [s.label_index for s in used], probs, classes, "external", 0,
                    OperatingPoint.from_json(read_thresholds(model_file)))
     metrics = scored.metrics
     metrics["engine"] = predictor.engine.info.as_dict()
@@ -177,7 +177,7 @@ def _overlap(req: EvaluateRequest, samples: Sequence[Any], training: Sequence[An
     if pattern and not any(f.patient for f in training):
         log.warning("evaluate: the run's %s holds no patient IDs (trained without data.table.group or "
                     "data.group_pattern): images are compared, patients are not", RUN_FILES["hashes"])
-    overlap = find_overlap([s.path for s in samples], [s.sha256 for s in samples], [s.phash for s in samples],
+    overlap = find_overlap([s.key for s in samples], [s.sha256 for s in samples], [s.phash for s in samples],
                            training, threshold, patients)
     if overlap:
         count = count_kinds(overlap)
@@ -189,13 +189,14 @@ def _overlap(req: EvaluateRequest, samples: Sequence[Any], training: Sequence[An
     return overlap
 
 
-def _classify(predictor: Any, files: list[Path], batch_size: int) -> np.ndarray:
+def _classify(predictor: Any, images: list[tuple[Path, int | None]], batch_size: int) -> np.ndarray:
+    """Probabilities of ``images`` ((file, frame of a cine loop or None)), batch by batch."""
     from busi.data.images import load_image
 
     out = []
-    for i in range(0, len(files), batch_size):
-        x = np.stack([load_image(f, predictor.image_size, predictor.resize, predictor.dicom)
-                      for f in files[i : i + batch_size]])
+    for i in range(0, len(images), batch_size):
+        x = np.stack([load_image(f, predictor.image_size, predictor.resize, predictor.dicom, frame)
+                      for f, frame in images[i : i + batch_size]])
         out.append(predictor.engine.run(x.astype(np.float32, copy=False)))
     return np.concatenate(out)
 

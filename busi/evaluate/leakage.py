@@ -55,8 +55,8 @@ class Overlap:
 def training_fingerprints(prepared: Any) -> list[Fingerprint]:
     """The train and validation images of a ``busi.data.prepare.PreparedData``, with their hashes
     and patients."""
-    patient_of = dict(zip((s.path for s in prepared.scan.samples), prepared.patients))
-    return [Fingerprint(sample.path, row.split, sample.sha256, sample.phash, patient_of.get(sample.path) or "")
+    patient_of = dict(zip((s.key for s in prepared.scan.samples), prepared.patients))
+    return [Fingerprint(sample.key, row.split, sample.sha256, sample.phash, patient_of.get(sample.key) or "")
             for split in TRAINING_SPLITS for sample, row in prepared.split(split)]
 
 

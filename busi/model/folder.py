@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from busi.config.schema import DICOM_ONE_FRAME, RESIZE_MODES, DicomConfig
+from busi.config.schema import DICOM_FRAMES, RESIZE_MODES, DicomConfig
 from busi.errors import ConfigError, DataError
 from busi.files.rundir import RUN_FILES, RunDir
 
@@ -152,11 +152,11 @@ def read_model_info(model_file: Path, image_size: int) -> ModelInfo:
             raise ValueError(f"resize {resize!r}")
         dicom = prep.get("dicom", {})
         frame, crop = dicom.get("frame", "first"), dicom.get("crop_to_region", False)
-        if frame not in DICOM_ONE_FRAME or not isinstance(crop, bool):
+        if frame not in DICOM_FRAMES or not isinstance(crop, bool):
             raise ValueError(f"dicom {dicom!r}")
     except (OSError, ValueError, AttributeError) as e:
         raise DataError(prep_file, f"expected {{\"image_size\": N, \"resize\": \"stretch\" or \"pad\", \"dicom\": "
-                        f"{{\"frame\": {' or '.join(DICOM_ONE_FRAME)}, \"crop_to_region\": true or false}}}}: {e}") from None
+                        f"{{\"frame\": {' or '.join(DICOM_FRAMES)}, \"crop_to_region\": true or false}}}}: {e}") from None
     return ModelInfo(classes, image_size, resize, DicomConfig(frame=frame, crop_to_region=crop))
 
 

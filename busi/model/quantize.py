@@ -22,7 +22,7 @@ import random
 import time
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Sequence
+from typing import Any, Sequence, TypeVar
 
 import numpy as np
 
@@ -36,6 +36,7 @@ log = logging.getLogger("busi")
 NNCF_PIN = "nncf==3.4.0"  # pyproject.toml's pin: the install command errors name
 INT8_DIR = Path(RUN_FILES["openvino_int8"]).name  # "openvino-int8", beside model.keras
 CALIBRATION_IMAGES = 300  # NNCF's default subset size; enough for ResNet50's activation ranges
+T = TypeVar("T")
 
 
 def import_nncf() -> ModuleType:
@@ -56,20 +57,21 @@ def nncf_available() -> bool:
     return True
 
 
-def calibration_sample(paths: Sequence[str], seed: int, limit: int = CALIBRATION_IMAGES) -> list[str]:
-    """At most ``limit`` of ``paths``, a seeded sample in their original order."""
-    if len(paths) <= limit:
-        return list(paths)
-    keep = sorted(random.Random(seed).sample(range(len(paths)), limit))
-    return [paths[i] for i in keep]
+def calibration_sample(images: Sequence[T], seed: int, limit: int = CALIBRATION_IMAGES) -> list[T]:
+    """At most ``limit`` of ``images``, a seeded sample in their original order."""
+    if len(images) <= limit:
+        return list(images)
+    keep = sorted(random.Random(seed).sample(range(len(images)), limit))
+    return [images[i] for i in keep]
 
 
-def calibration_images(paths: Sequence[str], image_size: int, resize: str,
-                       dicom: DicomConfig = DicomConfig()) -> np.ndarray:
-    """The calibration images as prediction decodes them: N x S x S x 3 float32 RGB 0-255."""
+def calibration_images(paths: Sequence[str], image_size: int, resize: str, dicom: DicomConfig = DicomConfig(),
+                       frames: Sequence[int | None] | None = None) -> np.ndarray:
+    """The calibration images as prediction decodes them: N x S x S x 3 float32 RGB 0-255
+    (``frames``: each path's frame of a cine loop, where the samples are frames)."""
     out = np.empty((len(paths), image_size, image_size, 3), np.float32)
     for i, path in enumerate(paths):
-        out[i] = load_image(path, image_size, resize, dicom)
+        out[i] = load_image(path, image_size, resize, dicom, frames[i] if frames else None)
     return out
 
 

@@ -43,6 +43,11 @@ def _dicom_args(cfg: JobConfig) -> str:
     return f"frame={d.frame!r}, crop_to_region={d.crop_to_region}"
 
 
+def _frame_arg(cfg: JobConfig) -> str:
+    """Under ``frame: all`` each frame of a cine loop was a sample: the snippet names one."""
+    return ", frame=1" if cfg.data.dicom.frame == "all" else ""
+
+
 def _loading(cfg: JobConfig) -> str:
     """The snippet calls the decode training and prediction use (``busi.data.images.load_image``):
     16-bit, palette, alpha and grayscale images and ``resize: pad`` come out as they did in training."""
@@ -59,7 +64,7 @@ model = keras.saving.load_model("model.keras")
 image = load_image("scan.png", {side}, "{cfg.data.resize}")  # {side} x {side} x 3, RGB, uint8
 # a DICOM file, read as training read them (data.dicom):
 # from busi.config.schema import DicomConfig
-# image = load_image("IM0001", {side}, "{cfg.data.resize}", DicomConfig({_dicom_args(cfg)}))
+# image = load_image("IM0001", {side}, "{cfg.data.resize}", DicomConfig({_dicom_args(cfg)}){_frame_arg(cfg)})
 probabilities = model.predict(image[None].astype("float32"), verbose=0)[0]  # order: labels.json
 ```
 

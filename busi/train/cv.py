@@ -25,7 +25,7 @@ from pathlib import Path
 
 from busi.config.schema import JobConfig
 from busi.data.folds import FoldRow, assign_folds, fold_splits, folds_text, read_folds
-from busi.data.split import SPLITS_COLUMNS
+from busi.data.split import splits_text
 from busi.errors import ConfigError, DataError
 from busi.files.atomic import atomic_write_text
 from busi.files.cvdir import (
@@ -35,7 +35,6 @@ from busi.files.cvdir import (
     fold_status,
     splits_file,
 )
-from busi.files.text import csv_text
 
 log = logging.getLogger("busi")
 
@@ -60,7 +59,7 @@ def prepare_folds(cfg: JobConfig, k: int) -> list[FoldRow]:
         path = root / FOLDS_FILE
         if path.exists():
             folds = read_folds(path)
-            if {(r.path, r.label) for r in folds} != {(r.path, r.label) for r in rows}:
+            if {(r.key, r.label) for r in folds} != {(r.key, r.label) for r in rows}:
                 raise DataError(path, f"assigned for other data than {cfg.data.source} holds now (images added, "
                                 "removed or relabelled); use a new output.dir, or remove folds.csv and the fold-* "
                                 "folders to start the cross-validation again")
@@ -71,8 +70,7 @@ def prepare_folds(cfg: JobConfig, k: int) -> list[FoldRow]:
         folds = given or assign_folds(rows, k, cfg.runtime.seed)
         for i in range(k):
             val = cfg.data.split.val / max(cfg.data.split.train + cfg.data.split.val, 1e-9)
-            text = csv_text(SPLITS_COLUMNS, ([r.path, r.label, r.group, r.split]
-                                             for r in fold_splits(folds, i, val, cfg.runtime.seed)))
+            text = splits_text(fold_splits(folds, i, val, cfg.runtime.seed))
             splits_file(root, i).parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(splits_file(root, i), text)
         atomic_write_text(path, folds_text(folds))  # last: its presence says every fold's split is there

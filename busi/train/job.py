@@ -37,7 +37,7 @@ from busi.config.load import dump_config
 from busi.config.schema import JobConfig
 from busi.data.pipeline import Pipeline, SplitData, balanced_class_weights
 from busi.data.prepare import PreparedData, prepare_data
-from busi.data.split import SPLITS_COLUMNS
+from busi.data.split import splits_text
 from busi.distributed.group import Dist
 from busi.distributed.launchers import launched_local_size
 from busi.distributed.setup import ALL_RANKS, configure_rank_logging, init_dist
@@ -46,7 +46,7 @@ from busi.evaluate.leakage import hashes_text, training_fingerprints
 from busi.evaluate.writer import Layout, Scored, score, write_evaluation
 from busi.files.manifest import Manifest
 from busi.files.rundir import RUN_FILES, TENSORBOARD_DIR, RunDir
-from busi.files.text import csv_text, text_bytes
+from busi.files.text import text_bytes
 from busi.model.engines import Engine, Host, tensorflow_info
 from busi.model.network import BuiltModel
 from busi.report.format import format_interval
@@ -149,7 +149,7 @@ def _stages(job: Job, t_start: float) -> dict[str, Any]:
         scored = evaluate(job, data, built, pipelines, host, policy, result, temperature, val_probs)
     with clock("quantize"):
         quantize_and_check(job.cfg, job.run, built.model, pipelines[data.test_name], data.labels(data.test_name),
-                           data.splits["train"].paths, scored, host)
+                           data.splits["train"].images(), scored, host)
     with clock("save"):
         publish(job, data, scored, result)
     job.manifest.seconds["total"] = round(time.perf_counter() - t_start, 3)
@@ -210,19 +210,20 @@ def prepare(job: Job) -> TrainingData:
     the split it trained on."""
     cfg, run = job.cfg, job.run
     prepared = prepare_data(cfg.data, cfg.runtime.seed, exclude=[run.root])
-    splits_text = csv_text(SPLITS_COLUMNS, ([r.path, r.label, r.group, r.split] for r in prepared.rows))
-    splits_sha = hashlib.sha256(text_bytes(splits_text)).hexdigest()
+    splits_csv = splits_text(prepared.rows)
+    splits_sha = hashlib.sha256(text_bytes(splits_csv)).hexdigest()
     if job.resume is not None and job.resume.state.splits_sha256 not in ("", splits_sha):
         raise ConfigError(
             f"output.dir: the checkpoint in {job.checkpointer.dir} was trained on another split of the data "
             "(the dataset's files changed); resume on the original data or pass --restart"
         )
-    run.write_text("splits", splits_text)
+    run.write_text("splits", splits_csv)
     run.write_text("hashes", hashes_text(training_fingerprints(prepared)))
     run.write_json("report", prepared.report)
     classes = cfg.data.classes
     splits = {name: SplitData(paths=tuple(str(prepared.root / s.path) for s, _ in prepared.split(name)),
-                              labels=tuple(classes.index(s.label) for s, _ in prepared.split(name)))
+                              labels=tuple(classes.index(s.label) for s, _ in prepared.split(name)),
+                              frames=tuple(s.frame for s, _ in prepared.split(name)))
               for name in SPLIT_NAMES}
     log.info("data: %d train, %d val, %d test images from %s",
              len(splits["train"]), len(splits["val"]), len(splits["test"]), prepared.root)
@@ -362,7 +363,7 @@ def evaluate(job: Job, data: TrainingData, built: BuiltModel, pipelines: dict[st
                                    cfg.evaluate.target_sensitivity)
     write_thresholds(run, point)
     root = data.prepared.root
-    paths = [s.path for s, _ in data.prepared.split(name)]  # as splits.csv names them
+    paths = [s.key for s, _ in data.prepared.split(name)]  # a frame of a cine loop: path#frame-N
     scored = score(paths, data.labels(name), probs, classes, name, cfg.runtime.seed, OperatingPoint.from_json(point))
     metrics = scored.metrics
     if temperature is not None:
@@ -373,7 +374,7 @@ def evaluate(job: Job, data: TrainingData, built: BuiltModel, pipelines: dict[st
         from busi.evaluate.explain import gradcam_vs_masks
 
         metrics["gradcam_vs_masks"] = gradcam_vs_masks(
-            built.model, [(root / s.path, classes.index(s.label), [root / m for m in s.masks])
+            built.model, [(root / s.path, classes.index(s.label), [root / m for m in s.masks], s.frame)
                           for s, _ in data.prepared.split(name)], classes, cfg.data.image_size, cfg.data.resize,
             cfg.data.dicom)
     metrics["engine"] = (engine.info if engine is not None else tensorflow_info(built.model)).as_dict()

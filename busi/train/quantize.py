@@ -22,6 +22,7 @@ import numpy as np
 
 from busi.config.schema import DicomConfig, JobConfig
 from busi.data.pipeline import Pipeline, SplitData
+from busi.data.split import read_frame_cell
 from busi.errors import ConfigError, DataError
 from busi.evaluate.precision import not_measured, precision_contract
 from busi.evaluate.writer import Scored
@@ -45,8 +46,8 @@ class Evaluated:
 
 
 def quantize_and_check(cfg: JobConfig, run: RunDir, model: Any, test: Pipeline, test_labels: list[int],
-                       train_paths: Sequence[str], scored: Scored, host: Host) -> dict[str, Any]:
-    """Training's stage: the INT8 model (calibrated on ``train_paths``) and the contracts on the
+                       train_images: Sequence[tuple[str, int | None]], scored: Scored, host: Host) -> dict[str, Any]:
+    """Training's stage: the INT8 model (calibrated on ``train_images``: (path, frame)) and the contracts on the
     evaluated split (``test``, scored as ``scored``); ``not_measured`` for each with
     ``train.quantize: none``; {} off the primary rank."""
     if not run.primary:
@@ -60,7 +61,7 @@ def quantize_and_check(cfg: JobConfig, run: RunDir, model: Any, test: Pipeline, 
     if results is None:
         reference = scored.probs if scored.metrics.get("engine", {}).get("precision") == "float32" else None
         split = Evaluated(test, test_labels, reference, scored.metrics.get("ci95", {}), scored.classes)
-        results = check_precisions(run, model, split, list(train_paths), cfg.data.image_size, cfg.data.resize,
+        results = check_precisions(run, model, split, list(train_images), cfg.data.image_size, cfg.data.resize,
                                    cfg.runtime.seed, cfg.train.batch_size, host.threads, cfg.data.dicom)
     scored.metrics["precisions"] = results
     return results
@@ -76,7 +77,8 @@ def _unmeasurable(run: RunDir) -> dict[str, Any] | None:
     return results
 
 
-def check_precisions(run: RunDir, model: Any, split: Evaluated, train_paths: Sequence[str], image_size: int,
+def check_precisions(run: RunDir, model: Any, split: Evaluated, train_images: Sequence[tuple[str, int | None]],
+                     image_size: int,
                      resize: str, seed: int, batch_size: int, threads: int | None,
                      dicom: DicomConfig = DicomConfig()) -> dict[str, Any]:
     """Quantize into ``model/openvino-int8/``, measure the INT8 and bfloat16 contracts on
@@ -96,7 +98,7 @@ def check_precisions(run: RunDir, model: Any, split: Evaluated, train_paths: Seq
         split.reference = predict_probs(model, split.pipeline, batch_size,
                                         OpenVINOEngine(float_model, batch_size, "float32", threads))
     results: dict[str, Any] = {}
-    quantized, made = _quantize(run, float_model, train_paths, image_size, resize, seed, dicom)
+    quantized, made = _quantize(run, float_model, train_images, image_size, resize, seed, dicom)
     results["int8"] = {**contract(quantized, "int8"), **made} if quantized is not None else made
     if not cpu_has_bf16():
         results["bfloat16"] = not_measured("this CPU has no AMX or AVX512-BF16")
@@ -112,7 +114,7 @@ def check_precisions(run: RunDir, model: Any, split: Evaluated, train_paths: Seq
     return results
 
 
-def _quantize(run: RunDir, float_model: Any, train_paths: Sequence[str], image_size: int, resize: str,
+def _quantize(run: RunDir, float_model: Any, train_images: Sequence[tuple[str, int | None]], image_size: int, resize: str,
               seed: int, dicom: DicomConfig = DicomConfig()) -> tuple[Any, dict[str, Any]]:
     """The INT8 model written to ``model/openvino-int8/`` and how it was made; (None, why not)."""
     from busi.files.digest import file_sha256
@@ -121,14 +123,15 @@ def _quantize(run: RunDir, float_model: Any, train_paths: Sequence[str], image_s
 
     if not nncf_available():
         return None, not_measured(f"nncf is not installed (pip install {NNCF_PIN}; make install does)")
-    paths = calibration_sample(list(train_paths), seed)
-    if not paths:
+    chosen = calibration_sample(list(train_images), seed)
+    if not chosen:
         return None, not_measured("no training images to calibrate on")
-    quantized, made = quantize_int8(float_model, calibration_images(paths, image_size, resize, dicom))
+    quantized, made = quantize_int8(float_model, calibration_images([p for p, _ in chosen], image_size, resize, dicom,
+                                                                    [f for _, f in chosen]))
     made["quantization"].update(calibration_split="train", seed=seed)
     sha = file_sha256(run.path("model"))
     run.write_dir_with("openvino_int8", lambda p: write_openvino_dir(p, quantized, sha, made))
-    log.info("quantize: INT8 model from %d training images in %.1f s", len(paths), made["quantization"]["seconds"])
+    log.info("quantize: INT8 model from %d training images in %.1f s", len(chosen), made["quantization"]["seconds"])
     return quantized, made
 
 
@@ -152,20 +155,22 @@ def export_int8(run_dir: str | Path, batch_size: int = 32, threads: int | None =
     if _unmeasurable(run) is not None:
         raise ConfigError("export --precision int8: needs OpenVINO and the run's model/openvino/ "
                           "(busi-job export --format openvino first)")
-    split = Evaluated(Pipeline(SplitData(tuple(p for p, _ in splits[test]),
-                                         tuple(classes.index(c) for _, c in splits[test])),
+    split = Evaluated(Pipeline(SplitData(tuple(p for p, _, _ in splits[test]),
+                                         tuple(classes.index(c) for _, c, _ in splits[test]),
+                                         tuple(f for _, _, f in splits[test])),
                                cfg.data.image_size, cfg.data.resize, dicom=cfg.data.dicom),
-                      [classes.index(c) for _, c in splits[test]],
+                      [classes.index(c) for _, c, _ in splits[test]],
                       None, metrics.get("ci95", {}), classes)
-    results = check_precisions(run, model, split, [p for p, _ in splits["train"]], cfg.data.image_size,
+    results = check_precisions(run, model, split, [(p, f) for p, _, f in splits["train"]], cfg.data.image_size,
                                cfg.data.resize, cfg.runtime.seed, batch_size, threads, cfg.data.dicom)
     metrics["precisions"] = results
     run.write_json("metrics", metrics)
     return run.path("openvino_int8")
 
 
-def _read_splits(run: RunDir) -> dict[str, list[tuple[str, str]]]:
-    """The run's split as absolute paths and labels; DataError where its images are gone."""
+def _read_splits(run: RunDir) -> dict[str, list[tuple[str, str, int | None]]]:
+    """The run's split as absolute paths, labels and frames (of a cine loop's samples); DataError
+    where its images are gone."""
     import csv
     import io
 
@@ -173,11 +178,13 @@ def _read_splits(run: RunDir) -> dict[str, list[tuple[str, str]]]:
 
     report = run.read_json("report") or {}
     root = Path(report.get("root", ""))
-    out: dict[str, list[tuple[str, str]]] = {"train": [], "val": [], "test": []}
+    out: dict[str, list[tuple[str, str, int | None]]] = {"train": [], "val": [], "test": []}
     # the rule splits.csv was written with (busi.files.text): a name's bytes are kept
-    for row in csv.DictReader(io.StringIO(text_of(run.path("splits").read_bytes()), newline="")):
-        out.setdefault(row["split"], []).append((str(root / row["path"]), row["label"]))
-    missing = [p for rows in out.values() for p, _ in rows if not Path(p).is_file()]
+    for line, row in enumerate(csv.DictReader(io.StringIO(text_of(run.path("splits").read_bytes()), newline="")),
+                               start=2):
+        frame = read_frame_cell(row.get("frame"), f"{run.path('splits')}:{line}")
+        out.setdefault(row["split"], []).append((str(root / row["path"]), row["label"], frame))
+    missing = [p for rows in out.values() for p, _, _ in rows if not Path(p).is_file()]
     if missing:
         raise DataError(run.path("splits"), f"{len(missing)} of its images are not under {root} (e.g. {missing[0]}); "
                         "the INT8 model is calibrated and checked on the run's own images: unpack the training data "
