@@ -1,6 +1,6 @@
 """The cross-validation folder (``busi-job cv``'s output.dir): its layout, in one place::
 
-    OUT/folds.csv          path,label,group,fold: the assignment, written once (busi.data.folds)
+    OUT/folds.csv          path,label,group,fold[,frame]: the assignment, written once (busi.data.folds)
     OUT/splits/fold-I.csv  fold I's train/val/test split, handed to its run as data.splits
     OUT/fold-I/            fold I's run directory (busi.files.rundir)
     OUT/cv-metrics.json    metrics across folds and pooled out of fold (busi.evaluate.crossval)

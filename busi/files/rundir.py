@@ -57,7 +57,8 @@ RUN_LAYOUT: tuple[Entry, ...] = (
     Entry("manifest", "manifest.json", "file", "versions, host, cores and threads and their source, precision, "
           "seed, engines, seconds per stage, one entry per attempt, status"),
     Entry("splits", "data/splits.csv", "file", "path,label,group,split of every image used; group: the "
-          "patient ID (data.table.group, data.group_pattern), else the duplicate group"),
+          "patient ID (data.table.group, data.group_pattern), else the duplicate group; a frame column where "
+          "data.dicom.frame all made the frames of cine loops samples"),
     Entry("hashes", "data/hashes.csv", "file", "path,split,sha256,phash,patient of the train and validation "
           "images (`busi-job evaluate`'s overlap check; patient empty where the job gave none)"),
     Entry("report", "data/report.json", "file", "the dataset report (`busi-job inspect --json`)"),
