@@ -89,8 +89,8 @@ def is_dicom(path_or_head: PathOrHead) -> bool:
     return len(head) == HEAD_BYTES and head[PREAMBLE:] == MAGIC
 
 
-def read_dicom_frames(fh: BinaryIO, path: str | Path, options: DicomConfig = DicomConfig(),
-                      max_frames: int | None = None, frame: int | None = None) -> Iterator[tuple["Image.Image", DicomSource]]:
+def read_dicom_frames(fh: BinaryIO, path: str | Path, options: DicomConfig = DicomConfig(), max_frames: int | None = None,
+                      frame: int | None = None) -> Iterator[tuple["Image.Image", DicomSource]]:
     """Every frame ``options.frame`` names (``all``: each frame of a cine loop, in order), or
     only frame number ``frame`` (1-based: one sample of a loop read under ``all``), one at a
     time, as 8-bit ``L`` or ``RGB`` Pillow images with their source. ``max_frames``: a file

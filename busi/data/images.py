@@ -7,8 +7,9 @@ replicated to 3 channels (ResNet expects RGB). ``stretch`` resizes as the origin
 notebook did; ``pad`` keeps the aspect ratio and pads with black (the ultrasound background).
 
 DICOM files, recognised by content (``DICM`` at byte 128, whatever the name), are read by
-``busi.data.dicom`` (one frame as ``data.dicom`` says; every frame for prediction's ``all``) and then take the same ``to_rgb8`` and
-``resize_rgb`` as any other image, so a DICOM and a PNG of the same pixels give the same input.
+``busi.data.dicom`` (the frame ``data.dicom`` says, or a given frame of a cine loop) and then
+take the same ``to_rgb8`` and ``resize_rgb`` as any other image, so a DICOM and a PNG of the
+same pixels give the same input.
 """
 
 from __future__ import annotations

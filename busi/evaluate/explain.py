@@ -11,8 +11,8 @@ of the true class (``busi.model.gradcam``), upsampled bilinearly to the model in
   Zhang et al., "Top-down Neural Attention by Excitation Backprop", 2016).
 
 The mask goes through the image's own resize (``stretch`` or ``pad``), and the crop of a DICOM
-read with ``data.dicom.crop_to_region``, so they stay aligned; a mask is never a model input. Per class and over all images, in ``metrics.json``
-``gradcam_vs_masks`` and the model card.
+read with ``data.dicom.crop_to_region``, so they stay aligned; a mask is never a model input.
+Per class and over all images, in ``metrics.json`` ``gradcam_vs_masks`` and the model card.
 """
 
 from __future__ import annotations
@@ -73,8 +73,8 @@ def mask_agreement(heat: np.ndarray, mask: np.ndarray) -> tuple[float, bool]:
 
 def gradcam_vs_masks(model: Any, images: Sequence[tuple[Path, int, Sequence[Path], int | None]],
                      classes: Sequence[str], size: int, resize: str, dicom: DicomConfig) -> dict[str, Any]:
-    """``images``: (image path, true class index, mask paths, frame of a cine loop or None). Every image with a non-empty
-    mask is scored; the summary per class and overall. A DICOM image is decoded as training
+    """``images``: (image path, true class index, mask paths, frame of a cine loop or None).
+    Every image with a non-empty mask is scored; the summary per class and overall. A DICOM image is decoded as training
     decodes it (``dicom``), its whole-frame masks cut to the same ultrasound region."""
     from busi.data.dicom import cropped_region
     from busi.data.images import load_image

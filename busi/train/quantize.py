@@ -114,8 +114,8 @@ def check_precisions(run: RunDir, model: Any, split: Evaluated, train_images: Se
     return results
 
 
-def _quantize(run: RunDir, float_model: Any, train_images: Sequence[tuple[str, int | None]], image_size: int, resize: str,
-              seed: int, dicom: DicomConfig = DicomConfig()) -> tuple[Any, dict[str, Any]]:
+def _quantize(run: RunDir, float_model: Any, train_images: Sequence[tuple[str, int | None]], image_size: int,
+              resize: str, seed: int, dicom: DicomConfig = DicomConfig()) -> tuple[Any, dict[str, Any]]:
     """The INT8 model written to ``model/openvino-int8/`` and how it was made; (None, why not)."""
     from busi.files.digest import file_sha256
     from busi.model.openvino import write_openvino_dir
