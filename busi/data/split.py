@@ -166,8 +166,8 @@ def read_splits_file(path: str | Path, samples: Sequence[Sample]) -> tuple[list[
         raise DataError(p, f"cannot read data.splits file: {getattr(e, 'strerror', None) or e}") from None
     missing_cols = [c for c in REQUIRED_SPLITS_COLUMNS if c not in (reader.fieldnames or [])]
     if missing_cols:
-        raise DataError(p, f"data.splits file lacks column(s) {missing_cols}; expected header {','.join(SPLITS_COLUMNS)}"
-        )
+        raise DataError(p, f"data.splits file lacks column(s) {missing_cols}; expected header "
+                        f"{','.join(REQUIRED_SPLITS_COLUMNS)} (and frame, where samples are frames of cine loops)")
     by_key = {s.key: s for s in samples}  # a cine loop's frames by their keys (path#frame-N)
     rows: dict[str, SplitRow] = {}
     for line, r in enumerate(listed, start=2):
