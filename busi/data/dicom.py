@@ -37,7 +37,7 @@ import numpy as np
 
 from busi.config.schema import DicomConfig
 from busi.data.codestream import codestream_size
-from busi.data.regions import crop_to_region, ultrasound_region
+from busi.data.regions import FrameRegion, crop_to_region, ultrasound_region
 from busi.errors import DataError
 
 if TYPE_CHECKING:
@@ -363,15 +363,21 @@ def _scale(arr: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
-def cropped_region(path: str | Path, options: DicomConfig) -> tuple[int, int, tuple[int, int, int, int]] | None:
+def cropped_region(path: str | Path, options: DicomConfig) -> FrameRegion | None:
     """Where ``options.crop_to_region`` crops the DICOM file at ``path``: (frame width, frame
     height, inclusive box), read from its header only; None for a file that is not DICOM, an
     uncropped read, or a header without a region (so a full-frame mask can be cut the same way)."""
-    if not options.crop_to_region or not is_dicom(path):
-        return None
     from busi.runtime.safeio import open_regular_file
 
-    with open_regular_file(path) as fh:
+    if not options.crop_to_region:
+        return None
+    try:
+        fh = open_regular_file(path)
+    except OSError:  # as is_dicom: missing, unreadable, or not a regular file
+        return None
+    with fh:
+        if not is_dicom(fh.read(HEAD_BYTES)):
+            return None
         header = _read_header(_pydicom(), fh, path)
     width, height = int(header.get("Columns", 0) or 0), int(header.get("Rows", 0) or 0)
     box = ultrasound_region(header, width, height)

@@ -21,6 +21,7 @@ import numpy as np
 
 from busi.config.schema import DicomConfig
 from busi.data.dicom import HEAD_BYTES, DicomSource, is_dicom, read_dicom_frames
+from busi.data.regions import FrameRegion
 from busi.errors import DataError
 from busi.runtime.safeio import open_regular_file
 
@@ -55,22 +56,34 @@ def decode_frames(path: str | Path, size: int, resize: str = "stretch", dicom: D
     Pillow image or a DICOM under first/middle, each frame of a cine loop under ``all`` (at most
     ``MAX_FILE_FRAMES_BYTES`` of them), only the 1-based ``frame`` where given (a DICOM's frame;
     any other image is its own frame 1). DataError (naming the path) if it cannot be decoded."""
-    from PIL import Image
-
     with open_image_file(path) as fh:
         if is_dicom(fh.read(HEAD_BYTES)):
             limit = MAX_FILE_FRAMES_BYTES // (size * size * 3)
             return [(np.asarray(resize_rgb(to_rgb8(im), size, resize), dtype=np.uint8), source)
                     for im, source in read_dicom_frames(fh, path, dicom, max_frames=limit, frame=frame)]
-        fh.seek(0)
-        try:
-            with Image.open(fh) as im:
+        rgb = pillow_rgb(fh, path, size)
+    return [(np.asarray(resize_rgb(rgb, size, resize), dtype=np.uint8), None)]
+
+
+def pillow_rgb(fh: BinaryIO, path: str | Path, size: int, crop: FrameRegion | None = None) -> "Image.Image":  # noqa: F821
+    """The image Pillow reads from ``fh`` as 8-bit RGB (``to_rgb8``), not yet resized: a JPEG
+    decoded at reduced scale for a ``size`` px input; with ``crop`` (a mask drawn on a DICOM
+    frame that was cut to its ultrasound region), cut to its box where the image is of the
+    frame's size. DataError naming ``path`` for whatever the decoder raises."""
+    from PIL import Image
+
+    fh.seek(0)
+    try:
+        with Image.open(fh) as im:
+            if crop is None:
                 if im.format == "JPEG":
                     im.draft("RGB", (size, size))  # decode JPEGs at reduced scale: much faster
-                rgb = to_rgb8(im)
-        except Exception as e:  # any failure of a decoder on one file makes that file unreadable
-            raise decode_error(path, e) from None
-    return [(np.asarray(resize_rgb(rgb, size, resize), dtype=np.uint8), None)]
+            elif im.size == crop[:2]:
+                x0, y0, x1, y1 = crop[2]
+                im = im.crop((x0, y0, x1 + 1, y1 + 1))
+            return to_rgb8(im)
+    except Exception as e:  # any failure of a decoder on one file makes that file unreadable
+        raise decode_error(path, e) from None
 
 
 def decode_error(path: str | Path, e: Exception) -> DataError:

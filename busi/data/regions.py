@@ -9,6 +9,10 @@ from typing import Any
 
 import numpy as np
 
+# Where a DICOM frame was cut (``busi.data.dicom.cropped_region``): the frame's width and height,
+# and the inclusive box (x0, y0, x1, y1) kept of it.
+FrameRegion = tuple[int, int, tuple[int, int, int, int]]
+
 
 def crop_to_region(arr: np.ndarray, header: Any) -> np.ndarray:
     """``arr`` cut to ``ultrasound_region``, so burned-in text and rulers are left out; the whole

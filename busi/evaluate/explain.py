@@ -23,37 +23,25 @@ from typing import Any, Sequence
 import numpy as np
 
 from busi.config.schema import DicomConfig
+from busi.data.regions import FrameRegion
 
 
-def load_mask(paths: Sequence[Path], size: int, resize: str,
-              crop: tuple[int, int, tuple[int, int, int, int]] | None = None) -> np.ndarray:
+def load_mask(paths: Sequence[Path], size: int, resize: str, crop: FrameRegion | None = None) -> np.ndarray:
     """The union of an image's masks at the model input, as a boolean ``size`` x ``size`` array.
-    ``crop``: the image's (frame width, frame height, box) where it was cut to its ultrasound
-    region (``busi.data.dicom.cropped_region``); a mask of the whole frame is cut the same way, one
-    of another size (already the region's) is taken as it is."""
-    from busi.data.images import load_image
+    ``crop``: the image's frame and box where it was cut to its ultrasound region
+    (``busi.data.dicom.cropped_region``); a mask of the whole frame is cut the same way, one of
+    another size (already the region's) is taken as it is."""
+    from busi.data.images import load_image, open_image_file, pillow_rgb, resize_rgb
 
     out = np.zeros((size, size), bool)
     for p in paths:
-        out |= (load_image(p, size, resize) if crop is None else _cropped_mask(p, size, resize, crop))[..., 0] > 127
+        if crop is None:
+            mask = load_image(p, size, resize)
+        else:
+            with open_image_file(p) as fh:
+                mask = np.asarray(resize_rgb(pillow_rgb(fh, p, size, crop), size, resize))
+        out |= mask[..., 0] > 127
     return out
-
-
-def _cropped_mask(path: Path, size: int, resize: str, crop: tuple[int, int, tuple[int, int, int, int]]) -> np.ndarray:
-    from PIL import Image
-
-    from busi.data.images import decode_error, open_image_file, resize_rgb, to_rgb8
-
-    with open_image_file(path) as fh:
-        try:
-            with Image.open(fh) as im:
-                if im.size == crop[:2]:
-                    x0, y0, x1, y1 = crop[2]
-                    im = im.crop((x0, y0, x1 + 1, y1 + 1))
-                rgb = to_rgb8(im)
-        except Exception as e:  # any decoder failure on a mask is that mask's error
-            raise decode_error(path, e) from None
-    return np.asarray(resize_rgb(rgb, size, resize))
 
 
 def upsample(heat: np.ndarray, size: int) -> np.ndarray:
