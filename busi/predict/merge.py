@@ -58,11 +58,13 @@ def merge_shards(output: Path, allow_mixed_engines: bool = False) -> int:
     if problems:
         raise DataError(output, "cannot merge: " + "; ".join(problems))
     assert header is not None
-    seen = Counter(row_key(r, header) for r in rows)
+    keyed = [(row_key(r, header), r) for r in rows]
+    seen = Counter(key for key, _ in keyed)
     if len(seen) != len(rows):
         dup = sorted({p for (p, _), k in seen.items() if k > 1})[:5]
         raise DataError(output, f"cannot merge: paths in more than one shard, e.g. {dup}")
-    rows.sort(key=lambda r: (natural_key(row_key(r, header)[0]), row_key(r, header)[1]))
+    keyed.sort(key=lambda kr: (natural_key(kr[0][0]), kr[0][1]))
+    rows = [r for _, r in keyed]
     try:
         atomic_write_text(output, csv_text(header, rows))
     except OSError as e:

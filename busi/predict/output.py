@@ -76,9 +76,10 @@ def _without_last_loop(body: list[list[str]], columns: Sequence[str]) -> list[li
     """``body`` less the rows of its last file where they are DICOM frame rows: a file's rows are
     written together, but a run killed mid-write may have left only some frames of a cine loop,
     so that one file is predicted again (a PNG's single row is whole or dropped as partial)."""
-    if not body or not row_key(body[-1], columns)[1]:
+    last, frame = row_key(body[-1], columns) if body else ("", 0)
+    if not frame:
         return body
-    last, end = row_key(body[-1], columns)[0], len(body)
+    end = len(body)
     while end and row_key(body[end - 1], columns)[0] == last:
         end -= 1
     return body[:end]
