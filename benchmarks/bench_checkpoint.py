@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
@@ -45,8 +44,7 @@ def main() -> None:
     from busi.model.network import build_model, set_trainable
     from busi.train.checkpoint import Checkpointer, TrainState
 
-    parent = Path(args.dir) if args.dir else Path(tempfile.gettempdir())
-    root = Path(tempfile.mkdtemp(prefix="busi-bench-ckpt-", dir=parent))
+    root = common.scratch("busi-bench-ckpt-", Path(args.dir) if args.dir else None)
     print(f"# {args.size} px ResNet50, run directory {root}, {cores.cores} cores")
     for unfreeze in args.unfreeze.split(","):
         cfg = load_config(None, base={"data": {"source": "unused", "image_size": args.size},

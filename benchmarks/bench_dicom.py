@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import io
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
@@ -101,7 +100,7 @@ def main() -> None:
     from busi.predict.job import predict_files
     from busi.predict.output import CsvSink, prediction_columns
 
-    tmp = Path(tempfile.mkdtemp(prefix="busi-bench-dicom-"))
+    tmp = common.scratch("busi-bench-dicom-")
     common.make_model_dir(tmp / "run", args.size)
     predictor = load_predictor(tmp / "run", args.engine, "auto", args.batch_size, cores.cores)
     files = {k: expand_inputs([str(p)]) for k, p in paths.items()}

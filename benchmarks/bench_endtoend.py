@@ -39,7 +39,6 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -198,7 +197,7 @@ def main() -> None:
           f"batch {args.batch_size}, {args.head} + {args.finetune} epochs, weights none, batchnorm {args.batchnorm}, "
           f"fine-tune {args.unfreeze}, lr {args.lr_head} / {args.lr_finetune}, recipe {args.recipe}")
     for precision in args.precision.split(","):
-        tmp = Path(tempfile.mkdtemp(prefix="busi-bench-e2e-"))
+        tmp = common.scratch("busi-bench-e2e-")
         common.wait_for_quiet(skip=args.no_wait)
         run = tmp / "run"
         train_wall, log = timed_run([BUSI_JOB, "train", "job/busi.yaml", *overrides(args, folder, run, precision)])

@@ -41,7 +41,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -64,7 +63,7 @@ def worker(args: argparse.Namespace) -> dict:
     from busi.predict.job import predict_files
     from busi.predict.output import CsvSink, prediction_columns
 
-    tmp = Path(tempfile.mkdtemp(prefix="busi-bench-predict-"))
+    tmp = common.scratch("busi-bench-predict-")
     common.make_model_dir(tmp / "run", args.size, args.precision)
     files = expand_inputs([args.folder])
     if args.engine_precision == "int8":
@@ -194,7 +193,7 @@ def peak_rss(model_dir: Path, folder: Path, out_csv: Path) -> tuple[float, float
 
 
 def rss_part(args: argparse.Namespace, sources: list[Path]) -> None:
-    tmp = Path(tempfile.mkdtemp(prefix="busi-bench-rss-"))
+    tmp = common.scratch("busi-bench-rss-")
     # the model directory, made in a helper process (this one never imports TensorFlow)
     code = ("import sys; sys.path.insert(0, %r); import common; from pathlib import Path; "
             "from busi.runtime.cores import detect_cores; from busi.runtime.startup import start_tensorflow; start_tensorflow(detect_cores('auto'), 0); "

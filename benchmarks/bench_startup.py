@@ -24,7 +24,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -35,7 +34,7 @@ BIN = Path(sys.executable).parent
 
 
 def first_step(args: argparse.Namespace, folder: Path) -> None:
-    out = Path(tempfile.mkdtemp(prefix="busi-bench-startup-")) / "run"
+    out = common.scratch("busi-bench-startup-") / "run"
     cmd = [str(BIN / "busi-job"), "train", "job/busi.yaml", "--set", f"data.source={folder}",
            "--set", "model.weights=none", "--set", f"data.image_size={args.size}",
            "--set", f"output.dir={out}", "--set", f"train.precision={args.precision}"]

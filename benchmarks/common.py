@@ -40,6 +40,19 @@ def print_command() -> None:
     print("# command: " + " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]), flush=True)
 
 
+def scratch(prefix: str, parent: Path | None = None) -> Path:
+    """A new temporary folder (under ``parent``, default the system's temp folder), removed when
+    the benchmark exits, normally or by an exception or Ctrl-C: model folders and prediction CSVs
+    of 100-400 MB each must not pile up in /tmp run after run."""
+    import atexit
+    import shutil
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
 def cached_dir(name: str, build: Callable[[Path], Any]) -> Path:
     """``CACHE/name``, built once by ``build(tmp)`` into a temp folder renamed into place."""
     target = CACHE / name

@@ -88,6 +88,9 @@ fi
 [[ "$name" == docker ]] && export DOCKER_BUILDKIT=1   # secrets need BuildKit
 
 revision="$(git -C "$repo" rev-parse HEAD 2>/dev/null || true)"
+# The image this tag names now: replaced by the build, it would stay behind untagged (2.5 GB
+# each rebuild; CI rebuilds busi:ci on every run and a shared disk filled up).
+previous="$("$engine" image inspect --format '{{.Id}}' "$tag" 2>/dev/null || true)"
 say "building $tag with $name from $base"
 start=$(date +%s)
 "$engine" build "${opts[@]}" --network host -f "$here/Dockerfile" -t "$tag" \
@@ -97,6 +100,10 @@ start=$(date +%s)
     --build-arg "BUSI_REVISION=$revision" \
     "$@" "$repo"
 clear_inputs
+# Removed only where nothing else uses it: rmi refuses an image another tag or a container holds.
+if [[ -n "$previous" && "$previous" != "$("$engine" image inspect --format '{{.Id}}' "$tag")" ]]; then
+    if "$engine" rmi "$previous" >/dev/null 2>&1; then say "removed the image $tag named before (${previous:0:12})"; fi
+fi
 size="$("$engine" image inspect --format '{{.Size}}' "$tag")"
 say "built $tag in $(( $(date +%s) - start )) s: $(( size / 1000000 )) MB"
 echo "$tag"

@@ -20,6 +20,11 @@
 #                               (needs internet: image build time, never on compute nodes); a
 #                               weights file already there (a local file the build copied) is kept
 #   BUSI_WEIGHTS_DIR=$BUSI_PREFIX/weights
+#   BUSI_DEPS_ONLY=0            1: only the venv, busi's declared dependencies (pyproject.toml, with
+#                               TF_PACKAGE's swap) and a Horovod wheel from HOROVOD_WHEEL_DIR; SRC_DIR
+#                               needs only pyproject.toml. The Dockerfile runs this before it copies
+#                               the source, so a source change rebuilds a layer of megabytes, not the
+#                               2.3 GB of TensorFlow and the rest; the full install then finds them.
 #
 # What it lays out under the prefix:
 #   bin/busi-job                 the CLI (non-editable install of SRC_DIR)
@@ -44,8 +49,10 @@ with_horovod="${BUSI_WITH_HOROVOD:-0}"
 fetch_weights="${BUSI_FETCH_WEIGHTS:-0}"
 weights_dir="${BUSI_WEIGHTS_DIR:-$prefix/weights}"
 
+deps_only="${BUSI_DEPS_ONLY:-0}"
+
 [[ -f "$src/pyproject.toml" ]] || die "$src is not the busi source tree (no pyproject.toml)"
-[[ -f "$src/job/entrypoint.sh" ]] || die "$src/job/entrypoint.sh is missing"
+[[ "$deps_only" == 1 || -f "$src/job/entrypoint.sh" ]] || die "$src/job/entrypoint.sh is missing"
 command -v "$base_python" >/dev/null 2>&1 || die "PYTHON=$base_python not found"
 
 # 1. the venv
@@ -60,31 +67,49 @@ if [[ -n "${BUSI_WHEELHOUSE:-}" ]]; then
     pip+=(--no-index --find-links "$BUSI_WHEELHOUSE")
 fi
 
-# 2. busi and its dependencies (a regular, non-editable install: the source can go away)
+# 2. busi's declared dependencies (pyproject.toml), TensorFlow swapped for TF_PACKAGE when one is
+# given (tensorflow-cpu and tensorflow side by side would leave one package directory written by
+# two distributions), then busi itself (a regular, non-editable install: the source can go away)
+deps_text="$("$py" - "$src/pyproject.toml" "$tf_package" <<'EOF'
+import re
+import sys
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10: the TOML reader pip carries
+    from pip._vendor import tomli as tomllib
+
+with open(sys.argv[1], "rb") as f:
+    requirements = tomllib.load(f)["project"]["dependencies"]
+swap = sys.argv[2]
+for req in requirements:
+    name = re.split(r"[\s\[<>=!~;]", req, maxsplit=1)[0].lower().replace("_", "-")
+    if not (swap and name in ("tensorflow", "tensorflow-cpu")):
+        print(req)
+if swap:
+    print(swap)
+EOF
+)"
+mapfile -t deps <<<"$deps_text"
+horovod_wheel="$(compgen -G "${HOROVOD_WHEEL_DIR:-/nonexistent}/horovod-*.whl" | head -n1 || true)"
+if [[ "$deps_only" == 1 ]]; then
+    say "installing busi's dependencies only (${tf_package:-TensorFlow as pinned in pyproject.toml})"
+    "${pip[@]}" install "${deps[@]}"
+    if [[ "$with_horovod" == 1 && -n "$horovod_wheel" ]]; then
+        say "installing Horovod from $horovod_wheel"
+        "${pip[@]}" install "$horovod_wheel"
+    fi
+    "$py" -c 'import tensorflow as tf; print(f"tensorflow {tf.__version__}")'
+    say "dependencies installed in $prefix"
+    exit 0
+fi
 if [[ -z "$tf_package" ]]; then
     say "installing busi from $src (TensorFlow as pinned in pyproject.toml)"
     "${pip[@]}" install "$src"
 else
-    # Swap TensorFlow: install busi without dependencies, then its declared dependencies minus
-    # tensorflow(-cpu), plus TF_PACKAGE. (Installing tensorflow-cpu and tensorflow side by side
-    # would leave one package directory written by two distributions.)
     say "installing busi from $src with $tf_package instead of the pinned TensorFlow"
     "${pip[@]}" install --no-deps "$src"
-    deps_text="$("$py" - <<'EOF'
-import re
-from importlib.metadata import requires
-
-for req in requires("busi") or []:
-    if "extra ==" in req:
-        continue
-    name = re.split(r"[\s\[<>=!~;]", req, maxsplit=1)[0].lower().replace("_", "-")
-    if name not in ("tensorflow", "tensorflow-cpu"):
-        print(req)
-EOF
-    )"
-    deps=()
-    [[ -z "$deps_text" ]] || mapfile -t deps <<<"$deps_text"
-    "${pip[@]}" install "$tf_package" "${deps[@]}"
+    "${pip[@]}" install "${deps[@]}"
 fi
 
 # 3. the entrypoint, the job files and the smoke test, at fixed places under the prefix
@@ -97,10 +122,9 @@ install -m 0755 "$src/containers/smoke-test.sh" "$prefix/bin/busi-smoke-test"
 
 # 4. Horovod (optional): a wheel built earlier, else minutes of C++ compiling
 if [[ "$with_horovod" == 1 ]]; then
-    wheel="$(compgen -G "${HOROVOD_WHEEL_DIR:-/nonexistent}/horovod-*.whl" | head -n1 || true)"
-    if [[ -n "$wheel" ]]; then
-        say "installing Horovod from $wheel"
-        "${pip[@]}" install "$wheel"
+    if [[ -n "$horovod_wheel" ]]; then
+        say "installing Horovod from $horovod_wheel"
+        "${pip[@]}" install "$horovod_wheel"
     else
         say "building Horovod into $prefix"
         PYTHON="$py" bash "$src/scripts/build_horovod.sh"

@@ -24,6 +24,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from fnmatch import fnmatchcase
 from pathlib import Path
 
@@ -230,8 +231,11 @@ def test_both_recipes_run_the_same_install() -> None:
     runs = docker_runs()
     assert any(re.search(r"\bbash /opt/busi/src/containers/system-deps\.sh runtime\b", r) for r in runs)
     install_runs = [r for r in runs if "containers/install.sh" in r]
-    assert len(install_runs) == 1
-    docker = install_call(install_runs[0], dockerfile_args())
+    assert len(install_runs) == 2, "the dependencies' layer, then busi"
+    deps_layer, docker = (install_call(r, dockerfile_args()) for r in install_runs)
+    assert deps_layer.pop("BUSI_DEPS_ONLY") == "1" and "BUSI_DEPS_ONLY" not in docker
+    for name, value in deps_layer.items():
+        assert docker[name] == value, f"the dependencies' layer runs install.sh with {name}={value}"
 
     _, sections = parse_def(DEF_CPU)
     post = sections["post"]
@@ -428,9 +432,10 @@ def test_entrypoint_execs_busi_job_so_signals_reach_it(fake_prefix: Path) -> Non
 
 
 @pytest.fixture(scope="module")
-def installed_prefix(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def installed_prefix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """containers/install.sh run as the recipes run it, from exactly the files they copy, into a
-    fresh prefix (no Horovod build, no weights download: both need more than this machine has)."""
+    fresh prefix (no Horovod build, no weights download: both need more than this machine has).
+    The prefix (2 GB, mostly TensorFlow) is removed when the module's tests are done."""
     root = tmp_path_factory.mktemp("install")
     src = root / "src"
     _, sections = parse_def(DEF_CPU)
@@ -457,7 +462,8 @@ def installed_prefix(tmp_path_factory: pytest.TempPathFactory) -> Path:
                        env=env, cwd=root, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
     assert "tensorflow 2.21.0" in r.stdout
-    return prefix
+    yield prefix
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.mark.system
