@@ -100,8 +100,11 @@ start=$(date +%s)
     --build-arg "BUSI_REVISION=$revision" \
     "$@" "$repo"
 clear_inputs
-# Removed only where nothing else uses it: rmi refuses an image another tag or a container holds.
-if [[ -n "$previous" && "$previous" != "$("$engine" image inspect --format '{{.Id}}' "$tag")" ]]; then
+# Removed only when the build left it with no name at all (another tag may name the same image:
+# a fully cached build under a second tag gets the same ID, and rmi by ID would delete it with
+# that tag), and never while a container uses it (rmi without --force refuses).
+if [[ -n "$previous" && "$previous" != "$("$engine" image inspect --format '{{.Id}}' "$tag")" &&
+      "$("$engine" image inspect --format '{{len .RepoTags}}' "$previous" 2>/dev/null)" == 0 ]]; then
     if "$engine" rmi "$previous" >/dev/null 2>&1; then say "removed the image $tag named before (${previous:0:12})"; fi
 fi
 size="$("$engine" image inspect --format '{{.Size}}' "$tag")"
