@@ -325,6 +325,66 @@ def test_non_root_user_and_a_cheap_healthcheck() -> None:
 
 
 @pytest.mark.integration
+def test_the_dependencies_layer_survives_source_and_revision_changes() -> None:
+    """The 2.3 GB of dependencies are installed before any busi source is copied, and no RUN
+    follows a build argument that changes with every commit (a build argument takes part in the
+    cache key of every RUN after its declaration): a rebuild after a commit reuses that layer."""
+    final = dockerfile_instructions()
+    index = {i: n for n, i in enumerate(final)}
+    deps_run = next(i for i in final if i[0] == "RUN" and "BUSI_DEPS_ONLY=1" in i[1])
+    for source in ("README.md", "busi", "job", "scripts"):
+        copy = next(i for i in final if i[0] == "COPY" and i[1].split()[0] == source)
+        assert index[deps_run] < index[copy], f"COPY {source} comes before the dependencies' layer"
+    changing = next(n for n, i in enumerate(final) if i == ("ARG", 'BUSI_REVISION=""'))
+    assert all(i[0] != "RUN" for i in final[changing:]), "a RUN after ARG BUSI_REVISION is rebuilt on every commit"
+    assert all(not i[1].startswith("BUSI_REVISION") for i in final[:changing] if i[0] == "ARG")
+
+
+def _stub_engine(tmp_path: Path, previous_id: str, new_id: str, previous_tags: int) -> tuple[Path, Path]:
+    """A stand-in for docker that build-image.sh drives: the tag names ``previous_id`` until
+    ``build`` runs, then ``new_id``; the previous image has ``previous_tags`` tags left after it.
+    Every call is logged."""
+    log, state = tmp_path / "calls.log", tmp_path / "built"
+    stub = tmp_path / "bin" / "docker"
+    stub.parent.mkdir()
+    stub.write_text(f"""#!/usr/bin/env bash
+echo "$*" >> {log}
+case "$1 $2" in
+  "image exists") exit 0 ;;
+  "image inspect")
+    case "$4" in
+      "{{{{.Id}}}}") if [[ -e {state} ]]; then echo {new_id}; else echo {previous_id}; fi ;;
+      "{{{{len .RepoTags}}}}") echo {previous_tags} ;;
+      "{{{{.Size}}}}") echo 2571000000 ;;
+    esac ;;
+  "build "*) touch {state} ;;
+esac
+exit 0
+""")
+    stub.chmod(0o755)
+    return stub, log
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(("new_id", "tags_left", "removed"), [
+    ("sha-new", 0, True),     # the tag moved on and nothing names the old image: removed
+    ("sha-new", 1, False),    # another tag still names it (a cached build under a second tag)
+    ("sha-old", 0, False),    # a fully cached build: the same image
+])
+def test_build_script_removes_only_the_image_it_left_untagged(tmp_path: Path, new_id: str, tags_left: int,
+                                                               removed: bool) -> None:
+    stub, log = _stub_engine(tmp_path, "sha-old", new_id, tags_left)
+    env = {**os.environ, "CONTAINER_ENGINE": str(stub), "IMAGE_TAG": "busi:probe", "BASE_IMAGE": "base:1.0",
+           "BUSI_WITH_HOROVOD": "0", "BUSI_FETCH_WEIGHTS": "0"}
+    r = subprocess.run(["bash", str(CONTAINERS / "build-image.sh")], capture_output=True, text=True, env=env,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    calls = log.read_text().splitlines()
+    assert any(c.startswith("build ") and "-t busi:probe" in c for c in calls), calls
+    assert ("rmi sha-old" in calls) == removed, calls
+    assert ("removed the image busi:probe named before" in r.stderr) == removed, r.stderr
+
+
 def test_labels_name_version_source_and_license() -> None:
     version = busi.__version__
     pyproject = (REPO / "pyproject.toml").read_text()
