@@ -150,33 +150,43 @@ def given_split(samples: Sequence[Sample], groups: Sequence[Group], sides: Seque
             for i, s in enumerate(samples) if i in group_of]
 
 
-def read_splits_file(path: str | Path, samples: Sequence[Sample]) -> tuple[list[SplitRow], list[str]]:
-    """Use a given ``splits.csv``: its rows (in sample order) and the scanned paths it leaves out.
-
-    Every listed path must exist in the scan with the same label; otherwise DataError naming it.
-    """
+def parse_splits(path: str | Path, what: str = "data.splits file") -> list[tuple[str, SplitRow]]:
+    """The rows of a ``splits.csv``, each with where it is (``file:line``), checked on their own:
+    the required columns, a known split, a frame number or nothing. DataError naming the file
+    (``what`` says which file it is) or the line."""
     p = Path(path)
     try:
         # the rule splits.csv was written with: non-UTF-8 names keep their bytes; a FIFO never blocks
         reader = csv.DictReader(io.StringIO(text_of(read_regular_file(p)), newline=""))
         listed = list(reader)
     except FileNotFoundError:
-        raise DataError(p, "data.splits file not found") from None
+        raise DataError(p, f"{what} not found") from None
     except (OSError, csv.Error) as e:
-        raise DataError(p, f"cannot read data.splits file: {getattr(e, 'strerror', None) or e}") from None
+        raise DataError(p, f"cannot read {what}: {getattr(e, 'strerror', None) or e}") from None
     missing_cols = [c for c in REQUIRED_SPLITS_COLUMNS if c not in (reader.fieldnames or [])]
     if missing_cols:
-        raise DataError(p, f"data.splits file lacks column(s) {missing_cols}; expected header "
+        raise DataError(p, f"{what} lacks column(s) {missing_cols}; expected header "
                         f"{','.join(REQUIRED_SPLITS_COLUMNS)} (and frame, where samples are frames of cine loops)")
-    by_key = {s.key: s for s in samples}  # a cine loop's frames by their keys (path#frame-N)
-    rows: dict[str, SplitRow] = {}
+    rows = []
     for line, r in enumerate(listed, start=2):
         where = f"{p}:{line}"
         row = SplitRow(path=r["path"], label=r["label"], group=r["group"], split=r["split"],
                        frame=read_frame_cell(r.get("frame"), where))
-        sp = row.key
         if row.split not in SPLITS:
-            raise DataError(where, f"split {row.split!r} for {sp}; expected one of {', '.join(SPLITS)}")
+            raise DataError(where, f"split {row.split!r} for {row.key}; expected one of {', '.join(SPLITS)}")
+        rows.append((where, row))
+    return rows
+
+
+def read_splits_file(path: str | Path, samples: Sequence[Sample]) -> tuple[list[SplitRow], list[str]]:
+    """Use a given ``splits.csv``: its rows (in sample order) and the scanned paths it leaves out.
+
+    Every listed path must exist in the scan with the same label; otherwise DataError naming it.
+    """
+    by_key = {s.key: s for s in samples}  # a cine loop's frames by their keys (path#frame-N)
+    rows: dict[str, SplitRow] = {}
+    for where, row in parse_splits(path):
+        sp = row.key
         if sp not in by_key:
             raise DataError(where, f"{sp} is not an image of the scanned dataset; check data.source")
         if by_key[sp].label != row.label:

@@ -22,7 +22,7 @@ import numpy as np
 
 from busi.config.schema import DicomConfig, JobConfig
 from busi.data.pipeline import Pipeline, SplitData
-from busi.data.split import read_frame_cell
+from busi.data.split import parse_splits
 from busi.errors import ConfigError, DataError
 from busi.evaluate.precision import not_measured, precision_contract
 from busi.evaluate.writer import Scored
@@ -171,19 +171,11 @@ def export_int8(run_dir: str | Path, batch_size: int = 32, threads: int | None =
 def _read_splits(run: RunDir) -> dict[str, list[tuple[str, str, int | None]]]:
     """The run's split as absolute paths, labels and frames (of a cine loop's samples); DataError
     where its images are gone."""
-    import csv
-    import io
-
-    from busi.files.text import text_of
-
     report = run.read_json("report") or {}
     root = Path(report.get("root", ""))
     out: dict[str, list[tuple[str, str, int | None]]] = {"train": [], "val": [], "test": []}
-    # the rule splits.csv was written with (busi.files.text): a name's bytes are kept
-    for line, row in enumerate(csv.DictReader(io.StringIO(text_of(run.path("splits").read_bytes()), newline="")),
-                               start=2):
-        frame = read_frame_cell(row.get("frame"), f"{run.path('splits')}:{line}")
-        out.setdefault(row["split"], []).append((str(root / row["path"]), row["label"], frame))
+    for _, row in parse_splits(run.path("splits"), f"the run's {RUN_FILES['splits']}"):
+        out[row.split].append((str(root / row.path), row.label, row.frame))
     missing = [p for rows in out.values() for p, _, _ in rows if not Path(p).is_file()]
     if missing:
         raise DataError(run.path("splits"), f"{len(missing)} of its images are not under {root} (e.g. {missing[0]}); "
