@@ -11,6 +11,9 @@
    data: ~1 s per 25 images here; everything else does not).
 2. ``busi-job --help`` and ``busi-job config job/busi.yaml``: wall time (median of 5), and that
    neither imports TensorFlow (``python -X importtime``), against ``python -c 'import tensorflow'``.
+3. ``busi-job predict`` of one image with a model folder as training writes it (224 px, ``openvino/``
+   beside ``model.keras``): process wall, ``--engine openvino`` (no TensorFlow imported) against
+   ``--engine tensorflow``, the two alternated, median of 5 each.
 
     .venv/bin/python benchmarks/bench_startup.py [--images 96] [--size 224]
 
@@ -102,6 +105,30 @@ def imports_tensorflow(args_: list[str]) -> bool:
     return any(n.split(".")[0] in ("tensorflow", "keras") for n in names)
 
 
+def predict_start(size: int, image: Path) -> None:
+    """Section 3: one image predicted, from process start to exit, on each engine (alternated)."""
+    from busi.config.schema import ModelConfig
+    from busi.files.rundir import RunDir
+    from busi.model.folder import write_model_dir
+    from busi.model.network import build_model
+
+    folder = common.scratch("busi-bench-predict-start-")
+    built = build_model(ModelConfig(weights="none"), size, ("normal", "benign", "malignant"))
+    write_model_dir(RunDir(folder / "run"), built.model, ("normal", "benign", "malignant"), size, "stretch")
+    runs: dict[str, list[float]] = {"openvino": [], "tensorflow": []}
+    for i in range(5):
+        for engine in ("openvino", "tensorflow") if i % 2 == 0 else ("tensorflow", "openvino"):
+            out = folder / f"{engine}-{i}.csv"
+            t = time.perf_counter()
+            subprocess.run([str(BIN / "busi-job"), "predict", "--model", str(folder / "run"), "--input", str(image),
+                            "--output", str(out), "--engine", engine], capture_output=True, cwd=common.REPO, check=True)
+            runs[engine].append(time.perf_counter() - t)
+    print(f"\n# busi-job predict, one {size}-px image, model folder with openvino/ (process wall, median of 5, alternated)")
+    for engine, label in (("openvino", "--engine openvino"), ("tensorflow", "--engine tensorflow")):
+        print(f"{label:<32} {statistics.median(runs[engine]):6.3f} s  {[round(r, 3) for r in runs[engine]]}")
+    print(f"ratio tensorflow / openvino        {statistics.median(runs['tensorflow']) / statistics.median(runs['openvino']):.2f}x")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=96)
@@ -123,6 +150,7 @@ def main() -> None:
         med, runs = wall(cmd)
         tf = "" if check is None else ("  imports TensorFlow: " + ("YES" if imports_tensorflow(check) else "no"))
         print(f"{label:<32} {med:6.3f} s  {[round(r, 3) for r in runs]}{tf}")
+    predict_start(args.size, next(p for p in sorted(folder.rglob("*.png")) if "_mask" not in p.name))
     print(f"# load average at end: {common.load1():.2f}")
 
 

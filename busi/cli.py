@@ -359,12 +359,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise ConfigError("--batch-size: must be at least 1")
     cores = detect_cores("auto")
-    start_tensorflow(cores, seed=0)
     run_evaluate(EvaluateRequest(
         model=args.model, data=args.data, output=args.output, engine=args.engine, precision=args.precision,
         batch_size=args.batch_size, keep_overlap=args.keep_overlap, leakage_check=not args.no_leakage_check,
         overwrite=args.overwrite, group_pattern=args.group_pattern,
-    ), threads=cores.cores)
+    ), threads=cores.cores, start=lambda: start_tensorflow(cores, seed=0))
     return EXIT_OK
 
 

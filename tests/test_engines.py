@@ -58,6 +58,44 @@ def test_auto_prefers_openvino_on_a_cpu_node_only() -> None:
         choose_engine("openvino", gpu=False, available=False)
 
 
+@pytest.mark.unit
+@pytest.mark.parametrize("nodes", [[], ["null", "nvidia-uvm"], ["nvidia0"], ["nvidia3", "nvidiactl"], ["kfd"], ["dxg"]])
+def test_a_gpu_device_node_is_what_makes_auto_ask_tensorflow(nodes: list[str], tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """busi.model.predictor: without a GPU device node, auto picks its engine without importing
+    TensorFlow; with one, TensorFlow's answer decides (both answers)."""
+    import busi.runtime.cpu as cpu
+    from busi.model.predictor import _engine_name
+
+    for name in nodes:
+        (tmp_path / name).touch()
+    monkeypatch.setattr(cpu, "DEV", tmp_path)
+    present = any(n in ("nvidia0", "nvidia3", "kfd", "dxg") for n in nodes)
+    assert cpu.gpu_device_present() is present
+
+    class FakeTf:  # what TensorFlow answers on a node with a GPU it can or cannot use
+        gpus: list[str] = []
+
+        class config:
+            @staticmethod
+            def list_physical_devices(kind: str) -> list[str]:
+                assert kind == "GPU"
+                return FakeTf.gpus
+
+    asked: list[str] = []
+
+    def tensorflow() -> type[FakeTf]:
+        asked.append("tensorflow")
+        return FakeTf
+
+    assert _engine_name("auto", tensorflow) == "openvino"
+    assert asked == (["tensorflow"] if present else [])
+    FakeTf.gpus = ["/physical_device:GPU:0"]
+    assert _engine_name("auto", tensorflow) == ("tensorflow" if present else "openvino")
+    assert _engine_name("openvino", tensorflow) == "openvino" and _engine_name("tensorflow", tensorflow) == "tensorflow"
+    assert asked == (["tensorflow", "tensorflow"] if present else [])  # asked for auto only
+
+
 @pytest.fixture(scope="module")
 def model_dir(trained_run: dict[str, Any]) -> Path:
     """The session's trained run (conftest ``trained_run``): its model folder as training wrote

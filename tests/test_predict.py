@@ -328,10 +328,56 @@ def test_corrupt_model_files_are_data_errors_naming_the_file(model_dir: Path, tm
     keras_file.write_bytes(data[: len(data) // 2])
     with pytest.raises(DataError, match=r"model.keras: not a readable Keras model"):
         load_predictor(bad)
+    with pytest.raises(DataError, match=r"model.keras: not a readable Keras model"):
+        load_predictor(bad, "openvino")  # openvino/ is of the whole file: the damaged one is loaded, and refused
     keras_file.write_bytes(data)
     (keras_file.parent / "preprocessing.json").write_text("{half")
-    with pytest.raises(DataError, match=r"preprocessing.json: expected"):
-        load_predictor(bad)
+    for engine in ("tensorflow", "openvino"):
+        with pytest.raises(DataError, match=r"preprocessing.json: expected"):
+            load_predictor(bad, engine)
+    (keras_file.parent / "preprocessing.json").write_bytes((model_dir / "model" / "preprocessing.json").read_bytes())
+    (keras_file.parent / "labels.json").write_text('{"0": "normal", "1": "benign"}')
+    for engine in ("tensorflow", "openvino"):
+        with pytest.raises(DataError, match=r"labels.json: 2 classes, but the model outputs 3"):
+            load_predictor(bad, engine)
+
+
+# busi-job's main in a Python that reports, once the command is done, whether TensorFlow was imported
+REPORTS_TENSORFLOW = """
+import sys
+from busi.cli import main
+code = main(sys.argv[1:])
+print("tensorflow imported:", "tensorflow" in sys.modules)
+sys.exit(code)
+"""
+
+
+def test_the_openvino_engine_predicts_without_importing_tensorflow(messy: dict, model_dir: Path,  # type: ignore[type-arg]
+                                                                    tmp_path: Path) -> None:
+    """The run's model folder holds openvino/, converted from its model.keras: prediction on
+    OpenVINO needs no TensorFlow (5-10 s less start-up per job). The TensorFlow engine and
+    --gradcam import it; the OpenVINO model converted from the file gives the same probabilities."""
+    root = messy["root"] / "a"
+
+    def predict(name: str, *extra: str) -> list[dict[str, str]]:
+        out = tmp_path / f"{name}.csv"
+        r = subprocess.run([sys.executable, "-c", REPORTS_TENSORFLOW, "predict", "--model", str(model_dir), "--input",
+                            str(root), "--output", str(out), *extra], capture_output=True, text=True, cwd=tmp_path,
+                           timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+        assert r.returncode == 0, r.stderr[-3000:]
+        expected = "False" if name == "openvino" else "True"
+        assert f"tensorflow imported: {expected}" in r.stdout, (name, r.stdout, r.stderr[-2000:])
+        return _rows(out)
+
+    ov = predict("openvino", "--engine", "openvino", "--precision", "float32")
+    tf = predict("tensorflow", "--engine", "tensorflow")
+    cams = predict("gradcam", "--engine", "openvino", "--precision", "float32", "--gradcam", str(tmp_path / "cams"))
+    assert [r["path"] for r in ov] == [r["path"] for r in tf] == [r["path"] for r in cams]
+    assert len(sorted(tmp_path.glob("cams/**/*.gradcam.png"))) == 4
+    probs = [[[float(r[f"prob_{c}"]) for c in CLASSES] for r in rows if not r["error"]] for rows in (ov, tf, cams)]
+    assert len(probs[0]) == 4
+    np.testing.assert_allclose(probs[0], probs[1], atol=1e-4)  # tests/test_engines.py: OpenVINO float32's tolerance
+    assert probs[2] == probs[0]  # the same OpenVINO model, whether or not TensorFlow was loaded beside it
 
 
 def test_a_gradcam_path_that_is_a_file_is_refused_before_any_work(model_dir: Path, tmp_path: Path) -> None:

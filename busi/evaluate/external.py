@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -61,8 +61,10 @@ def default_output(data: str) -> Path:
     return Path(f"evaluation-{name or 'data'}")
 
 
-def run_evaluate(req: EvaluateRequest, threads: int | None = None) -> dict[str, Any]:
-    """Evaluate, write the output folder, return its metrics."""
+def run_evaluate(req: EvaluateRequest, threads: int | None = None,
+                 start: Callable[[], Any] | None = None) -> dict[str, Any]:
+    """Evaluate, write the output folder, return its metrics. ``start``: run before TensorFlow is
+    first imported, where the engine needs it (``busi.model.predictor.load_predictor``)."""
     from busi.data.scan import scan_dataset
     from busi.data.staging import stage_source
     from busi.model.folder import find_model_file, read_thresholds
@@ -75,7 +77,7 @@ def run_evaluate(req: EvaluateRequest, threads: int | None = None) -> dict[str, 
     run = _run_dir_of(model_file)
     threshold, pattern = _run_rules(run, req.group_pattern)
     training = _training_hashes(req, model_file, run)
-    predictor = load_predictor(req.model, req.engine, req.precision, req.batch_size, threads)
+    predictor = load_predictor(req.model, req.engine, req.precision, req.batch_size, threads, start=start)
     classes = predictor.classes
     root = stage_source(req.data)
     scan = scan_dataset(root, classes, dicom=predictor.dicom)

@@ -53,6 +53,8 @@ class EngineInfo:
 
 class Engine(Protocol):
     info: EngineInfo
+    image_size: int  # S, the side of the square input
+    outputs: int  # the width of the output: classes, or a frozen part's feature channels
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """The model's output for ``batch`` (N x S x S x 3 float32 RGB 0-255): the classifier's
@@ -159,7 +161,8 @@ class TensorFlowEngine:
     def __init__(self, model: Any, batch_size: int, image_size: int) -> None:
         import tensorflow as tf
 
-        self.model, self.batch_size = model, batch_size
+        self.model, self.batch_size, self.image_size = model, batch_size, image_size
+        self.outputs = int(model.output_shape[-1])
         spec = tf.TensorSpec([batch_size, image_size, image_size, 3], tf.float32)
         self._forward = tf.function(lambda x: model(x, training=False), input_signature=[spec])
         self._forward(tf.zeros(spec.shape))  # trace now, outside any timing
@@ -169,7 +172,7 @@ class TensorFlowEngine:
         import tensorflow as tf
 
         n = len(batch)
-        out = np.empty((n, self.model.output_shape[-1]), np.float32)
+        out = np.empty((n, self.outputs), np.float32)
         for i in range(0, n, self.batch_size):
             part = _padded(batch[i : i + self.batch_size], self.batch_size)
             out[i : i + self.batch_size] = self._forward(tf.constant(part)).numpy()[: min(self.batch_size, n - i)]
@@ -202,6 +205,8 @@ class OpenVINOEngine:
         shaped = ov_model.clone()
         shaped.reshape([self.per_request, *[d.get_length() for d in list(ov_model.input(0).get_partial_shape())[1:]]])
         self.compiled = core.compile_model(shaped, "CPU", config)
+        self.image_size = int(ov_model.input(0).get_partial_shape()[1].get_length())  # N x S x S x 3
+        self.outputs = int(ov_model.output(0).get_partial_shape()[-1].get_length())
         self.requests = max(1, int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
         self._queue = ov.AsyncInferQueue(self.compiled, self.requests)
         self._results: dict[int, np.ndarray] = {}

@@ -94,17 +94,28 @@ def read_openvino_dir(folder: Path) -> Any:
     return import_openvino().Core().read_model(str(folder / OPENVINO_XML))
 
 
+def converted_from(folder: Path, model_keras_sha256: str) -> bool:
+    """``folder`` holds an OpenVINO model converted from the model.keras of this hash."""
+    try:
+        recorded = json.loads((folder / OPENVINO_SOURCE).read_text(encoding="utf-8")).get("model_keras_sha256")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return recorded == model_keras_sha256 and (folder / OPENVINO_XML).is_file()
+
+
+def has_openvino_of(model_file: Path) -> bool:
+    """The model folder of ``model_file`` holds its OpenVINO model (``openvino/``, converted from
+    this very file): the OpenVINO engine then runs without TensorFlow."""
+    return converted_from(model_file.parent / OPENVINO_DIR, file_sha256(model_file))
+
+
 def openvino_model_for(model_file: Path, keras_model: Any = None) -> Any:
     """The OpenVINO model of ``model_file``: ``openvino/`` beside it when it was converted from
     this very file, else converted now (from ``keras_model`` or the loaded file) and cached
     there (atomically), or kept in memory where that folder cannot be written."""
     folder = model_file.parent / OPENVINO_DIR
     sha = file_sha256(model_file)
-    try:
-        recorded = json.loads((folder / OPENVINO_SOURCE).read_text(encoding="utf-8")).get("model_keras_sha256")
-    except (OSError, ValueError, AttributeError):
-        recorded = None
-    if recorded == sha and (folder / OPENVINO_XML).is_file():
+    if converted_from(folder, sha):
         try:
             return read_openvino_dir(folder)
         except Exception as e:  # a damaged cache: convert again

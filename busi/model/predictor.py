@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from busi.config.schema import DicomConfig
 from busi.errors import DataError
@@ -18,7 +18,7 @@ from busi.model.folder import LABELS_FILE, find_model_file, read_model_info
 class Predictor:
     """A loaded model, the engine that runs it, and what its inputs must look like."""
 
-    model: Any  # the Keras model (Grad-CAM needs its gradients)
+    model: Any  # the Keras model (Grad-CAM needs its gradients); None where the engine runs without it
     classes: tuple[str, ...]
     image_size: int
     resize: str
@@ -28,25 +28,62 @@ class Predictor:
 
 
 def load_predictor(model_arg: str | Path, engine: str = "tensorflow", precision: str = "auto",
-                   batch_size: int = 32, threads: int | None = None) -> Predictor:
+                   batch_size: int = 32, threads: int | None = None, gradients: bool = False,
+                   start: Callable[[], Any] | None = None) -> Predictor:
     """Load a busi model with its labels and preprocessing settings and the inference engine
-    ``engine`` (``tensorflow``, ``openvino``, or ``auto``: ``busi.model.engines.choose_engine``)."""
-    from busi.model.engines import choose_engine, make_engine
-    from busi.model.network import load_saved_model
-    from busi.model.openvino import openvino_available
+    ``engine`` (``tensorflow``, ``openvino``, or ``auto``: ``busi.model.engines.choose_engine``).
 
-    model_file = find_model_file(model_arg)
-    model = load_saved_model(model_file)
-    info = read_model_info(model_file, int(model.input_shape[1]))
-    if model.output_shape[-1] != len(info.classes):
-        raise DataError(model_file.parent / LABELS_FILE, f"{len(info.classes)} classes, but the model outputs "
-                        f"{model.output_shape[-1]}")
-    if engine == "auto":
+    TensorFlow is imported (and the Keras model loaded) only where something needs it: the
+    tensorflow engine, ``gradients`` (Grad-CAM), ``auto`` on a node with a GPU device node, or an
+    OpenVINO model still to convert. Else the OpenVINO engine runs the model folder's
+    ``openvino/`` (converted from this very model.keras) or INT8 model, and a prediction starts
+    5-10 s sooner (``Predictor.model`` is then None). ``start`` (the job's
+    ``busi.runtime.startup.start_tensorflow``) runs once, before TensorFlow is first imported."""
+    from busi.model.engines import make_engine
+
+    started: list[bool] = []
+
+    def tensorflow() -> Any:
+        if start is not None and not started:
+            start()
+            started.append(True)
         import tensorflow as tf
 
-        engine = choose_engine("auto", bool(tf.config.list_physical_devices("GPU")), openvino_available())
-    else:
-        engine = choose_engine(engine, False, openvino_available())
-    runner = make_engine(engine, precision, model_file, model, batch_size, info.image_size, threads)
+        return tf
+
+    model_file = find_model_file(model_arg)
+    name = _engine_name(engine, tensorflow)
+    model = None
+    if name == "tensorflow" or gradients or not _openvino_ready(model_file, precision):
+        tensorflow()
+        from busi.model.network import load_saved_model
+
+        model = load_saved_model(model_file)
+    runner = make_engine(name, precision, model_file, model, batch_size,
+                         int(model.input_shape[1]) if model is not None else 0, threads)
+    info = read_model_info(model_file, runner.image_size)
+    if runner.outputs != len(info.classes):
+        raise DataError(model_file.parent / LABELS_FILE, f"{len(info.classes)} classes, but the model outputs "
+                        f"{runner.outputs}")
     return Predictor(model=model, classes=info.classes, image_size=info.image_size, resize=info.resize,
                      source=model_file, engine=runner, dicom=info.dicom)
+
+
+def _engine_name(setting: str, tensorflow: Callable[[], Any]) -> str:
+    """``choose_engine`` for this node: whether a GPU is visible is TensorFlow's answer, asked
+    only where the node has a GPU device node at all (``busi.runtime.cpu.gpu_device_present``)."""
+    from busi.model.engines import choose_engine
+    from busi.model.openvino import openvino_available
+    from busi.runtime.cpu import gpu_device_present
+
+    gpu = setting == "auto" and gpu_device_present() and bool(tensorflow().config.list_physical_devices("GPU"))
+    return choose_engine(setting, gpu, openvino_available())
+
+
+def _openvino_ready(model_file: Path, precision: str) -> bool:
+    """The OpenVINO engine can run ``model_file`` in ``precision`` without its Keras model: the
+    precision is INT8 (its own folder) or the model folder holds this model.keras's conversion."""
+    from busi.model.engines import choose_precision
+    from busi.model.openvino import has_openvino_of
+
+    return choose_precision(precision, model_file.parent)[0] == "int8" or has_openvino_of(model_file)

@@ -295,8 +295,9 @@ def run_predict(cfg: Any) -> Summary:
     found = expand_inputs(p.inputs, p.include_masks, p.staging_dir, ArchiveLimits.from_config(p), skip=own)
     files = shard.select(found)
     cores = detect_cores(cfg.runtime.cores)
-    start_tensorflow(cores, cfg.runtime.seed)
-    predictor = load_predictor(p.model, p.engine, p.precision, p.batch_size, cores.cores)
+    # TensorFlow starts only where the engine or --gradcam needs it (busi.model.predictor)
+    predictor = load_predictor(p.model, p.engine, p.precision, p.batch_size, cores.cores, gradients=gradcam is not None,
+                               start=lambda: start_tensorflow(cores, cfg.runtime.seed))
     if p.dicom_frame is not None:  # else as the model was trained (its preprocessing.json)
         predictor.dicom = dataclasses.replace(predictor.dicom, frame=p.dicom_frame)
     engine = predictor.engine.info
