@@ -111,7 +111,10 @@ def predict_start(size: int, image: Path) -> None:
     from busi.files.rundir import RunDir
     from busi.model.folder import write_model_dir
     from busi.model.network import build_model
+    from busi.runtime.cores import detect_cores
+    from busi.runtime.startup import start_tensorflow
 
+    start_tensorflow(detect_cores("auto"), seed=0)  # this process builds the model folder (quietly)
     folder = common.scratch("busi-bench-predict-start-")
     built = build_model(ModelConfig(weights="none"), size, ("normal", "benign", "malignant"))
     write_model_dir(RunDir(folder / "run"), built.model, ("normal", "benign", "malignant"), size, "stretch")

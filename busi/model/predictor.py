@@ -1,5 +1,6 @@
-"""A trained model ready to predict: the Keras model, its classes and preprocessing (from its
-model folder, ``busi.model.folder``) and the engine that runs it (``busi.model.engines``).
+"""A trained model ready to predict: its classes and preprocessing (from its model folder,
+``busi.model.folder``), the engine that runs it (``busi.model.engines``) and, where something
+needs it, the Keras model (OpenVINO runs the folder's own conversion without TensorFlow).
 Prediction, external evaluation and the benchmarks load models through ``load_predictor``."""
 
 from __future__ import annotations
