@@ -6,7 +6,7 @@
    done. Log lines are time-stamped as they arrive, which splits the time into: Python and busi
    imports + config + data scan/de-duplication/split (``data:`` line), TensorFlow start
    (``runtime:``), model build (``phase head:``), the feature-cache pass over train + val
-   (``feature cache:``) and the first step (tracing + one step). job/busi.yaml at 224 px
+   (``feature cache (...)`` line) and the first step (tracing + one step). job/busi.yaml at 224 px
    (``weights: none``) on 96 BUSI-sized synthetic PNGs (the feature-cache pass grows with the
    data: ~1 s per 25 images here; everything else does not).
 2. ``busi-job --help`` and ``busi-job config job/busi.yaml``: wall time (median of 5), and that
@@ -72,7 +72,7 @@ def first_step(args: argparse.Namespace, folder: Path) -> None:
     steps = [("data: (imports, config, scan, de-duplication, split)", at("data:")),
              ("runtime: (TensorFlow started)", at("runtime:")),
              ("phase head: (model built, optimizer built)", at("phase head:")),
-             ("feature cache: (backbone pass over train + val)", at("feature cache:"))]
+             ("feature cache: (backbone pass over train + val)", at("feature cache ("))]
     prev = 0.0
     for name, t in steps:
         if t is None:
@@ -81,7 +81,7 @@ def first_step(args: argparse.Namespace, folder: Path) -> None:
         print(f"{name:<55} at {t:6.1f} s  (+{t - prev:5.1f} s)")
         prev = t
     print(f"{'first training step done (tracing + 1 step)':<55} at {total:6.1f} s  (+{total - prev:5.1f} s)")
-    fc = [line for _, line in marks if " feature cache:" in line]
+    fc = [line for _, line in marks if " INFO feature cache (" in line]
     if fc:
         print(f"#   {fc[0].split(' INFO ')[-1]}")
     data = [line for _, line in marks if " INFO data:" in line]
