@@ -239,23 +239,21 @@ def _padded(x: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
-def make_engine(name: str, precision: str, model_file: Path, keras_model: Any, batch_size: int, image_size: int,
-                threads: int | None = None) -> Engine:
-    """The engine ``name`` (already chosen: ``tensorflow`` or ``openvino``) for ``model_file``."""
+def make_engine(name: str, precision: str, model_file: Path, keras_model: Any, batch_size: int,
+                threads: int | None = None, model_sha256: str | None = None) -> Engine:
+    """The engine ``name`` (already chosen: ``tensorflow`` or ``openvino``) for ``model_file``:
+    ``keras_model`` is its loaded model (the tensorflow engine needs it; OpenVINO only to convert),
+    ``model_sha256`` the file's hash where the caller has it (``busi.model.openvino.openvino_model_for``)."""
     if name == "tensorflow":
         if precision != "auto":
             raise ConfigError(f"predict.precision: {precision} applies to the openvino engine; the tensorflow engine "
                               "computes in the model's own policy (use precision auto)")
-        if keras_model is None:
-            from busi.model.network import load_saved_model
-
-            keras_model = load_saved_model(model_file)
-        return TensorFlowEngine(keras_model, batch_size, image_size)
+        return TensorFlowEngine(keras_model, batch_size, int(keras_model.input_shape[1]))
     precision, why = choose_precision(precision, model_file.parent)
     if precision == "int8":
         return _int8_engine(model_file, batch_size, threads, why)
     try:
-        ov_model = openvino_model_for(model_file, keras_model)
+        ov_model = openvino_model_for(model_file, keras_model, model_sha256)
     except ConfigError:
         raise
     except Exception as e:  # the converter raises many kinds on a model it cannot read

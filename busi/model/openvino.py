@@ -103,18 +103,13 @@ def converted_from(folder: Path, model_keras_sha256: str) -> bool:
     return recorded == model_keras_sha256 and (folder / OPENVINO_XML).is_file()
 
 
-def has_openvino_of(model_file: Path) -> bool:
-    """The model folder of ``model_file`` holds its OpenVINO model (``openvino/``, converted from
-    this very file): the OpenVINO engine then runs without TensorFlow."""
-    return converted_from(model_file.parent / OPENVINO_DIR, file_sha256(model_file))
-
-
-def openvino_model_for(model_file: Path, keras_model: Any = None) -> Any:
+def openvino_model_for(model_file: Path, keras_model: Any = None, model_sha256: str | None = None) -> Any:
     """The OpenVINO model of ``model_file``: ``openvino/`` beside it when it was converted from
     this very file, else converted now (from ``keras_model`` or the loaded file) and cached
-    there (atomically), or kept in memory where that folder cannot be written."""
+    there (atomically), or kept in memory where that folder cannot be written.
+    ``model_sha256``: the file's hash, where the caller has already read it."""
     folder = model_file.parent / OPENVINO_DIR
-    sha = file_sha256(model_file)
+    sha = model_sha256 or file_sha256(model_file)
     if converted_from(folder, sha):
         try:
             return read_openvino_dir(folder)

@@ -40,7 +40,9 @@ def load_predictor(model_arg: str | Path, engine: str = "tensorflow", precision:
     ``openvino/`` (converted from this very model.keras) or INT8 model, and a prediction starts
     5-10 s sooner (``Predictor.model`` is then None). ``start`` (the job's
     ``busi.runtime.startup.start_tensorflow``) runs once, before TensorFlow is first imported."""
-    from busi.model.engines import make_engine
+    from busi.files.digest import file_sha256
+    from busi.model.engines import choose_precision, make_engine
+    from busi.model.openvino import OPENVINO_DIR, converted_from
 
     started: list[bool] = []
 
@@ -54,14 +56,17 @@ def load_predictor(model_arg: str | Path, engine: str = "tensorflow", precision:
 
     model_file = find_model_file(model_arg)
     name = _engine_name(engine, tensorflow)
+    needs_keras, sha = name == "tensorflow" or gradients, None
+    if not needs_keras and choose_precision(precision, model_file.parent)[0] != "int8":  # INT8: its own folder
+        sha = file_sha256(model_file)
+        needs_keras = not converted_from(model_file.parent / OPENVINO_DIR, sha)  # to convert it now
     model = None
-    if name == "tensorflow" or gradients or not _openvino_ready(model_file, precision):
+    if needs_keras:
         tensorflow()
         from busi.model.network import load_saved_model
 
         model = load_saved_model(model_file)
-    runner = make_engine(name, precision, model_file, model, batch_size,
-                         int(model.input_shape[1]) if model is not None else 0, threads)
+    runner = make_engine(name, precision, model_file, model, batch_size, threads, model_sha256=sha)
     info = read_model_info(model_file, runner.image_size)
     if runner.outputs != len(info.classes):
         raise DataError(model_file.parent / LABELS_FILE, f"{len(info.classes)} classes, but the model outputs "
@@ -80,11 +85,3 @@ def _engine_name(setting: str, tensorflow: Callable[[], Any]) -> str:
     gpu = setting == "auto" and gpu_device_present() and bool(tensorflow().config.list_physical_devices("GPU"))
     return choose_engine(setting, gpu, openvino_available())
 
-
-def _openvino_ready(model_file: Path, precision: str) -> bool:
-    """The OpenVINO engine can run ``model_file`` in ``precision`` without its Keras model: the
-    precision is INT8 (its own folder) or the model folder holds this model.keras's conversion."""
-    from busi.model.engines import choose_precision
-    from busi.model.openvino import has_openvino_of
-
-    return choose_precision(precision, model_file.parent)[0] == "int8" or has_openvino_of(model_file)
