@@ -28,7 +28,7 @@ def pipeline(synth_data: Any) -> Any:
 
 def _order(pipeline: Any, seed: int, epoch: int, shard: tuple[int, int] = (0, 1), skip: int = 0) -> list[int]:
     """Which samples an epoch of images visits, in order (each synthetic image is unique)."""
-    index = {bytes(x.numpy().astype(np.uint8)): i for i, (x, _) in enumerate(pipeline.eval_dataset(1).unbatch())}
+    index = {bytes(x.numpy().astype(np.uint8)): i for i, (x, _) in enumerate(pipeline.eval_dataset(1).dataset.unbatch())}
     order = []
     for x, _, _ in pipeline.train_dataset(3, seed, epoch, NO_AUGMENT, np.ones(3, np.float32), shard, skip):
         order.extend(index[bytes(im.astype(np.uint8))] for im in x.numpy())
@@ -90,5 +90,66 @@ def test_files_whose_names_are_not_utf8_or_hold_line_breaks_are_read(tmp_path: P
         Image.fromarray(np.full((20, 20), 40 * (i + 1), np.uint8)).save(raw, format="PNG")
         paths.append(os.fsdecode(raw))
     p = Pipeline(SplitData(tuple(paths), (0, 1, 2)), 32, "stretch", cache=False)
-    means = [float(x.numpy().mean()) for x, _ in p.eval_dataset(1).unbatch()]
+    means = [float(x.numpy().mean()) for x, _ in p.eval_dataset(1).dataset.unbatch()]
     assert means == pytest.approx([40.0, 80.0, 120.0], abs=0.5)
+
+
+def test_a_file_that_stops_decoding_is_a_data_error_naming_it_never_a_tensorflow_error(tmp_path: Path) -> None:
+    """A file cut short (or emptied) after the scan: iterating any dataset of the pipeline ends
+    in busi's DataError naming it (exit 3), raised in Python, not TensorFlow's UnknownError from
+    inside the pipeline; and no iteration hands out the black stand-in as if it were the image."""
+    import tensorflow as tf
+    from PIL import Image
+
+    from busi.data.pipeline import Pipeline, SplitData
+    from busi.errors import DataError
+
+    paths = []
+    for i in range(6):
+        p = tmp_path / f"img{i}.png"
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (40, 40), np.uint8)).save(p)
+        paths.append(str(p))
+    Path(paths[3]).write_bytes(Path(paths[3]).read_bytes()[:60])
+    Path(paths[5]).write_bytes(b"")
+    for make in (lambda p: p.eval_dataset(2), lambda p: p.variant_dataset(2, 0, 0, NO_AUGMENT),
+                 lambda p: p.train_dataset(2, 0, 1, NO_AUGMENT, np.ones(3, np.float32))):
+        pipe = Pipeline(SplitData(tuple(paths), (0, 1, 2, 0, 1, 2)), 32, "stretch")
+        seen = 0
+        with pytest.raises(DataError) as e:
+            for _ in make(pipe):
+                seen += 1
+        assert not isinstance(e.value.__context__, tf.errors.OpError)
+        assert e.value.path in (paths[3], paths[5]) and "changed or was damaged while the job ran" in e.value.reason
+        assert seen < 3  # the batch holding a failed file is never handed out
+        assert {p for p, _ in pipe.failures.failed} <= {paths[3], paths[5]}
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("damage", ["cut", "empty"])
+def test_training_on_a_file_damaged_after_the_scan_exits_3_naming_it(damage: str, synth_data: Any,
+                                                                     tmp_path: Path) -> None:
+    """The whole job, as a batch system runs it: an image cut short or emptied between the scan
+    and the first epoch (tests/damage_after_scan.py). 64 px and batches of 8, where main hung at
+    exit until killed: the process ends by itself (the timeout fails the test), exit 3, the file
+    named, no traceback, and the run directory says the run failed."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    data = tmp_path / "ds"
+    shutil.copytree(synth_data(8, 64, 0), data)
+    victim = data / "benign" / "benign (3).png"
+    out = tmp_path / "run"
+    r = subprocess.run(
+        [sys.executable, str(REPO / "tests" / "damage_after_scan.py"), str(victim), damage,
+         "train", str(REPO / "job" / "demo.yaml"), "--set", f"data.source={data}", "--set", f"output.dir={out}",
+         "--set", "train.batch_size=8", "--set", "train.finetune.epochs=1", "--set", "train.quantize=none"],
+        capture_output=True, text=True, timeout=240, cwd=REPO)
+    assert r.returncode == 3, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr and "UnknownError" not in r.stderr, r.stderr[-3000:]
+    assert f"busi-job: error: {victim}: cannot decode image" in r.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and str(victim) in manifest["error"]

@@ -125,3 +125,52 @@ def test_the_calibration_sample_is_seeded_ordered_and_bounded() -> None:
     assert a == b and len(a) == 300 and a == sorted(a) and set(a) <= set(paths)
     assert calibration_sample(paths, 8, 300) != a
     assert calibration_sample(paths[:10], 7, 300) == paths[:10]
+
+
+def _with_source(d: Path, model_bytes: bytes, recorded: bytes) -> Path:
+    """``d``'s model.keras holds ``model_bytes``; its INT8 folder records the hash of ``recorded``."""
+    import hashlib
+    import zipfile
+
+    with zipfile.ZipFile(d / "model.keras", "w") as z:  # a .keras file is a zip archive
+        z.writestr("config.json", model_bytes)
+    recorded_zip = d / "recorded.keras"
+    with zipfile.ZipFile(recorded_zip, "w") as z:
+        z.writestr("config.json", recorded)
+    sha = hashlib.sha256(recorded_zip.read_bytes()).hexdigest()
+    (d / INT8_DIR / "source.json").write_text(json.dumps({"model_keras_sha256": sha}))
+    return d / "model.keras"
+
+
+def test_an_int8_model_of_another_model_keras_is_never_run(tmp_path: Path) -> None:
+    """INT8 is taken only where its source.json records this model.keras' hash: under auto the
+    next best precision (on both CPU answers), asked for a DataError naming the folder and the
+    command; a model.keras that is no archive at all is named itself."""
+    from busi.errors import DataError
+    from busi.files.digest import file_sha256
+    from busi.model.engines import resolve_precision
+
+    d = _model_dir(tmp_path, PASSED, PASSED)
+    model = _with_source(d, b"same", b"same")
+    assert resolve_precision("auto", model, lambda: file_sha256(model), VNNI)[0] == "int8"  # its own: taken
+    assert resolve_precision("int8", model, lambda: file_sha256(model), PLAIN) == ("int8", "asked for")
+
+    model = _with_source(d, b"retrained", b"same")  # model.keras replaced after the INT8 model was made
+    for flags, expected in ((VNNI, "float32"), (AMX, "bfloat16")):
+        precision, why = resolve_precision("auto", model, lambda: file_sha256(model), flags)
+        assert precision == expected and "was not quantized from this model.keras" in why, flags
+    assert resolve_precision("auto", model, lambda: file_sha256(model), PLAIN)[0] == "float32"  # never INT8 here
+    with pytest.raises(DataError) as e:
+        resolve_precision("int8", model, lambda: file_sha256(model), VNNI)
+    assert e.value.path == str(d / INT8_DIR) and "busi-job export --model" in e.value.reason
+    assert "--precision int8" in e.value.reason
+
+    model.write_bytes(model.read_bytes()[:40])  # cut short: not an archive
+    with pytest.raises(DataError) as e:
+        resolve_precision("int8", model, lambda: file_sha256(model), VNNI)
+    assert e.value.path == str(model) and "not a readable Keras model" in e.value.reason
+    asked: list[bool] = []
+    (tmp_path / "no-int8").mkdir()
+    d2 = _model_dir(tmp_path / "no-int8", None, None, int8_model=False)
+    assert resolve_precision("auto", d2 / "model.keras", lambda: asked.append(True) or "", VNNI)[0] == "float32"
+    assert not asked  # no INT8 model: the file is not hashed

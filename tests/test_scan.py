@@ -171,7 +171,35 @@ def test_a_decoder_raising_anything_makes_that_file_corrupt_not_the_scan(tmp_pat
     put(root, "a/odd.dds", data=header + pixel_format + struct.pack("<5I", 0x1000, 0, 0, 0, 0) + bytes(256))
     r = scan_dataset(root, ["a", "b"])
     assert [s.path for s in r.samples] == ["a/x.png", "b/y.png"]
-    assert dict(r.corrupt) == {"a/odd.dds": "cannot decode image: NotImplementedError: Unknown pixel format flags 0"}
+    assert dict(r.corrupt) == {"a/odd.dds": "cannot decode image: cannot identify image file (not a format Pillow "
+                                            "reads)"}
+
+
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 64 64\nnewpath 0 0 moveto 64 64 lineto stroke\nshowpage\n"
+
+
+def test_a_format_busi_does_not_read_is_corrupt_never_a_sample(tmp_path: Path) -> None:
+    """Pillow identifies an EPS file and would hand it to Ghostscript to decode (absent on most
+    nodes, unsafe on files nobody curated): the scan names it for what it is, under any name,
+    and it never becomes a sample that training then cannot decode. Whether this machine has
+    Ghostscript changes nothing."""
+    from busi.data.images import PILLOW_FORMATS, load_image
+
+    Image.init()
+    assert set(PILLOW_FORMATS) <= set(Image.OPEN)  # every name is a format this Pillow opens
+    root = tmp_path / "ds"
+    put(root, "a/x.png", seed=1)
+    put(root, "b/y.png", seed=2)
+    put(root, "a/fake.eps", data=EPS)
+    put(root, "b/disguised.png", data=EPS)
+    r = scan_dataset(root, ["a", "b"])
+    assert [s.path for s in r.samples] == ["a/x.png", "b/y.png"]
+    corrupt = dict(r.corrupt)
+    assert set(corrupt) == {"a/fake.eps", "b/disguised.png"}
+    for reason in corrupt.values():
+        assert "EPS is not an image format busi reads" in reason and "convert it to PNG" in reason
+    with pytest.raises(DataError, match="EPS is not an image format busi reads"):
+        load_image(root / "a" / "fake.eps", 32)  # training's decode: the same answer
 
 
 def test_scan_is_deterministic(messy: Path) -> None:

@@ -1,7 +1,7 @@
 """Decoding one image file into the model's input: the single definition shared by
 training, evaluation and prediction, so they cannot disagree about pixels.
 
-Any image Pillow reads becomes ``size x size x 3`` uint8 RGB: 16-bit and float images are
+Any image in one of ``PILLOW_FORMATS`` becomes ``size x size x 3`` uint8 RGB: 16-bit and float images are
 scaled to 8 bits, palette/CMYK/grayscale/alpha images converted, 1-channel ultrasound
 replicated to 3 channels (ResNet expects RGB). ``stretch`` resizes as the original
 notebook did; ``pad`` keeps the aspect ratio and pads with black (the ultrasound background).
@@ -25,6 +25,14 @@ from busi.data.regions import FrameRegion
 from busi.errors import DataError
 from busi.runtime.safeio import open_regular_file
 
+
+# The raster formats busi decodes with Pillow: each is decoded by Pillow's own code or a library
+# its wheels carry, the same on every node. Pillow opens more (EPS, PDF-like and plug-in formats):
+# some render through an outside program (Ghostscript for EPS, absent on most nodes and unsafe
+# on untrusted files), some are not photographs at all; a file of such a format is an image busi
+# cannot read, named as such by the scan, never a sample. One list: the scan and every decode use it.
+# (JPEG includes the multi-picture files of cameras, which Pillow opens as MPO.)
+PILLOW_FORMATS = ("PNG", "JPEG", "JPEG2000", "BMP", "DIB", "TIFF", "GIF", "WEBP", "PPM", "TGA")
 
 # The frames of one file decoded at once under ``data.dicom.frame: all`` (prediction holds a
 # file's frames together, its rows are written together): at most this many bytes of them, 3,566
@@ -65,33 +73,63 @@ def decode_frames(path: str | Path, size: int, resize: str = "stretch", dicom: D
     return [(np.asarray(resize_rgb(rgb, size, resize), dtype=np.uint8), None)]
 
 
-def pillow_rgb(fh: BinaryIO, path: str | Path, size: int, crop: FrameRegion | None = None) -> "Image.Image":  # noqa: F821
+def pillow_rgb(fh: BinaryIO, path: str | Path, size: int | None, crop: FrameRegion | None = None) -> "Image.Image":  # noqa: F821
     """The image Pillow reads from ``fh`` as 8-bit RGB (``to_rgb8``), not yet resized: a JPEG
-    decoded at reduced scale for a ``size`` px input; with ``crop`` (a mask drawn on a DICOM
-    frame that was cut to its ultrasound region), cut to its box where the image is of the
-    frame's size. DataError naming ``path`` for whatever the decoder raises."""
+    decoded at reduced scale for a ``size`` px input (None: at full size); with ``crop`` (a mask
+    drawn on a DICOM frame that was cut to its ultrasound region), cut to its box where the image
+    is of the frame's size. DataError naming ``path`` for whatever the decoder raises."""
+    return pillow_decode(fh, path, size, crop)[1]
+
+
+def pillow_decode(fh: BinaryIO, path: str | Path, size: int | None = None,
+                  crop: FrameRegion | None = None) -> tuple[str, "Image.Image"]:  # noqa: F821
+    """``pillow_rgb``, with the file's own Pillow mode (``L``, ``RGBA``, ``I;16``...) before it.
+    The one decode of a non-DICOM image: the scan calls it too, so a file the scan accepts is a
+    file training decodes. Only ``PILLOW_FORMATS``; the whole file is read into memory first (a
+    plug-in that hands the file to another program by name would get a descriptor otherwise)."""
+    import io
+
     from PIL import Image
 
     fh.seek(0)
+    data = io.BytesIO(fh.read())
     try:
-        with Image.open(fh) as im:
+        with Image.open(data, formats=PILLOW_FORMATS) as im:
+            mode = im.mode
             if crop is None:
-                if im.format == "JPEG":
+                if size is not None and im.format == "JPEG":
                     im.draft("RGB", (size, size))  # decode JPEGs at reduced scale: much faster
             elif im.size == crop[:2]:
                 x0, y0, x1, y1 = crop[2]
                 im = im.crop((x0, y0, x1 + 1, y1 + 1))
-            return to_rgb8(im)
+            return mode, to_rgb8(im)
     except Exception as e:  # any failure of a decoder on one file makes that file unreadable
-        raise decode_error(path, e) from None
+        raise decode_error(path, e, _other_format(data)) from None
 
 
-def decode_error(path: str | Path, e: Exception) -> DataError:
+def _other_format(data: BinaryIO) -> str | None:
+    """The Pillow format of a file that is not one of ``PILLOW_FORMATS`` (its header only: nothing
+    is decoded, no outside program runs), or None where Pillow does not know it either."""
+    from PIL import Image
+
+    try:
+        data.seek(0)
+        with Image.open(data) as im:
+            return None if im.format in PILLOW_FORMATS else im.format
+    except Exception:  # not an image Pillow knows: the caller's message says so
+        return None
+
+
+def decode_error(path: str | Path, e: Exception, other_format: str | None = None) -> DataError:
     """The one message for an image that will not decode, whatever the decoder raised (Pillow's
-    plug-ins raise OSError, ValueError, SyntaxError, but also NotImplementedError, AttributeError...)."""
+    plug-ins raise OSError, ValueError, SyntaxError, but also NotImplementedError, AttributeError...).
+    ``other_format``: the file is of this Pillow format, which busi does not read."""
     from PIL import UnidentifiedImageError
 
-    if isinstance(e, UnidentifiedImageError):  # its text holds the repr of the open file object
+    if other_format is not None:
+        why = (f"{other_format} is not an image format busi reads ({', '.join(PILLOW_FORMATS)} or DICOM); "
+               "convert it to PNG or move it out of the data folder")
+    elif isinstance(e, UnidentifiedImageError):  # its text holds the repr of the open file object
         why = "cannot identify image file (not a format Pillow reads)"
     else:
         why = f"{type(e).__name__}: {e}"

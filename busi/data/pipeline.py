@@ -3,19 +3,30 @@
 Every random choice is a pure function of ``(seed, epoch, sample index)`` (stateless ops),
 so an epoch's batches and augmentations can be rebuilt exactly after a resume, and each
 rank of a distributed run can take its own shard of the same global order.
+
+A file that will not decode inside the pipeline (it passed the scan, then changed or was cut
+short on a shared disk while the job ran) never becomes a TensorFlow error: an exception raised
+in a ``tf.numpy_function`` comes out as ``UnknownError`` with stacked tracebacks, and at 64 px it
+left the process hung at exit (the iterator's destructor waiting, with the GIL held at
+interpreter shutdown, for map calls that need the GIL). The decode records the failure and
+yields a black image; every dataset the pipeline hands out (``Checked``) stops its iteration with
+the ``DataError`` naming the file (exit 3) and releases its ``tf.data`` iterator there, while
+the interpreter still runs.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import threading
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
 from busi.config.schema import AugmentConfig, DicomConfig
 from busi.data.images import load_image
+from busi.errors import DataError
 
 
 @dataclass(frozen=True)
@@ -49,6 +60,56 @@ def balanced_class_weights(labels: Sequence[int], num_classes: int) -> np.ndarra
     return weights.astype(np.float32)
 
 
+class DecodeFailures:
+    """The files of one pipeline that would not decode, recorded by the decode threads (never
+    raised there) and raised, the first of them, by ``check`` on the consumer's thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._failed: list[tuple[str, str]] = []
+
+    def record(self, path: str, error: Exception) -> None:
+        reason = error.reason if isinstance(error, DataError) else f"{type(error).__name__}: {error}"
+        with self._lock:
+            self._failed.append((path, reason))
+
+    @property
+    def failed(self) -> tuple[tuple[str, str], ...]:
+        with self._lock:
+            return tuple(self._failed)
+
+    def check(self) -> None:
+        """DataError (exit 3) naming the first file that failed, if any did."""
+        failed = self.failed
+        if failed:
+            path, reason = failed[0]
+            more = f"; {len(failed) - 1} more failed too" if len(failed) > 1 else ""
+            raise DataError(path, f"{reason}. It passed the dataset scan, so it changed or was damaged while the job "
+                            f"ran{more}: restore it and run the same command again (a run resumes from its last "
+                            "checkpoint), or remove it and start again with --restart")
+
+
+class Checked:
+    """A ``tf.data`` dataset of one pipeline, iterated in Python: each element is handed out only
+    while no file of the pipeline failed to decode (else ``DecodeFailures.check`` raises), and the
+    ``tf.data`` iterator is released as the iteration ends, however it ends. ``dataset`` is the
+    ``tf.data.Dataset`` itself, for a caller that needs its operations (and checks on its own)."""
+
+    def __init__(self, dataset: Any, failures: DecodeFailures) -> None:
+        self.dataset = dataset
+        self.failures = failures
+
+    def __iter__(self) -> Iterator[Any]:
+        iterator = iter(self.dataset)
+        try:
+            for element in iterator:
+                self.failures.check()
+                yield element
+            self.failures.check()
+        finally:
+            del iterator  # now, not at interpreter shutdown (the hang the module docstring names)
+
+
 class Pipeline:
     """Decoded, cached images of one split, and per-epoch datasets built from them."""
 
@@ -58,11 +119,16 @@ class Pipeline:
 
         self.data = data
         self.size = image_size
+        self.failures = DecodeFailures()
         n = len(data)
         index = np.arange(n, dtype=np.int64)
 
         def decode(path: Any, idx: Any) -> np.ndarray:
-            return load_image(os.fsdecode(path), image_size, resize, dicom, data.frame(int(idx)))
+            try:
+                return load_image(os.fsdecode(path), image_size, resize, dicom, data.frame(int(idx)))
+            except Exception as e:  # never into TensorFlow: recorded, raised by Checked
+                self.failures.record(os.fsdecode(path), e)
+                return np.zeros((image_size, image_size, 3), np.uint8)
 
         def tf_decode(path: Any, label: Any, idx: Any) -> tuple[Any, Any, Any]:
             image = tf.numpy_function(decode, [path, idx], tf.uint8, stateful=False)
@@ -91,7 +157,7 @@ class Pipeline:
         class_weights: np.ndarray,
         shard: tuple[int, int] = (0, 1),
         skip_batches: int = 0,
-    ) -> Any:
+    ) -> Checked:
         """One epoch: shuffle by (seed, epoch), take this rank's shard, augment, batch.
 
         Yields (images float32 0-255, labels int32, sample weights float32). ``skip_batches``
@@ -112,9 +178,9 @@ class Pipeline:
         ds = ds.batch(batch_size)
         if skip_batches:
             ds = ds.skip(skip_batches)
-        return ds.prefetch(tf.data.AUTOTUNE)
+        return Checked(ds.prefetch(tf.data.AUTOTUNE), self.failures)
 
-    def variant_dataset(self, batch_size: int, seed: int, variant: int, augment: AugmentConfig | None) -> Any:
+    def variant_dataset(self, batch_size: int, seed: int, variant: int, augment: AugmentConfig | None) -> Checked:
         """All images in file order, augmented as variant ``variant`` (``augment`` None: as is):
         (images float32, labels int32). Feeds the feature cache (``busi.model.features``)."""
         import tensorflow as tf
@@ -128,14 +194,14 @@ class Pipeline:
             return x, label
 
         ds = self.base.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+        return Checked(ds.batch(batch_size).prefetch(tf.data.AUTOTUNE), self.failures)
 
-    def eval_dataset(self, batch_size: int) -> Any:
+    def eval_dataset(self, batch_size: int) -> Checked:
         """All images in file order, unaugmented: (images float32, labels int32)."""
         import tensorflow as tf
 
         ds = self.base.map(lambda im, y, i: (tf.cast(im, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
-        return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+        return Checked(ds.batch(batch_size).prefetch(tf.data.AUTOTUNE), self.failures)
 
 
 def epoch_order(ds: Any, n: int, seed: int, epoch: int, shard: tuple[int, int] = (0, 1)) -> Any:

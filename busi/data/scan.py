@@ -2,8 +2,10 @@
 
 Layout: ``<root>/<class>/.../<name>.<ext>``, with ground-truth masks beside their image as
 ``<name>_mask.png``, ``<name>_mask_1.png``, ... (the original BUSI naming). Masks are never
-samples. Images are the files Pillow reads by suffix, and DICOM files by content, whatever
-their suffix (``busi.data.dicom``); a DICOM file read here is decoded as training decodes it.
+samples. Images are the files with a suffix Pillow knows, and DICOM files by content, whatever
+their suffix (``busi.data.dicom``); each is decoded here as training decodes it
+(``busi.data.images``), so a file of a format busi does not read (``PILLOW_FORMATS``: an EPS,
+which Pillow hands to Ghostscript) or one that will not decode is a corrupt entry, never a sample.
 The class folders may sit at the root or one level down (BUSI's zip nests
 ``Dataset_BUSI_with_GT/``).
 """
@@ -23,7 +25,7 @@ import numpy as np
 
 from busi.config.schema import DICOM_ONE_FRAME, DicomConfig
 from busi.data.dicom import DICOM_SUFFIXES, is_dicom, read_dicom_frames
-from busi.data.images import decode_error, open_image_file, to_rgb8
+from busi.data.images import open_image_file, pillow_decode, to_rgb8
 from busi.data.names import has_junk_part, is_junk
 from busi.errors import DataError
 from busi.runtime.safeio import is_regular_file
@@ -229,8 +231,6 @@ def read_image_info(path: Path, dicom: DicomConfig = DicomConfig()) -> dict[str,
 def read_image_infos(path: Path, dicom: DicomConfig = DicomConfig()) -> list[dict[str, object]]:
     """``read_image_info`` of every sample ``path`` holds: one, or each frame of a DICOM cine loop
     under ``data.dicom.frame: all`` (its ``frame`` number set; the frames share the file's hash)."""
-    from PIL import Image
-
     with open_image_file(path) as fh:
         raw = fh.read()  # all of it: the content hash
     sha = hashlib.sha256(raw).hexdigest()
@@ -241,14 +241,9 @@ def read_image_infos(path: Path, dicom: DicomConfig = DicomConfig()) -> list[dic
         if dicom.frame in DICOM_ONE_FRAME or len(infos) == 1:  # the file's one image: no frame number
             return [{**info, "frame": None} for info in infos]
         return infos
-    try:
-        with Image.open(io.BytesIO(raw)) as im:
-            im.load()
-            width, height, mode = im.width, im.height, im.mode
-            gray = im.convert("L")
-    except Exception as e:  # any failure of a decoder on one file makes that file corrupt, not the scan
-        raise decode_error(path, e) from None
-    return [{"width": width, "height": height, "mode": mode, "sha256": sha, "phash": perceptual_hash(gray)}]
+    mode, rgb = pillow_decode(io.BytesIO(raw), path)  # training's own decode, at full size
+    return [{"width": rgb.width, "height": rgb.height, "mode": mode, "sha256": sha,
+             "phash": perceptual_hash(rgb.convert("L"))}]
 
 
 @functools.lru_cache(maxsize=1)

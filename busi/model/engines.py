@@ -11,20 +11,36 @@ that passed its accuracy contract (``model/precisions.json``, ``busi.evaluate.pr
 that this CPU runs fast: INT8 with VNNI or AMX-INT8, bfloat16 with AMX or AVX512-BF16, else
 float32. The TensorFlow engine computes in the model's own dtype policy. Converting and
 caching the OpenVINO model: ``busi.model.openvino``.
+
+Every model derived from ``model.keras`` (``openvino/``, which float32 and bfloat16 run, and
+``openvino-int8/``) records the sha256 of the ``model.keras`` it was made from, and is run only
+for that file: a stale ``openvino/`` is converted again; a stale INT8 model cannot be made again
+here (it needs the run's training images), so ``--precision int8`` refuses it and ``auto`` takes
+the next best precision, each saying what to run (``resolve_precision``).
 """
 
 from __future__ import annotations
 
 import logging
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
 from busi.errors import ConfigError, DataError
+from busi.files.digest import file_sha256
 from busi.model.folder import read_precisions
-from busi.model.openvino import OPENVINO_PIN, OPENVINO_XML, import_openvino, openvino_model_for, read_openvino_dir
+from busi.model.openvino import (
+    OPENVINO_PIN,
+    OPENVINO_SOURCE,
+    OPENVINO_XML,
+    converted_from,
+    import_openvino,
+    openvino_model_for,
+    read_openvino_dir,
+)
 from busi.model.quantize import INT8_DIR
 from busi.runtime.cpu import BF16_FLAGS, INT8_FLAGS, cpu_flags
 
@@ -117,11 +133,13 @@ def choose_engine(setting: str, gpu: bool, available: bool, key: str = "predict.
     return "openvino"
 
 
-def choose_precision(setting: str, model_dir: Path, flags: frozenset[str] | None = None) -> tuple[str, str]:
+def choose_precision(setting: str, model_dir: Path, flags: frozenset[str] | None = None,
+                     int8_stale: str | None = None) -> tuple[str, str]:
     """OpenVINO's precision for ``setting`` and why: ``auto`` takes INT8 where the model folder
     holds an INT8 model that passed its contract and the CPU (``flags``, default this one's) has
     VNNI or AMX-INT8; else bfloat16 where the CPU has AMX or AVX512-BF16 and the contract did not
-    fail (a model trained before contracts were measured has none); else float32."""
+    fail (a model trained before contracts were measured has none); else float32.
+    ``int8_stale``: why the folder's INT8 model is not of its model.keras (``int8_mismatch``)."""
     if setting != "auto":
         return setting, "asked for"
     flags = cpu_flags() if flags is None else flags
@@ -130,6 +148,8 @@ def choose_precision(setting: str, model_dir: Path, flags: frozenset[str] | None
     why: list[str] = []
     if not (model_dir / INT8_DIR / OPENVINO_XML).is_file():
         why.append("no INT8 model in the model folder")
+    elif int8_stale is not None:
+        why.append(int8_stale)
     elif not int8.get("passed"):
         why.append(f"the INT8 model missed its accuracy contract ({int8.get('reason', 'not measured')})")
     elif not flags & INT8_FLAGS:
@@ -141,6 +161,39 @@ def choose_precision(setting: str, model_dir: Path, flags: frozenset[str] | None
     if bf16 and not bf16.get("passed"):
         return "float32", "; ".join([*why, f"bfloat16 missed its accuracy contract ({bf16.get('reason')})"])
     return "bfloat16", "; ".join([*why, "bfloat16 on AMX/AVX512-BF16"])
+
+
+def int8_mismatch(model_file: Path, model_sha256: str) -> str | None:
+    """Why the INT8 model beside ``model_file`` (of hash ``model_sha256``) is not of it: it records
+    another file's hash, or none (None: it is of this file, or there is no INT8 model)."""
+    folder = model_file.parent / INT8_DIR
+    if not (folder / OPENVINO_XML).is_file() or converted_from(folder, model_sha256):
+        return None
+    return (f"{folder} was not quantized from this {model_file.name} (its {OPENVINO_SOURCE} records another "
+            f"file's sha256: {model_file.name} was replaced, retrained or damaged after it was made)")
+
+
+def resolve_precision(setting: str, model_file: Path, model_sha256: Callable[[], str],
+                      flags: frozenset[str] | None = None) -> tuple[str, str]:
+    """``choose_precision`` for ``model_file``'s folder, where an INT8 model is taken only when it
+    was quantized from this very file (``model_sha256`` hashes it, asked only then): ``int8`` asked
+    for is a DataError naming a stale INT8 folder and what to run (or naming ``model_file`` where
+    that is no Keras archive at all); ``auto`` takes the next best precision, with a warning.
+    ``flags``: the CPU's (``choose_precision``)."""
+    precision, why = choose_precision(setting, model_file.parent, flags)
+    if precision != "int8":
+        return precision, why
+    stale = int8_mismatch(model_file, model_sha256())
+    if stale is None:
+        return precision, why
+    remedy = (f"make it again with `busi-job export --model {model_file.parent} --format openvino --precision int8`")
+    if setting == "int8":
+        if not zipfile.is_zipfile(model_file):
+            raise DataError(model_file, "not a readable Keras model (damaged or cut short: not a .keras archive); "
+                            "point --model at a complete run directory or model.keras")
+        raise DataError(model_file.parent / INT8_DIR, f"{stale}; {remedy}, or predict with --precision float32")
+    log.warning("engine: %s; %s. Meanwhile the float model predicts", stale, remedy)
+    return choose_precision(setting, model_file.parent, flags, int8_stale=stale)
 
 
 # ------------------------------------------------------------------ TensorFlow
@@ -240,20 +293,23 @@ def _padded(x: np.ndarray, size: int) -> np.ndarray:
 
 
 def make_engine(name: str, precision: str, model_file: Path, keras_model: Any, batch_size: int,
-                threads: int | None = None, model_sha256: str | None = None) -> Engine:
+                threads: int | None = None, model_sha256: Callable[[], str] | None = None,
+                chosen: tuple[str, str] | None = None) -> Engine:
     """The engine ``name`` (already chosen: ``tensorflow`` or ``openvino``) for ``model_file``:
     ``keras_model`` is its loaded model (the tensorflow engine needs it; OpenVINO only to convert),
-    ``model_sha256`` the file's hash where the caller has it (``busi.model.openvino.openvino_model_for``)."""
+    ``model_sha256`` hashes the file (once, where the caller has already: ``busi.model.predictor``),
+    ``chosen`` the precision and why where the caller has resolved ``precision`` already."""
     if name == "tensorflow":
         if precision != "auto":
             raise ConfigError(f"predict.precision: {precision} applies to the openvino engine; the tensorflow engine "
                               "computes in the model's own policy (use precision auto)")
         return TensorFlowEngine(keras_model, batch_size, int(keras_model.input_shape[1]))
-    precision, why = choose_precision(precision, model_file.parent)
+    sha = model_sha256 or (lambda: file_sha256(model_file))
+    precision, why = chosen or resolve_precision(precision, model_file, sha)
     if precision == "int8":
         return _int8_engine(model_file, batch_size, threads, why)
     try:
-        ov_model = openvino_model_for(model_file, keras_model, model_sha256)
+        ov_model = openvino_model_for(model_file, keras_model, sha())
     except ConfigError:
         raise
     except Exception as e:  # the converter raises many kinds on a model it cannot read

@@ -37,11 +37,14 @@ def load_predictor(model_arg: str | Path, engine: str = "tensorflow", precision:
     TensorFlow is imported (and the Keras model loaded) only where something needs it: the
     tensorflow engine, ``gradients`` (Grad-CAM), ``auto`` on a node with a GPU device node, or an
     OpenVINO model still to convert. Else the OpenVINO engine runs the model folder's
-    ``openvino/`` (converted from this very model.keras) or INT8 model, and a prediction starts
-    5-10 s sooner (``Predictor.model`` is then None). ``start`` (the job's
-    ``busi.runtime.startup.start_tensorflow``) runs once, before TensorFlow is first imported."""
+    ``openvino/`` or INT8 model, each only where it was made from this very model.keras
+    (``busi.model.engines.resolve_precision``), and a prediction starts 5-10 s sooner
+    (``Predictor.model`` is then None). ``start`` (the job's ``busi.runtime.startup.start_tensorflow``)
+    runs once, before TensorFlow is first imported."""
+    import functools
+
     from busi.files.digest import file_sha256
-    from busi.model.engines import choose_precision, make_engine
+    from busi.model.engines import make_engine, resolve_precision
     from busi.model.openvino import OPENVINO_DIR, converted_from
 
     started: list[bool] = []
@@ -56,17 +59,18 @@ def load_predictor(model_arg: str | Path, engine: str = "tensorflow", precision:
 
     model_file = find_model_file(model_arg)
     name = _engine_name(engine, tensorflow)
-    needs_keras, sha = name == "tensorflow" or gradients, None
-    if not needs_keras and choose_precision(precision, model_file.parent)[0] != "int8":  # INT8: its own folder
-        sha = file_sha256(model_file)
-        needs_keras = not converted_from(model_file.parent / OPENVINO_DIR, sha)  # to convert it now
+    sha = functools.cache(lambda: file_sha256(model_file))  # model.keras is hashed once, where needed
+    chosen = resolve_precision(precision, model_file, sha) if name == "openvino" else None
+    needs_keras = name == "tensorflow" or gradients
+    if chosen is not None and chosen[0] != "int8":  # the float model: openvino/, if converted from this very file
+        needs_keras = needs_keras or not converted_from(model_file.parent / OPENVINO_DIR, sha())
     model = None
     if needs_keras:
         tensorflow()
         from busi.model.network import load_saved_model
 
         model = load_saved_model(model_file)
-    runner = make_engine(name, precision, model_file, model, batch_size, threads, model_sha256=sha)
+    runner = make_engine(name, precision, model_file, model, batch_size, threads, model_sha256=sha, chosen=chosen)
     info = read_model_info(model_file, runner.image_size)
     if runner.outputs != len(info.classes):
         raise DataError(model_file.parent / LABELS_FILE, f"{len(info.classes)} classes, but the model outputs "

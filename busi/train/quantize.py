@@ -85,9 +85,10 @@ def check_precisions(run: RunDir, model: Any, split: Evaluated, train_images: Se
     ``split``, write ``model/precisions.json`` and log each verdict."""
     from busi.evaluate.forward import predict_probs
     from busi.model.engines import OpenVINOEngine
-    from busi.model.openvino import read_openvino_dir
+    from busi.model.openvino import openvino_model_for
 
-    float_model = read_openvino_dir(run.path("openvino"))
+    # the float model of this very model.keras: openvino/ where it was converted from it, else converted again
+    float_model = openvino_model_for(run.path("model"), model)
 
     def contract(ov_model: Any, precision: str) -> dict[str, Any]:
         engine = OpenVINOEngine(ov_model, batch_size, precision, threads)
