@@ -136,3 +136,62 @@ def test_export_int8_refuses_a_run_whose_images_are_gone(run: Path, tmp_path: Pa
     assert "splits.csv" in r.stderr and "moved-away" in r.stderr and "Traceback" not in r.stderr
     r = run_cli("export", str(copy), "--format", "saved_model", "--precision", "int8")
     assert r.returncode == 2 and "--format openvino" in r.stderr
+
+
+def _predict_labels(model: Path, folder: Path, out: Path, *args: str) -> tuple[Any, dict[str, str]]:
+    import csv
+
+    r = run_cli("predict", "--model", str(model), "--input", str(folder), "--output", str(out), *args)
+    if r.returncode != 0:
+        return r, {}
+    with out.open(newline="") as fh:
+        return r, {row["path"]: row["label"] for row in csv.DictReader(fh)}
+
+
+def test_an_int8_model_is_never_run_for_another_model_keras(run: Path, tmp_path: Path) -> None:
+    """model.keras replaced by another run's (same classes, same input), or cut short, after the
+    INT8 model was made: ``--precision int8`` refuses (exit 3, naming the INT8 folder and the
+    command that makes it again, or the damaged model.keras); ``auto`` predicts with the new
+    model.keras itself (its labels are TensorFlow's for that file), never the old INT8 model; and
+    ``export --precision int8`` makes an INT8 model of the new file, which then runs."""
+    from conftest import make_model_dir
+
+    from busi.files.digest import file_sha256
+
+    folder = tmp_path / "images"
+    root = Path(json.loads((run / "data" / "report.json").read_text())["root"])
+    for i, p in enumerate(_splits(run)["test"]):
+        (folder / f"{i:03d}").mkdir(parents=True)
+        (folder / f"{i:03d}" / Path(p).name).symlink_to(root / p)
+    swapped = _copy_run(run, tmp_path / "swapped")
+    contracts = json.loads((swapped / "model" / "precisions.json").read_text())
+    contracts["int8"].update(passed=True)  # so that auto would take it on a CPU with VNNI
+    (swapped / "model" / "precisions.json").write_text(json.dumps(contracts))
+    other = make_model_dir(tmp_path / "other", size=64)
+    shutil.copyfile(other / "model" / "model.keras", swapped / "model" / "model.keras")
+
+    r, _ = _predict_labels(swapped, folder, tmp_path / "int8.csv", "--engine", "openvino", "--precision", "int8")
+    assert r.returncode == 3 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert f"{swapped / 'model' / INT8_DIR}: " in r.stderr and "was not quantized from this model.keras" in r.stderr
+    assert f"busi-job export --model {swapped / 'model'} --format openvino --precision int8" in r.stderr
+    r, auto = _predict_labels(swapped, folder, tmp_path / "auto.csv", "--engine", "openvino")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads((tmp_path / "auto.csv.done.json").read_text())["engine"]["precision"] != "int8"
+    assert ("was not quantized from this model.keras" in r.stderr) == bool(cpu_flags() & INT8_FLAGS)
+    r, own = _predict_labels(swapped, folder, tmp_path / "tf.csv", "--engine", "tensorflow")
+    assert r.returncode == 0 and auto == own  # the new model.keras answered
+
+    cut = _copy_run(run, tmp_path / "cut")
+    (cut / "model" / "model.keras").write_bytes((run / "model" / "model.keras").read_bytes()[:1000])
+    for args in (("--precision", "int8"), ("--precision", "auto")):
+        r, _ = _predict_labels(cut, folder, tmp_path / "cut.csv", "--engine", "openvino", *args)
+        assert r.returncode == 3 and "Traceback" not in r.stderr, r.stderr[-2000:]
+        assert f"{cut / 'model' / 'model.keras'}: not a readable Keras model" in r.stderr, args
+
+    r = run_cli("export", str(swapped), "--format", "openvino", "--precision", "int8")
+    assert r.returncode == 0, r.stderr[-2000:]
+    sha = file_sha256(swapped / "model" / "model.keras")
+    for name in ("openvino", INT8_DIR):
+        assert json.loads((swapped / "model" / name / "source.json").read_text())["model_keras_sha256"] == sha
+    r, _ = _predict_labels(swapped, folder, tmp_path / "remade.csv", "--engine", "openvino", "--precision", "int8")
+    assert r.returncode == 0, r.stderr[-2000:]

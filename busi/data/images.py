@@ -93,6 +93,8 @@ def pillow_decode(fh: BinaryIO, path: str | Path, size: int | None = None,
 
     fh.seek(0)
     data = io.BytesIO(fh.read())
+    if not data.getbuffer().nbytes:
+        raise DataError(path, "cannot decode image: the file is empty (0 bytes)")
     try:
         with Image.open(data, formats=PILLOW_FORMATS) as im:
             mode = im.mode
