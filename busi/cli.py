@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 from busi import __version__
 from busi.config.schema import (
+    BACKBONES,
     DICOM_FRAMES,
     ENGINES,
     EXPORT_FORMATS,
@@ -192,8 +193,11 @@ def _add_model_commands(sub: Any) -> None:
                    help="openvino only: int8 quantizes a completed run's model on its training images into "
                    "model/openvino-int8/ and measures its accuracy contract on the run's test split")
 
-    p = sub.add_parser("fetch-weights", help="download ImageNet ResNet50 weights (needs internet) into a folder")
+    p = sub.add_parser("fetch-weights", help="download backbones' ImageNet weights (needs internet) into a folder")
     p.add_argument("--dir", default=None, help="target folder (default: $BUSI_WEIGHTS_DIR or ~/.keras/models)")
+    p.add_argument("--backbone", default="resnet50", metavar="NAME[,NAME...]",
+                   help=f"comma-separated backbones (default resnet50): {', '.join(BACKBONES)}")
+    p.add_argument("--alpha", type=float, default=1.0, help="width of mobilenet and mobilenet_v2 (default 1.0)")
 
 
 def _is_job_file(path: str) -> bool:
@@ -370,9 +374,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_fetch_weights(args: argparse.Namespace) -> int:
     from busi.model.weights import fetch_imagenet_weights, imagenet_search_dirs
 
+    names = [n.strip() for n in args.backbone.split(",") if n.strip()]
+    unknown = [n for n in names if n not in BACKBONES]
+    if not names or unknown:
+        raise ConfigError(f"fetch-weights --backbone {args.backbone}: expected names among {', '.join(BACKBONES)}")
     target = Path(args.dir) if args.dir else imagenet_search_dirs()[0]
-    path = fetch_imagenet_weights(target)
-    print(f"ImageNet ResNet50 weights at {path}; export BUSI_WEIGHTS_DIR={path.parent}")
+    for path in fetch_imagenet_weights(target, names, args.alpha):
+        print(f"ImageNet weights at {path}")
+    print(f"export BUSI_WEIGHTS_DIR={target.resolve()}")
     return EXIT_OK
 
 

@@ -10,6 +10,7 @@ from typing import Any, Iterator
 import numpy as np
 import pytest
 
+from busi.config.schema import ModelConfig
 from busi.config.load import load_config
 from busi.model.features import CacheSettings, cache_feature_shape
 
@@ -177,15 +178,15 @@ def test_cache_over_the_memory_limit_falls_back_to_uncached(data: Path, tmp_path
 @pytest.mark.parametrize("size", [32, 50])
 def test_cache_sizes_without_a_model_match_the_model(size: int) -> None:
     """The walltime estimate sizes the cache from strides (no model built); the run from the
-    built model: both are ``cache_feature_shape``, checked here against ResNet50 itself."""
-    import keras
+    built model: both are ``cache_feature_shape``, checked here against ResNet50 itself (every
+    backbone: tests/test_backbones.py)."""
+    from busi.model.network import build_model
 
-    from busi.model.features import PREFIX_END
-
-    backbone = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(size, size, 3))
-    for unfreeze, layer in PREFIX_END.items():
-        assert tuple(backbone.get_layer(layer).output.shape[1:]) == cache_feature_shape(unfreeze, size), unfreeze
-    assert cache_feature_shape("none", size) == (int(backbone.output.shape[-1]),)
+    built = build_model(ModelConfig(weights="none"), size, ("a", "b"))
+    for unfreeze in ("top", "top2", "conv5", "conv4"):
+        assert tuple(built.top_input(unfreeze).shape[1:]) == cache_feature_shape(unfreeze, size), unfreeze
+    assert built.top_input("conv5").name == built.top_input("top").name  # conv5 is top by its ResNet50 name
+    assert cache_feature_shape("none", size) == (int(built.backbone.output.shape[-1]),)
 
 
 

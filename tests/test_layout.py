@@ -64,11 +64,10 @@ def test_allowed_values_have_one_definition() -> None:
     from busi import cli
     from busi.config import schema
     from busi.model.export import FORMATS
-    from busi.model.features import FROZEN_FLOPS_SHARE, PREFIX_END
-    from busi.model.network import UNFREEZE_PREFIXES
+    from busi.model.backbones import TABLE, UNFREEZE_STAGE
 
-    assert set(UNFREEZE_PREFIXES) == set(schema.UNFREEZE_MODES)
-    assert set(PREFIX_END) | {"none", "all"} == set(schema.UNFREEZE_MODES) >= set(FROZEN_FLOPS_SHARE)
+    assert set(UNFREEZE_STAGE) == set(schema.UNFREEZE_MODES)
+    assert tuple(TABLE) == schema.BACKBONES
     assert tuple(FORMATS) == schema.EXPORT_FORMATS
     assert schema.ENGINES == typing.get_args(schema.EngineName)
     parser = cli.build_parser()

@@ -83,15 +83,20 @@ def test_backbone_weights_file_loads_into_backbone(tmp_path: Path) -> None:
         np.testing.assert_array_equal(a, b)
 
 
-def test_mismatching_weights_file_is_an_error(tmp_path: Path) -> None:
+def test_mismatching_weights_file_is_a_data_error_naming_it(tmp_path: Path) -> None:
+    """A weights file that is there but does not fit (another head, not HDF5 at all) is exit 3
+    naming the file: the job's settings are right, the file is wrong."""
+    from busi.errors import DataError
+
     other = _build(classes=5)  # 5 classes: head shape differs, backbone differs not
     path = tmp_path / "five.weights.h5"
     other.model.save_weights(str(path))
-    with pytest.raises(WeightsError, match="does not fit this model"):
+    with pytest.raises(DataError, match="does not fit this model") as e:
         _build(str(path))
+    assert e.value.path == str(path) and e.value.exit_code == 3
     bad = tmp_path / "garbage.weights.h5"
     bad.write_bytes(b"not hdf5")
-    with pytest.raises(WeightsError, match="does not fit this model"):
+    with pytest.raises(DataError, match="does not fit this model"):
         _build(str(bad))
     bigger = _build(size=48)  # same shapes: image size is not in the weights
     path48 = tmp_path / "48.weights.h5"

@@ -29,8 +29,12 @@ def _opt(default: Any = dataclasses.MISSING, *, doc: str = "", **check: Any) -> 
 
 ResizeMode = Literal["stretch", "pad"]
 RESIZE_MODES: tuple[str, ...] = typing.get_args(ResizeMode)  # also what a model's preprocessing.json may say
-Unfreeze = Literal["none", "conv5", "conv4", "all"]
-UNFREEZE_MODES: tuple[str, ...] = typing.get_args(Unfreeze)  # busi.model.network.UNFREEZE_PREFIXES' keys
+# top: the backbone's stride-32 stage; top2: its last two stages; conv5 and conv4 are their ResNet50 names
+Unfreeze = Literal["none", "top", "top2", "conv5", "conv4", "all"]
+UNFREEZE_MODES: tuple[str, ...] = typing.get_args(Unfreeze)  # busi.model.backbones.UNFREEZE_STAGE's keys
+BackboneName = Literal["resnet50", "mobilenet", "mobilenet_v2", "efficientnet_b0", "efficientnet_b1",
+                       "efficientnet_b2", "efficientnet_b3", "convnext_tiny"]
+BACKBONES: tuple[str, ...] = typing.get_args(BackboneName)  # busi.model.backbones.TABLE's keys
 TrainPrecision = Literal["auto", "float32", "mixed_bfloat16", "mixed_float16"]
 POLICIES: tuple[str, ...] = typing.get_args(TrainPrecision)[1:]  # Keras dtype policies (bench measures them)
 EngineName = Literal["auto", "tensorflow", "openvino"]
@@ -145,7 +149,12 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    weights: str = _opt("imagenet", doc="imagenet (staged locally), a path to a weights file, or none")
+    backbone: BackboneName = _opt("resnet50", doc="the keras.applications network under the head (docs: Backbones)")
+    alpha: float = _opt(1.0, min=0.0, exclusive_min=True, max=2.0,
+                        doc="width multiplier of mobilenet and mobilenet_v2 (one their ImageNet files exist for)")
+    weights: str = _opt("imagenet", doc="imagenet (the backbone's Keras file, staged locally), a path to a weights "
+                        "file, or none")
+    weights_sha256: Union[str, None] = _opt(None, doc="the sha256 the weights file must have (exit 3 where not)")
     dropout: float = _opt(0.3, min=0.0, max=0.95, doc="dropout before the classifier")
     pooling: Literal["avg", "max"] = _opt("avg", doc="global pooling of backbone features")
     batchnorm: Literal["frozen", "train"] = _opt(

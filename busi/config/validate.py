@@ -265,6 +265,9 @@ def validate_semantics(cfg: JobConfig) -> None:
             "name one of them, or null for no positive-vs-rest table",
             keys=("evaluate.positive_class", "data.classes"),
         )
+    sha = cfg.model.weights_sha256
+    if sha is not None and (len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha.lower())):
+        raise ConfigError(f"model.weights_sha256: expected 64 hex digits, got {sha!r}", keys=("model.weights_sha256",))
     if cfg.train.head.epochs + cfg.train.finetune.epochs == 0:
         raise ConfigError("train.head.epochs, train.finetune.epochs: at least one phase needs epochs > 0",
                           keys=("train.head.epochs", "train.finetune.epochs"))

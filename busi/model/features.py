@@ -7,12 +7,13 @@ once per augmentation variant (``variants``: epoch e trains on variant (e - 1) m
 its outputs in memory, and the phase trains the rest of the network on them:
 
 * head phase (``unfreeze: none``): the whole backbone and its pooling are frozen; the cache
-  holds the pooled 2048-d vectors and the head (dropout + dense softmax) trains on them.
-  ResNet50's forward pass is ~99.9% of a head step.
-* fine-tuning a top part (``unfreeze: conv5`` or ``conv4``): the stages before it are frozen;
-  the cache holds the output of the last frozen stage (``conv4_block6_out``, 14x14x1024 at
-  224 px, for conv5) and conv5 + pooling + head train on it. conv1-conv4 are ~80% of
-  ResNet50's forward FLOPs (what that saves per epoch: README, "Performance").
+  holds the pooled vectors (2048-d for ResNet50) and the head (dropout + dense softmax) trains
+  on them. The backbone's forward pass is ~99.9% of a head step.
+* fine-tuning a top part (``unfreeze: top`` or ``top2``, ``conv5`` or ``conv4`` by ResNet50's
+  names): the stages before it are frozen; the cache holds the map entering its first layer
+  (``busi.model.backbones``: ResNet50's ``conv4_block6_out``, 14x14x1024 at 224 px, for top) and
+  the top part + pooling + head train on it. ResNet50's conv1-conv4 are ~80% of its forward
+  FLOPs (what that saves per epoch: README, "Performance"; each backbone's share: its table).
 * ``unfreeze: all``: nothing is frozen, nothing is cached.
 
 Both halves are the model's own layers (the same variables), so training on the cache is
@@ -25,7 +26,6 @@ cache would exceed ``train.feature_cache_max_gb`` runs uncached, with a warning.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
@@ -35,33 +35,17 @@ import numpy as np
 from busi.config.schema import AugmentConfig, JobConfig, ModelConfig, TrainConfig
 from busi.data.pipeline import Pipeline, epoch_order
 from busi.errors import ConfigError
+from busi.model.backbones import UNFREEZE_STAGE, backbone
 from busi.model.engines import Engine, EngineInfo, Host
 from busi.model.network import BuiltModel
 from busi.model.tracing import one_trace
 
 log = logging.getLogger("busi")
 
-# The last frozen backbone layer, by ``unfreeze`` setting: the cache holds its output.
-PREFIX_END = {"conv5": "conv4_block6_out", "conv4": "conv3_block4_out"}
-
-
-# The frozen prefix's output per ``unfreeze`` setting: (downsampling stride, channels) of
-# ResNet50's ``PREFIX_END`` layer; tests/test_features.py checks these against the built model.
-PREFIX_OUTPUT = {"conv5": (16, 1024), "conv4": (8, 512)}
-
-# Share of ResNet50's forward FLOPs in the frozen part, by ``unfreeze`` setting (conv1-conv4 are
-# ~80%, conv1-conv3 ~45%): what a fill costs against the whole backbone, for ``train.engine: auto``.
-FROZEN_FLOPS_SHARE = {"none": 1.0, "conv5": 0.8, "conv4": 0.45}
-
-
-def cache_feature_shape(unfreeze: str, image_size: int) -> tuple[int, ...]:
-    """The shape of one cached item, without building a model: the pooled 2048-d vector for the
-    head phase, the frozen prefix's output map when fine-tuning ``conv5`` or ``conv4``."""
-    if unfreeze == "none":
-        return (2048,)
-    stride, channels = PREFIX_OUTPUT[unfreeze]
-    side = math.ceil(image_size / stride)
-    return (side, side, channels)
+def cache_feature_shape(unfreeze: str, image_size: int, model: ModelConfig = ModelConfig()) -> tuple[int, ...]:
+    """The shape of one cached item, without building a model (``busi.model.backbones``): the
+    pooled vector for the head phase, the map entering the top part when fine-tuning it."""
+    return backbone(model.backbone).feature_shape(unfreeze, image_size, model.alpha)
 
 
 def cache_nbytes(feature_shape: tuple[int, ...], itemsize: int, train_images: int, variants: int,
@@ -78,7 +62,7 @@ def cache_variants(train: TrainConfig) -> int:
 
 def cacheable(train: TrainConfig, unfreeze: str) -> bool:
     """Whether a phase with this ``unfreeze`` setting has a frozen part worth caching."""
-    return train.feature_cache != "none" and (unfreeze == "none" or unfreeze in PREFIX_END)
+    return train.feature_cache != "none" and UNFREEZE_STAGE[unfreeze] != "all"
 
 
 @dataclass(frozen=True)
@@ -125,9 +109,10 @@ class FeatureCache:
             self.layer = "pool"
             self.head: Callable[..., Any] = lambda f, training: dense(dropout(f, training=training))
         else:
-            backbone = built.backbone
-            self.layer = PREFIX_END[unfreeze]
-            suffix = keras.Model(backbone.get_layer(self.layer).output, backbone.output, name="trainable_part")
+            net = built.backbone
+            top = net.layers[built.first_trainable(unfreeze) or 0]
+            self.layer = top.input._keras_history[0].name  # the layer (or op) whose output the cache holds
+            suffix = keras.Model(top.input, net.output, name="trainable_part")
             pool = model.get_layer("pool")
             # As in busi.model.network: with batchnorm frozen the backbone always runs in inference mode.
             bn_training = settings.batchnorm == "train"
@@ -156,7 +141,7 @@ class FeatureCache:
         """The fill's cost in images at 224 px through the whole backbone (``busi.model.engines``)."""
         side = self._built.model.input_shape[1]
         images = len(self.train.data) * self.variants + len(self.val.data)
-        return images * (side / 224) ** 2 * FROZEN_FLOPS_SHARE[self.unfreeze]
+        return images * (side / 224) ** 2 * backbone(self._built.backbone_name).frozen_flops_share(self.unfreeze)
 
     def start_engine(self) -> EngineInfo:
         """Choose the engine of the fill (``train.engine``) and, for OpenVINO, convert the frozen
@@ -264,14 +249,13 @@ class FeatureCache:
 
 def frozen_model(built: BuiltModel, unfreeze: str) -> Any:
     """The frozen part of ``built`` for an ``unfreeze`` setting as one Keras model, image ->
-    what the cache holds (the pooled vector, or ``PREFIX_END``'s output): what OpenVINO converts."""
+    what the cache holds (the pooled vector, or the map entering the top part): what OpenVINO converts."""
     import keras
 
     model = built.model
     if unfreeze == "none":
         return keras.Model(model.input, model.get_layer("pool").output, name="frozen_part")
-    backbone = built.backbone
-    prefix = keras.Model(backbone.input, backbone.get_layer(PREFIX_END[unfreeze]).output, name="frozen_prefix")
+    prefix = keras.Model(built.backbone.input, built.top_input(unfreeze), name="frozen_prefix")
     image = keras.Input(shape=model.input_shape[1:], name="image", dtype="float32")
     return keras.Model(image, prefix(model.get_layer("preprocess")(image), training=False), name="frozen_part")
 

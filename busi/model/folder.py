@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from busi.config.schema import DICOM_FRAMES, RESIZE_MODES, DicomConfig
+from busi.config.schema import BACKBONES, DICOM_FRAMES, RESIZE_MODES, DicomConfig
 from busi.errors import ConfigError, DataError
 from busi.files.rundir import RUN_FILES, RunDir
 
@@ -45,21 +45,30 @@ class ModelInfo:
     image_size: int
     resize: str = "stretch"
     dicom: DicomConfig = DicomConfig()
+    backbone: str = "resnet50"  # models written before backbones were a key are ResNet50s
+    alpha: float = 1.0
 
     def labels_json(self) -> dict[str, str]:
         return {str(i): c for i, c in enumerate(self.classes)}
 
     def preprocessing_json(self) -> dict[str, Any]:
+        """The input the model takes; the backbone's own preprocessing (``preprocess``) runs
+        inside the model, so any caller feeds the same RGB 0-255 images."""
+        from busi.model.backbones import backbone
+
         return {"image_size": self.image_size, "resize": self.resize, "input": "RGB, float32, 0-255",
-                "dicom": {"frame": self.dicom.frame, "crop_to_region": self.dicom.crop_to_region}}
+                "dicom": {"frame": self.dicom.frame, "crop_to_region": self.dicom.crop_to_region},
+                "backbone": self.backbone, "alpha": self.alpha,
+                "preprocess": f"{backbone(self.backbone).preprocess} (inside the model)"}
 
 
 def write_model_dir(run: RunDir, model: Any, classes: Sequence[str], image_size: int, resize: str,
-                    saved_model: bool = True, dicom: DicomConfig = DicomConfig()) -> ModelInfo:
+                    saved_model: bool = True, dicom: DicomConfig = DicomConfig(), backbone: str = "resnet50",
+                    alpha: float = 1.0) -> ModelInfo:
     """Write ``model`` and what it means into ``run``'s model folder (atomically, primary rank
     only, as every ``RunDir`` write). ``saved_model=False`` skips the SavedModel export (tests
     and benchmarks that only predict)."""
-    info = ModelInfo(tuple(classes), int(image_size), resize, dicom)
+    info = ModelInfo(tuple(classes), int(image_size), resize, dicom, backbone, float(alpha))
     run.write_json("labels", info.labels_json())
     run.write_json("preprocessing", info.preprocessing_json())
     run.write_file_with("model", lambda p: model.save(str(p)), ".keras")
@@ -154,10 +163,13 @@ def read_model_info(model_file: Path, image_size: int) -> ModelInfo:
         frame, crop = dicom.get("frame", "first"), dicom.get("crop_to_region", False)
         if frame not in DICOM_FRAMES or not isinstance(crop, bool):
             raise ValueError(f"dicom {dicom!r}")
+        net, alpha = prep.get("backbone", "resnet50"), prep.get("alpha", 1.0)
+        if net not in BACKBONES or not isinstance(alpha, (int, float)):
+            raise ValueError(f"backbone {net!r}, alpha {alpha!r}")
     except (OSError, ValueError, AttributeError) as e:
         raise DataError(prep_file, f"expected {{\"image_size\": N, \"resize\": \"stretch\" or \"pad\", \"dicom\": "
                         f"{{\"frame\": {' or '.join(DICOM_FRAMES)}, \"crop_to_region\": true or false}}}}: {e}") from None
-    return ModelInfo(classes, image_size, resize, DicomConfig(frame=frame, crop_to_region=crop))
+    return ModelInfo(classes, image_size, resize, DicomConfig(frame=frame, crop_to_region=crop), net, float(alpha))
 
 
 def _check_run_finished(folder: Path, model_arg: str | Path) -> None:

@@ -1,6 +1,7 @@
 """Grad-CAM (Selvaraju et al. 2017) overlays: where in the image the predicted class came from.
 
-The heatmap is the ReLU of the last convolutional feature map (ResNet50's ``conv5`` output)
+The heatmap is the ReLU of the backbone's last feature map (its output: ResNet50's ``conv5``,
+MobileNetV2's ``out_relu``, ..., ``busi.model.backbones``)
 weighted by the spatially averaged gradient of the predicted class probability. It is the
 picture a researcher looks at before trusting a label.
 """
@@ -12,6 +13,11 @@ from typing import Any
 import numpy as np
 
 
+def backbone_of(model: Any) -> Any:
+    """The backbone inside a busi model: its one nested network other than ``preprocess``."""
+    return next(layer for layer in model.layers if hasattr(layer, "layers") and layer.name != "preprocess")
+
+
 class GradCam:
     """Splits a busi model into preprocessing + backbone (features) and head (probabilities)."""
 
@@ -19,7 +25,7 @@ class GradCam:
         import tensorflow as tf
 
         self.pre = model.get_layer("preprocess")
-        self.backbone = next(l for l in model.layers if hasattr(l, "layers") and l.name.startswith("resnet50"))
+        self.backbone = backbone_of(model)
         self.head = [model.get_layer(n) for n in ("pool", "dropout", "probs")]
 
         @tf.function

@@ -57,6 +57,8 @@ class BenchResult:
     train_trace_seconds: float = 0.0
     infer_trace_seconds: float = 0.0
     worker_seconds: float = 0.0
+    backbone: str = "resnet50"  # rows of a bench.csv written before backbones were a key: ResNet50
+    alpha: float = 1.0
 
     @classmethod
     def from_row(cls, row: dict[str, str]) -> "BenchResult":
@@ -108,6 +110,8 @@ class BenchPlan:
     steps: int
     repeats: int
     notes: list[str] = field(default_factory=list)
+    backbone: str = "resnet50"
+    alpha: float = 1.0
 
 
 def parse_int_list(text: str, what: str) -> list[int]:
@@ -162,14 +166,16 @@ def make_plan(args: BenchRequest, job: Any | None) -> BenchPlan:
     infer_bs = args.infer_batch_size or (job.train.batch_size if job is not None else 32)
     unfreeze = args.unfreeze or (job.train.finetune.unfreeze if job is not None and job.train.finetune.epochs else "all")
     if unfreeze == "none":
-        unfreeze = "all" if job is None else "conv5"
+        unfreeze = "all" if job is None else "top"
     batchnorm = job.model.batchnorm if job is not None else "frozen"
+    net, alpha = (job.model.backbone, job.model.alpha) if job is not None else ("resnet50", 1.0)
     for name, value, lo in (("--image-size", image_size, 32), ("--batch-size", batch_size, 1),
                             ("--infer-batch-size", infer_bs, 1), ("--steps", args.steps, 1),
                             ("--repeats", args.repeats, 1)):
         if value < lo:
             raise ConfigError(f"{name}: expected an integer >= {lo}, got {value}")
-    return BenchPlan(cores, precisions, image_size, batch_size, infer_bs, unfreeze, batchnorm, args.steps, args.repeats)
+    return BenchPlan(cores, precisions, image_size, batch_size, infer_bs, unfreeze, batchnorm, args.steps, args.repeats,
+                     backbone=net, alpha=alpha)
 
 
 def run_worker(spec: dict[str, Any]) -> BenchResult:
@@ -197,7 +203,7 @@ def measure(plan: BenchPlan, echo: Any = print) -> list[BenchResult]:
                 "cores": cores, "precision": precision, "image_size": plan.image_size,
                 "batch_size": plan.batch_size, "infer_batch_size": plan.infer_batch_size,
                 "unfreeze": plan.unfreeze, "batchnorm": plan.batchnorm,
-                "steps": plan.steps, "repeats": plan.repeats,
+                "steps": plan.steps, "repeats": plan.repeats, "backbone": plan.backbone, "alpha": plan.alpha,
             }
             echo(f"bench: {cores} core(s), {precision} ...", file=sys.stderr)
             r = run_worker(spec)
@@ -212,7 +218,7 @@ def format_table(results: Sequence[BenchResult]) -> str:
         return "(no results)\n"
     r0 = results[0]
     lines = [
-        f"ResNet50 {r0.image_size} px, training batch {r0.batch_size} (unfreeze {r0.unfreeze}), "
+        f"{r0.backbone} {r0.image_size} px, training batch {r0.batch_size} (unfreeze {r0.unfreeze}), "
         f"inference batch {r0.infer_batch_size}; median of repeats, warm-up excluded",
         f"{'cores':>5}  {'precision':<15} {'threads':>7}  {'train img/s':>11}  {'infer img/s':>11}  "
         f"{'train runs':<24} {'infer runs':<24}",
@@ -264,7 +270,7 @@ def write_plot(results: Sequence[BenchResult], path: Path) -> None:
         ax.legend()
     if results:
         r0 = results[0]
-        fig.suptitle(f"busi ResNet50, {r0.image_size} px, batch {r0.batch_size}/{r0.infer_batch_size}", fontsize=10)
+        fig.suptitle(f"busi {r0.backbone}, {r0.image_size} px, batch {r0.batch_size}/{r0.infer_batch_size}", fontsize=10)
     fig.tight_layout()
     from busi.files.atomic import atomic_write_with
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from busi.errors import ConfigError
+from busi.model.backbones import UNFREEZE_STAGE, backbone
 from busi.model.features import (
     cache_feature_shape,
     cache_nbytes,
@@ -27,9 +28,10 @@ FIXED_SECONDS = 120.0  # imports, data scan, model build, evaluation plots, savi
 CHECKPOINT_SECONDS = 5.0  # one ResNet50 checkpoint with Adam state, with room to spare
 HEAD_EPOCH_SECONDS = 1.0  # a head epoch on cached features (a dense layer on 2048-d vectors)
 # Fine-tuning on the feature cache (busi.model.features): the share of a full-model training step and
-# of an inference pass that the cached, frozen stages take. conv5: measured at 224 px on 2 cores
-# (the figures: README, "Performance"). conv4: from ResNet50's per-stage FLOPs, not measured.
-PREFIX_SHARE = {"conv5": (0.53, 0.88), "conv4": (0.21, 0.45)}
+# of an inference pass that the cached, frozen stages take. ResNet50's top (conv5): measured at 224 px
+# on 2 cores (the figures: README, "Performance"); every other (backbone, stage): ``prefix_share``'s
+# rule over the backbone table's FLOP shares, not measured.
+MEASURED_PREFIX_SHARE = {("resnet50", "top"): (0.53, 0.88)}
 MARGIN_FACTOR = 1.3
 MARGIN_SECONDS = 600.0
 
@@ -96,7 +98,7 @@ def estimate_seconds(job: Any, counts: SplitCounts, train_rate: float, infer_rat
         if t.finetune.unfreeze == "none":
             parts["finetune"] = t.finetune.epochs * ((n_tr + n_val) / infer_rate + CHECKPOINT_SECONDS)
         elif _prefix_cached(job, counts):
-            share_train, share_infer = PREFIX_SHARE[t.finetune.unfreeze]
+            share_train, share_infer = prefix_share(job.model.backbone, t.finetune.unfreeze)
             variants = cache_variants(t)
             cache_pass = (variants * n_tr + n_val) * share_infer / infer_rate
             epoch = n_tr * (1 - share_train) / train_rate + n_val * (1 - share_infer) / infer_rate
@@ -108,13 +110,25 @@ def estimate_seconds(job: Any, counts: SplitCounts, train_rate: float, infer_rat
     return sum(parts.values()), parts
 
 
+def prefix_share(backbone_name: str, unfreeze: str) -> tuple[float, float]:
+    """The shares of a training step and of an inference pass that the frozen part of
+    ``unfreeze`` takes: measured where ``MEASURED_PREFIX_SHARE`` has it, else from its FLOP share
+    f, the inference share f and the training share f / (3 - 2f) (a trainable layer costs its
+    forward pass and a backward pass of about twice that; a frozen one its forward pass only)."""
+    measured = MEASURED_PREFIX_SHARE.get((backbone_name, UNFREEZE_STAGE[unfreeze] or ""))
+    if measured is not None:
+        return measured
+    f = backbone(backbone_name).frozen_flops_share(unfreeze)
+    return f / (3 - 2 * f), f
+
+
 def _prefix_cached(job: Any, counts: SplitCounts) -> bool:
     """Whether fine-tuning runs on the feature cache: configured, a frozen prefix, and the cache
     within ``train.feature_cache_max_gb`` (busi.model.features decides the same at run time)."""
     t = job.train
-    if not cacheable(t, t.finetune.unfreeze) or t.finetune.unfreeze not in PREFIX_SHARE:
+    if not cacheable(t, t.finetune.unfreeze) or UNFREEZE_STAGE[t.finetune.unfreeze] not in ("top", "top2"):
         return False
-    shape = cache_feature_shape(t.finetune.unfreeze, job.data.image_size)
+    shape = cache_feature_shape(t.finetune.unfreeze, job.data.image_size, job.model)
     itemsize = 2 if t.precision.startswith("mixed") else 4  # auto: assume float32, the larger
     nbytes = cache_nbytes(shape, itemsize, counts.train, cache_variants(t), counts.val)
     return nbytes <= t.feature_cache_max_gb * 2**30
@@ -139,6 +153,15 @@ def estimate(job: Any, counts: SplitCounts, results: Sequence[Any]) -> tuple[lis
     out = []
     for r in sorted((r for r in results if r.precision == precision), key=lambda r: r.cores):
         scale = (r.image_size / job.data.image_size) ** 2  # convolutions cost ~ pixels
+        measured_on = backbone(r.backbone)
+        if (r.backbone, r.alpha) != (job.model.backbone, job.model.alpha):
+            ratio = measured_on.cost(224, r.alpha) / backbone(job.model.backbone).cost(224, job.model.alpha)
+            scale *= ratio
+            note = (f"measured on {r.backbone} (alpha {r.alpha:g}), the job trains {job.model.backbone} (alpha "
+                    f"{job.model.alpha:g}): rates scaled by their GFLOPs per image, x{ratio:.3g} (a rough guide: "
+                    "measure the job's own backbone with busi-job bench --estimate)")
+            if note not in notes:
+                notes.append(note)
         if r.image_size != job.data.image_size:
             note = f"measured at {r.image_size} px, the job uses {job.data.image_size} px: rates scaled by {scale:.3g}"
             if note not in notes:

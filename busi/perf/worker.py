@@ -38,7 +38,8 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     size, bs, ibs = int(spec["image_size"]), int(spec["batch_size"]), int(spec["infer_batch_size"])
     precision, unfreeze, batchnorm = spec["precision"], spec["unfreeze"], spec["batchnorm"]
     steps, repeats = int(spec["steps"]), int(spec["repeats"])
-    _, train_step, forward = build_bench_model(size, precision, unfreeze, batchnorm)
+    net, alpha = str(spec.get("backbone", "resnet50")), float(spec.get("alpha", 1.0))
+    _, train_step, forward = build_bench_model(size, precision, unfreeze, batchnorm, backbone=net, alpha=alpha)
     rng = np.random.default_rng(0)
     x = tf.constant(rng.uniform(0, 255, (bs, size, size, 3)).astype(np.float32))
     y = tf.constant(rng.integers(0, 3, bs).astype(np.int32))
@@ -56,13 +57,14 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
         infer_runs=";".join(f"{r:.3f}" for r in infer_runs),
         intra_op_threads=decision.intra_op_threads, inter_op_threads=decision.inter_op_threads,
         train_trace_seconds=round(train_trace, 2), infer_trace_seconds=round(infer_trace, 2),
-        worker_seconds=round(time.perf_counter() - t_start, 1),
+        worker_seconds=round(time.perf_counter() - t_start, 1), backbone=net, alpha=alpha,
     )
     return asdict(result)
 
 
 def build_bench_model(size: int, precision: str, unfreeze: str = "all", batchnorm: str = "frozen",
-                      learning_rate: float = 1e-5) -> tuple[Any, Any, Any]:
+                      learning_rate: float = 1e-5, backbone: str = "resnet50",
+                      alpha: float = 1.0) -> tuple[Any, Any, Any]:
     """busi's model (``weights: none``) at ``size`` px under ``precision``, ``unfreeze`` blocks
     trainable, with busi's training step and a ``training=False`` forward pass, both
     ``tf.function``s: (model, train_step(x, y, w) -> (loss, correct), forward(x) -> probs).
@@ -75,7 +77,8 @@ def build_bench_model(size: int, precision: str, unfreeze: str = "all", batchnor
     from busi.train.steps import make_optimizer, make_train_step
 
     keras.mixed_precision.set_global_policy(precision)
-    built = build_model(ModelConfig(weights="none", batchnorm=batchnorm), size, DEFAULT_CLASSES)
+    built = build_model(ModelConfig(backbone=backbone, alpha=alpha, weights="none", batchnorm=batchnorm), size,
+                        DEFAULT_CLASSES)
     model = built.model
     set_trainable(built, unfreeze, batchnorm)
     optimizer = make_optimizer(learning_rate, model.trainable_variables)

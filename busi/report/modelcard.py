@@ -6,31 +6,41 @@ from __future__ import annotations
 from typing import Any
 
 from busi.config.schema import JobConfig
+from busi.model.backbones import backbone
 from busi.report.format import format_interval, rule_rows
 
 SPLITS = ("train", "val", "test")
 
 
-def model_card(cfg: JobConfig, report: dict[str, Any], metrics: dict[str, Any], result: Any) -> str:
-    """Markdown, one section after the other."""
+PREPROCESS_WORDS = {"caffe": "RGB to BGR, minus the ImageNet mean", "tf": "scaled to -1..1",
+                    "inside": "its own normalisation of 0-255 input"}
+
+
+def model_card(cfg: JobConfig, report: dict[str, Any], metrics: dict[str, Any], result: Any,
+               weights: dict[str, Any] | None = None) -> str:
+    """Markdown, one section after the other. ``weights``: the manifest's record of the weights
+    file (its sha256)."""
     return "\n".join([
-        "# busi ResNet50 breast ultrasound classifier\n",
+        f"# busi {backbone(cfg.model.backbone).application} breast ultrasound classifier\n",
         "**Intended use: research and education only. Not a medical device; not for diagnosis or\n"
         "any clinical decision.**\n",
-        _model(cfg, result), _loading(cfg), _data(cfg, report), _results(metrics), _precisions(metrics),
+        _model(cfg, result, weights or {}), _loading(cfg), _data(cfg, report), _results(metrics), _precisions(metrics),
         _limitations(),
     ])
 
 
-def _model(cfg: JobConfig, result: Any) -> str:
+def _model(cfg: JobConfig, result: Any, weights: dict[str, Any]) -> str:
     classes = cfg.data.classes
     label_map = ", ".join(f"{i} {c}" for i, c in enumerate(classes))
     t = cfg.train
+    b = backbone(cfg.model.backbone)
+    width = f", alpha {cfg.model.alpha:g}" if len(b.alphas) > 1 else ""
+    sha = f", sha256 `{weights['sha256']}`" if weights.get("sha256") else ""
     return f"""## Model
-- ResNet50 backbone (`model.weights: {cfg.model.weights}`), {cfg.model.pooling} pooling, dropout {cfg.model.dropout},
-  softmax over {len(classes)} classes.
+- {b.application} backbone (`model.backbone: {b.name}`{width}; `model.weights: {cfg.model.weights}`{sha}),
+  {cfg.model.pooling} pooling, dropout {cfg.model.dropout}, softmax over {len(classes)} classes.
 - Input: RGB image, {cfg.data.image_size} x {cfg.data.image_size} pixels, float 0-255
-  (resize: {cfg.data.resize}); ResNet50 preprocessing is inside the model.
+  (resize: {cfg.data.resize}); {b.application}'s preprocessing ({PREPROCESS_WORDS[b.preprocess]}) is inside the model.
 - Output: class probabilities; label map: {label_map} (`labels.json`).
 - Training: head {t.head.epochs} epochs (lr {t.head.learning_rate:g}), fine-tune
   {t.finetune.epochs} epochs (lr {t.finetune.learning_rate:g}, unfreeze

@@ -180,12 +180,14 @@ def set_up(cfg: JobConfig, run: RunDir, dist: Dist, argv: list[str] | None) -> J
     missing one fails now, not after data and TensorFlow), cores, the walltime deadline and the
     manifest, started before anything else is written (a folder with busi's files but no
     manifest is never busi's)."""
-    from busi.model.weights import resolve_weights
+    from busi.model.backbones import check_model
+    from busi.model.weights import find_weights
 
     checkpointer = Checkpointer(run.root, cfg, primary=dist.is_primary)
     resume = checkpointer.load()
     previous = run.read_json("manifest") if resume is not None else None
-    resolve_weights(cfg.model.weights)
+    check_model(cfg.model)
+    find_weights(cfg.model.weights, cfg.model.backbone, cfg.model.alpha, cfg.data.image_size)
     cores = detect_cores(cfg.runtime.cores, local_ranks=launched_local_size() if dist.size > 1 else 1)
     deadline, deadline_source = resolve_deadline(cfg.runtime.walltime, process_start_time())
     stopper = Stopper(cfg.runtime.signals, deadline, cfg.runtime.walltime_margin)
@@ -251,11 +253,16 @@ def build(job: Job) -> BuiltModel:
 
     cfg = job.cfg
     built = build_model(cfg.model, cfg.data.image_size, cfg.data.classes)
-    job.manifest.record(weights={
+    job.manifest.record(backbone={"name": cfg.model.backbone, "alpha": cfg.model.alpha}, weights={
         "setting": cfg.model.weights,
         "file": str(built.weights_file) if built.weights_file else None,
+        "sha256": built.weights_sha256,
         "loaded_into": built.weights_loaded_into,
     }, parameters=count_params(built.model))
+    log.info("model: %s (alpha %g), weights %s%s", cfg.model.backbone, cfg.model.alpha,
+             built.weights_file or "none (random initialisation)",
+             f" (sha256 {built.weights_sha256[:12]}..., into the {built.weights_loaded_into})"
+             if built.weights_sha256 else "")
     return built
 
 
@@ -339,7 +346,7 @@ def save_model(job: Job, built: BuiltModel) -> None:
     sha = weights_sha256(built.model)
     log.info("final weights sha256 %s", sha, extra=ALL_RANKS)
     write_model_dir(job.run, built.model, cfg.data.classes, cfg.data.image_size, cfg.data.resize,
-                    dicom=cfg.data.dicom)
+                    dicom=cfg.data.dicom, backbone=cfg.model.backbone, alpha=cfg.model.alpha)
     job.manifest.record(weights_sha256=sha)
 
 
@@ -398,7 +405,8 @@ def publish(job: Job, data: TrainingData, scored: Scored, result: TrainResult) -
     plots = write_evaluation(run.files, TEST_SPLIT, scored)
     run.write_file_with("plot_accuracy", lambda p: plot_curves(history, "accuracy", p), ".png")
     run.write_file_with("plot_loss", lambda p: plot_curves(history, "loss", p), ".png")
-    run.write_text("model_card", model_card(cfg, data.prepared.report, metrics, result))
+    run.write_text("model_card", model_card(cfg, data.prepared.report, metrics, result,
+                                            job.manifest.data.get("weights")))
     figures = {"accuracy": run.path("plot_accuracy"), "loss": run.path("plot_loss"), **plots}
     run.write_text("report_html", run_report(metrics, data.prepared.report, job.manifest.data, figures,
                                              f"busi run {run.root.name}"))
