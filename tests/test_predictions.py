@@ -239,3 +239,27 @@ def test_merge_refuses_shards_of_different_engines_unless_allowed(tmp_path: Path
         marker.write_text(json.dumps({"rows": 1, "engine": {**engines[0], "version": f"2026.4.{i}"}}))
     output.unlink()
     assert merge_shards(output) == 2
+
+
+OLD_COLUMNS = ["path", "label", "label_index", "prob_normal", "prob_benign", "prob_malignant", "error"]
+
+
+def test_merge_joins_shards_written_before_the_frame_column(tmp_path: Path) -> None:
+    """Shards of the header busi wrote before DICOM's columns (an older busi on the same array
+    job, or a CSV made by hand) merge as they did: no frame column is no frame. A shard with no
+    path column is named, never a traceback."""
+    output = tmp_path / "p.csv"
+    for i, paths in enumerate((["b (2).png", "b (10).png"], ["a.png"])):
+        part = output.with_name(f"p.part-{i:05d}-of-00002.csv")
+        part.write_text(csv_text(OLD_COLUMNS, [[p, "benign", 1, "0.1", "0.8", "0.1", ""] for p in paths]))
+        done_marker(part).write_text(json.dumps({"rows": len(paths)}))
+    assert merge_shards(output) == 3
+    with output.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["path"] for r in rows] == ["a.png", "b (2).png", "b (10).png"] and list(rows[0]) == OLD_COLUMNS
+    assert row_key(["a.png", "benign"], OLD_COLUMNS) == ("a.png", 0)
+    part = output.with_name("p.part-00001-of-00002.csv")
+    part.write_text(csv_text(["file", "label"], [["a.png", "benign"]]))
+    done_marker(part).write_text(json.dumps({"rows": 1}))
+    with pytest.raises(DataError, match="p.part-00001-of-00002.csv: no path column"):
+        merge_shards(output)

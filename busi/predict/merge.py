@@ -85,6 +85,8 @@ def _read_shard(part: Path) -> tuple[list[str], list[list[str]], dict[str, Any]]
         return f"{part.name}: unreadable ({e})"
     if not records:
         return f"{part.name}: empty (not even a header); run that shard again"
+    if "path" not in records[0]:
+        return f"{part.name}: no path column in its header ({','.join(records[0][:6])}); not a prediction CSV"
     meta = _read_marker(marker)
     if meta is None:
         return f"{marker.name}: not a done marker with a row count (damaged); run that shard again with --resume"

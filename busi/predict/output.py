@@ -66,7 +66,10 @@ def prediction_row(path: str, probs: np.ndarray | None, classes: Sequence[str], 
 
 def row_key(record: Sequence[str], columns: Sequence[str]) -> tuple[str, int]:
     """A row's identity: its path and frame number (0 where it has none): one row per image, so a
-    cine loop predicted under ``--dicom-frame all`` has one row per frame under one path."""
+    cine loop predicted under ``--dicom-frame all`` has one row per frame under one path. A CSV
+    without a ``frame`` column (written before DICOM frames, or by hand) has no frames."""
+    if "frame" not in columns:
+        return record[columns.index("path")], 0
     at = columns.index("frame")
     frame = record[at] if at < len(record) else ""
     return record[columns.index("path")], int(frame) if frame.isdigit() else 0
