@@ -70,6 +70,10 @@ def worker(args: argparse.Namespace) -> dict:
         quantize_model_dir(tmp / "run", [f.file for f in files[:120]], args.size)
     predictor = load_predictor(tmp / "run", args.engine, args.engine_precision, args.batch_size, cores.cores)
     model, bs, size = predictor.model, args.batch_size, predictor.image_size
+    if model is None:  # OpenVINO predicts without the Keras model (busi.model.predictor); the reference needs it
+        from busi.model.network import load_saved_model
+
+        model = load_saved_model(predictor.source)
 
     @tf.function(input_signature=[tf.TensorSpec([bs, size, size, 3], tf.float32)])
     def forward(x):  # type: ignore[no-untyped-def]

@@ -153,3 +153,27 @@ def test_training_on_a_file_damaged_after_the_scan_exits_3_naming_it(damage: str
     assert f"busi-job: error: {victim}: cannot decode image" in r.stderr
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "failed" and str(victim) in manifest["error"]
+
+
+def test_shift_and_speckle_augment_per_seed_and_never_flip_depth() -> None:
+    """``augment.shift`` moves the image (a bright square lands elsewhere, by seed), ``speckle``
+    multiplies each pixel by its own noise; the same seed gives the same image; the rows never
+    swap ends (depth stays down), whatever the seed."""
+    import tensorflow as tf
+
+    from busi.data.pipeline import augment_image
+
+    x = np.zeros((32, 32, 3), np.float32)
+    x[:8, 12:20] = 200.0  # near the top: near the probe
+    shift = AugmentConfig(flip=False, rotation=0.0, zoom=0.0, brightness=0.0, contrast=0.0, shift=0.2)
+    outs = [augment_image(tf.constant(x), tf.constant([s, 0], tf.int64), shift).numpy() for s in range(6)]
+    assert len({o.tobytes() for o in outs}) > 1
+    np.testing.assert_array_equal(outs[0], augment_image(tf.constant(x), tf.constant([0, 0], tf.int64), shift).numpy())
+    for o in outs:
+        rows = o.sum(axis=(1, 2))
+        assert rows[:16].sum() > rows[16:].sum()  # still in the top half: shifted at most 0.2 of the side
+    speckle = AugmentConfig(flip=True, rotation=0.0, zoom=0.0, brightness=0.0, contrast=0.0, speckle=0.2)
+    flat = np.full((32, 32, 3), 100.0, np.float32)
+    noisy = augment_image(tf.constant(flat), tf.constant([1, 0], tf.int64), speckle).numpy()
+    assert 10 < noisy[..., 0].std() < 30 and abs(noisy.mean() - 100) < 3
+    np.testing.assert_array_equal(noisy[..., 0], noisy[..., 2])  # one factor per pixel, grey stays grey

@@ -51,3 +51,16 @@ def test_config_validation() -> None:
         load_config(None, [*BASE, "runtime.distributed=mpi"])
     with pytest.raises(ConfigError, match="train.scale_lr"):
         _train("train.scale_lr=yes please")
+
+
+def test_cosine_decays_each_phase_from_its_rate_towards_zero() -> None:
+    """``train.schedule: cosine``: epoch 1 of a phase at its rate, a half cosine over its epochs,
+    on top of the warmup and the rank scaling; a pure function of the epoch (resumable)."""
+    import math
+
+    t = _train("train.schedule=cosine", "train.head.epochs=4", "train.finetune.epochs=2", "train.warmup_epochs=2")
+    head = [epoch_learning_rate(t, "head", 1e-3, k, 2) for k in (1, 2, 3, 4)]
+    ramp = [1e-3, 1.5e-3, 2e-3, 2e-3]
+    assert head == pytest.approx([r * 0.5 * (1 + math.cos(math.pi * (k - 1) / 4)) for k, r in enumerate(ramp, 1)])
+    assert [epoch_learning_rate(t, "finetune", 1e-4, k, 1) for k in (1, 2)] == pytest.approx([1e-4, 5e-5])
+    assert _train().schedule == "constant"

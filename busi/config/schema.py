@@ -83,6 +83,9 @@ class AugmentConfig:
     zoom: float = _opt(0.1, min=0.0, max=0.9, doc="max zoom in/out, fraction")
     brightness: float = _opt(0.1, min=0.0, max=1.0, doc="max brightness shift, fraction of range")
     contrast: float = _opt(0.1, min=0.0, max=1.0, doc="max contrast change, fraction")
+    shift: float = _opt(0.0, min=0.0, max=0.5, doc="max shift up/down and left/right, fraction of the side")
+    speckle: float = _opt(0.0, min=0.0, max=1.0, doc="multiplicative noise, x * (1 + speckle * N(0, 1)) per pixel: "
+                          "ultrasound's speckle differs between machines and settings")
 
 
 @dataclass(frozen=True)
@@ -190,6 +193,9 @@ class TrainConfig:
     warmup_epochs: int = _opt(
         0, min=0, limit=MAX_EPOCHS, doc="head-phase epochs that ramp linearly from learning_rate to the scaled rate (0: none)"
     )
+    schedule: Literal["constant", "cosine"] = _opt(
+        "constant", doc="each phase's rate per epoch: constant, or cosine decay from the phase's rate towards 0 over "
+        "its epochs (busi.train.lr)")
     feature_cache: Literal["none", "once", "variants"] = _opt(
         "once",
         doc="frozen layers (the whole backbone in the head phase, conv1-conv4 when fine-tuning conv5): "

@@ -224,20 +224,22 @@ def _mix(seed: int, epoch: int) -> int:
 
 
 def augment_image(x: Any, seed: Any, cfg: AugmentConfig) -> Any:
-    """Flip, rotation, zoom, brightness and contrast on one float32 0-255 image, stateless."""
+    """Flip, rotation, zoom, shift, brightness, contrast and speckle on one float32 0-255 image,
+    stateless. Never a vertical flip: depth runs down an ultrasound image."""
     import tensorflow as tf
 
-    seeds = tf.random.experimental.stateless_split(seed, num=5)
+    seeds = tf.random.experimental.stateless_split(seed, num=8)
     size = tf.shape(x)[0]
     if cfg.flip:
         x = tf.image.stateless_random_flip_left_right(x, seeds[0])
-    if cfg.rotation > 0 or cfg.zoom > 0:
+    if cfg.rotation > 0 or cfg.zoom > 0 or cfg.shift > 0:
         angle = tf.random.stateless_uniform([], seeds[1], -cfg.rotation, cfg.rotation) * 2.0 * math.pi
         scale = tf.random.stateless_uniform([], seeds[2], 1.0 - cfg.zoom, 1.0 + cfg.zoom)
         c = (tf.cast(size, tf.float32) - 1.0) / 2.0
+        shift = tf.random.stateless_uniform([2], seeds[5], -cfg.shift, cfg.shift) * tf.cast(size, tf.float32)
         a0, a1 = scale * tf.cos(angle), -scale * tf.sin(angle)
         b0, b1 = scale * tf.sin(angle), scale * tf.cos(angle)
-        transform = tf.stack([a0, a1, c - a0 * c - a1 * c, b0, b1, c - b0 * c - b1 * c, 0.0, 0.0])
+        transform = tf.stack([a0, a1, c - a0 * c - a1 * c + shift[0], b0, b1, c - b0 * c - b1 * c + shift[1], 0.0, 0.0])
         x = tf.raw_ops.ImageProjectiveTransformV3(
             images=x[None],
             transforms=transform[None],
@@ -252,4 +254,6 @@ def augment_image(x: Any, seed: Any, cfg: AugmentConfig) -> Any:
         factor = tf.random.stateless_uniform([], seeds[4], 1.0 - cfg.contrast, 1.0 + cfg.contrast)
         mean = tf.reduce_mean(x)
         x = (x - mean) * factor + mean
+    if cfg.speckle > 0:
+        x = x * (1.0 + cfg.speckle * tf.random.stateless_normal(tf.shape(x)[:2], seeds[6]))[..., None]
     return tf.clip_by_value(x, 0.0, 255.0)
