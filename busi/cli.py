@@ -22,6 +22,7 @@ from busi.config.schema import (
     EXPORT_PRECISIONS,
     INFERENCE_PRECISIONS,
     POLICIES,
+    TTA_MODES,
     UNFREEZE_MODES,
 )
 from busi.errors import BusiError, ConfigError
@@ -137,7 +138,8 @@ def _add_prediction_commands(sub: Any) -> None:
     p = sub.add_parser("predict", help="classify folders, files, archives; one CSV row per image")
     p.add_argument("job", nargs="*", help="optional prediction job files (YAML, a predict: section; several "
                    "are layered left to right)")
-    p.add_argument("--model", help="run directory or model.keras (labels.json beside it)")
+    p.add_argument("--model", help="run directory, model.keras (labels.json beside it), or a cross-validation's "
+                   "output.dir (its fold models predict together)")
     p.add_argument("--input", dest="inputs", action="append", metavar="PATH",
                    help="folder (recursive), file, archive or @list.txt (repeatable)")
     p.add_argument("--output", help="CSV path (default predictions.csv)")
@@ -156,6 +158,8 @@ def _add_prediction_commands(sub: Any) -> None:
                    help="inference engine (default auto: OpenVINO on a CPU-only node where installed)")
     p.add_argument("--precision", choices=INFERENCE_PRECISIONS,
                    help="OpenVINO's inference precision (default auto: the fastest on this CPU)")
+    p.add_argument("--tta", choices=TTA_MODES,
+                   help="test-time augmentation: flip averages each image with its mirror image (default none)")
     p.add_argument("--cores", help="cores to use (default auto)")
     _add_set(p)
 
@@ -286,7 +290,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         "model": args.model, "inputs": args.inputs, "output": args.output, "batch_size": args.batch_size,
         "include_masks": args.include_masks, "resume": args.resume, "overwrite": args.overwrite,
         "shard": args.shard, "gradcam": args.gradcam, "engine": args.engine, "precision": args.precision,
-        "dicom_sr": args.dicom_sr, "dicom_frame": args.dicom_frame,
+        "dicom_sr": args.dicom_sr, "dicom_frame": args.dicom_frame, "tta": args.tta,
     }
     settings = {f"predict.{k}": v for k, v in flags.items() if v is not None}
     if args.cores is not None:

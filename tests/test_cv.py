@@ -9,6 +9,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from conftest import CLASSES, REPO, run_cli
 
@@ -119,6 +120,38 @@ def test_cv_runs_folds_resumes_and_reports(synth_data: Any, tmp_path: Path) -> N
         assert (out / "plots" / f"{name}.png").stat().st_size > 1000
     page = (out / "report.html").read_text()
     assert "Across 3 folds" in page and f"{acc['mean']:.3f}" in page and "Pooled out of fold" in page
+    _the_folds_predict_together(out, data, tmp_path)
+
+
+def _predict(model: Path, data: Path, csv_out: Path, *extra: str) -> dict[str, dict[str, str]]:
+    r = run_cli("predict", "--model", str(model), "--input", str(data), "--output", str(csv_out),
+                "--engine", "openvino", "--precision", "float32", *extra)
+    assert r.returncode == 0, r.stderr[-2000:]
+    with csv_out.open(newline="") as fh:
+        return {row["path"]: row for row in csv.DictReader(fh)}
+
+
+def _the_folds_predict_together(out: Path, data: Path, tmp_path: Path) -> None:
+    """``predict --model CV_DIR``: the mean of the fold models' probabilities, ``fold_sd`` their
+    spread on the label; ``--tta flip`` the mean over each image and its mirror image; Grad-CAM
+    of an ensemble refused by name (exit 2)."""
+    folds = [_predict(out / f"fold-{i}", data, tmp_path / f"fold-{i}.csv") for i in range(3)]
+    together = _predict(out, data, tmp_path / "ensemble.csv")
+    assert json.loads((tmp_path / "ensemble.csv.done.json").read_text())["model"] == str(out)
+    classes = ("normal", "benign", "malignant")
+    for path, row in together.items():
+        per = np.array([[float(f[path][f"prob_{c}"]) for c in classes] for f in folds])
+        mean = np.array([float(row[f"prob_{c}"]) for c in classes])
+        np.testing.assert_allclose(mean, per.mean(axis=0), atol=2e-6)
+        assert row["label"] == classes[int(mean.argmax())]
+        assert float(row["fold_sd"]) == pytest.approx(per[:, mean.argmax()].std(), abs=2e-6)
+    assert len({row["fold_sd"] for row in together.values()}) > 1
+    flipped = _predict(out, data, tmp_path / "tta.csv", "--tta", "flip")
+    assert flipped.keys() == together.keys() and any(flipped[p]["prob_benign"] != together[p]["prob_benign"]
+                                                     for p in together)
+    r = run_cli("predict", "--model", str(out), "--input", str(data), "--output", str(tmp_path / "cam.csv"),
+                "--gradcam", str(tmp_path / "cams"))
+    assert r.returncode == 2 and "a cross-validation (3 fold models)" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_across_folds_is_a_t_interval_clipped_to_the_metric_range() -> None:

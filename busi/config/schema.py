@@ -47,6 +47,8 @@ ExportFormat = Literal["openvino", "saved_model"]
 EXPORT_FORMATS: tuple[str, ...] = typing.get_args(ExportFormat)  # busi-job export --format
 ExportPrecision = Literal["float32", "int8"]
 EXPORT_PRECISIONS: tuple[str, ...] = typing.get_args(ExportPrecision)  # busi-job export --precision
+TTA = Literal["none", "flip"]  # predict.tta (busi.model.ensemble)
+TTA_MODES: tuple[str, ...] = typing.get_args(TTA)
 DedupeMode = Literal["none", "exact", "near"]
 Quantize = Literal["int8", "none"]
 DicomFrame = Literal["first", "middle", "all"]
@@ -295,7 +297,8 @@ class JobConfig:
 
 @dataclass(frozen=True)
 class PredictConfig:
-    model: str = _opt(doc="a run directory or a model.keras file (labels.json beside it)")
+    model: str = _opt(doc="a run directory, a model.keras file (labels.json beside it), or a cross-validation's "
+                      "output.dir (its fold models predict together, averaged; fold_sd their spread)")
     inputs: tuple[str, ...] = _opt(min_items=1, doc="folders (recursive), files, archives, @list.txt files")
     output: str = _opt("predictions.csv", doc="CSV path; shards write <stem>.part-IIIII-of-NNNNN.csv beside it")
     batch_size: int = _opt(32, min=1, max=4096, doc="images per forward pass")
@@ -319,6 +322,8 @@ class PredictConfig:
         "auto", doc="OpenVINO's inference precision; auto: the fastest that passed its accuracy contract and this "
         "CPU runs fast (int8 with VNNI/AMX-INT8, bfloat16 with AMX/AVX512-BF16, else float32)"
     )
+    tta: TTA = _opt(
+        "none", doc="test-time augmentation: flip averages each image's probabilities with its mirror image's")
     staging_dir: Union[str, None] = _opt(None, doc="where input archives unpack; default $TMPDIR/busi-staging")
     max_archive_members: int = _archive_members()
     max_archive_bytes: int = _archive_bytes()

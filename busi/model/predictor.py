@@ -26,11 +26,12 @@ class Predictor:
     source: Path
     engine: Engine
     dicom: DicomConfig = DicomConfig()  # how DICOM files are read: as in training (preprocessing.json)
+    members: int = 1  # the fold models a cross-validation folder predicts with (busi.model.ensemble)
 
 
 def load_predictor(model_arg: str | Path, engine: str = "tensorflow", precision: str = "auto",
                    batch_size: int = 32, threads: int | None = None, gradients: bool = False,
-                   start: Callable[[], Any] | None = None) -> Predictor:
+                   start: Callable[[], Any] | None = None, tta: str = "none") -> Predictor:
     """Load a busi model with its labels and preprocessing settings and the inference engine
     ``engine`` (``tensorflow``, ``openvino``, or ``auto``: ``busi.model.engines.choose_engine``).
 
@@ -40,8 +41,18 @@ def load_predictor(model_arg: str | Path, engine: str = "tensorflow", precision:
     ``openvino/`` or INT8 model, each only where it was made from this very model.keras
     (``busi.model.engines.resolve_precision``), and a prediction starts 5-10 s sooner
     (``Predictor.model`` is then None). ``start`` (the job's ``busi.runtime.startup.start_tensorflow``)
-    runs once, before TensorFlow is first imported."""
+    runs once, before TensorFlow is first imported.
+
+    ``model_arg`` may be a cross-validation folder (``busi-job cv``'s output.dir): its fold models
+    then predict together, their probabilities averaged (``busi.model.ensemble``); ``tta: flip``
+    averages each image with its mirror image."""
     import functools
+
+    from busi.model.ensemble import Ensemble, fold_runs
+
+    folds = fold_runs(Path(model_arg))
+    if folds is not None:
+        return _load_ensemble(Path(model_arg), folds, engine, precision, batch_size, threads, gradients, start, tta)
 
     from busi.files.digest import file_sha256
     from busi.model.engines import make_engine, resolve_precision
@@ -75,8 +86,38 @@ def load_predictor(model_arg: str | Path, engine: str = "tensorflow", precision:
     if runner.outputs != len(info.classes):
         raise DataError(model_file.parent / LABELS_FILE, f"{len(info.classes)} classes, but the model outputs "
                         f"{runner.outputs}")
+    if tta != "none":
+        runner = Ensemble([runner], tta)
     return Predictor(model=model, classes=info.classes, image_size=info.image_size, resize=info.resize,
                      source=model_file, engine=runner, dicom=info.dicom)
+
+
+def _load_ensemble(cv_dir: Path, folds: list[Path], engine: str, precision: str, batch_size: int,
+                   threads: int | None, gradients: bool, start: Callable[[], Any] | None, tta: str) -> Predictor:
+    """The fold models of ``cv_dir`` as one predictor: the same classes, input and decoding in
+    every fold (they were trained by one job), else a ConfigError naming the fold that differs."""
+    from busi.errors import ConfigError
+    from busi.model.ensemble import Ensemble
+
+    if gradients:
+        raise ConfigError(f"--gradcam: {cv_dir} is a cross-validation ({len(folds)} fold models); Grad-CAM explains "
+                          "one model: give one fold's run directory (e.g. fold-0)")
+    started: list[bool] = []
+
+    def start_once() -> None:
+        if start is not None and not started:
+            start()
+            started.append(True)
+
+    members = [load_predictor(f, engine, precision, batch_size, threads, start=start_once) for f in folds]
+    first = members[0]
+    for fold, m in zip(folds, members):
+        if (m.classes, m.image_size, m.resize, m.dicom) != (first.classes, first.image_size, first.resize, first.dicom):
+            raise ConfigError(f"--model {cv_dir}: {fold.name} takes other classes or inputs than {folds[0].name} "
+                              f"({m.classes}, {m.image_size} px, {m.resize}); a cross-validation's folds are one job's")
+    return Predictor(model=None, classes=first.classes, image_size=first.image_size, resize=first.resize,
+                     source=cv_dir, engine=Ensemble([m.engine for m in members], tta), dicom=first.dicom,
+                     members=len(members))
 
 
 def _engine_name(setting: str, tensorflow: Callable[[], Any]) -> str:

@@ -28,6 +28,7 @@ from busi.data.dicom import DicomSource
 from busi.data.images import decode_frames
 from busi.data.inputs import InputFile
 from busi.errors import ConfigError, DataError, Interrupted
+from busi.model.ensemble import fold_runs
 from busi.model.folder import find_model_file
 from busi.model.predictor import Predictor, load_predictor
 from busi.predict.output import (
@@ -69,15 +70,17 @@ class Summary:
                 summary.per_class[row["label"]] += 1
         return summary
 
-    def add(self, f: InputFile, probs: np.ndarray | None, decoded: "Decoded", classes: Sequence[str]) -> list[Any]:
-        """Count one file's outcome; its CSV row."""
+    def add(self, f: InputFile, probs: np.ndarray | None, decoded: "Decoded", classes: Sequence[str],
+            spread: float | None = None, ensemble: bool = False) -> list[Any]:
+        """Count one file's outcome; its CSV row (``ensemble``: with the folds' spread)."""
         self.rows += 1
         if probs is None:
             self.errors += 1
-            return prediction_row(f.path, None, classes, decoded.error or "could not decode", decoded.source)
+            return prediction_row(f.path, None, classes, decoded.error or "could not decode", decoded.source,
+                                  ensemble=ensemble)
         self.classified += 1
         self.per_class[classes[int(np.argmax(probs))]] += 1
-        return prediction_row(f.path, probs, classes, source=decoded.source)
+        return prediction_row(f.path, probs, classes, source=decoded.source, spread=spread, ensemble=ensemble)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -193,23 +196,25 @@ def predict_files(
         cam = GradCam(predictor.model)  # gradients: always TensorFlow
     started = time.perf_counter()  # engines trace and compile when they are made, before this
     images = 0
-    of_file: list[tuple[Item, np.ndarray | None]] = []  # the current file's images, until its last
+    ensemble = predictor.members > 1
+    of_file: list[tuple[Item, np.ndarray | None, float | None]] = []  # the current file's images, until its last
     with ThreadPoolExecutor(
         max_workers=max(1, workers), thread_name_prefix="decode", initializer=_decode_thread_priority
     ) as pool:
         items = _items(todo, predictor.image_size, predictor.resize, pool, ahead=3 * batch_size,
                        dicom=predictor.dicom)
         for batch in _batches(items, batch_size):
-            probs = _classify(predictor, [item.decoded for item in batch])
+            probs, spreads = _classify(predictor, [item.decoded for item in batch])
             if cam is not None and gradcam_dir is not None:
                 _overlays(cam, batch, probs, gradcam_dir)
             if sr_dir is not None:
                 _reports(predictor, batch, probs, sr_dir)
             rows = []
             for i, item in enumerate(batch):  # a file's rows are written together, once its last image is in
-                of_file.append((item, probs.get(i)))
+                of_file.append((item, probs.get(i), spreads.get(i)))
                 if item.last:
-                    rows += [summary.add(it.file, p, it.decoded, predictor.classes) for it, p in of_file]
+                    rows += [summary.add(it.file, p, it.decoded, predictor.classes, sd, ensemble)
+                             for it, p, sd in of_file]
                     of_file = []
             sink.write(rows)
             images += len(probs)
@@ -222,13 +227,22 @@ def predict_files(
     return summary
 
 
-def _classify(predictor: Predictor, decoded: Sequence[Decoded]) -> dict[int, np.ndarray]:
-    """The probabilities of each decoded image of a batch, by its index in the batch."""
+def _classify(predictor: Predictor, decoded: Sequence[Decoded]) -> tuple[dict[int, np.ndarray], dict[int, float]]:
+    """The probabilities of each decoded image of a batch, by its index in the batch; for the
+    fold models of a cross-validation also their spread (``busi.model.ensemble``)."""
+    from busi.model.ensemble import Ensemble, spread
+
     ok = [i for i, d in enumerate(decoded) if d.image is not None]
     if not ok:
-        return {}
-    out = predictor.engine.run(np.stack([decoded[i].image for i in ok]).astype(np.float32, copy=False))
-    return {i: out[j] for j, i in enumerate(ok)}
+        return {}, {}
+    batch = np.stack([decoded[i].image for i in ok]).astype(np.float32, copy=False)
+    engine = predictor.engine
+    if predictor.members > 1 and isinstance(engine, Ensemble):
+        per_member = engine.run_members(batch)
+        out, sd = per_member.mean(axis=0), spread(per_member)
+        return {i: out[j] for j, i in enumerate(ok)}, {i: float(sd[j]) for j, i in enumerate(ok)}
+    out = engine.run(batch)
+    return {i: out[j] for j, i in enumerate(ok)}, {}
 
 
 def _overlays(cam: Any, batch: Sequence[Item], probs: dict[int, np.ndarray], out_dir: Path) -> None:
@@ -288,7 +302,8 @@ def run_predict(cfg: Any) -> Summary:
     else:
         shard = parse_shard(p.shard)
     output = shard_output_path(Path(p.output), shard)
-    find_model_file(p.model)  # a missing model, or a run that did not complete, fails before any work
+    if fold_runs(Path(p.model)) is None:  # a cross-validation's folds are checked as they load
+        find_model_file(p.model)  # a missing model, or a run that did not complete, fails before any work
     gradcam = _output_folder(p.gradcam, "--gradcam", "the overlays")
     sr_dir = _output_folder(p.dicom_sr, "--dicom-sr", "the reports")
     own = own_outputs(Path(p.output), gradcam, sr_dir)  # never inputs, even inside an input folder
@@ -297,7 +312,10 @@ def run_predict(cfg: Any) -> Summary:
     cores = detect_cores(cfg.runtime.cores)
     # TensorFlow starts only where the engine or --gradcam needs it (busi.model.predictor)
     predictor = load_predictor(p.model, p.engine, p.precision, p.batch_size, cores.cores, gradients=gradcam is not None,
-                               start=lambda: start_tensorflow(cores, cfg.runtime.seed))
+                               start=lambda: start_tensorflow(cores, cfg.runtime.seed), tta=p.tta)
+    if sr_dir is not None and predictor.members > 1:
+        raise ConfigError(f"--dicom-sr: {p.model} is a cross-validation; a structured report names one model: give "
+                          "one fold's run directory")
     if p.dicom_frame is not None:  # else as the model was trained (its preprocessing.json)
         predictor.dicom = dataclasses.replace(predictor.dicom, frame=p.dicom_frame)
     engine = predictor.engine.info
@@ -306,7 +324,8 @@ def run_predict(cfg: Any) -> Summary:
         len(files), shard.index, shard.count, shard.source, predictor.source, predictor.image_size,
         cores.cores, cores.source, p.batch_size, engine.label(), output,
     )
-    sink = CsvSink(output, prediction_columns(predictor.classes), resume=p.resume, overwrite=p.overwrite,
+    sink = CsvSink(output, prediction_columns(predictor.classes, predictor.members > 1), resume=p.resume,
+                   overwrite=p.overwrite,
                    model=predictor.source)
     deadline, _ = resolve_deadline(cfg.runtime.walltime, process_start_time())
     try:

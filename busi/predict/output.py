@@ -49,19 +49,26 @@ DONE_SUFFIX = ".done.json"
 SOURCE_COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(DicomSource))  # UIDs, frame
 
 
-def prediction_columns(classes: Sequence[str]) -> list[str]:
-    return ["path", "label", "label_index"] + [f"prob_{c}" for c in classes] + [*SOURCE_COLUMNS, "error"]
+SPREAD_COLUMN = "fold_sd"  # an ensemble's disagreement (busi.model.ensemble.spread)
+
+
+def prediction_columns(classes: Sequence[str], ensemble: bool = False) -> list[str]:
+    """The CSV's columns; ``ensemble``: with the folds' ``fold_sd`` after the probabilities."""
+    spread = [SPREAD_COLUMN] if ensemble else []
+    return ["path", "label", "label_index"] + [f"prob_{c}" for c in classes] + spread + [*SOURCE_COLUMNS, "error"]
 
 
 def prediction_row(path: str, probs: np.ndarray | None, classes: Sequence[str], error: str = "",
-                   source: DicomSource | None = None) -> list[Any]:
+                   source: DicomSource | None = None, spread: float | None = None, ensemble: bool = False) -> list[Any]:
     """One CSV row: a classified file, or a failed one (empty label and probabilities, the error);
-    ``source``: the DICOM file's UIDs and frame (empty columns for other images)."""
+    ``source``: the DICOM file's UIDs and frame (empty columns for other images); ``ensemble``:
+    with the ``fold_sd`` cell (``spread``, empty on an error row)."""
     where = list(dataclasses.astuple(source)) if source is not None else [""] * len(SOURCE_COLUMNS)
+    sd = ([f"{spread:.6f}" if spread is not None else ""]) if ensemble else []
     if probs is None:
-        return [path, "", ""] + [""] * len(classes) + where + [error]
+        return [path, "", ""] + [""] * len(classes) + sd + where + [error]
     i = int(np.argmax(probs))
-    return [path, classes[i], i] + [f"{float(p):.6f}" for p in probs] + where + [error]
+    return [path, classes[i], i] + [f"{float(p):.6f}" for p in probs] + sd + where + [error]
 
 
 def row_key(record: Sequence[str], columns: Sequence[str]) -> tuple[str, int]:
