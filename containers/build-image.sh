@@ -14,6 +14,7 @@
 #                                 the build as a secret (never stored in the image)
 #   BUSI_WEIGHTS_FILE=/path.h5    the ImageNet ResNet50 (no top) weights file to install instead of
 #                                 downloading it; BUSI_FETCH_WEIGHTS=0 builds without weights
+#   BUSI_BACKBONES=resnet50,...   the backbones whose ImageNet files the build downloads
 #   BUSI_WITH_HOROVOD=1           0: no Horovod. 1: the wheel scripts/build_horovod.sh cached for
 #                                 these versions (WHEEL_ONLY), else compiled in the builder stage
 #   BUSI_WHEELHOUSE=              (see containers/install.sh) install offline from a wheel folder
@@ -97,6 +98,7 @@ start=$(date +%s)
     --build-arg "BASE_IMAGE=$base" \
     --build-arg "BUSI_WITH_HOROVOD=${BUSI_WITH_HOROVOD:-1}" \
     --build-arg "BUSI_FETCH_WEIGHTS=$fetch" \
+    --build-arg "BUSI_BACKBONES=${BUSI_BACKBONES:-resnet50}" \
     --build-arg "BUSI_REVISION=$revision" \
     "$@" "$repo"
 clear_inputs

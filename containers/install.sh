@@ -16,7 +16,8 @@
 #   HOROVOD_WHEEL_DIR=          a folder holding a horovod-*.whl built for this Python and TensorFlow
 #   BUSI_WHEELHOUSE=            install offline: every wheel from this folder (pip download
 #                               on a machine with internet), nothing from the network
-#   BUSI_FETCH_WEIGHTS=0        1: download the ImageNet ResNet50 weights into BUSI_WEIGHTS_DIR
+#   BUSI_FETCH_WEIGHTS=0        1: download the ImageNet weights of BUSI_BACKBONES into BUSI_WEIGHTS_DIR
+#   BUSI_BACKBONES=resnet50     comma-separated backbones whose weights to download (busi-job fetch-weights)
 #                               (needs internet: image build time, never on compute nodes); a
 #                               weights file already there (a local file the build copied) is kept
 #   BUSI_WEIGHTS_DIR=$BUSI_PREFIX/weights
@@ -47,6 +48,7 @@ base_python="${PYTHON:-python3}"
 tf_package="${TF_PACKAGE:-}"
 with_horovod="${BUSI_WITH_HOROVOD:-0}"
 fetch_weights="${BUSI_FETCH_WEIGHTS:-0}"
+backbones="${BUSI_BACKBONES:-resnet50}"
 weights_dir="${BUSI_WEIGHTS_DIR:-$prefix/weights}"
 
 deps_only="${BUSI_DEPS_ONLY:-0}"
@@ -133,14 +135,15 @@ fi
 
 # 5. ImageNet weights (optional; needs internet)
 weights_file="$weights_dir/resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
-if [[ -s "$weights_file" ]]; then
+if [[ -s "$weights_file" && "$backbones" == resnet50 ]]; then
     say "ImageNet weights already in place: $weights_file"
     chmod -R a+rX "$weights_dir"
     fetch_weights=0
 fi
 if [[ "$fetch_weights" == 1 ]]; then
-    say "fetching the ImageNet ResNet50 weights into $weights_dir"
-    "$prefix/bin/busi-job" fetch-weights --dir "$weights_dir"
+    say "fetching the ImageNet weights of $backbones into $weights_dir"
+    "$prefix/bin/busi-job" fetch-weights --backbone "$backbones" --dir "$weights_dir" ||
+        die "no ImageNet weights (this machine cannot download them): build with BUSI_WEIGHTS_FILE=/path/to/$(basename "$weights_file") (a copy you have), or BUSI_FETCH_WEIGHTS=0 for an image without weights (jobs then need model.weights: none or a file)"
     chmod -R a+rX "$weights_dir"
 fi
 
