@@ -1,0 +1,179 @@
+"""Issue #32 item 5: how good a classifier busi makes, on the whole real BUSI.
+
+For each configuration (a backbone and its weights: a real ImageNet file, or ``none``), runs
+``busi-job cv job/busi.yaml --folds K`` (group-aware stratified folds: near-duplicate groups
+and label conflicts as training handles them) at ``--size`` px, then ``busi-job cv-report``, and
+prints per configuration, pooled out of fold (each image predicted once, by the fold that never
+trained on it) with 95% bootstrap intervals and as mean +- sd across folds: macro ROC AUC,
+malignant-vs-rest ROC AUC, balanced accuracy and ECE; the minutes each fold took (its manifest's
+``seconds.total``) on this machine; and prediction img/s (``busi-job predict`` of fold 0's
+model over every image, OpenVINO, process wall time including start-up).
+
+    .venv/bin/python benchmarks/bench_accuracy.py --data /path/Dataset_BUSI_with_GT \\
+        --config mobilenet_v2:../shared/weights/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.tfslim.h5 \\
+        --config mobilenet_v2:none [--folds 5] [--size 224] [--out bench-accuracy]
+
+``--config BACKBONE[@ALPHA]:WEIGHTS`` (WEIGHTS: a file, ``imagenet`` or ``none``); the job's
+recipe for pretrained weights is job/busi.yaml's (head on the frozen backbone, then its top
+stage); ``none`` trains every layer from the start (BatchNorm trained, ``unfreeze: all``), as
+job/demo.yaml does. A finished fold is not run again (``busi-job cv`` resumes), so an
+interrupted benchmark continues. Prints numbers; not a test. Keep the data out of the repository.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import common
+
+BIN = Path(sys.executable).parent
+MALIGNANT = "malignant"
+
+# The recipe of each kind of start, as --set overrides of job/busi.yaml
+PRETRAINED = ("train.head.epochs=15", "train.head.learning_rate=1e-3", "train.head.patience=5",
+              "train.finetune.epochs=15", "train.finetune.learning_rate=1e-4", "train.finetune.unfreeze=top",
+              "train.finetune.patience=5", "model.batchnorm=frozen")
+FROM_SCRATCH = ("train.head.epochs=1", "train.finetune.epochs=20", "train.finetune.learning_rate=1e-3",
+                "train.finetune.unfreeze=all", "train.finetune.patience=6", "model.batchnorm=train")
+
+
+def parse_config(text: str) -> tuple[str, float, str]:
+    head, _, weights = text.partition(":")
+    name, _, alpha = head.partition("@")
+    if not weights:
+        raise SystemExit(f"--config {text}: expected BACKBONE[@ALPHA]:WEIGHTS")
+    return name, float(alpha or 1.0), weights
+
+
+def run_cv(name: str, alpha: float, weights: str, args: argparse.Namespace, out: Path) -> None:
+    sets = [f"data.source={args.data}", f"output.dir={out}", f"data.image_size={args.size}",
+            f"model.backbone={name}", f"model.alpha={alpha}", f"model.weights={weights}",
+            f"train.batch_size={args.batch_size}", "train.quantize=none", "train.gradcam_masks=false",
+            f"runtime.seed={args.seed}", *(FROM_SCRATCH if weights == "none" else PRETRAINED)]
+    cmd = [str(BIN / "busi-job"), "cv", "job/busi.yaml", "--folds", str(args.folds),
+           *[a for s in sets for a in ("--set", s)]]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    log = out.parent / f"{out.name}.log"
+    with log.open("a") as fh:
+        proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=common.REPO)
+    if proc.returncode != 0:
+        raise SystemExit(f"busi-job cv failed ({proc.returncode}); see {log}")
+    subprocess.run([str(BIN / "busi-job"), "cv-report", str(out)], check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL, env=env, cwd=common.REPO)
+
+
+def oof(out: Path) -> tuple[np.ndarray, np.ndarray, list[str], list[int]]:
+    with (out / "oof.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    classes = [k[len("prob_"):] for k in rows[0] if k.startswith("prob_")]
+    y = np.array([classes.index(r["true_label"]) for r in rows])
+    probs = np.array([[float(r[f"prob_{c}"]) for c in classes] for r in rows])
+    return y, probs, classes, [int(r["fold"]) for r in rows]
+
+
+def ece_interval(y: np.ndarray, probs: np.ndarray, seed: int) -> list[float]:
+    from busi.evaluate.bootstrap import RESAMPLES
+    from busi.evaluate.calibration import expected_calibration_error
+
+    rng = np.random.default_rng(seed)
+    values = [expected_calibration_error(y[i], probs[i]) for i in rng.integers(0, len(y), (RESAMPLES, len(y)))]
+    return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
+
+
+def summarise(out: Path, seed: int) -> dict[str, Any]:
+    from busi.evaluate.calibration import expected_calibration_error
+
+    report = json.loads((out / "cv-metrics.json").read_text())
+    pooled, folds = report["pooled_out_of_fold"], report["across_folds"]
+    y, probs, classes, fold_of = oof(out)
+    k = report["folds"]
+    fold_ece = [expected_calibration_error(y[np.array(fold_of) == i], probs[np.array(fold_of) == i]) for i in range(k)]
+    minutes = []
+    for i in range(k):
+        manifest = json.loads((out / f"fold-{i}" / "manifest.json").read_text())
+        minutes.append(manifest["seconds"]["total"] / 60)
+    return {
+        "images": report["images"], "folds": k,
+        "macro_auc": (pooled["roc_auc_macro"], pooled["ci95"]["roc_auc_macro"], folds["roc_auc_macro"]),
+        "malignant_auc": (pooled["per_class"][MALIGNANT]["roc_auc"], pooled["ci95"]["per_class"][MALIGNANT]["roc_auc"],
+                          folds["per_class"][MALIGNANT]["roc_auc"]),
+        "balanced_accuracy": (pooled["balanced_accuracy"], pooled["ci95"]["balanced_accuracy"],
+                              folds["balanced_accuracy"]),
+        "ece": (pooled["calibration"]["ece"], ece_interval(y, probs, seed),
+                {"mean": float(np.mean(fold_ece)), "sd": float(np.std(fold_ece, ddof=1))}),
+        "minutes_per_fold": minutes,
+    }
+
+
+def predict_rate(out: Path, data: Path) -> float:
+    """Images per second of ``busi-job predict`` (fold 0's model, OpenVINO) over every image,
+    process wall time from start to exit."""
+    folder = common.scratch("busi-bench-accuracy-")
+    csv_out = folder / "p.csv"
+    images = [p for p in Path(data).rglob("*.png") if "_mask" not in p.name]
+    (folder / "images.txt").write_text("".join(f"{p}\n" for p in images))
+    t = time.perf_counter()
+    subprocess.run([str(BIN / "busi-job"), "predict", "--model", str(out / "fold-0"), "--input",
+                    f"@{folder / 'images.txt'}",
+                    "--output", str(csv_out), "--engine", "openvino"], check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL, cwd=common.REPO)
+    return len(images) / (time.perf_counter() - t)
+
+
+def fmt_row(value: tuple[float, Any, dict[str, Any]]) -> str:
+    point, ci, spread = value
+    interval = f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "[n/a]"
+    return f"{point:.3f} {interval}  {spread['mean']:.3f} +- {spread['sd']:.3f}"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", type=Path, required=True, help="the whole BUSI (class folders, or its zip)")
+    p.add_argument("--config", action="append", required=True, help="BACKBONE[@ALPHA]:WEIGHTS, repeatable")
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--out", type=Path, default=Path("bench-accuracy"))
+    args = p.parse_args()
+    common.print_command()
+    common.wait_for_quiet()
+    import platform
+
+    from busi.runtime.cpu import cpu_flags
+
+    model = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                  if ln.startswith("model name")), platform.processor())
+    print(f"# CPU: {model}, {os.cpu_count()} cores; bf16: {bool(cpu_flags() & {'avx512_bf16', 'amx_bf16'})}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    for text in args.config:
+        name, alpha, weights = parse_config(text)
+        label = f"{name}@{alpha:g}-{'none' if weights == 'none' else 'imagenet'}"
+        out = (args.out / label).resolve()
+        t = time.perf_counter()
+        run_cv(name, alpha, weights, args, out)
+        s = summarise(out, args.seed)
+        rate = predict_rate(out, args.data)
+        print(f"\n## {name} alpha {alpha:g}, weights {weights} ({s['images']} images, {s['folds']} folds, "
+              f"{args.size} px; {(time.perf_counter() - t) / 60:.1f} min in all)")
+        print("metric                 pooled out of fold [95% CI]   across folds mean +- sd")
+        for key in ("macro_auc", "malignant_auc", "balanced_accuracy", "ece"):
+            print(f"{key:22s} {fmt_row(s[key])}")
+        m = s["minutes_per_fold"]
+        print(f"minutes per fold       {np.mean(m):.1f} ({', '.join(f'{x:.1f}' for x in m)})")
+        print(f"predict img/s          {rate:.1f} (busi-job predict, OpenVINO, {args.size} px, process wall)", flush=True)
+        (args.out / f"{label}.json").write_text(json.dumps({**s, "predict_images_per_second": rate}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
