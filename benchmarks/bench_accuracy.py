@@ -13,7 +13,8 @@ model over every image, OpenVINO, process wall time including start-up).
         --config mobilenet_v2:../shared/weights/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.tfslim.h5 \\
         --config mobilenet_v2:none [--folds 5] [--size 224] [--out bench-accuracy]
 
-``--config BACKBONE[@ALPHA]:WEIGHTS`` (WEIGHTS: a file, ``imagenet`` or ``none``); the job's
+``--config BACKBONE[@ALPHA]:WEIGHTS`` (WEIGHTS: a file, ``imagenet`` or ``none``); ``--set KEY=VALUE``
+(repeatable) changes the recipe for every configuration, ``--tag`` names the variant in the output; the job's
 recipe for pretrained weights is job/busi.yaml's (head on the frozen backbone, then its top
 stage); ``none`` trains every layer from the start (BatchNorm trained, ``unfreeze: all``), as
 job/demo.yaml does. A finished fold is not run again (``busi-job cv`` resumes), so an
@@ -59,7 +60,7 @@ def run_cv(name: str, alpha: float, weights: str, args: argparse.Namespace, out:
     sets = [f"data.source={args.data}", f"output.dir={out}", f"data.image_size={args.size}",
             f"model.backbone={name}", f"model.alpha={alpha}", f"model.weights={weights}",
             f"train.batch_size={args.batch_size}", "train.quantize=none", "train.gradcam_masks=false",
-            f"runtime.seed={args.seed}", *(FROM_SCRATCH if weights == "none" else PRETRAINED)]
+            f"runtime.seed={args.seed}", *(FROM_SCRATCH if weights == "none" else PRETRAINED), *args.set]
     cmd = [str(BIN / "busi-job"), "cv", "job/busi.yaml", "--folds", str(args.folds),
            *[a for s in sets for a in ("--set", s)]]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -145,9 +146,13 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--out", type=Path, default=Path("bench-accuracy"))
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a recipe change (repeatable)")
+    p.add_argument("--no-wait", action="store_true", help="start at once, however busy the machine (the minutes "
+                   "per fold then say less)")
+    p.add_argument("--tag", default="", help="a name for the recipe variant (its output folder's suffix)")
     args = p.parse_args()
     common.print_command()
-    common.wait_for_quiet()
+    common.wait_for_quiet(skip=args.no_wait)
     import platform
 
     from busi.runtime.cpu import cpu_flags
@@ -158,14 +163,15 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     for text in args.config:
         name, alpha, weights = parse_config(text)
-        label = f"{name}@{alpha:g}-{'none' if weights == 'none' else 'imagenet'}"
+        label = f"{name}@{alpha:g}-{'none' if weights == 'none' else 'imagenet'}" + (f"-{args.tag}" if args.tag else "")
         out = (args.out / label).resolve()
         t = time.perf_counter()
         run_cv(name, alpha, weights, args, out)
         s = summarise(out, args.seed)
         rate = predict_rate(out, args.data)
         print(f"\n## {name} alpha {alpha:g}, weights {weights} ({s['images']} images, {s['folds']} folds, "
-              f"{args.size} px; {(time.perf_counter() - t) / 60:.1f} min in all)")
+              f"{args.size} px; {(time.perf_counter() - t) / 60:.1f} min in all)"
+              + (f"; recipe changes: {' '.join(args.set)}" if args.set else ""))
         print("metric                 pooled out of fold [95% CI]   across folds mean +- sd")
         for key in ("macro_auc", "malignant_auc", "balanced_accuracy", "ece"):
             print(f"{key:22s} {fmt_row(s[key])}")

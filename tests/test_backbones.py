@@ -71,10 +71,12 @@ def test_the_tables_shapes_stages_and_flops_are_the_networks(name: str) -> None:
 def test_every_backbone_trains_its_top_and_converts_to_openvino(name: str) -> None:
     """busi's model on each backbone at 32 px: ``top`` makes only the top stage's layers
     trainable (BatchNorm frozen under batchnorm: frozen); OpenVINO's conversion predicts the
-    probabilities Keras does."""
+    probabilities Keras does; the feature cache's frozen part and the top part on its output
+    compute exactly the backbone's output, for ``top`` and ``top2``."""
     import keras
 
     from busi.model.engines import OpenVINOEngine
+    from busi.model.features import frozen_model
     from busi.model.network import build_model, set_trainable
     from busi.model.openvino import to_openvino
 
@@ -90,6 +92,11 @@ def test_every_backbone_trains_its_top_and_converts_to_openvino(name: str) -> No
     expected = built.model(x, training=False).numpy()
     got = OpenVINOEngine(to_openvino(built.model), 4, "float32").run(x)
     np.testing.assert_allclose(got, expected, atol=2e-4)
+    features = built.backbone(built.model.get_layer("preprocess")(x), training=False).numpy()
+    for unfreeze in ("top", "top2"):  # the feature cache's split: frozen part, then the top part on its output
+        top = keras.Model(built.top_input(unfreeze), built.backbone.output)
+        np.testing.assert_array_equal(top(frozen_model(built, unfreeze)(x, training=False), training=False).numpy(),
+                                      features)
 
 
 def test_the_efficientnet_correction_is_kerass_extra_rescaling() -> None:
