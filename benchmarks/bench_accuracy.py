@@ -17,7 +17,8 @@ model over every image, OpenVINO, process wall time including start-up).
 (repeatable) changes the recipe for every configuration, ``--tag`` names the variant in the output; the job's
 recipe for pretrained weights is job/busi.yaml's (head on the frozen backbone, then its top
 stage); ``none`` trains every layer from the start (BatchNorm trained, ``unfreeze: all``), as
-job/demo.yaml does. A finished fold is not run again (``busi-job cv`` resumes), so an
+job/demo.yaml does (``--recipe pretrained``: the same job as the pretrained weights, only the
+weights differ). A finished fold is not run again (``busi-job cv`` resumes), so an
 interrupted benchmark continues. Prints numbers; not a test. Keep the data out of the repository.
 """
 
@@ -48,6 +49,13 @@ FROM_SCRATCH = ("train.head.epochs=1", "train.finetune.epochs=20", "train.finetu
                 "train.finetune.unfreeze=all", "train.finetune.patience=6", "model.batchnorm=train")
 
 
+def recipe(weights: str, choice: str) -> tuple[str, ...]:
+    """The recipe's overrides: ``auto`` trains from scratch for ``none``, else the pretrained recipe."""
+    if choice == "scratch" or (choice == "auto" and weights == "none"):
+        return FROM_SCRATCH
+    return PRETRAINED
+
+
 def parse_config(text: str) -> tuple[str, float, str]:
     head, _, weights = text.partition(":")
     name, _, alpha = head.partition("@")
@@ -60,7 +68,7 @@ def run_cv(name: str, alpha: float, weights: str, args: argparse.Namespace, out:
     sets = [f"data.source={args.data}", f"output.dir={out}", f"data.image_size={args.size}",
             f"model.backbone={name}", f"model.alpha={alpha}", f"model.weights={weights}",
             f"train.batch_size={args.batch_size}", "train.quantize=none", "train.gradcam_masks=false",
-            f"runtime.seed={args.seed}", *(FROM_SCRATCH if weights == "none" else PRETRAINED), *args.set]
+            f"runtime.seed={args.seed}", *recipe(weights, args.recipe), *args.set]
     cmd = [str(BIN / "busi-job"), "cv", "job/busi.yaml", "--folds", str(args.folds),
            *[a for s in sets for a in ("--set", s)]]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -147,6 +155,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--out", type=Path, default=Path("bench-accuracy"))
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a recipe change (repeatable)")
+    p.add_argument("--recipe", choices=("auto", "pretrained", "scratch"), default="auto",
+                   help="auto: from scratch (every layer) for weights none, else head then top (default)")
     p.add_argument("--no-wait", action="store_true", help="start at once, however busy the machine (the minutes "
                    "per fold then say less)")
     p.add_argument("--tag", default="", help="a name for the recipe variant (its output folder's suffix)")
@@ -164,6 +174,7 @@ def main() -> None:
     for text in args.config:
         name, alpha, weights = parse_config(text)
         label = f"{name}@{alpha:g}-{'none' if weights == 'none' else 'imagenet'}" + (f"-{args.tag}" if args.tag else "")
+        label += "-scratch" if recipe(weights, args.recipe) is FROM_SCRATCH else ""
         out = (args.out / label).resolve()
         t = time.perf_counter()
         run_cv(name, alpha, weights, args, out)

@@ -237,3 +237,18 @@ def test_imagenet_weights_staged_in_busi_weights_dir_load_into_the_backbone(tmp_
                        env={**os.environ, "BUSI_WEIGHTS_DIR": str(tmp_path / "weights")})
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.split() == ["backbone", str(tmp_path / "weights" / NAME), "True"]
+
+
+def test_random_weights_with_frozen_batchnorm_are_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    """``weights: none`` with ``batchnorm: frozen`` keeps BatchNorm's initial statistics: on the
+    whole BUSI every fold of such a run predicted one class (docs/training.md). The build says so;
+    ``batchnorm: train`` (training from scratch) is not warned about."""
+    from busi.model.network import build_model
+
+    with caplog.at_level("WARNING", logger="busi"):
+        build_model(ModelConfig(backbone="mobilenet", alpha=0.25, weights="none"), 32, ("a", "b"))
+    assert "weights none with batchnorm frozen" in caplog.text and "batchnorm: train" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="busi"):
+        build_model(ModelConfig(backbone="mobilenet", alpha=0.25, weights="none", batchnorm="train"), 32, ("a", "b"))
+    assert "batchnorm frozen" not in caplog.text

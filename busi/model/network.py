@@ -11,6 +11,7 @@ error, never a silent fall-back to random weights.
 
 from __future__ import annotations
 
+import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,8 @@ from busi.model.backbones import (
     check_model,
 )
 from busi.model.weights import WeightsFile, check_weights, find_weights
+
+log = logging.getLogger("busi")
 
 
 @dataclass
@@ -66,6 +69,11 @@ def build_model(
 
     b = check_model(model_cfg)
     path = find_weights(model_cfg.weights, b.name, model_cfg.alpha, image_size, weights_env)
+    if path is None and model_cfg.batchnorm == "frozen":
+        log.warning("model: weights none with batchnorm frozen: BatchNorm keeps its initial statistics in every phase "
+                    "and a random network's features carry little of the image (on the whole BUSI every fold predicted "
+                    "one class; docs/training.md); train from scratch with model.batchnorm: train and "
+                    "train.finetune.unfreeze: all, as job/demo.yaml does")
     weights = None if path is None else check_weights(path, model_cfg.weights_sha256, b)
     size = image_size
     num_classes = len(classes)
