@@ -5,6 +5,7 @@ Prediction, external evaluation and the benchmarks load models through ``load_pr
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -26,7 +27,13 @@ class Predictor:
     source: Path
     engine: Engine
     dicom: DicomConfig = DicomConfig()  # how DICOM files are read: as in training (preprocessing.json)
-    members: int = 1  # the fold models a cross-validation folder predicts with (busi.model.ensemble)
+
+    @property
+    def members(self) -> int:
+        """The fold models a cross-validation folder predicts with (busi.model.ensemble), else 1."""
+        from busi.model.ensemble import Ensemble
+
+        return len(self.engine.members) if isinstance(self.engine, Ensemble) else 1
 
 
 def load_predictor(model_arg: str | Path, engine: str = "tensorflow", precision: str = "auto",
@@ -46,8 +53,6 @@ def load_predictor(model_arg: str | Path, engine: str = "tensorflow", precision:
     ``model_arg`` may be a cross-validation folder (``busi-job cv``'s output.dir): its fold models
     then predict together, their probabilities averaged (``busi.model.ensemble``); ``tta: flip``
     averages each image with its mirror image."""
-    import functools
-
     from busi.model.ensemble import Ensemble, fold_runs
 
     folds = fold_runs(Path(model_arg))
@@ -102,22 +107,15 @@ def _load_ensemble(cv_dir: Path, folds: list[Path], engine: str, precision: str,
     if gradients:
         raise ConfigError(f"--gradcam: {cv_dir} is a cross-validation ({len(folds)} fold models); Grad-CAM explains "
                           "one model: give one fold's run directory (e.g. fold-0)")
-    started: list[bool] = []
-
-    def start_once() -> None:
-        if start is not None and not started:
-            start()
-            started.append(True)
-
-    members = [load_predictor(f, engine, precision, batch_size, threads, start=start_once) for f in folds]
+    once = functools.cache(start) if start is not None else None  # TensorFlow starts once, for every fold
+    members = [load_predictor(f, engine, precision, batch_size, threads, start=once) for f in folds]
     first = members[0]
     for fold, m in zip(folds, members):
         if (m.classes, m.image_size, m.resize, m.dicom) != (first.classes, first.image_size, first.resize, first.dicom):
             raise ConfigError(f"--model {cv_dir}: {fold.name} takes other classes or inputs than {folds[0].name} "
                               f"({m.classes}, {m.image_size} px, {m.resize}); a cross-validation's folds are one job's")
     return Predictor(model=None, classes=first.classes, image_size=first.image_size, resize=first.resize,
-                     source=cv_dir, engine=Ensemble([m.engine for m in members], tta), dicom=first.dicom,
-                     members=len(members))
+                     source=cv_dir, engine=Ensemble([m.engine for m in members], tta), dicom=first.dicom)
 
 
 def _engine_name(setting: str, tensorflow: Callable[[], Any]) -> str:

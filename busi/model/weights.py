@@ -13,7 +13,6 @@ and the model card.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import Sequence
 
 from busi.errors import BusiError, DataError, WeightsError
-from busi.files.digest import file_sha256
+from busi.files.digest import file_digest, file_sha256
 from busi.model.backbones import Backbone, backbone
 
 IMAGENET_FILE = backbone("resnet50").weights_file()  # the default backbone's file (the image ships it)
@@ -101,20 +100,12 @@ def check_weights(path: Path, expected_sha256: str | None = None, b: Backbone | 
                         "another one, or was cut short or changed in a copy; copy it again or fix the key")
     if b is not None and b.weights_hash is not None and path.name == b.weights_file():
         algorithm = "sha256" if len(b.weights_hash) == 64 else "md5"
-        got = sha if algorithm == "sha256" else _md5(path)
+        got = sha if algorithm == "sha256" else file_digest(path, algorithm)
         if got != b.weights_hash:
             log.warning("weights: %s has %s %s, not the %s Keras lists for its file of that name: not Keras' "
                         "published file (a copy cut short fails to load; a converted file loads)", path, algorithm,
                         got, b.weights_hash)
     return WeightsFile(path, sha)
-
-
-def _md5(path: Path) -> str:
-    h = hashlib.md5(usedforsecurity=False)
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def resolve_weights(setting: str, env: dict[str, str] | None = None, backbone_name: str = "resnet50",

@@ -237,7 +237,7 @@ def _classify(predictor: Predictor, decoded: Sequence[Decoded]) -> tuple[dict[in
         return {}, {}
     batch = np.stack([decoded[i].image for i in ok]).astype(np.float32, copy=False)
     engine = predictor.engine
-    if predictor.members > 1 and isinstance(engine, Ensemble):
+    if isinstance(engine, Ensemble) and len(engine.members) > 1:
         per_member = engine.run_members(batch)
         out, sd = per_member.mean(axis=0), spread(per_member)
         return {i: out[j] for j, i in enumerate(ok)}, {i: float(sd[j]) for j, i in enumerate(ok)}
