@@ -132,7 +132,7 @@ def test_missing_required_keys() -> None:
         ("data", {"classes": "normal"}, "data.classes: expected a list of at least 2 names, got 'normal'"),
         ("data", {"classes": ["normal"]}, "data.classes: expected a list of at least 2 names, got ['normal']"),
         ("data", {"classes": ["a", "a"]}, "data.classes: entries must be unique, got ['a', 'a']"),
-        ("data", {"classes": ["a", 3]}, "data.classes[1]: expected a non-empty string, got 3"),
+        ("data", {"classes": ["a", True]}, "data.classes[1]: expected a non-empty string, got True"),
         ("data", {"source": ""}, "data.source: expected a non-empty string, got ''"),
         ("data", {"source": None}, "data.source: expected a non-empty string, got nothing (null)"),
         ("data", {"resize": "crop"}, "data.resize: expected one of 'stretch', 'pad', got 'crop'"),

@@ -44,6 +44,57 @@ def test_masks_are_unioned_and_resized_as_their_image(tmp_path: Path) -> None:
     assert s[10:30, 0:10].all()  # stretched: rows double
 
 
+def _lesion(shape: tuple[int, ...], value: object, dtype: str = "uint8") -> np.ndarray:
+    a = np.zeros(shape, dtype)
+    a[4:12, 8:24] = value
+    return a
+
+
+# Masks as public sets ship them: each holds the lesion in rows 4-11, columns 8-23 of a 16 x 32 image
+MASK_FORMS = {
+    "grey 0/255 (BUSI)": lambda: Image.fromarray(_lesion((16, 32), 255)),
+    "1-bit": lambda: Image.fromarray(_lesion((16, 32), 255)).convert("1"),
+    "label image 0/1": lambda: Image.fromarray(_lesion((16, 32), 1)),
+    "16-bit 0/65535": lambda: Image.fromarray(_lesion((16, 32), 65535, "uint16")),
+    "green on black (BUS-UCLM benign)": lambda: Image.fromarray(_lesion((16, 32, 3), (0, 255, 0))),
+    "red on black (BUS-UCLM malignant)": lambda: Image.fromarray(_lesion((16, 32, 3), (255, 0, 0))),
+    "dark blue on black": lambda: Image.fromarray(_lesion((16, 32, 3), (0, 0, 90))),
+    "white on clear RGBA (BrEaST)": lambda: Image.fromarray(_lesion((16, 32, 4), (255, 255, 255, 255))),
+    "opaque RGBA, white on black": lambda: Image.fromarray(
+        np.where(_lesion((16, 32, 1), 1).astype(bool), np.uint8(255), np.array([0, 0, 0, 255], np.uint8))),
+    "palette": lambda: Image.fromarray(_lesion((16, 32), 1)).convert("P"),
+}
+
+
+@pytest.mark.parametrize("form", list(MASK_FORMS))
+def test_every_form_of_mask_reads_as_the_same_lesion(form: str, tmp_path: Path) -> None:
+    MASK_FORMS[form]().save(tmp_path / "m.png")
+    m = load_mask([tmp_path / "m.png"], 32, "stretch")
+    expect = np.zeros((32, 32), bool)
+    expect[8:24, 8:24] = True  # rows doubled by the stretch to 32 x 32
+    assert (m == expect).mean() > 0.97 and m[10:22, 10:22].all() and not m[:6].any() and not m[26:].any()
+
+
+def test_an_empty_mask_and_a_noisy_jpeg_mask(tmp_path: Path) -> None:
+    Image.fromarray(np.zeros((16, 32), np.uint8)).save(tmp_path / "empty.png")
+    assert not load_mask([tmp_path / "empty.png"], 32, "stretch").any()  # a normal image's mask
+    noisy = _lesion((16, 32), 250).astype(np.int16) + np.random.default_rng(0).integers(0, 30, (16, 32))
+    Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(tmp_path / "n.jpg", quality=70)
+    m = load_mask([tmp_path / "n.jpg"], 32, "stretch")
+    assert m[10:22, 10:22].all() and not m[:6].any()  # the noise below a quarter of the peak is background
+
+
+def test_a_green_and_a_red_mask_of_one_image_are_one_union(tmp_path: Path) -> None:
+    a = np.zeros((16, 32, 3), np.uint8)
+    a[0:4, 0:4] = (0, 255, 0)
+    b = np.zeros((16, 32, 3), np.uint8)
+    b[12:16, 28:32] = (255, 0, 0)
+    Image.fromarray(a).save(tmp_path / "g.png")
+    Image.fromarray(b).save(tmp_path / "r.png")
+    m = load_mask([tmp_path / "g.png", tmp_path / "r.png"], 32, "stretch")
+    assert m[0:6, 0:2].all() and m[26:32, 30:32].all() and m.sum() < 0.15 * m.size
+
+
 def test_a_whole_frame_mask_is_cut_to_the_ultrasound_region_of_its_dicom(tmp_path: Path) -> None:
     """With data.dicom.crop_to_region the image is the region of the frame; its mask, drawn on
     the whole frame, is cut the same way (a mask already of the region's size is taken as it is),

@@ -394,6 +394,15 @@ def test_a_class_without_rows_exits_3(two_folders: Path) -> None:
     (("data.table={file: /abs/labels.csv, path: p, label: l}",), "data.table.file"),
     (("data.table={file: ../labels.csv, path: p, label: l}",), "data.table.file"),
     (("data.table={file: l.csv, path: p, label: l, path_format: Images/x.png}",), "data.table.path_format"),
+    (("data.table={file: l.csv, path: p, label: l, path_format: '{}/{}.png'}",), "data.table.path_format"),
+    (("data.table={file: l.csv, path: p, label: l, path_format: '{0}.png'}",), "data.table.path_format"),
+    (("data.table={file: l.csv, path: p, label: l, mask_format: 'GT/{:06q}.png'}",), "data.table.mask_format"),
+    (("data.table={file: l.csv, path: p, label: l, path_replace: ['^bus_']}",), "data.table.path_replace"),
+    (("data.table={file: l.csv, path: p, label: l, mask_replace: ['(bus', 'x']}",), "data.table.mask_replace"),
+    (("data.table={file: l.csv, path: p, label: l, mask_replace: ['^bus', '\\2']}",), "data.table.mask_replace"),
+    (("data.table={file: l.csv, path: p, label: l, mask_separator: ' '}",), "data.table.mask_separator"),
+    (("data.table={file: l.csv, path: p, label: l, join: [{file: f.csv}]}",), "data.table.join[0].column"),
+    (("data.table={file: l.csv, path: p, label: l, label_map: [B, M]}",), "data.table.label_map"),
     (("data.table={file: l.csv, path: p, label: l, group: g}", "data.group_pattern=^(x)"), "data.group_pattern"),
     (("data.table={file: l.csv, path: p}",), "data.table.label"),
 ])
@@ -403,10 +412,13 @@ def test_config_errors_name_the_key(sets: tuple[str, ...], key: str, tmp_path: P
     assert key in e.value.keys
 
 
-def test_a_spreadsheet_is_refused_with_what_to_do(two_folders: Path) -> None:
-    with pytest.raises(ConfigError, match="save it as CSV"):
-        data = _cfg(two_folders, "data.table={file: l.xlsx, path: p, label: l}").data
+@pytest.mark.parametrize("name", ["l.ods", "l.xls"])
+def test_a_spreadsheet_busi_does_not_read_is_refused_with_what_to_do(two_folders: Path, name: str) -> None:
+    (two_folders / name).write_bytes(b"PK\x03\x04 not read")
+    with pytest.raises(ConfigError, match=r"save it as an Excel workbook \(\.xlsx\) or as CSV UTF-8") as e:
+        data = _cfg(two_folders, f"data.table={{file: {name}, path: p, label: l}}").data
         read_table(two_folders, data.table, ("normal", "benign"), data.dicom)
+    assert e.value.keys == ("data.table.file",)
 
 
 # ----------------------------------------------------------------- the pure functions
@@ -509,3 +521,72 @@ def test_training_from_a_table_keeps_patients_on_one_side(two_folders: Path, syn
     bad = run_cli("evaluate", "--model", str(out), "--data", str(other), "--output", str(tmp_path / "ev2"),
                   "--group-pattern", "no group")
     assert bad.returncode == 2 and "--group-pattern" in bad.stderr and "Traceback" not in bad.stderr
+
+
+# ------------------------------------------------------- label maps, numeric classes, joins
+
+
+@pytest.fixture(scope="module")
+def flat(synth_data: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Twelve images in one folder, img01.png .. img12.png, no table yet."""
+    src = synth_data(4, 32, 5)
+    root = tmp_path_factory.mktemp("flat") / "ds"
+    root.mkdir()
+    images = [p for c in ("normal", "benign", "malignant") for p in _images(src, c)]
+    for n, p in enumerate(images, start=1):
+        shutil.copy(p, root / f"img{n:02d}.png")
+    return root
+
+
+def _labels(prepared: PreparedData) -> dict[str, str]:
+    return {s.path: s.label for s in prepared.scan.samples}
+
+
+def test_bi_rads_classes_typed_as_numbers_and_a_label_map(flat: Path) -> None:
+    labels = ["2", "3", "4", "4.0", " 5 ", "4a", "4 B", "4C", "3", "2", "5", "6"]
+    _write_csv(flat / "birads.csv", ["file", "birads"], [[f"img{n:02d}.png", v] for n, v in enumerate(labels, 1)])
+    cfg = _cfg(flat, "data.classes=[2, 3, 4, 5]",
+               "data.table={file: birads.csv, path: file, label: birads, label_map: {4a: 4, 4b: 4, 4c: 4}}")
+    assert cfg.data.classes == ("2", "3", "4", "5") and cfg.data.table.label_map == {"4a": "4", "4b": "4", "4c": "4"}
+    prepared = prepare_data(cfg.data, 0)
+    assert _labels(prepared) == {f"img{n:02d}.png": c for n, c in enumerate(
+        ["2", "3", "4", "4", "5", "4", "4", "4", "3", "2", "5"], 1)}
+    (bad,) = prepared.report["table"]["rows_left_out"]
+    assert bad == {"line": 13, "path": "img12.png", "kind": "bad_label",
+                   "detail": "'6' is not one of 2, 3, 4, 5 or a key of data.table.label_map"}
+
+
+def test_letters_for_classes_and_labels_whose_case_and_spacing_differ(flat: Path) -> None:
+    labels = ["B", "m", "Benign", " MALIGNANT ", "benign_lesion", "Benign  Lesion", "M", "b", "B", "M", "b", "m"]
+    _write_csv(flat / "bm.csv", ["file", "dx"], [[f"img{n:02d}.png", v] for n, v in enumerate(labels, 1)])
+    cfg = _cfg(flat, "data.classes=[benign lesion, malignant]",
+               "data.table={file: bm.csv, path: file, label: dx, label_map: {B: benign lesion, M: malignant, "
+               "benign: benign lesion}}")
+    got = _labels(prepared_ := prepare_data(cfg.data, 0))
+    assert [got[f"img{n:02d}.png"] for n in range(1, 13)] == [
+        "benign lesion", "malignant", "benign lesion", "malignant", "benign lesion", "benign lesion", "malignant",
+        "benign lesion", "benign lesion", "malignant", "benign lesion", "malignant"]
+    assert prepared_.report["table"]["problems"] == {}
+
+
+def test_a_join_lists_rows_without_a_match_and_refuses_a_key_given_twice(flat: Path) -> None:
+    _write_csv(flat / "main.csv", ["id", "label"], [[f"img{n:02d}", c] for n, c in
+                                                    zip(range(1, 13), ["normal", "benign", "malignant"] * 4)])
+    _write_csv(flat / "extra.csv", ["image_id", "site", "fold"], [[f"img{n:02d}", "A", n % 3 + 1] for n in range(1, 12)])
+    table = ("data.table={file: main.csv, path: id, path_format: '{}.png', label: label, fold: fold, "
+             "join: [{file: extra.csv, column: id, file_column: image_id}]}")
+    prepared = prepare_data(_cfg(flat, table).data, 0)
+    t = prepared.report["table"]
+    assert t["rows"] == 12 and t["images"] == 11
+    assert t["joins"] == [{"file": "extra.csv", "sheet": None, "rows": 11, "unmatched": 1}]
+    assert t["rows_left_out"] == [{"line": 13, "path": "img12", "kind": "unjoined",
+                                   "detail": "no row with image_id 'img12' in extra.csv"}]
+    assert {f.fold for f in prepared.folds} == {0, 1, 2}
+    with (flat / "extra.csv").open("a") as fh:
+        fh.write("img03,B,1\n")  # line 13: img03 again, other values
+    with pytest.raises(DataError) as e:
+        prepare_data(_cfg(flat, table).data, 0)
+    assert e.value.path == f"{flat / 'extra.csv'}:13" and "given on line 4 too" in e.value.reason
+    with pytest.raises(ConfigError) as c:
+        prepare_data(_cfg(flat, table.replace("file_column: image_id", "file_column: ID")).data, 0)
+    assert c.value.keys == ("data.table.join[0].file_column",) and "'image_id', 'site', 'fold'" in str(c.value)

@@ -91,16 +91,42 @@ class AugmentConfig:
 
 
 @dataclass(frozen=True)
+class JoinConfig:
+    file: str = _opt(doc="another table (CSV, TSV or .xlsx) relative to data.source, whose columns join the label "
+                     "table's rows (BUS-BRA: 5-fold-cv.csv beside bus_data.csv)")
+    column: str = _opt(doc="the label table's column whose value finds each row's match in this file")
+    file_column: Union[str, None] = _opt(None, doc="this file's column holding that value; null: the one named "
+                                         "by column")
+    sheet: Union[str, None] = _opt(None, doc="the worksheet of a spreadsheet; null: its first")
+
+
+@dataclass(frozen=True)
 class TableConfig:
-    file: str = _opt(doc="the label table (CSV or TSV; the delimiter is sniffed, Excel's UTF-8 BOM is fine), "
-                     "relative to data.source (a folder or an archive holding the table and the images)")
+    file: str = _opt(doc="the label table, relative to data.source (a folder or an archive holding the table and "
+                     "the images): CSV or TSV (the delimiter is sniffed, Excel's UTF-8 BOM is fine) or an Excel "
+                     "workbook (.xlsx, .xlsm)")
     path: str = _opt(doc="the column holding each image's path, relative to the table's folder")
-    label: str = _opt(doc="the column holding each image's class (one of data.classes; case is ignored)")
-    path_format: str = _opt("{}", doc="the image path made from the path column's value, {} standing for it "
-                            "(BUS-BRA: Images/{}.png, as its ID column names neither folder nor suffix)")
+    label: str = _opt(doc="the column holding each image's class (one of data.classes, or a key of label_map; "
+                      "case and spacing are ignored)")
+    sheet: Union[str, None] = _opt(None, doc="the worksheet of a workbook that holds the table; null: its first")
+    join: tuple[JoinConfig, ...] = _opt((), doc="more tables whose columns join each row by a key column (rows "
+                                        "without a match are left out and listed)")
+    label_map: Union[dict[str, str], None] = _opt(
+        None, doc="the class each label value stands for ({B: benign, M: malignant}; BI-RADS {2: benign, "
+        "4a: malignant}); values not in it must name a class; null: the labels are class names")
+    path_format: str = _opt("{}", doc="the image path made from the path column's value, {} standing for it, with "
+                            "a format spec where one is needed (BUS-BRA: Images/{}.png; UDIAT B: original/{:06d}.png)")
+    path_replace: tuple[str, ...] = _opt((), doc="[PATTERN, REPLACEMENT]: a regular-expression substitution made "
+                                         "in the path column's value before path_format")
     group: Union[str, None] = _opt(None, doc="the column holding the patient (group) of each image: a patient "
                                    "never sits on two sides of a split or in two cv folds; null: data.group_pattern")
-    masks: tuple[str, ...] = _opt((), doc="columns holding lesion-mask paths (relative to the table's folder)")
+    masks: tuple[str, ...] = _opt((), doc="columns holding lesion-mask paths (relative to the table's folder), or "
+                                  "the ID they are made from with mask_format and mask_replace")
+    mask_format: str = _opt("{}", doc="each mask path made from a mask cell, as path_format (BUS-BRA: Masks/{}.png)")
+    mask_replace: tuple[str, ...] = _opt((), doc="[PATTERN, REPLACEMENT] substituted in a mask cell before "
+                                         "mask_format (BUS-BRA: ['^bus_', 'mask_'])")
+    mask_separator: Union[str, None] = _opt(None, doc="the text between several mask names in one cell "
+                                            "(BrEaST: '&'); null: a cell names one mask")
     split: Union[str, None] = _opt(None, doc="a column of predefined splits (train, val or test) used instead of "
                                    "data.split; null: busi splits")
     fold: Union[str, None] = _opt(None, doc="a column of predefined cross-validation folds that busi-job cv uses "
@@ -130,7 +156,7 @@ class DataConfig:
         "file name is the patient, e.g. ^(bus_\\d+) or ^(?P<group>[A-Z]+)_\\d+; null: data.table.group or none",
     )
     classes: tuple[str, ...] = _opt(
-        DEFAULT_CLASSES, min_items=2, unique=True,
+        DEFAULT_CLASSES, min_items=2, unique=True, numbers_as_names=True,
         doc="class folder names (or data.table's label values); their order gives the label index (0, 1, 2, ...)",
     )
     image_size: int = _opt(224, min=32, max=1024, doc="side of the square model input, pixels")

@@ -12,6 +12,7 @@ import typing
 from typing import Any, Literal, Mapping, Sequence, Union
 
 from busi.config.schema import DataConfig, JobConfig
+from busi.config.templates import replace_problem, template_problem
 from busi.config.tree import join_key, key_error
 from busi.errors import ConfigError
 
@@ -94,12 +95,20 @@ def _check(value: Any, tp: Any, path: str, meta: Mapping[str, Any]) -> Any:
         (item_tp, _ellipsis) = typing.get_args(tp)
         if isinstance(value, str) or not isinstance(value, (list, tuple)):
             raise key_error(path, f"expected {describe(tp, meta)}, got {_show(value)}")
-        items = tuple(_check(v, item_tp, f"{path}[{i}]", {}) for i, v in enumerate(value))
+        item_meta = {"numbers_as_names": meta.get("numbers_as_names", False)}
+        items = tuple(build(item_tp, v, f"{path}[{i}]") if dataclasses.is_dataclass(item_tp)
+                      else _check(v, item_tp, f"{path}[{i}]", item_meta) for i, v in enumerate(value))
         if len(items) < meta.get("min_items", 0):
             raise key_error(path, f"expected {describe(tp, meta)}, got {_show(value)}")
         if meta.get("unique") and len(set(items)) != len(items):
             raise key_error(path, f"entries must be unique, got {_show(value)}")
         return items
+    if origin is dict:  # a mapping of names to names (data.table.label_map): numbers read as names
+        if not isinstance(value, dict) or not value:
+            raise key_error(path, f"expected {describe(tp, meta)}, got {_show(value)}")
+        names = {"numbers_as_names": True}
+        pairs = [(_check(k, str, f"{path}.{k}", names), _check(v, str, f"{path}.{k}", names)) for k, v in value.items()]
+        return dict(pairs)
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -123,10 +132,17 @@ def _check(value: Any, tp: Any, path: str, meta: Mapping[str, Any]) -> Any:
         _range(number, path, tp, meta)
         return number
     if tp is str:
+        if meta.get("numbers_as_names") and isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = as_name(value)  # classes: [2, 3, 4, 5] are BI-RADS categories, names YAML reads as numbers
         if not isinstance(value, str) or not value.strip():
             raise key_error(path, f"expected a non-empty string, got {_show(value)}")
         return value
     raise TypeError(f"unsupported schema type {tp!r} at {path}")  # a bug in the schema, not user input
+
+
+def as_name(value: int | float) -> str:
+    """A number YAML read where a name was meant, as the user typed it (``4``, ``4.5``)."""
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
 
 
 _SCI_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
@@ -153,8 +169,13 @@ def describe(tp: Any, meta: Mapping[str, Any]) -> str:
     if origin is Literal:
         return "one of " + ", ".join(repr(c) for c in typing.get_args(tp))
     if origin is tuple:
+        (item_tp, _ellipsis) = typing.get_args(tp)
+        if dataclasses.is_dataclass(item_tp):
+            return "a list of sections"
         n = meta.get("min_items", 0)
         return f"a list of at least {n} names" if n else "a list of names"
+    if origin is dict:
+        return "a mapping of names to names"
     lo, hi = meta.get("min"), meta.get("max")
     if tp is int:
         if lo == 1 and hi is None:
@@ -186,15 +207,21 @@ def _show(value: Any) -> str:
 
 def check_groups(data: DataConfig) -> None:
     """``data.group_pattern`` compiles and has a group; it and ``data.table.group`` are not both set;
-    ``data.table.file`` stays inside ``data.source``."""
+    ``data.table.file`` stays inside ``data.source``; the table's templates and substitutions work."""
     table, pattern = data.table, data.group_pattern
     if table is not None:
         parts = table.file.replace("\\", "/").split("/")
         if table.file.startswith(("/", "\\")) or ".." in parts or (len(parts[0]) > 1 and parts[0][1] == ":"):
             raise key_error("data.table.file", f"{table.file!r}: give the table's path relative to data.source "
                             "(no absolute path, no '..')")
-        if "{}" not in table.path_format:
-            raise key_error("data.table.path_format", f"{table.path_format!r} has no {{}} for the path column's value")
+        for key, why in (("path_format", template_problem(table.path_format)),
+                         ("mask_format", template_problem(table.mask_format)),
+                         ("path_replace", replace_problem(table.path_replace)),
+                         ("mask_replace", replace_problem(table.mask_replace))):
+            if why:
+                raise key_error(f"data.table.{key}", why)
+        if table.mask_separator is not None and not table.mask_separator.strip():
+            raise key_error("data.table.mask_separator", "expected the text between mask names (e.g. '&'), not blanks")
     if pattern is None:
         return
     if table is not None and table.group is not None:

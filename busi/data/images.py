@@ -15,7 +15,7 @@ same pixels give the same input.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Callable
 
 import numpy as np
 
@@ -82,11 +82,13 @@ def pillow_rgb(fh: BinaryIO, path: str | Path, size: int | None, crop: FrameRegi
 
 
 def pillow_decode(fh: BinaryIO, path: str | Path, size: int | None = None,
-                  crop: FrameRegion | None = None) -> tuple[str, "Image.Image"]:  # noqa: F821
+                  crop: FrameRegion | None = None, convert: "Callable[[Image.Image], Image.Image]" = None,  # noqa: F821
+                  ) -> tuple[str, "Image.Image"]:  # noqa: F821
     """``pillow_rgb``, with the file's own Pillow mode (``L``, ``RGBA``, ``I;16``...) before it.
     The one decode of a non-DICOM image: the scan calls it too, so a file the scan accepts is a
     file training decodes. Only ``PILLOW_FORMATS``; the whole file is read into memory first (a
-    plug-in that hands the file to another program by name would get a descriptor otherwise)."""
+    plug-in that hands the file to another program by name would get a descriptor otherwise).
+    ``convert``: what the decoded image becomes (default ``to_rgb8``; a mask: ``lesion_of``)."""
     import io
 
     from PIL import Image
@@ -104,7 +106,7 @@ def pillow_decode(fh: BinaryIO, path: str | Path, size: int | None = None,
             elif im.size == crop[:2]:
                 x0, y0, x1, y1 = crop[2]
                 im = im.crop((x0, y0, x1 + 1, y1 + 1))
-            return mode, to_rgb8(im)
+            return mode, (convert or to_rgb8)(im)
     except Exception as e:  # any failure of a decoder on one file makes that file unreadable
         raise decode_error(path, e, _other_format(data)) from None
 
@@ -169,13 +171,41 @@ def to_rgb8(im: "Image.Image") -> "Image.Image":  # noqa: F821
     return im.convert("RGB")
 
 
+# A mask is a label image (every value below this: 0 background, 1, 2... lesion) or a drawing
+LABEL_IMAGE_MAX = 16
+
+
+def lesion_of(im: "Image.Image") -> "Image.Image":  # noqa: F821
+    """A lesion mask in any of the forms data sets ship it, as an ``L`` image of 0 (background)
+    and 255 (lesion), at its own size. A pixel is lesion where its brightest channel (after a
+    transparent pixel is made black: an RGBA drawing on a clear background) is above a quarter of
+    the mask's brightest pixel, so 0/255 and 0/65535 masks, 1-bit masks, colour-coded masks (BUS-UCLM's
+    green benign and red malignant: any colour is lesion) and JPEG-noisy masks all read alike; in a
+    label image (every value below ``LABEL_IMAGE_MAX``: 0/1, or one value per lesion) any value
+    above 0 is lesion. An empty (all-black) mask has no lesion."""
+    from PIL import Image
+
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        im = Image.alpha_composite(Image.new("RGBA", im.size, (0, 0, 0, 255)), im.convert("RGBA")).convert("RGB")
+    elif im.mode in ("P", "CMYK", "YCbCr", "LAB", "HSV"):
+        im = im.convert("RGB")
+    arr = np.asarray(im)
+    if arr.ndim == 3:
+        arr = arr.max(axis=2)
+    arr = arr.astype(np.float64)
+    top = float(arr.max(initial=0))
+    lesion = arr > 0 if 0 < top < LABEL_IMAGE_MAX else arr > top / 4 if top > 0 else np.zeros(arr.shape, bool)
+    return Image.fromarray(np.where(lesion, 255, 0).astype(np.uint8), mode="L")
+
+
 def resize_rgb(im: "Image.Image", size: int, mode: str) -> "Image.Image":  # noqa: F821
+    """``im`` at ``size`` x ``size``: stretched, or (``pad``) scaled to fit and centred on black."""
     from PIL import Image
 
     if mode == "stretch":
         return im.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
     scale = size / max(im.width, im.height)
     w, h = max(1, round(im.width * scale)), max(1, round(im.height * scale))
-    canvas = Image.new("RGB", (size, size))
+    canvas = Image.new(im.mode, (size, size))
     canvas.paste(im.resize((w, h), Image.Resampling.BILINEAR, reducing_gap=3.0), ((size - w) // 2, (size - h) // 2))
     return canvas

@@ -178,6 +178,9 @@ def source_report(cfg: DataConfig, table: TableResult | None, samples: Sequence[
         "table": None if table is None else {
             "file": table.file.relative_to(table.scan.root).as_posix(),
             "delimiter": table.delimiter,
+            "sheet": table.sheet,
+            "joins": [{"file": j.file.relative_to(table.scan.root).as_posix(), "sheet": j.sheet, "rows": j.rows,
+                       "unmatched": j.unmatched} for j in table.joins],
             "rows": table.rows,
             "images": len(samples),
             "problems": {k: n for k in PROBLEM_KINDS if (n := sum(p.kind == k for p in table.problems))},

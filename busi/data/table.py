@@ -1,22 +1,26 @@
-"""Label tables: a CSV or TSV naming each image's path and class, and optionally its patient, its
-lesion masks, a predefined split and a predefined cross-validation fold (``data.table``), read
-into the samples class folders give (``busi.data.scan.Sample``).
+"""Label tables: a CSV, TSV or Excel worksheet naming each image's path and class, and optionally
+its patient, its lesion masks, a predefined split and a predefined cross-validation fold
+(``data.table``), read into the samples class folders give (``busi.data.scan.Sample``).
 
-Pure: it reads the table and decodes every image it names, and writes nothing. The table is
+Pure: it reads the tables and decodes every image they name, and writes nothing. The table is
 ``data.table.file`` inside the staged ``data.source``; the paths in it are relative to the
-table's own folder (``data.table.path_format`` makes a path of a bare ID, as BUS-BRA's ``ID``
-column is); a sample's ``path`` is relative to ``data.source``, as for class folders. The
-delimiter (comma, semicolon, tab, bar) is the one whose header holds the configured columns;
+table's own folder, made from a cell by a template (``data.table.path_format``, ``mask_format``:
+``busi.config.templates``); a sample's ``path`` is relative to ``data.source``, as for class folders.
+The delimiter (comma, semicolon, tab, bar) is the one whose header holds the configured columns;
 Excel's UTF-8 byte-order mark and quoted fields are read; a table that is not UTF-8 is read
-as Windows-1252 (Excel's legacy "CSV" on Windows). A label matches ``data.classes`` exactly,
-else ignoring case.
+as Windows-1252 (Excel's legacy "CSV" on Windows); a workbook's worksheet is read by
+``busi.data.sheets``. ``data.table.join`` adds the columns of other tables, matched on a key
+column. A label matches ``data.classes`` (or a key of ``data.table.label_map``) exactly, else
+ignoring case and spacing (``label_key``).
 
 Every data row is accounted for: a sample, or a ``Problem`` (a path missing or outside
-``data.source``, a label outside ``data.classes``, a duplicate row, a path listed twice with two
-labels, a missing mask) or an unreadable image (``ScanResult.corrupt``). A column the job file
-names that the table lacks is the job file's fault: ``ConfigError`` (exit 2) naming the key and
-the columns found. ``DataError`` (exit 3): the table is missing or unreadable, a split value is
-not train/val/test, a fold is empty, or no usable row is left for a class.
+``data.source``, a cell a template cannot take, a row without a match in a joined table, a label
+outside ``data.classes``, a duplicate row, a path listed twice with two labels, a missing mask) or an
+unreadable image (``ScanResult.corrupt``). A column the job file names that the tables lack, or
+mask columns none of whose masks is found, is the job file's fault: ``ConfigError`` (exit 2) naming
+the key and the columns found. ``DataError`` (exit 3): a table is missing or unreadable, a split value
+is not train/val/test, a fold is empty, a joined table gives one key two rows, or no usable row is
+left for a class.
 """
 
 from __future__ import annotations
@@ -29,19 +33,20 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Sequence
+from typing import Mapping, Sequence
 
-from busi.config.schema import DicomConfig, TableConfig
+from busi.config.schema import DicomConfig, JoinConfig, TableConfig
+from busi.config.templates import CellError, CellTemplate
 from busi.data.scan import Sample, ScanResult, natural_key, read_image_infos
+from busi.data.sheets import is_spreadsheet, read_sheet
 from busi.data.split import SPLITS
 from busi.errors import ConfigError, DataError
 from busi.runtime.safeio import is_regular_file, read_regular_file
 
 DELIMITERS = (",", ";", "\t", "|")
-SPREADSHEET_SUFFIXES = (".xlsx", ".xls", ".xlsm", ".ods", ".numbers")
 # what a row that gives no sample (or a sample without one of its masks) can be, in report order
-PROBLEM_KINDS = ("no_path", "outside_source", "missing_file", "bad_label", "duplicate_row", "conflicting_rows",
-                 "missing_mask")
+PROBLEM_KINDS = ("no_path", "bad_cell", "unjoined", "outside_source", "missing_file", "bad_label", "duplicate_row",
+                 "conflicting_rows", "missing_mask")
 
 
 @dataclass(frozen=True)
@@ -56,13 +61,26 @@ class Problem:
 
 
 @dataclass(frozen=True)
+class Joined:
+    """One table of ``data.table.join``: its file, the worksheet read (None for CSV), its data rows,
+    and how many of the label table's rows found no match in it."""
+
+    file: Path
+    sheet: str | None
+    rows: int
+    unmatched: int
+
+
+@dataclass(frozen=True)
 class TableResult:
     """The samples of a table (in natural path order) with, aligned to them, each one's patient,
     predefined split and predefined fold (None where the table gives none)."""
 
     scan: ScanResult
     file: Path
-    delimiter: str
+    delimiter: str | None  # None for a spreadsheet
+    sheet: str | None  # the worksheet read, for a spreadsheet
+    joins: tuple[Joined, ...]
     rows: int  # data rows, blank ones not counted
     patients: tuple[str | None, ...]
     splits: tuple[str | None, ...]
@@ -82,22 +100,20 @@ class _Row:
 
 
 def read_table(root: str | Path, cfg: TableConfig, classes: Sequence[str], dicom: DicomConfig) -> TableResult:
-    """Read ``cfg.file`` under ``root`` (the staged ``data.source``) into samples of ``classes``
-    (a DICOM image decoded as ``dicom`` says, as training decodes it)."""
+    """Read ``cfg.file`` under ``root`` (the staged ``data.source``), joined with ``cfg.join``'s
+    tables, into samples of ``classes`` (a DICOM image decoded as ``dicom`` says, as training decodes it)."""
     root = Path(root)
     file = root / cfg.file
-    if Path(cfg.file).suffix.lower() in SPREADSHEET_SUFFIXES:
-        raise ConfigError(f"data.table.file: {cfg.file} is a spreadsheet; save it as CSV (Excel: File > Save As > "
-                          "CSV UTF-8) and name that file", keys=("data.table.file",))
-    if not is_regular_file(file):
-        raise DataError(file, f"label table not found (data.table.file is relative to data.source, {root})")
-    try:
-        text = decode_table(read_regular_file(file))
-    except OSError as e:
-        raise DataError(file, f"cannot read the label table: {e.strerror or e}") from None
-    delimiter, header, records = parse_table(text, _wanted(cfg), file)
+    delimiter, sheet, header, records = read_rows(file, cfg.sheet, _wanted(cfg), "data.table.file", root)
+    count = sum(1 for _line, cells in records if any(c.strip() for c in cells))
+    problems: list[Problem] = []
+    joins = []
+    for i, join in enumerate(cfg.join):
+        header, records, joined = _join(root, join, f"data.table.join[{i}]", header, records, file, problems)
+        joins.append(joined)
     _check_columns(cfg, header, file)
-    rows, problems, count = _rows(root, cfg, classes, header, records, file)
+    rows = _rows(root, cfg, classes, header, records, file, problems)
+    _check_masks_found(cfg, rows, problems)
     samples: list[Sample] = []
     kept: list[_Row] = []
     corrupt: list[tuple[str, str]] = []
@@ -114,10 +130,79 @@ def read_table(root: str | Path, cfg: TableConfig, classes: Sequence[str], dicom
     _check_usable(file, classes, samples, problems, corrupt, count)
     return TableResult(
         scan=ScanResult(root=root, samples=tuple(samples), orphan_masks=(), skipped=(), corrupt=tuple(corrupt)),
-        file=file, delimiter=delimiter, rows=count,
+        file=file, delimiter=delimiter, sheet=sheet, joins=tuple(joins), rows=count,
         patients=tuple(r.patient for r in kept), splits=tuple(r.split for r in kept), folds=tuple(r.fold for r in kept),
         problems=tuple(sorted(problems, key=lambda p: (PROBLEM_KINDS.index(p.kind), p.line))),
     )
+
+
+def read_rows(file: Path, sheet: str | None, wanted: Sequence[str], key: str,
+              root: Path) -> tuple[str | None, str | None, list[str], list[tuple[int, list[str]]]]:
+    """(delimiter or None, worksheet or None, header, [(line, cells)]) of a CSV/TSV or a workbook's
+    worksheet. DataError naming ``file`` where it is missing or unreadable."""
+    if not is_regular_file(file):
+        what = "label table" if key == "data.table.file" else "table"
+        raise DataError(file, f"{what} not found ({key} is relative to data.source, {root})")
+    try:
+        data = read_regular_file(file)
+    except OSError as e:
+        raise DataError(file, f"cannot read the table: {e.strerror or e}") from None
+    if is_spreadsheet(file.name):
+        name, header, records = read_sheet(file, data, sheet, key)
+        return None, name, header, records
+    if sheet is not None:
+        sheet_key = key.rsplit(".", 1)[0] + ".sheet"
+        raise ConfigError(f"{sheet_key}: {file.name} is a text table, not a workbook; remove the key",
+                          keys=(sheet_key,))
+    delimiter, header, records = parse_table(decode_table(data), wanted, file)
+    return delimiter, None, header, records
+
+
+def _join(root: Path, join: JoinConfig, key: str, header: list[str], records: list[tuple[int, list[str]]],
+          file: Path, problems: list[Problem]) -> tuple[list[str], list[tuple[int, list[str]]], Joined]:
+    """The label table's header and rows with ``join``'s columns after them (its columns the table
+    already has are not added: the label table's own come first). A row without a match is left out,
+    listed as ``unjoined``; a key given twice in the joined file with different rows is exit 3."""
+    other = root / join.file
+    if resolve_path("", join.file) is None or not _inside(os.path.realpath(root), other):
+        raise ConfigError(f"{key}.file: {join.file!r}: give the table's path relative to data.source",
+                          keys=(f"{key}.file",))
+    other_key = join.file_column or join.column
+    _delimiter, sheet, o_header, o_records = read_rows(other, join.sheet, [other_key], f"{key}.file", root)
+    if join.column not in header:
+        raise ConfigError(f"{key}.column: column {join.column!r} is not in the label table {file}; its columns: "
+                          f"{', '.join(repr(c) for c in header)}", keys=(f"{key}.column",))
+    if other_key not in o_header:
+        which = "file_column" if join.file_column else "column"
+        raise ConfigError(f"{key}.{which}: column {other_key!r} is not in {other}; its columns: "
+                          f"{', '.join(repr(c) for c in o_header)}", keys=(f"{key}.{which}",))
+    added = [(i, c) for i, c in enumerate(o_header) if c and c not in header]
+    k = o_header.index(other_key)
+    index: dict[str, tuple[int, list[str]]] = {}
+    rows = 0
+    for line, cells in o_records:
+        if not any(c.strip() for c in cells):
+            continue
+        rows += 1
+        value = cells[k].strip() if k < len(cells) else ""
+        extra = [cells[i].strip() if i < len(cells) else "" for i, _c in added]
+        if value in index and index[value][1] != extra:
+            raise DataError(f"{other}:{line}", f"{other_key} {value!r} is given on line {index[value][0]} too, with "
+                            "other values; the joined table must have one row per key")
+        index.setdefault(value, (line, extra))
+    on = header.index(join.column)
+    out: list[tuple[int, list[str]]] = []
+    unmatched = 0
+    for line, cells in records:
+        if not any(c.strip() for c in cells):
+            continue
+        value = cells[on].strip() if on < len(cells) else ""
+        if value not in index:
+            unmatched += 1
+            problems.append(Problem(line, value, "unjoined", f"no row with {other_key} {value!r} in {join.file}"))
+            continue
+        out.append((line, [*cells, *([""] * (len(header) - len(cells))), *index[value][1]]))
+    return [*header, *(c for _i, c in added)], out, Joined(other, sheet, rows, unmatched)
 
 
 def decode_table(data: bytes) -> str:
@@ -164,29 +249,47 @@ def _check_columns(cfg: TableConfig, header: list[str], file: Path) -> None:
     named += [("masks", m) for m in cfg.masks]
     for key, column in named:
         if column is not None and column not in header:
-            raise ConfigError(f"data.table.{key}: column {column!r} is not in the label table {file}; its columns: "
-                              f"{', '.join(repr(c) for c in header)}", keys=(f"data.table.{key}",))
+            joined = f" (with the columns of {', '.join(j.file for j in cfg.join)})" if cfg.join else ""
+            raise ConfigError(f"data.table.{key}: column {column!r} is not in the label table {file}{joined}; its "
+                              f"columns: {', '.join(repr(c) for c in header)}", keys=(f"data.table.{key}",))
 
 
-def class_of(value: str, classes: Sequence[str]) -> str | None:
-    """The class a label cell names: exactly, else the one class equal to it ignoring case."""
+def label_key(value: str) -> str:
+    """A label as compared: case, spaces, underscores and hyphens ignored (``Benign``, `` benign ``,
+    ``BENIGN`` are one label; ``4a``, ``4 A`` too; ``benign lesion``, ``Benign_Lesion``), and a whole
+    number written as a decimal (``4.0``, a spreadsheet's 4) read as that number."""
+    text = re.sub(r"[\s_]+|(?<=\w)-", "", value.strip()).casefold()  # a leading minus stays: -1 is not 1
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return str(int(number)) if number.is_integer() else text
+
+
+def class_of(value: str, classes: Sequence[str], label_map: Mapping[str, str] | None = None) -> str | None:
+    """The class a label cell names: through ``label_map`` where one of its keys matches (as
+    ``label_key`` compares), else the class it names (exactly, else the one class that matches)."""
     value = value.strip()
+    if label_map:
+        mapped = [c for k, c in label_map.items() if label_key(k) == label_key(value)]
+        if mapped:
+            value = mapped[0]
     if value in classes:
         return value
-    matches = [c for c in classes if c.casefold() == value.casefold()]
+    matches = [c for c in classes if label_key(c) == label_key(value)]
     return matches[0] if len(matches) == 1 else None
 
 
 def _rows(root: Path, cfg: TableConfig, classes: Sequence[str], header: list[str],
-          records: list[tuple[int, list[str]]], file: Path) -> tuple[list[_Row], list[Problem], int]:
-    """The usable rows (each path once) and the problems of the others; and the data rows counted."""
+          records: list[tuple[int, list[str]]], file: Path, problems: list[Problem]) -> list[_Row]:
+    """The usable rows (each path once); the problems of the others go to ``problems``."""
     col = {name: i for i, name in reversed(list(enumerate(header)))}  # a repeated header: its first column
     table_dir = posixpath.dirname(cfg.file.replace("\\", "/"))
     real_root = os.path.realpath(root)
-    problems: list[Problem] = []
+    image_names = CellTemplate(cfg.path_format, cfg.path_replace)
+    mask_names = CellTemplate(cfg.mask_format, cfg.mask_replace, cfg.mask_separator)
     first: dict[str, _Row] = {}
     conflicting: set[str] = set()
-    count = 0
 
     def cell(cells: list[str], column: str | None) -> str:
         i = col.get(column, -1) if column else -1
@@ -195,7 +298,6 @@ def _rows(root: Path, cfg: TableConfig, classes: Sequence[str], header: list[str
     for line, cells in records:
         if not any(c.strip() for c in cells):
             continue  # blank lines, as spreadsheets leave at the end
-        count += 1
         split, fold = _split_of(cell(cells, cfg.split), cfg.split, file, line), cell(cells, cfg.fold) or None
         if cfg.fold and fold is None:
             raise DataError(f"{file}:{line}", f"column {cfg.fold!r} (data.table.fold) is empty; every row needs a fold")
@@ -203,14 +305,20 @@ def _rows(root: Path, cfg: TableConfig, classes: Sequence[str], header: list[str
         if not value:
             problems.append(Problem(line, "", "no_path", f"column {cfg.path!r} is empty"))
             continue
-        path = resolve_path(table_dir, cfg.path_format.replace("{}", value))
+        try:
+            (name,) = image_names.names(value)
+        except CellError as e:
+            problems.append(Problem(line, value, "bad_cell", f"column {cfg.path!r}: {e.reason} (data.table.path_format)"))
+            continue
+        path = resolve_path(table_dir, name)
         if path is None or not _inside(real_root, root / path):
-            problems.append(Problem(line, value, "outside_source", "the path leads outside data.source"))
+            problems.append(Problem(line, name, "outside_source", "the path leads outside data.source"))
             continue
         raw_label = cell(cells, cfg.label)
-        label = class_of(raw_label, classes)
+        label = class_of(raw_label, classes, cfg.label_map)
         if label is None:
-            problems.append(Problem(line, path, "bad_label", f"{raw_label!r} is not one of {', '.join(classes)}"))
+            mapped = " or a key of data.table.label_map" if cfg.label_map else ""
+            problems.append(Problem(line, path, "bad_label", f"{raw_label!r} is not one of {', '.join(classes)}{mapped}"))
             continue
         if path in first:
             if first[path].label == label:
@@ -223,16 +331,36 @@ def _rows(root: Path, cfg: TableConfig, classes: Sequence[str], header: list[str
         if not is_regular_file(root / path):
             problems.append(Problem(line, path, "missing_file", "no such file"))
             continue
-        masks = []
+        masks: list[str] = []
         for m in cfg.masks:
-            mask_value = cell(cells, m)
-            mask = resolve_path(table_dir, mask_value) if mask_value else None
-            if mask_value and (mask is None or not _inside(real_root, root / mask) or not is_regular_file(root / mask)):
-                problems.append(Problem(line, mask or mask_value, "missing_mask", f"column {m!r}; the image is kept"))
-            elif mask:
-                masks.append(mask)
+            try:
+                names = mask_names.names(cell(cells, m))
+            except CellError as e:
+                problems.append(Problem(line, e.value, "missing_mask", f"column {m!r}: {e.reason} "
+                                        "(data.table.mask_format); the image is kept"))
+                continue
+            for mask_name in names:
+                mask = resolve_path(table_dir, mask_name)
+                if mask is None or not _inside(real_root, root / mask) or not is_regular_file(root / mask):
+                    problems.append(Problem(line, mask or mask_name, "missing_mask",
+                                            f"column {m!r}; the image is kept"))
+                elif mask not in masks:
+                    masks.append(mask)
         first[path] = _Row(line, path, label, tuple(masks), cell(cells, cfg.group) or None, split, fold)
-    return [r for p, r in first.items() if p not in conflicting], problems, count
+    return [r for p, r in first.items() if p not in conflicting]
+
+
+def _check_masks_found(cfg: TableConfig, rows: list[_Row], problems: list[Problem]) -> None:
+    """Mask columns that name files, none of which is found, are the job file's fault (the masks'
+    folder or name pattern), not a data set without masks: exit 2, naming a path looked for."""
+    missing = [p for p in problems if p.kind == "missing_mask"]
+    if not cfg.masks or not missing or any(r.masks for r in rows):
+        return
+    keys = ("data.table.masks", "data.table.mask_format", "data.table.mask_replace")
+    raise ConfigError(f"data.table.masks: none of the masks that column(s) {', '.join(repr(m) for m in cfg.masks)} name "
+                      f"is found ({len(missing)} looked for, e.g. {missing[0].path!r} from line {missing[0].line}; paths "
+                      "are relative to the table's folder); give their folder and name with data.table.mask_format "
+                      "(and mask_replace), as path_format does for the images", keys=keys)
 
 
 def resolve_path(table_dir: str, value: str) -> str | None:

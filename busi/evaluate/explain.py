@@ -27,20 +27,18 @@ from busi.data.regions import FrameRegion
 
 
 def load_mask(paths: Sequence[Path], size: int, resize: str, crop: FrameRegion | None = None) -> np.ndarray:
-    """The union of an image's masks at the model input, as a boolean ``size`` x ``size`` array.
-    ``crop``: the image's frame and box where it was cut to its ultrasound region
-    (``busi.data.dicom.cropped_region``); a mask of the whole frame is cut the same way, one of
-    another size (already the region's) is taken as it is."""
-    from busi.data.images import load_image, open_image_file, pillow_rgb, resize_rgb
+    """The union of an image's masks at the model input, as a boolean ``size`` x ``size`` array;
+    each mask in any form it ships in (``busi.data.images.lesion_of``: 1-bit, grey, 16-bit, RGBA,
+    colour-coded, a label image). ``crop``: the image's frame and box where it was cut to its
+    ultrasound region (``busi.data.dicom.cropped_region``); a mask of the whole frame is cut the
+    same way, one of another size (already the region's) is taken as it is."""
+    from busi.data.images import lesion_of, open_image_file, pillow_decode, resize_rgb
 
     out = np.zeros((size, size), bool)
     for p in paths:
-        if crop is None:
-            mask = load_image(p, size, resize)
-        else:
-            with open_image_file(p) as fh:
-                mask = np.asarray(resize_rgb(pillow_rgb(fh, p, size, crop), size, resize))
-        out |= mask[..., 0] > 127
+        with open_image_file(p) as fh:
+            _mode, mask = pillow_decode(fh, p, None, crop, convert=lesion_of)
+        out |= np.asarray(resize_rgb(mask, size, resize)) > 127
     return out
 
 

@@ -71,8 +71,12 @@ def _source_lines(r: dict[str, Any]) -> list[str]:
     t = r.get("table")
     if t:
         problems = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in t["problems"].items()) or "none"
-        lines.append(f"label table: {t['file']} ({t['rows']} rows, {t['images']} images; rows left out or "
+        sheet = f" sheet {t['sheet']!r}" if t.get("sheet") else ""
+        lines.append(f"label table: {t['file']}{sheet} ({t['rows']} rows, {t['images']} images; rows left out or "
                      f"flagged: {problems})")
+        for j in t.get("joins", []):
+            lines.append(f"  joined: {j['file']}{' sheet ' + repr(j['sheet']) if j['sheet'] else ''} ({j['rows']} rows; "
+                         f"label-table rows without a match: {j['unmatched']})")
         for p in t["rows_left_out"][:50]:
             lines.append(f"  line {p['line']}: {p['path']}: {p['kind'].replace('_', ' ')}: {p['detail']}")
         if len(t["rows_left_out"]) > 50:

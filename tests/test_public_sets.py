@@ -1,0 +1,157 @@
+"""The job files of job/datasets/ (shown in docs/own-data.md) on look-alikes of the public sets as
+their authors ship them (tests/public_sets.py): every image, mask and patient found with no file
+converted by hand, patients never across a split or a fold, the masks read as lesions whatever
+their form, and a tiny training run on each."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+
+from busi.config.load import load_config
+from busi.config.schema import JobConfig
+from busi.data.folds import assign_folds
+from busi.data.prepare import PreparedData, prepare_data
+from busi.evaluate.explain import load_mask
+from conftest import REPO, run_cli
+from public_sets import BUILDERS, Expected
+
+PER_CLASS = 12
+SETS = list(BUILDERS)
+
+
+def job_file(name: str) -> Path:
+    return REPO / "job" / "datasets" / f"{name}.yaml"
+
+
+def cfg_of(name: str, source: Path, *sets: str) -> JobConfig:
+    """The dataset's job file from job/datasets layered over job/demo.yaml, as a user runs it, pointed at ``source``."""
+    return load_config([REPO / "job" / "demo.yaml", job_file(name)],
+                       [f"data.source={source}", f"output.dir={source.parent / 'runs'}", *sets])
+
+
+@pytest.fixture(scope="module")
+def lookalike(synth_data: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], tuple[Path, Expected]]:
+    made: dict[str, tuple[Path, Expected]] = {}
+
+    def make(name: str) -> tuple[Path, Expected]:
+        if name not in made:
+            root = tmp_path_factory.mktemp(name) / name
+            made[name] = (root, BUILDERS[name](synth_data(PER_CLASS, 32, 4), root, PER_CLASS))
+        return made[name]
+
+    return make
+
+
+def _sides(prepared: PreparedData) -> dict[str, set[str]]:
+    patient = dict(zip((s.key for s in prepared.scan.samples), prepared.patients))
+    sides: dict[str, set[str]] = defaultdict(set)
+    for r in prepared.rows:
+        sides[patient[r.key] or r.key].add(r.split)
+    return sides
+
+
+@pytest.mark.parametrize("name", SETS)
+def test_the_job_file_finds_every_image_mask_and_patient(name: str, lookalike: Any) -> None:
+    source, expected = lookalike(name)
+    cfg = cfg_of(name, source)
+    prepared = prepare_data(cfg.data, 0)
+    samples = prepared.scan.samples
+    counts = {c: sum(s.label == c for s in samples) for c in cfg.data.classes}
+    assert counts == expected.per_class
+    assert {s.path: len(s.masks) for s in samples} == expected.masks
+    table = prepared.report["table"]
+    assert table["problems"] == {} and table["rows_left_out"] == []
+    patients = {p for p in prepared.patients if p is not None}
+    assert len(patients) == (expected.patients or 0)
+    # every lesion mask reads as a lesion at the model input, whatever its form (RGBA, 1-bit, green or red)
+    for s in samples:
+        mask = load_mask([source / m for m in s.masks], 32, cfg.data.resize)
+        assert mask.any() == (s.label != "normal" and bool(s.masks)), (s.path, s.masks)
+
+
+@pytest.mark.parametrize("name", ["bus-bra", "bus-uclm"])
+def test_patients_never_cross_splits_or_folds(name: str, lookalike: Any) -> None:
+    source, expected = lookalike(name)
+    for seed in range(5):
+        prepared = prepare_data(cfg_of(name, source, f"runtime.seed={seed}").data, seed)
+        assert all(len(s) == 1 for s in _sides(prepared).values())
+        patient = dict(zip((s.key for s in prepared.scan.samples), prepared.patients))
+        folds = prepared.folds or assign_folds(prepared.rows, 4, seed)
+        where: dict[str, set[int]] = defaultdict(set)
+        for f in folds:
+            where[patient[f.key]].add(f.fold)
+        assert len(where) == expected.patients and all(len(s) == 1 for s in where.values())
+    if name == "bus-bra":  # the official partition from the joined 5-fold-cv.csv, fold = kFold - 1
+        assert {f.fold for f in prepared.folds} == set(range(5))
+        kfold = {f"Images/{line.split(',')[0]}.png": int(line.split(",")[2]) - 1
+                 for line in (source / "5-fold-cv.csv").read_text().splitlines()[1:]}
+        assert all(kfold[f.key] == f.fold for f in prepared.folds)
+
+
+def test_the_inspect_report_names_the_sheet_and_the_join(lookalike: Any, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from busi.cli import main
+
+    def inspect(name: str, *flags: str) -> str:
+        source, _ = lookalike(name)
+        assert main(["inspect", str(REPO / "job" / "demo.yaml"), str(job_file(name)), *flags,
+                     f"--set=data.source={source}", f"--set=output.dir={tmp_path}"]) == 0
+        return capsys.readouterr().out
+
+    table = json.loads(inspect("bus-bra", "--json"))["table"]
+    assert table["joins"] == [{"file": "5-fold-cv.csv", "sheet": None, "rows": 2 * PER_CLASS, "unmatched": 0}]
+    assert "joined: 5-fold-cv.csv (24 rows; label-table rows without a match: 0)" in inspect("bus-bra")
+    table = json.loads(inspect("breast-lesions-usg", "--json"))["table"]
+    assert table["sheet"] == "BrEaST-Lesions-USG clinical dat" and table["delimiter"] is None
+    assert "label table: BrEaST-Lesions-USG clinical data.xlsx sheet 'BrEaST-Lesions-USG clinical dat' (36 rows" \
+        in inspect("breast-lesions-usg")
+
+
+def test_a_cell_naming_several_masks_gives_each(lookalike: Any) -> None:
+    source, _ = lookalike("breast-lesions-usg")
+    prepared = prepare_data(cfg_of("breast-lesions-usg", source,
+                                   "data.table.masks=[Mask_tumor_filename, Mask_other_filenames]").data, 0)
+    several = [s for s in prepared.scan.samples if len(s.masks) == 3]
+    assert several and all(m.endswith(("_tumor.png", "_other1.png", "_other2.png")) for s in several for m in s.masks)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("name", SETS)
+def test_a_tiny_training_run_completes(name: str, lookalike: Any, tmp_path: Path) -> None:
+    source, expected = lookalike(name)
+    out = tmp_path / "run"
+    tiny = ["data.image_size=32", "train.batch_size=8", "train.head.epochs=1", "train.finetune.epochs=1",
+            "train.quantize=none", "model.weights=none", "model.backbone=mobilenet", "model.alpha=0.25"]
+    proc = run_cli("train", str(REPO / "job" / "demo.yaml"), str(job_file(name)),
+                   *[f"--set={s}" for s in (f"data.source={source}", f"output.dir={out}", *tiny)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "completed"
+    labels = json.loads((out / "model" / "labels.json").read_text())
+    assert labels == {str(i): c for i, c in enumerate(expected.per_class)}
+    metrics = json.loads((out / "metrics.json").read_text())
+    scored = metrics.get("gradcam_vs_masks")
+    if scored is not None:  # the lesion masks of the test split are scored (none is read as empty)
+        assert scored["overall"]["images"] >= 1
+
+
+def test_masks_that_are_never_found_stop_the_job_naming_the_keys(lookalike: Any) -> None:
+    from busi.errors import ConfigError
+
+    source, _ = lookalike("bus-bra")
+    with pytest.raises(ConfigError) as e:
+        prepare_data(cfg_of("bus-bra", source, "data.table.mask_format='{}'").data, 0)  # no Masks/ folder, no .png
+    assert "data.table.mask_format" in e.value.keys and "'mask_0001-l' from line 2" in str(e.value)
+
+
+def test_lesion_masks_of_the_colour_coded_set_are_not_only_red(lookalike: Any) -> None:
+    source, _ = lookalike("bus-uclm")
+    benign = sorted((source / "masks").glob("*.png"))
+    areas = [load_mask([m], 32, "stretch").sum() for m in benign]
+    assert np.count_nonzero(areas) == 2 * PER_CLASS  # benign (green) and malignant (red), not normal (black)
