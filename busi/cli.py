@@ -174,8 +174,11 @@ def _add_prediction_commands(sub: Any) -> None:
 def _add_model_commands(sub: Any) -> None:
     p = sub.add_parser("evaluate", help="external validation: a trained model on another labelled dataset, "
                        "with a check for overlap with its training images")
+    p.add_argument("job", nargs="*", help="job files whose data: section reads the set (a label table with its "
+                   "joins, templates and label map; layered left to right); none: --data holds class folders")
     p.add_argument("--model", required=True, metavar="RUN_DIR", help="a completed run directory")
-    p.add_argument("--data", required=True, metavar="SOURCE", help="a folder or archive in the class-folder layout")
+    p.add_argument("--data", metavar="SOURCE", help="a folder or archive in the class-folder layout (the model's "
+                   "classes, or some of them); with job files: replaces data.source")
     p.add_argument("--output", metavar="DIR", help="the evaluation folder (default ./evaluation-<data name>)")
     p.add_argument("--engine", choices=ENGINES, default="auto")
     p.add_argument("--precision", choices=INFERENCE_PRECISIONS, default="auto")
@@ -188,6 +191,7 @@ def _add_model_commands(sub: Any) -> None:
                    help="the patient ID in each file name (as data.group_pattern; default: the run's): images of a "
                    "training patient count as overlap")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier evaluation in --output")
+    _add_set(p)
 
     p = sub.add_parser("export", help="write a trained model as an OpenVINO model or a SavedModel")
     p.add_argument("model", metavar="RUN_DIR", help="a completed run directory, or a model.keras file")
@@ -368,7 +372,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise ConfigError("--batch-size: must be at least 1")
     cores = detect_cores("auto")
     run_evaluate(EvaluateRequest(
-        model=args.model, data=args.data, output=args.output, engine=args.engine, precision=args.precision,
+        model=args.model, data=args.data, jobs=tuple(args.job), overrides=tuple(args.overrides), output=args.output,
+        engine=args.engine, precision=args.precision,
         batch_size=args.batch_size, keep_overlap=args.keep_overlap, leakage_check=not args.no_leakage_check,
         overwrite=args.overwrite, group_pattern=args.group_pattern,
     ), threads=cores.cores, start=lambda: start_tensorflow(cores, seed=0))

@@ -53,7 +53,7 @@ def test_overlap_is_found_listed_and_left_out(setup: dict[str, Path]) -> None:
     assert all(r["training_path"].startswith("benign/") for r in overlap)
     assert all(int(r["distance"]) == 0 for r in overlap if r["kind"] == "exact")
     assert m["overlap"] == {"checked": True, "images": 13, "overlapping": 4, "excluded": 4,
-                            "near_threshold": 6, "group_pattern": None,
+                            "near_threshold": 6, "group_pattern": None, "patients_from": None,
                             "by_kind": {"exact": 2, "near": 2, "patient": 0}}
     assert m["n"] == 9 and m["split"] == "external"
     preds = _rows(out / "predictions.csv")

@@ -155,3 +155,47 @@ def test_lesion_masks_of_the_colour_coded_set_are_not_only_red(lookalike: Any) -
     benign = sorted((source / "masks").glob("*.png"))
     areas = [load_mask([m], 32, "stretch").sum() for m in benign]
     assert np.count_nonzero(areas) == 2 * PER_CLASS  # benign (green) and malignant (red), not normal (black)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("name", SETS)
+def test_a_three_class_model_is_evaluated_on_each_set_through_its_table(name: str, lookalike: Any,
+                                                                        trained_run: dict[str, Any],
+                                                                        tmp_path: Path) -> None:
+    """The shared three-class run (normal, benign, malignant; the suite's synthetic set) on each
+    look-alike read by its job file: the two-class sets are scored on their two classes, normal named absent."""
+    from busi.evaluate.external import EvaluateRequest, run_evaluate
+
+    source, expected = lookalike(name)
+    out = tmp_path / "ev"
+    m = run_evaluate(EvaluateRequest(model=str(trained_run["out"]), data=None, jobs=(str(job_file(name)),),
+                                     overrides=(f"data.source={source}",), output=str(out), engine="openvino"))
+    present = [c for c in ("normal", "benign", "malignant") if c in expected.per_class]
+    assert m["n"] == sum(expected.per_class.values()) and m["classes_present"] == present
+    assert m["classes_absent"] == [c for c in ("normal", "benign", "malignant") if c not in present]
+    assert all(m["per_class"][c]["support"] == expected.per_class[c] and m["per_class"][c]["roc_auc"] is not None
+               for c in present)
+    assert m["positive_vs_rest"] is not None and m["positive_vs_rest"]["positive_class"] == "malignant"
+    about = json.loads((out / "evaluation.json").read_text())
+    assert about["table"]["rows_left_out"] == [] and about["jobs"] == [str(job_file(name))]
+    if "normal" not in present:
+        assert m["per_class"]["normal"]["support"] == 0 and m["per_class"]["normal"]["roc_auc"] is None
+        assert "Classes the set does not have" in (out / "report.html").read_text()
+    if name == "bus-bra":  # the patients of the overlap check come from the table's Case column
+        assert m["overlap"]["patients_from"] == "data.table.group (column 'Case')"
+
+
+@pytest.mark.integration
+def test_class_folders_holding_some_of_the_models_classes_are_evaluated_on_those(trained_run: dict[str, Any],
+                                                                                  synth_data: Callable[..., Path],
+                                                                                  tmp_path: Path) -> None:
+    import shutil
+
+    from busi.evaluate.external import EvaluateRequest, run_evaluate
+
+    src, ext = synth_data(6, 32, 8), tmp_path / "two"
+    for cls in ("benign", "malignant"):
+        shutil.copytree(src / cls, ext / cls)
+    m = run_evaluate(EvaluateRequest(model=str(trained_run["out"]), data=str(ext), output=str(tmp_path / "ev"),
+                                     engine="openvino"))
+    assert m["n"] == 12 and m["classes_absent"] == ["normal"] and m["per_class"]["benign"]["support"] == 6

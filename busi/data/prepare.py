@@ -147,6 +147,25 @@ def _checked_crossings(samples: Sequence[Sample], groups: Sequence[Group], patie
     return crossings
 
 
+def table_report(table: TableResult, images: int | None = None) -> dict[str, Any]:
+    """The label table's part of ``data/report.json`` (and of ``inspect`` and ``evaluate``): the
+    file, sheet and joins read, its rows, the images it gave (``images``: those used, default all)
+    and every row left out or flagged."""
+    root = table.scan.root
+    return {
+        "file": table.file.relative_to(root).as_posix(),
+        "delimiter": table.delimiter,
+        "sheet": table.sheet,
+        "joins": [{"file": j.file.relative_to(root).as_posix(), "sheet": j.sheet, "rows": j.rows,
+                   "unmatched": j.unmatched} for j in table.joins],
+        "rows": table.rows,
+        "images": len(table.scan.samples) if images is None else images,
+        "problems": {k: n for k in PROBLEM_KINDS if (n := sum(p.kind == k for p in table.problems))},
+        "rows_left_out": [{"line": p.line, "path": p.path, "kind": p.kind, "detail": p.detail}
+                          for p in table.problems],
+    }
+
+
 def given_folds(cfg: DataConfig, table: TableResult | None, samples: Sequence[Sample], groups: Sequence[Group],
                 patients: Sequence[str | None], rows: Sequence[SplitRow]) -> tuple[list[FoldRow], list[Crossing]]:
     """The table's fold column as folds 0..K-1 (its distinct values in natural order) of the
@@ -175,18 +194,7 @@ def source_report(cfg: DataConfig, table: TableResult | None, samples: Sequence[
     split_from = ("data.splits" if cfg.splits else f"data.table.split (column {cfg.table.split!r})"
                   if cfg.table is not None and cfg.table.split else "busi (stratified by class, seeded, whole groups)")
     out: dict[str, Any] = {
-        "table": None if table is None else {
-            "file": table.file.relative_to(table.scan.root).as_posix(),
-            "delimiter": table.delimiter,
-            "sheet": table.sheet,
-            "joins": [{"file": j.file.relative_to(table.scan.root).as_posix(), "sheet": j.sheet, "rows": j.rows,
-                       "unmatched": j.unmatched} for j in table.joins],
-            "rows": table.rows,
-            "images": len(samples),
-            "problems": {k: n for k in PROBLEM_KINDS if (n := sum(p.kind == k for p in table.problems))},
-            "rows_left_out": [{"line": p.line, "path": p.path, "kind": p.kind, "detail": p.detail}
-                              for p in table.problems],
-        },
+        "table": None if table is None else table_report(table, len(samples)),
         "patients": {
             "from": source,
             "count": len({p for p in patients if p is not None}),

@@ -1,8 +1,11 @@
 """``busi-job evaluate``: a trained model on another labelled dataset (external validation).
 
-The dataset is any folder or archive in the class-folder layout (``normal/``, ``benign/``,
-``malignant/``, or the model's own class names), staged and scanned as training scans its data
-(corrupt and non-image files are reported and left out). Before anything is counted, every
+The dataset is a folder or archive in the class-folder layout (the model's class names), or
+whatever a job file's ``data:`` section reads (a label table with its joins, templates and label
+map), staged and read as training reads its data (``busi.evaluate.external_data``; corrupt and
+non-image files are reported and left out). A set that holds only some of the model's classes is
+evaluated on those: per-class and macro metrics over the classes present, the positive class
+against the rest where both are there, the absent classes named (``classes_absent``). Before anything is counted, every
 image is checked against the model's training and validation images (``busi.evaluate.leakage``):
 duplicates and near-duplicates are listed in ``overlap.csv`` and, unless ``--keep-overlap``,
 left out of the metrics, which the log and ``metrics.json`` say. The metrics are those of a
@@ -16,6 +19,7 @@ earlier evaluation's and ``--overwrite`` is given.
 
 from __future__ import annotations
 
+import html
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,8 +47,10 @@ EXTERNAL = Layout(predictions="predictions.csv")
 @dataclass(frozen=True)
 class EvaluateRequest:
     model: str
-    data: str
+    data: str | None  # --data; None: the job files' data.source
     output: str | None = None
+    jobs: tuple[str, ...] = ()  # job files whose data: section describes the set
+    overrides: tuple[str, ...] = ()  # --set KEY=VALUE
     engine: str = "auto"
     precision: str = "auto"
     batch_size: int = 32
@@ -54,9 +60,9 @@ class EvaluateRequest:
     group_pattern: str | None = None  # patients from the file names; None: the run's data.group_pattern
 
 
-def default_output(data: str) -> Path:
-    """``./evaluation-<data name>``, an archive's suffix left out."""
-    name = Path(data.rstrip("/")).name
+def default_output(data: str | None, jobs: Sequence[str] = ()) -> Path:
+    """``./evaluation-<data name>`` (else the first job file's name), an archive's suffix left out."""
+    name = Path(data.rstrip("/")).name if data is not None else Path(jobs[0]).stem if jobs else "data"
     name = name[: len(name) - len(archive_suffix(name) or "")]
     return Path(f"evaluation-{name or 'data'}")
 
@@ -65,13 +71,12 @@ def run_evaluate(req: EvaluateRequest, threads: int | None = None,
                  start: Callable[[], Any] | None = None) -> dict[str, Any]:
     """Evaluate, write the output folder, return its metrics. ``start``: run before TensorFlow is
     first imported, where the engine needs it (``busi.model.predictor.load_predictor``)."""
-    from busi.data.scan import scan_dataset
-    from busi.data.staging import stage_source
+    from busi.evaluate.external_data import read_external
     from busi.model.folder import find_model_file, read_thresholds
     from busi.model.predictor import load_predictor
     from busi.report.format import format_interval
 
-    out = Path(req.output) if req.output else default_output(req.data)
+    out = Path(req.output) if req.output else default_output(req.data, req.jobs)
     _check_output(out, req.overwrite)
     model_file = find_model_file(req.model)
     run = _run_dir_of(model_file)
@@ -79,31 +84,40 @@ def run_evaluate(req: EvaluateRequest, threads: int | None = None,
     training = _training_hashes(req, model_file, run)
     predictor = load_predictor(req.model, req.engine, req.precision, req.batch_size, threads, start=start)
     classes = predictor.classes
-    root = stage_source(req.data)
-    scan = scan_dataset(root, classes, dicom=predictor.dicom)
-    if not scan.samples:
-        raise DataError(req.data, f"no images in class folders {', '.join(classes)} (the model's classes); "
-                        "external data must use the class-folder layout")
-    overlap = _overlap(req, scan.samples, training, threshold, pattern)
+    # patients: --group-pattern; else the job files' own (a group column or pattern); else the run's pattern
+    from_job = bool(req.jobs or req.overrides)
+    ext = read_external(req.data, req.jobs, req.overrides, classes, predictor.dicom,
+                        req.group_pattern if req.group_pattern is not None else None if from_job else pattern)
+    if ext.absent:
+        log.info("evaluate: the set has no images of %s; metrics over %s (the model's other outputs still count "
+                 "as errors where it picks them)", ", ".join(ext.absent), ", ".join(ext.present))
+    scan, root = ext.scan, ext.scan.root
+    overlap = _overlap(req, scan.samples, ext.patients, training, threshold)
     left_out = set() if req.keep_overlap else {o.path for o in overlap}
-    used = [s for s in scan.samples if s.key not in left_out]
+    used = [(s, y) for s, y in zip(scan.samples, ext.y_true) if s.key not in left_out]
     if not used:
-        raise DataError(req.data, "every image overlaps the training data (a copy, or a training patient); nothing "
-                        "left to evaluate (--keep-overlap counts them anyway)")
-    probs = _classify(predictor, [(root / s.path, s.frame) for s in used], req.batch_size)
-    scored = score([s.key for s in used], [s.label_index for s in used], probs, classes, "external", 0,
+        raise DataError(ext.source, "every image overlaps the training data (a copy, or a training patient); "
+                        "nothing left to evaluate (--keep-overlap counts them anyway)")
+    probs = _classify(predictor, [(root / s.path, s.frame) for s, _y in used], req.batch_size)
+    scored = score([s.key for s, _y in used], [y for _s, y in used], probs, classes, "external", 0,
                    OperatingPoint.from_json(read_thresholds(model_file)))
     metrics = scored.metrics
+    metrics["classes_present"], metrics["classes_absent"] = list(ext.present), list(ext.absent)
     metrics["engine"] = predictor.engine.info.as_dict()
     metrics["overlap"] = {"checked": req.leakage_check, "images": len(scan.samples), "overlapping": len(overlap),
                           "excluded": 0 if req.keep_overlap else len(overlap),
-                          "near_threshold": threshold, "group_pattern": pattern,
+                          "near_threshold": threshold, "group_pattern": ext.group_pattern,
+                          "patients_from": ext.patient_source,
                           "by_kind": count_kinds(overlap)}
-    about = {"model": str(model_file), "data": req.data, "root": str(root), "engine": metrics["engine"],
-             "images_used": len(used), "not_images": len(scan.skipped), "corrupt": [list(c) for c in scan.corrupt]}
+    about = {"model": str(model_file), "data": ext.source, "jobs": list(req.jobs), "root": str(root),
+             "engine": metrics["engine"], "images_used": len(used), "not_images": len(scan.skipped),
+             "corrupt": [list(c) for c in scan.corrupt], "table": ext.table}
     if scan.corrupt:
         log.warning("evaluate: %d file(s) could not be decoded and are left out (evaluation.json lists them)",
                     len(scan.corrupt))
+    if ext.table and ext.table["rows_left_out"]:
+        log.warning("evaluate: %d row(s) of the label table left out or flagged (evaluation.json lists them)",
+                    len(ext.table["rows_left_out"]))
     atomic_write_dir(out, lambda tmp: _fill(AtomicFolder(tmp), scored, about, overlap))
     ci = metrics["ci95"]
     log.info("evaluate: %d image(s): accuracy %s, balanced accuracy %s, macro F1 %s (95%% bootstrap intervals) -> %s",
@@ -167,16 +181,14 @@ def _run_rules(run: Path | None, group_pattern: str | None) -> tuple[int, str | 
     return data.near_threshold, group_pattern if group_pattern is not None else data.group_pattern
 
 
-def _overlap(req: EvaluateRequest, samples: Sequence[Any], training: Sequence[Any], threshold: int,
-             pattern: str | None) -> list[Overlap]:
-    from busi.data.dedupe import patients_from_names
+def _overlap(req: EvaluateRequest, samples: Sequence[Any], patients: Sequence[str | None] | None,
+             training: Sequence[Any], threshold: int) -> list[Overlap]:
     from busi.evaluate.leakage import find_overlap
     from busi.files.rundir import RUN_FILES
 
     if not req.leakage_check:
         return []
-    patients = patients_from_names([s.path for s in samples], pattern) if pattern else None
-    if pattern and not any(f.patient for f in training):
+    if patients is not None and not any(f.patient for f in training):
         log.warning("evaluate: the run's %s holds no patient IDs (trained without data.table.group or "
                     "data.group_pattern): images are compared, patients are not", RUN_FILES["hashes"])
     overlap = find_overlap([s.key for s in samples], [s.sha256 for s in samples], [s.phash for s in samples],
@@ -215,6 +227,11 @@ def _fill(folder: AtomicFolder, scored: Scored, about: dict[str, Any], overlap: 
     findings = (f"<h2>Overlap with the training data</h2><p>{o['overlapping']} of {o['images']} image(s) duplicate "
                 f"a training or validation image ({o['excluded']} left out of the metrics); {OVERLAP_FILE} lists "
                 "them.</p>")
+    absent = scored.metrics.get("classes_absent")
+    if absent:
+        findings += (f"<h2>Classes the set does not have</h2><p>No image of {html.escape(', '.join(absent))}: balanced "
+                     f"accuracy, macro F1 and macro ROC AUC are over {html.escape(', '.join(scored.metrics['classes_present']))}; "
+                     "an image the model assigns to an absent class counts as an error.</p>")
     folder.write_text(REPORT_FILE, evaluation_page(f"busi external evaluation of {about['model']}", scored.metrics,
                                                    plots, findings))
     folder.write_text(MARKER, json_text(about))

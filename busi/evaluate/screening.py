@@ -90,7 +90,8 @@ def screening_metrics(y_true: Sequence[int], probs: np.ndarray, classes: Sequenc
     """The positive class against the rest on a split for the argmax rule and, where the point
     has a threshold, the threshold rule, each with 95% bootstrap intervals
     (``busi.evaluate.bootstrap``); None without a positive class (or one the model does not
-    have) or without images."""
+    have), without images, or where the split lacks positives or the rest (an external set of
+    one class: sensitivity or specificity would be undefined)."""
     from busi.evaluate.bootstrap import interval_table
 
     positive, threshold = point.positive_class, point.threshold
@@ -98,6 +99,8 @@ def screening_metrics(y_true: Sequence[int], probs: np.ndarray, classes: Sequenc
         return None
     k = list(classes).index(positive)
     is_positive = np.asarray(y_true) == k
+    if is_positive.all() or not is_positive.any():
+        return None
     rules = {"argmax": probs.argmax(axis=1) == k}
     if threshold is not None:
         rules["at_threshold"] = probs[:, k] >= threshold
