@@ -26,6 +26,7 @@ from busi.config.schema import (
     UNFREEZE_MODES,
 )
 from busi.errors import BusiError, ConfigError
+from busi.runtime.logs import setup_logging
 
 log = logging.getLogger("busi")
 
@@ -424,12 +425,7 @@ COMMANDS = {
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
-    )
+    setup_logging(args.verbose)
     try:
         return COMMANDS[args.command](args)
     except BusiError as e:

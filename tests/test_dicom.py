@@ -329,6 +329,124 @@ def test_a_structured_report_references_its_source_and_holds_the_probabilities(t
     assert write_sr(InputFile("x", path), bad, probs, CLASSES, tmp_path / "sr3", Path("m"), "0.1.0") is None
 
 
+def _bare(part10: Path, out: Path, implicit: bool) -> Path:
+    """``part10``'s dataset written as older exports write it: no preamble, no file meta."""
+    from pydicom import dcmread
+
+    ds = dcmread(part10)
+    del ds.file_meta
+    ds.preamble = None
+    ds.save_as(out, implicit_vr=implicit, little_endian=True, enforce_file_format=False)
+    return out
+
+
+@pytest.mark.parametrize("implicit", [True, False])
+def test_a_dicom_dataset_without_preamble_and_file_meta_is_read(tmp_path: Path, implicit: bool) -> None:
+    """An older export: the dataset alone (implicit or explicit VR; pydicom's own
+    ExplVR_BigEndNoMeta.dcm is the big-endian case), no name suffix. It is DICOM by content, and
+    gives the pixels its Part 10 form gives."""
+    pixels = _pixels(3, (24, 32))
+    part10 = write_dicom(tmp_path / "part10.dcm", pixels)
+    bare = _bare(part10, tmp_path / "bare", implicit)
+    assert bare.read_bytes()[:2] == b"\x08\x00" and bare.read_bytes()[128:132] != b"DICM"
+    assert is_dicom(bare) and not is_dicom(tmp_path / "none")
+    assert np.array_equal(load_image(bare, 16), load_image(part10, 16))
+    assert decode_image(bare, 16)[1] == decode_image(part10, 16)[1]  # the same UIDs
+
+
+def test_pydicoms_files_without_file_meta_are_named_for_what_they_are() -> None:
+    from pydicom.data import get_testdata_file
+
+    for name in ("ExplVR_LitEndNoMeta.dcm", "ExplVR_BigEndNoMeta.dcm"):
+        path = get_testdata_file(name)
+        assert is_dicom(path)
+        with pytest.raises(DataError, match=r"a DICOM object without an image \(RT Ion Plan Storage\)"):
+            load_image(path, 16)
+    for data in (b"\x89PNG\r\n\x1a\n" + b"\0" * 200, b"\xff\xd8\xff\xe0" + b"\0" * 200, b"BM" + b"\0" * 200, b"II*\0" + b"\0" * 200):
+        assert not is_dicom(data)  # no image format Pillow reads starts like a dataset
+
+
+def test_an_undecodable_codec_is_named_with_what_to_do() -> None:
+    from pydicom.data import get_testdata_file
+
+    with pytest.raises(DataError) as e:
+        load_image(get_testdata_file("JPEG-lossy.dcm"), 16)  # 12-bit JPEG Extended that libjpeg refuses
+    assert "no installed decoder reads this JPEG Extended (Process 2 and 4) (1.2.840.10008.1.2.4.51) file with " \
+        "12-bit samples" in e.value.reason and "export it uncompressed, JPEG baseline or JPEG 2000" in e.value.reason
+
+
+def _sr_of(path: Path, out: Path) -> Path:
+    from busi.data.inputs import InputFile
+    from busi.predict.sr import write_sr
+
+    _, source = decode_image(path, 16)
+    assert source is not None
+    written = write_sr(InputFile(path.name, path), source, np.array([0.2, 0.3, 0.5], np.float32), CLASSES, out,
+                       Path("/m/model.keras"), "0.1.0")
+    assert written is not None
+    return written
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    """The Error lines of dicom3tools' validator on ``path`` (skip where it is not installed)."""
+    import subprocess
+
+    if shutil.which("dciodvfy") is None:
+        pytest.skip("dicom3tools' dciodvfy is not installed (.ci/run installs it where apt works)")
+    proc = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
+    return [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.startswith("Error")]
+
+
+def test_a_report_repairs_what_its_source_got_wrong(tmp_path: Path) -> None:
+    """A source whose StudyDate is '1997.04.24', whose Modality is lower case, whose patient name
+    is too long, and that says its identity was removed without saying how: the SR holds none of
+    those errors (and the source file is unchanged)."""
+    from pydicom import dcmread
+    from pydicom.config import disable_value_validation
+
+    path = write_dicom(tmp_path / "src.dcm", _pixels(1, (24, 32)))
+    ds = dcmread(path)
+    with disable_value_validation():
+        ds.StudyDate, ds.Modality, ds.PatientName, ds.PatientIdentityRemoved = "1997.04.24", "us", "x" * 80, "YES"
+        ds.StationName = "s" * 20  # SH: at most 16
+    ds.save_as(path)
+    before = path.read_bytes()
+    sr = dcmread(_sr_of(path, tmp_path / "sr"))
+    assert sr.StudyDate == "" and sr.PatientName == "" and "StationName" not in sr
+    assert sr.PatientIdentityRemoved == "YES" and sr.DeidentificationMethod == "not stated in the source image"
+    assert path.read_bytes() == before
+
+
+@pytest.mark.system
+def test_the_repaired_report_is_valid_for_dciodvfy(tmp_path: Path) -> None:
+    from pydicom import dcmread
+    from pydicom.config import disable_value_validation
+
+    path = write_dicom(tmp_path / "src.dcm", _pixels(1, (24, 32)))
+    ds = dcmread(path)
+    with disable_value_validation():
+        ds.StudyDate, ds.Modality, ds.PatientName, ds.PatientIdentityRemoved = "1997.04.24", "us", "x" * 80, "YES"
+    ds.save_as(path)
+    assert dciodvfy_errors(_sr_of(path, tmp_path / "sr")) == []
+
+
+def test_a_frame_is_referenced_only_in_a_multi_frame_class(tmp_path: Path) -> None:
+    from pydicom import dcmread
+
+    from busi.predict.sr import NOTICE, is_image_class, references_frames
+
+    assert references_frames("1.2.840.10008.5.1.4.1.1.3.1", 5)  # Ultrasound Multi-frame Image Storage
+    assert not references_frames("1.2.840.10008.5.1.4.1.1.7", 2)  # Secondary Capture: never a frame
+    assert not references_frames("1.2.840.10008.5.1.4.1.1.3.1", 1)
+    assert is_image_class("1.2.840.10008.5.1.4.1.1.6.1") and not is_image_class("1.2.840.10008.5.1.4.1.1.481.2")
+    from pydicom.data import get_testdata_file
+
+    sc = Path(get_testdata_file("SC_rgb_rle_2frame.dcm"))  # a Secondary Capture of two frames
+    sr = dcmread(_sr_of(sc, tmp_path / "sr"))
+    assert "ReferencedFrameNumber" not in sr.ContentSequence[2].ReferencedSOPSequence[0]
+    assert sr.ContentSequence[-1].TextValue == NOTICE + " Frame 1 of 2 of the source."
+
+
 # ------------------------------------------------------------- config and model
 
 
@@ -614,3 +732,35 @@ def test_train_and_predict_on_every_frame_of_cine_loops(tmp_path: Path) -> None:
     assert [k for k in keys if k[0] == "benign-loop"] == [("benign-loop", str(f)) for f in range(1, 5)]
     assert len(keys) == 10
     assert MARKER not in train.stderr + pred.stderr
+
+
+@pytest.mark.integration
+def test_predict_over_pydicoms_whole_test_folder(tmp_path: Path) -> None:
+    """Every file pydicom ships for its own tests (images in every codec, reports, plans,
+    DICOMDIRs, files without meta, broken ones): exit 0, no traceback in the log, one row each,
+    and every structured report busi writes valid for dicom3tools (no Error) and read by DCMTK."""
+    import subprocess
+
+    from pydicom.data import get_testdata_file
+
+    from conftest import make_model_dir, run_cli
+
+    folder = Path(get_testdata_file("CT_small.dcm")).parent
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+    model = make_model_dir(tmp_path / "run")
+    out, sr = tmp_path / "p.csv", tmp_path / "sr"
+    proc = run_cli("predict", "--model", str(model), "--input", str(folder), "--output", str(out), "--dicom-sr", str(sr),
+                   "--engine", "openvino")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
+    assert not [ln for ln in proc.stderr.splitlines() if ln[:1].isspace() or " ERROR " in ln]  # one line a record
+    with out.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert sorted(Path(r["path"]).name for r in rows) == sorted(p.name for p in files)
+    assert all(bool(r["label"]) != bool(r["error"]) for r in rows)
+    reports = sorted(sr.rglob("*.sr.dcm"))
+    assert len(reports) >= 50  # every classified DICOM with valid UIDs
+    for report in reports:
+        assert dciodvfy_errors(report) == [], report
+        if shutil.which("dsrdump"):
+            assert subprocess.run(["dsrdump", str(report)], capture_output=True, timeout=60).returncode == 0, report

@@ -1,7 +1,10 @@
 """DICOM files: recognised by content, their frames decoded into Pillow images, refused safely.
 
 Hospital and PACS exports of ultrasound are DICOM files, often without a suffix, so a file is
-DICOM when it holds ``DICM`` at byte 128 (``is_dicom``), whatever its name. ``read_dicom_frames``
+DICOM when it holds ``DICM`` at byte 128 (``is_dicom``), whatever its name, or when it starts with
+a data element of the file meta or identifying groups without that preamble (``is_bare_dataset``:
+older exports, written before Part 10, have neither preamble nor file meta; their transfer syntax
+is the encoding pydicom finds, always uncompressed). ``read_dicom_frames``
 decodes the frames ``data.dicom.frame`` names (the first or the middle one of a cine loop, or all
 of them, one at a time; or one given frame) into 8-bit ``L`` or ``RGB`` images;
 ``busi.data.images`` then gives each the same ``to_rgb8``/``resize_rgb`` as a PNG, so a DICOM and
@@ -73,9 +76,26 @@ class DicomSource:
     frame: int
 
 
+# Value representations, as the two bytes after an explicit-VR element's tag
+VRS = frozenset(b"AE AS AT CS DA DS DT FL FD IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM UC UI UL UN UR US "
+                b"UT UV".split())
+
+
+def is_bare_dataset(head: bytes) -> bool:
+    """A DICOM dataset without the 128-byte preamble and ``DICM``: its first element is of group
+    0002 (file meta) or 0008 (identifying), little or big endian, with a VR after the tag (explicit
+    VR) or, little endian, a short length (implicit VR). No image format Pillow reads starts so."""
+    if len(head) < 8:
+        return False
+    if struct.unpack("<H", head[:2])[0] in (0x0002, 0x0008):
+        return head[4:6] in VRS or struct.unpack("<I", head[4:8])[0] < 0x10000
+    return struct.unpack(">H", head[:2])[0] in (0x0002, 0x0008) and head[4:6] in VRS
+
+
 def is_dicom(path_or_head: PathOrHead) -> bool:
-    """True for a DICOM Part 10 file: ``DICM`` at byte 128. Takes the file's first bytes, or a
-    path (read without blocking on what is not a regular file: a FIFO is not DICOM)."""
+    """True for a DICOM file: Part 10 (``DICM`` at byte 128) or a bare dataset (``is_bare_dataset``).
+    Takes the file's first bytes, or a path (read without blocking on what is not a regular file:
+    a FIFO is not DICOM)."""
     if isinstance(path_or_head, (bytes, bytearray, memoryview)):
         head = bytes(path_or_head[:HEAD_BYTES])
     else:
@@ -86,7 +106,7 @@ def is_dicom(path_or_head: PathOrHead) -> bool:
                 head = fh.read(HEAD_BYTES)
         except OSError:  # missing, unreadable, or not a regular file (never waits on a FIFO)
             return False
-    return len(head) == HEAD_BYTES and head[PREAMBLE:] == MAGIC
+    return (len(head) == HEAD_BYTES and head[PREAMBLE:] == MAGIC) or is_bare_dataset(head)
 
 
 def read_dicom_frames(fh: BinaryIO, path: str | Path, options: DicomConfig = DicomConfig(), max_frames: int | None = None,
@@ -154,11 +174,45 @@ def _pydicom() -> Any:
 
 def _read_header(pydicom: Any, fh: BinaryIO, path: str | Path) -> Any:
     """The dataset up to (not including) its pixel data: nothing large is read."""
-    fh.seek(0)
     try:
-        return pydicom.dcmread(fh, stop_before_pixels=True)
+        header = read_dataset(pydicom, fh, stop_before_pixels=True)
     except Exception as e:  # any parser failure on one file makes that file unreadable
         raise DataError(path, f"not a readable DICOM file ({type(e).__name__} while reading its header)") from None
+    return header
+
+
+def read_dataset(pydicom: Any, fh: BinaryIO, **options: Any) -> Any:
+    """``pydicom.dcmread`` of a Part 10 file, or of a bare dataset (``force``, which pydicom needs
+    to read one without a preamble; never for a Part 10 file, where it would parse damage as data),
+    given the transfer syntax of its encoding (``set_transfer_syntax``)."""
+    fh.seek(0)
+    head = fh.read(HEAD_BYTES)
+    fh.seek(0)
+    part10 = len(head) == HEAD_BYTES and head[PREAMBLE:] == MAGIC
+    bare = not part10 and is_bare_dataset(head)
+    ds = pydicom.dcmread(fh, force=bare, **options)
+    if bare:
+        set_transfer_syntax(ds)
+    return ds
+
+
+def set_transfer_syntax(ds: Any) -> None:
+    """A dataset read without file meta (a bare dataset) given the transfer syntax of the encoding
+    pydicom read it in (implicit or explicit VR, little or big endian: never compressed), so the
+    checks and decoders that need one have it; nothing where it has one, or none was found."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and meta.get("TransferSyntaxUID") is not None:
+        return
+    implicit, little = getattr(ds, "original_encoding", (None, None))
+    if implicit is None or little is None:
+        return
+    if meta is None:
+        ds.file_meta = meta = FileMetaDataset()
+    meta.TransferSyntaxUID = (ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little
+                              else ExplicitVRBigEndian)
 
 
 @dataclass(frozen=True)
@@ -240,17 +294,19 @@ def _decode_frames(pydicom: Any, fh: BinaryIO, header: Any, g: _Geometry, indice
         if "PixelData" not in source:
             raise DataError(path, "DICOM image header but no pixel data")
     plugin = _plugin(g.transfer_syntax) if g.encapsulated else ""
+    # from the file: the syntax the header read gave (a bare dataset's file has no file meta to read it from)
+    options = {} if g.encapsulated else {"transfer_syntax_uid": g.transfer_syntax}
     for index in indices:
         try:
             if g.encapsulated:
                 _check_codestream(_encapsulated_frame(source, index, g.frames), g, path)
             else:
                 fh.seek(0)
-            arr = pixel_array(source, index=index, decoding_plugin=plugin)
+            arr = pixel_array(source, index=index, decoding_plugin=plugin, **options)
         except (DataError, MemoryError):
             raise
         except Exception as e:  # truncated, inconsistent or undecodable pixel data: that file only
-            raise DataError(path, f"cannot decode DICOM pixel data ({_decode_reason(e)})") from None
+            raise DataError(path, _undecodable(g, int(header.get("BitsStored", g.bits) or g.bits), e)) from None
         if arr.shape[:2] != (g.rows, g.columns):
             raise DataError(path, f"decoded DICOM frame is {arr.shape[1]} x {arr.shape[0]}, the header says "
                             f"{g.columns} x {g.rows}")
@@ -413,6 +469,16 @@ def _sop_class_name(uid: str) -> str:
     if name and name != uid:
         return name
     return f"SOP class {uid}" if uid and UID_RE.match(uid) and len(uid) <= 64 else "unknown SOP class"
+
+
+def _undecodable(g: _Geometry, bits: int, e: Exception) -> str:
+    """Why a frame did not decode: for compressed data, the transfer syntax and sample depth no
+    installed decoder read (12-bit JPEG Extended: Pillow does not decode it, and pylibjpeg's libjpeg
+    refuses some encoders' files), and what to do; else what the decoder said."""
+    if not g.encapsulated:
+        return f"cannot decode DICOM pixel data ({_decode_reason(e)})"
+    return (f"cannot decode DICOM pixel data: no installed decoder reads this {_ts_name(g.transfer_syntax)} file "
+            f"with {bits}-bit samples ({_decode_reason(e)}); export it uncompressed, JPEG baseline or JPEG 2000")
 
 
 def _decode_reason(e: Exception) -> str:

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from busi.data.dicom import DicomSource
+from busi.data.dicom import DicomSource, read_dataset
 from busi.data.inputs import InputFile
 from busi.files.atomic import atomic_write_with
 from busi.predict.overlays import overlay_name
@@ -37,6 +37,17 @@ CODING_SCHEME = "99BUSI"  # private coding schemes start with 99 (DICOM PS3.16, 
 TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
          "ReferringPhysicianName", "StudyID", "AccessionNumber")
 NOTICE = "Automated classification by busi; not verified by a physician; not for diagnostic use."
+# The groups of the modules highdicom copies from the source (Patient, Patient Study, General Study,
+# Clinical Trial Subject and Study), and the text VRs checked in them (binary, numbers and sequences
+# are not values a validator rejects from a source)
+COPIED_GROUPS = (0x0008, 0x0010, 0x0012, 0x0020, 0x0032)
+CHECKED_VRS = ("AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT")
+# words in the names of the image SOP classes ("Ultrasound Image Storage", "Enhanced US Volume Storage")
+IMAGE_WORDS = ("Image", "Volume", "Tomosynthesis")
+# words in the names of the SOP classes whose instances hold frames an SR may reference (DICOM PS3.3
+# C.17.3.2.1: Referenced Frame Number only for a multi-frame SOP class)
+MULTI_FRAME_WORDS = ("Multi-frame", "Enhanced", "Angiographic", "Radiofluoroscopic", "Nuclear Medicine",
+                     "Tomosynthesis", "Volume", "Whole Slide", "Ophthalmic Tomography", "Parametric Map")
 
 
 def write_sr(f: InputFile, source: DicomSource, probs: np.ndarray, classes: Sequence[str], out_dir: Path,
@@ -53,7 +64,7 @@ def write_sr(f: InputFile, source: DicomSource, probs: np.ndarray, classes: Sequ
         import pydicom
 
         with open_regular_file(f.file) as fh:
-            header = pydicom.dcmread(fh, stop_before_pixels=True)
+            header = read_dataset(pydicom, fh, stop_before_pixels=True)  # a bare dataset too
         with warnings.catch_warnings():  # highdicom's warnings about names quote the patient's name
             warnings.simplefilter("ignore")
             sr = build_sr(header, source, probs, classes, model, version)
@@ -65,18 +76,53 @@ def write_sr(f: InputFile, source: DicomSource, probs: np.ndarray, classes: Sequ
     return atomic_write_with(target, lambda p: sr.save_as(p, enforce_file_format=True), ".dcm")
 
 
-def _fill_type2(header: Any) -> None:
-    """The Type 2 elements highdicom copies, present (empty where absent or not a valid date/time)."""
-    from pydicom.valuerep import DA, TM
+def _repair(header: Any) -> None:
+    """The source's elements the SR copies, made valid DICOM (a validator such as dciodvfy reports
+    no error the source brought): every Type 2 element highdicom needs present; a value its VR does
+    not allow (a StudyDate of ``1997.04.24``, a lower-case code string, a name too long) emptied
+    where the element is Type 2, else left out; a source that says its patient identity was
+    removed without saying how gets the method "not stated in the source image" (Type 1C). The
+    header is the SR's own copy: the source file is never changed."""
+    from pydicom.config import RAISE
+    from pydicom.valuerep import validate_value
 
     for keyword in TYPE2:
         if keyword not in header:
             setattr(header, keyword, None)
-    for keyword, vr in (("PatientBirthDate", DA), ("StudyDate", DA), ("StudyTime", TM)):
+    for elem in list(header):
+        if elem.tag.group not in COPIED_GROUPS or elem.VR not in CHECKED_VRS or elem.value in (None, "", b""):
+            continue
+        values = elem.value if elem.VM > 1 else [elem.value]
         try:
-            vr(header.get(keyword) or None)
-        except ValueError:  # not a date or time: empty in the SR rather than no SR
-            setattr(header, keyword, None)
+            for value in values:
+                validate_value(elem.VR, str(value), RAISE)  # as written (an IS 5, a PN, a DA object)
+        except (ValueError, TypeError, OverflowError):
+            if elem.keyword in TYPE2:
+                header[elem.tag].value = None
+            else:
+                del header[elem.tag]
+    if str(header.get("PatientIdentityRemoved", "")).upper() == "YES" and not (
+            "DeidentificationMethod" in header or "DeidentificationMethodCodeSequence" in header):
+        header.DeidentificationMethod = "not stated in the source image"
+
+
+def is_image_class(sop_class_uid: str) -> bool:
+    """Whether instances of the SOP class are images, which an SR references by an IMAGE content
+    item (any other object, such as an RT Dose that holds pixels, by a COMPOSITE one)."""
+    from pydicom.uid import UID
+
+    name = UID(sop_class_uid).name if sop_class_uid else ""
+    return any(word in name for word in IMAGE_WORDS)
+
+
+def references_frames(sop_class_uid: str, frames: int) -> bool:
+    """Whether an SR may name the frame of its source: only an instance of a multi-frame SOP class
+    (a cine loop stored as Ultrasound Multi-frame, an enhanced or multi-frame secondary capture...).
+    A Secondary Capture with several frames is not one, and a reference to its frame is an error."""
+    from pydicom.uid import UID
+
+    name = UID(sop_class_uid).name if sop_class_uid else ""
+    return frames > 1 and any(word in name for word in MULTI_FRAME_WORDS)
 
 
 def build_sr(header: Any, source: DicomSource, probs: np.ndarray, classes: Sequence[str], model: Path,
@@ -85,6 +131,7 @@ def build_sr(header: Any, source: DicomSource, probs: np.ndarray, classes: Seque
     import highdicom as hd
     from highdicom.sr import (
         CodedConcept,
+        CompositeContentItem,
         ContainerContentItem,
         ContentSequence,
         ImageContentItem,
@@ -93,8 +140,9 @@ def build_sr(header: Any, source: DicomSource, probs: np.ndarray, classes: Seque
     )
     from pydicom.uid import generate_uid
 
-    _fill_type2(header)
+    _repair(header)
     frames = int(header.get("NumberOfFrames", 1) or 1)
+    by_frame = references_frames(str(header.SOPClassUID), frames)
     top = int(np.argmax(probs))
     items = [
         TextContentItem(name=CodedConcept("111001", "DCM", "Algorithm Name"), value="busi",
@@ -104,8 +152,12 @@ def build_sr(header: Any, source: DicomSource, probs: np.ndarray, classes: Seque
         ImageContentItem(name=CodedConcept("121112", "DCM", "Source of Measurement"),
                          referenced_sop_class_uid=header.SOPClassUID,
                          referenced_sop_instance_uid=source.sop_instance_uid,
-                         referenced_frame_numbers=source.frame if frames > 1 else None,  # only for multi-frame
-                         relationship_type="CONTAINS"),
+                         referenced_frame_numbers=source.frame if by_frame else None,
+                         relationship_type="CONTAINS")
+        if is_image_class(str(header.SOPClassUID)) else  # an RT Dose has pixels but is no image: COMPOSITE
+        CompositeContentItem(name=CodedConcept("121112", "DCM", "Source of Measurement"),
+                             referenced_sop_class_uid=header.SOPClassUID,
+                             referenced_sop_instance_uid=source.sop_instance_uid, relationship_type="CONTAINS"),
         TextContentItem(name=CodedConcept("121071", "DCM", "Finding"), value=classes[top], relationship_type="CONTAINS"),
     ]
     items += [
@@ -113,7 +165,8 @@ def build_sr(header: Any, source: DicomSource, probs: np.ndarray, classes: Seque
                        unit=CodedConcept("1", "UCUM", "no units"), relationship_type="CONTAINS")
         for i, (c, p) in enumerate(zip(classes, probs))
     ]
-    items.append(TextContentItem(name=CodedConcept("121106", "DCM", "Comment"), value=NOTICE,
+    which = f" Frame {source.frame} of {frames} of the source." if frames > 1 and not by_frame else ""
+    items.append(TextContentItem(name=CodedConcept("121106", "DCM", "Comment"), value=NOTICE + which,
                                  relationship_type="CONTAINS"))
     root = ContainerContentItem(name=CodedConcept("18748-4", "LN", "Diagnostic imaging report"))
     root.ContentSequence = ContentSequence(items)
