@@ -7,7 +7,7 @@ A cell becomes the text a CSV export of it would hold: a whole number without ``
 ``1``, a BI-RADS ``4``), a date as ISO 8601, an empty cell as ``""``.
 
 ``.xls`` (the binary format before 2007) and OpenDocument ``.ods`` are refused with what to do: the
-readers of those formats (xlrd, odfpy) are no longer developed, and every spreadsheet program saves
+readers of those formats (xlrd, odfpy) have had no release since 2020, and every spreadsheet program saves
 ``.xlsx``.
 """
 
