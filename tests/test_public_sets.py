@@ -199,3 +199,29 @@ def test_class_folders_holding_some_of_the_models_classes_are_evaluated_on_those
     m = run_evaluate(EvaluateRequest(model=str(trained_run["out"]), data=str(ext), output=str(tmp_path / "ev"),
                                      engine="openvino"))
     assert m["n"] == 12 and m["classes_absent"] == ["normal"] and m["per_class"]["benign"]["support"] == 6
+
+
+@pytest.mark.integration
+def test_cv_reads_the_table_and_keeps_each_patient_in_one_fold(lookalike: Any, tmp_path: Path) -> None:
+    """``busi-job cv`` with BUS-UCLM's job file: folds assigned by patient (the name's prefix)."""
+    import csv
+
+    source, expected = lookalike("bus-uclm")
+    out = tmp_path / "cv"
+    tiny = ["data.image_size=32", "train.batch_size=8", "train.head.epochs=1", "train.finetune.epochs=0",
+            "train.quantize=none", "model.weights=none", "model.backbone=mobilenet", "model.alpha=0.25",
+            "train.gradcam_masks=false"]
+    proc = run_cli("cv", str(REPO / "job" / "demo.yaml"), str(job_file("bus-uclm")), "--folds", "2",
+                   *[f"--set={s}" for s in (f"data.source={source}", f"output.dir={out}", *tiny)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with (out / "folds.csv").open(newline="") as fh:
+        folds = list(csv.DictReader(fh))
+    assert len(folds) == sum(expected.per_class.values())
+    where: dict[str, set[str]] = defaultdict(set)
+    for r in folds:
+        where[Path(r["path"]).name.split("_")[0]].add(r["fold"])
+    assert len(where) == expected.patients and all(len(f) == 1 for f in where.values())
+    proc = run_cli("cv-report", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with (out / "oof.csv").open(newline="") as fh:
+        assert len(list(csv.DictReader(fh))) == len(folds)  # every image predicted once, out of fold
