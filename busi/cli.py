@@ -366,11 +366,14 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from busi.evaluate.external import EvaluateRequest, run_evaluate
+    from busi.evaluate.external_data import NO_SET
     from busi.runtime.cores import detect_cores
     from busi.runtime.startup import start_tensorflow
 
     if args.batch_size < 1:
         raise ConfigError("--batch-size: must be at least 1")
+    if args.data is None and not args.job and not args.overrides:
+        raise ConfigError(NO_SET, keys=("--data",))  # before a model is loaded
     cores = detect_cores("auto")
     run_evaluate(EvaluateRequest(
         model=args.model, data=args.data, jobs=tuple(args.job), overrides=tuple(args.overrides), output=args.output,

@@ -25,6 +25,10 @@ from busi.data.scan import Sample, ScanResult
 from busi.errors import ConfigError, DataError
 
 
+NO_SET = ("evaluate: give the external set: --data SOURCE (class folders), or a job file whose data: section "
+          "reads it (a label table, its joins and label map)")
+
+
 @dataclass(frozen=True)
 class ExternalSet:
     """The samples to evaluate, each with its label as the model's output index and its patient."""
@@ -48,8 +52,7 @@ def read_external(data: str | None, jobs: Sequence[str], overrides: Sequence[str
         cfg = data_section(jobs, overrides, data, model_classes)
         return _from_config(cfg, model_classes, dicom, group_pattern)
     if data is None:
-        raise ConfigError("evaluate: give the external set: --data SOURCE (class folders), or a job file whose data: "
-                          "section reads it (a label table, its joins and label map)", keys=("--data",))
+        raise ConfigError(NO_SET, keys=("--data",))
     return _from_folders(data, model_classes, dicom, group_pattern)
 
 
