@@ -82,7 +82,8 @@ def pillow_rgb(fh: BinaryIO, path: str | Path, size: int | None, crop: FrameRegi
 
 
 def pillow_decode(fh: BinaryIO, path: str | Path, size: int | None = None,
-                  crop: FrameRegion | None = None, convert: "Callable[[Image.Image], Image.Image]" = None,  # noqa: F821
+                  crop: FrameRegion | None = None,
+                  convert: "Callable[[Image.Image], Image.Image] | None" = None,  # noqa: F821
                   ) -> tuple[str, "Image.Image"]:  # noqa: F821
     """``pillow_rgb``, with the file's own Pillow mode (``L``, ``RGBA``, ``I;16``...) before it.
     The one decode of a non-DICOM image: the scan calls it too, so a file the scan accepts is a
