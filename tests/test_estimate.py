@@ -9,8 +9,12 @@ from busi.perf.estimate import SplitCounts, estimate_seconds, with_margin
 from busi.runtime.walltime import format_hms
 
 
+# the phases' epochs pinned: the arithmetic below counts 10 of each, whatever job/busi.yaml says
+TEN = ["data.source=x.zip", "train.head.epochs=10", "train.finetune.epochs=10"]
+
+
 def test_estimate_model() -> None:
-    job = load_config("job/busi.yaml", ["data.source=x.zip"])
+    job = load_config("job/busi.yaml", TEN)
     counts = SplitCounts(546, 117, 117, "test")
     total, parts = estimate_seconds(job, counts, train_rate=10.0, infer_rate=20.0)
     # head: one cached inference pass over train + val, 10 epochs of ~1 s on features
@@ -23,9 +27,9 @@ def test_estimate_model() -> None:
     # is 0.77 MiB per image, 0.5 GiB for 663 images): 10 x (train pass + val inference + checkpoint)
     uncached = 10 * (546 / 10.0 + 117 / 20.0 + 5.0)
     for sets in (["train.feature_cache=none"], ["train.feature_cache_max_gb=0.4"]):
-        job = load_config("job/busi.yaml", ["data.source=x.zip", *sets])
+        job = load_config("job/busi.yaml", [*TEN, *sets])
         assert estimate_seconds(job, counts, train_rate=10.0, infer_rate=20.0)[1]["finetune"] == pytest.approx(uncached)
-    job = load_config("job/busi.yaml", ["data.source=x.zip", "train.feature_cache_max_gb=0.6"])
+    job = load_config("job/busi.yaml", [*TEN, "train.feature_cache_max_gb=0.6"])
     assert estimate_seconds(job, counts, train_rate=10.0, infer_rate=20.0)[1]["finetune"] < uncached
     assert parts["evaluate"] == pytest.approx(117 / 20.0)
     assert total == pytest.approx(sum(parts.values()))
