@@ -5,8 +5,8 @@ class, seeded: ``data.split`` as training makes it) that the cross-validation ne
 ``busi-job cv --folds K`` on the rest (the recipe of ``bench_accuracy.py``), then predicts the
 held-out images with ``busi-job predict`` four ways: each fold's model alone, each with
 ``--tta flip``, the ensemble (``--model CV_DIR``: the mean of the folds' probabilities), and the
-ensemble with ``--tta flip``. Prints macro and malignant-vs-rest ROC AUC, balanced accuracy and
-ECE for each (a single fold: the mean over the K fold models), with 95% bootstrap intervals over
+ensemble with ``--tta flip``. Prints macro and malignant-vs-rest ROC AUC, balanced accuracy, the
+Brier score and ECE (lower is better for both) for each (a single fold: the mean over the K fold models), with 95% bootstrap intervals over
 the held-out images, and the paired difference of each against a single fold (the same resample
 for both sides, so the interval is of the difference itself).
 
@@ -33,7 +33,7 @@ import bench_accuracy
 import common
 
 BIN = Path(sys.executable).parent
-METRICS = ("macro_auc", "malignant_auc", "balanced_accuracy", "ece")
+METRICS = ("macro_auc", "malignant_auc", "balanced_accuracy", "brier", "ece")
 
 
 def hold_out(data: Path, work: Path, seed: int) -> tuple[Path, Path, int, int]:
@@ -82,6 +82,9 @@ def measures(classes: list[str]) -> dict[str, Callable[[np.ndarray, np.ndarray],
         "macro_auc": lambda y, p: float(np.mean([roc_auc_score(y == k, p[:, k]) for k in range(len(classes))])),
         "malignant_auc": lambda y, p: float(roc_auc_score(y == m, p[:, m])),
         "balanced_accuracy": lambda y, p: float(balanced_accuracy_score(y, p.argmax(axis=1))),
+        # the multi-class Brier score: a proper scoring rule (calibration and sharpness), unbiased
+        # under the bootstrap, where the binned ECE's resamples run high (ties fill its bins)
+        "brier": lambda y, p: float(np.mean(np.sum((p - np.eye(len(classes))[y]) ** 2, axis=1))),
         "ece": lambda y, p: float(expected_calibration_error(y, p)),
     }
 
@@ -134,7 +137,7 @@ def main() -> None:
             for label in variants for metric in METRICS}
     print(f"\n## {name} alpha {alpha:g}, weights {weights}: {n_test} held-out images, {args.folds} fold models, "
           f"{args.size} px; 95% intervals from {len(resamples)} bootstrap resamples of the held-out images")
-    print(f"{'variant':28s}" + "".join(f"{m:>26s}" for m in METRICS))
+    print(f"{'variant':22s}" + "".join(f"{m:>26s}" for m in METRICS))
     result: dict[str, dict[str, list[float]]] = {}
     for label in variants:
         cells, result[label] = [], {}
@@ -143,7 +146,7 @@ def main() -> None:
             lo, hi = np.percentile(b, [2.5, 97.5])
             cells.append(f"{point:.3f} [{lo:.3f}, {hi:.3f}]")
             result[label][metric] = [point, float(lo), float(hi)]
-        print(f"{label:28s}" + "".join(f"{c:>26s}" for c in cells))
+        print(f"{label:22s}" + "".join(f"{c:>26s}" for c in cells))
     print("\npaired difference against a single fold (the same resamples; an interval that holds 0: no difference shown)")
     for label in list(variants)[1:]:
         cells = []
@@ -153,7 +156,7 @@ def main() -> None:
             lo, hi = np.percentile(d, [2.5, 97.5])
             cells.append(f"{point:+.3f} [{lo:+.3f}, {hi:+.3f}]")
             result[label][f"{metric}_minus_single"] = [point, float(lo), float(hi)]
-        print(f"{label:28s}" + "".join(f"{c:>26s}" for c in cells))
+        print(f"{label:22s}" + "".join(f"{c:>26s}" for c in cells))
     (work / "result.json").write_text(json.dumps({"held_out": n_test, "cv_images": n_cv, **result}, indent=1))
 
 
