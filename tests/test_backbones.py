@@ -243,3 +243,52 @@ def test_mobilenet_v2_with_real_weights_runs_the_whole_path(sample_zip: Path, tm
             labels[engine] = {row["path"]: row["label"] for row in csv.DictReader(fh)}
     assert labels["tensorflow"] == labels["openvino"] and len(labels["openvino"]) == len(list(images.iterdir()))
     assert len(list((tmp_path / "cams").rglob("*.png"))) == len(labels["openvino"])
+
+
+def test_mobilenet_v2_killed_mid_fine_tune_resumes_to_the_uninterrupted_result(synth_data: Any, tmp_path: Path) -> None:
+    """Resume on a backbone other than ResNet50, in the training precision ``auto`` picks on this
+    CPU (mixed bfloat16 where it has AVX512-BF16 or AMX, else float32; the manifest says which):
+    killed (SIGKILL, as the OOM killer does it) before a fine-tune step of ``top`` on the feature
+    cache, the same command resumes from the last checkpoint to the history and test predictions
+    of a run never interrupted (deterministic mode)."""
+    import csv
+    import json
+    import os
+
+    from conftest import REPO, run_cli
+
+    from busi.runtime.cpu import cpu_has_bf16
+    from busi.runtime.faults import FAIL_AT_STEP_VAR
+
+    data = synth_data(8, 32, 11)
+    sets = [f"--set={s}" for s in ("data.image_size=32", "train.batch_size=4", "train.head.epochs=1",
+                                   "train.finetune.epochs=2", "train.finetune.unfreeze=top", "train.quantize=none",
+                                   "train.gradcam_masks=false", "runtime.deterministic=true",
+                                   "model.backbone=mobilenet_v2", "train.precision=auto", f"data.source={data}")]
+
+    def train(out: Path, env: dict[str, str] | None = None) -> Any:
+        return run_cli("train", str(REPO / "job" / "demo.yaml"), f"--set=output.dir={out}", *sets,
+                       env={**os.environ, **(env or {})})
+
+    whole = train(tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    with (tmp_path / "whole" / "data" / "splits.csv").open(newline="") as fh:
+        per_epoch = -(-sum(r["split"] == "train" for r in csv.DictReader(fh)) // 4)  # steps of 4 images
+    # the head's epoch, the first fine-tune epoch (checkpointed), then killed inside the second
+    killed = train(tmp_path / "run", {FAIL_AT_STEP_VAR: f"0:{2 * per_epoch + 2}:kill"})
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    resumed = train(tmp_path / "run")
+    assert resumed.returncode == 0 and "resuming" in resumed.stderr, resumed.stderr[-3000:]
+
+    def read(out: Path, name: str) -> list[dict[str, str]]:
+        with (out / name).open(newline="") as fh:
+            return list(csv.DictReader(fh))
+
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["status"] == "completed" and len(manifest["attempts"]) == 2
+    assert manifest["backbone"]["name"] == "mobilenet_v2"
+    assert manifest["precision"] == ("mixed_bfloat16" if cpu_has_bf16() else "float32")
+    for a, b in zip(read(tmp_path / "whole", "history.csv"), read(tmp_path / "run", "history.csv"), strict=True):
+        assert float(a["val_loss"]) == pytest.approx(float(b["val_loss"]), abs=1e-4), (a, b)
+    p1, p2 = read(tmp_path / "whole", "predictions/test.csv"), read(tmp_path / "run", "predictions/test.csv")
+    assert [(r["path"], r["label"]) for r in p1] == [(r["path"], r["label"]) for r in p2]
