@@ -25,12 +25,12 @@ from busi.config.schema import (
     TTA_MODES,
     UNFREEZE_MODES,
 )
-from busi.errors import BusiError, ConfigError
+from busi.errors import BusiError, ConfigError, DataError
 from busi.runtime.logs import setup_logging
 
 log = logging.getLogger("busi")
 
-EXIT_OK, EXIT_DATA, EXIT_CTRL_C = 0, 3, 130  # the others: busi.errors (1, 2, 3, 75)
+EXIT_OK, EXIT_CTRL_C = 0, 130  # the others: busi.errors (1, 2, 3, 75)
 
 
 def _add_set(p: argparse.ArgumentParser) -> None:
@@ -274,7 +274,7 @@ def cmd_cv(args: argparse.Namespace) -> int:
 
 def cmd_cv_report(args: argparse.Namespace) -> int:
     from busi.config.load import load_config
-    from busi.evaluate.crossval import cv_report
+    from busi.evaluate.crossval import OOF, cv_report
     from busi.files.cvdir import REPORT_FILE
     from busi.report.text import format_cv
 
@@ -286,7 +286,7 @@ def cmd_cv_report(args: argparse.Namespace) -> int:
         root = Path(args.target[0])
     report = cv_report(root, seed=args.seed)
     print(format_cv(report))
-    print(f"wrote {root / REPORT_FILE}, {root / 'oof.csv'} and {root / 'plots'}/oof_*.png")
+    print(f"wrote {root / REPORT_FILE}, {root / OOF.predictions} and {root / OOF.plot('*')}")
     return EXIT_OK
 
 
@@ -314,7 +314,7 @@ def _predict(job: Sequence[str], settings: dict[str, Any], overrides: Sequence[s
 
     cfg = load_predict_config(job, overrides, settings=settings)
     summary = run_predict(cfg)
-    return EXIT_OK if summary.classified > 0 else EXIT_DATA
+    return EXIT_OK if summary.classified > 0 else DataError.exit_code
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
