@@ -22,11 +22,11 @@ from busi.evaluate.metrics import compute_metrics
 from busi.evaluate.plots import plot_calibration, plot_confusion, plot_roc
 from busi.evaluate.screening import OperatingPoint, screening_metrics
 from busi.files.atomic import AtomicFolder
+from busi.files.rundir import EVALUATION_PLOTS
 from busi.files.text import csv_text, json_text
 from busi.predict.output import prediction_columns, prediction_row
 
-# caption on the page -> file name stem of each evaluation plot
-PLOTS = {"confusion matrix": "confusion_matrix", "ROC": "roc", "reliability": "calibration"}
+PLOTS = EVALUATION_PLOTS  # caption on the page -> file name stem of each evaluation plot
 
 
 @dataclass(frozen=True)
@@ -83,10 +83,10 @@ def write_evaluation(folder: AtomicFolder, layout: Layout, scored: Scored,
     plots = {caption: folder.path(layout.plot(stem)) for caption, stem in PLOTS.items()}
     if scored.metrics.get("n"):
         y, probs = list(scored.y_true), scored.probs
-        folder.write_with(layout.plot("confusion_matrix"),
+        folder.write_with(layout.plot(PLOTS["confusion matrix"]),
                           lambda p: plot_confusion(scored.metrics["confusion_matrix"], classes, p, split), ".png")
-        folder.write_with(layout.plot("roc"), lambda p: plot_roc(y, probs, classes, p, split), ".png")
-        folder.write_with(layout.plot("calibration"), lambda p: plot_calibration(y, probs, p, split), ".png")
+        folder.write_with(layout.plot(PLOTS["ROC"]), lambda p: plot_roc(y, probs, classes, p, split), ".png")
+        folder.write_with(layout.plot(PLOTS["reliability"]), lambda p: plot_calibration(y, probs, p, split), ".png")
     return plots
 
 

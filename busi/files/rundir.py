@@ -52,6 +52,10 @@ class Entry:
     doc: str
 
 
+# The plots of an evaluation (a run's test split, a cross-validation's pooled predictions with a
+# prefix, an external set): caption on the page -> file name stem under plots/ (busi.evaluate.writer)
+EVALUATION_PLOTS = {"confusion matrix": "confusion_matrix", "ROC": "roc", "reliability": "calibration"}
+
 RUN_LAYOUT: tuple[Entry, ...] = (
     Entry("config", "config.yaml", "file", "the resolved job config (`busi-job config` of the run)"),
     Entry("manifest", "manifest.json", "file", "versions, host, cores and threads and their source, precision, "
@@ -81,9 +85,11 @@ RUN_LAYOUT: tuple[Entry, ...] = (
     Entry("report_html", "report.html", "file", "one self-contained page: metrics, plots, data findings"),
     Entry("plot_accuracy", "plots/accuracy.png", "file", "accuracy per epoch"),
     Entry("plot_loss", "plots/loss.png", "file", "loss per epoch"),
-    Entry("plot_confusion", "plots/confusion_matrix.png", "file", "confusion matrix of the test split"),
-    Entry("plot_roc", "plots/roc.png", "file", "one-vs-rest ROC curves of the test split"),
-    Entry("plot_calibration", "plots/calibration.png", "file", "reliability diagram of the test split"),
+    Entry("plot_confusion", f"plots/{EVALUATION_PLOTS['confusion matrix']}.png", "file",
+          "confusion matrix of the test split"),
+    Entry("plot_roc", f"plots/{EVALUATION_PLOTS['ROC']}.png", "file", "one-vs-rest ROC curves of the test split"),
+    Entry("plot_calibration", f"plots/{EVALUATION_PLOTS['reliability']}.png", "file",
+          "reliability diagram of the test split"),
     Entry("test_predictions", "predictions/test.csv", "file", "the prediction CSV's columns plus true_label"),
     Entry("checkpoint", "checkpoint", "dir", "resumable state while the run is unfinished"),
     Entry("tensorboard", "tensorboard", "dir", "TensorBoard event logs: train/, validation/, test/"),
