@@ -590,3 +590,11 @@ def test_a_join_lists_rows_without_a_match_and_refuses_a_key_given_twice(flat: P
     with pytest.raises(ConfigError) as c:
         prepare_data(_cfg(flat, table.replace("file_column: image_id", "file_column: ID")).data, 0)
     assert c.value.keys == ("data.table.join[0].file_column",) and "'image_id', 'site', 'fold'" in str(c.value)
+
+
+def test_column_and_sheet_names_yaml_reads_as_numbers_are_names(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path, "data.table={file: t.xlsx, sheet: 2023, path: 1, label: 2, group: 3, masks: [4], "
+                         "join: [{file: f.csv, column: 5, file_column: 6.0}]}")
+    t = cfg.data.table
+    assert (t.sheet, t.path, t.label, t.group, t.masks, t.join[0].column, t.join[0].file_column) == (
+        "2023", "1", "2", "3", ("4",), "5", "6")

@@ -19,7 +19,8 @@ from busi.config.tree import map_leaves
 
 def _opt(default: Any = dataclasses.MISSING, *, doc: str = "", **check: Any) -> Any:
     """A dataclass field with validation metadata (min, max, min_items, ...) and a doc line.
-    ``limit``: an upper bound no real job reaches, which stops typos (``epochs: 1e30``)."""
+    ``limit``: an upper bound no real job reaches, which stops typos (``epochs: 1e30``);
+    ``names``: a name (a class, a column, a sheet) that YAML may read as a number (``2``: ``"2"``)."""
     if isinstance(default, (list, dict)):
         raise TypeError("use tuples for sequence defaults")
     return field(default=default, metadata={"doc": doc, **check})
@@ -94,10 +95,10 @@ class AugmentConfig:
 class JoinConfig:
     file: str = _opt(doc="another table (CSV, TSV or .xlsx) relative to data.source, whose columns join the label "
                      "table's rows (BUS-BRA: 5-fold-cv.csv beside bus_data.csv)")
-    column: str = _opt(doc="the label table's column whose value finds each row's match in this file")
-    file_column: Union[str, None] = _opt(None, doc="this file's column holding that value; null: the one named "
+    column: str = _opt(names=True, doc="the label table's column whose value finds each row's match in this file")
+    file_column: Union[str, None] = _opt(None, names=True, doc="this file's column holding that value; null: the one named "
                                          "by column")
-    sheet: Union[str, None] = _opt(None, doc="the worksheet of a spreadsheet; null: its first")
+    sheet: Union[str, None] = _opt(None, names=True, doc="the worksheet of a spreadsheet; null: its first")
 
 
 @dataclass(frozen=True)
@@ -105,10 +106,10 @@ class TableConfig:
     file: str = _opt(doc="the label table, relative to data.source (a folder or an archive holding the table and "
                      "the images): CSV or TSV (the delimiter is sniffed, Excel's UTF-8 BOM is fine) or an Excel "
                      "workbook (.xlsx, .xlsm)")
-    path: str = _opt(doc="the column holding each image's path, relative to the table's folder")
-    label: str = _opt(doc="the column holding each image's class (one of data.classes, or a key of label_map; "
+    path: str = _opt(names=True, doc="the column holding each image's path, relative to the table's folder")
+    label: str = _opt(names=True, doc="the column holding each image's class (one of data.classes, or a key of label_map; "
                       "case and spacing are ignored)")
-    sheet: Union[str, None] = _opt(None, doc="the worksheet of a workbook that holds the table; null: its first")
+    sheet: Union[str, None] = _opt(None, names=True, doc="the worksheet of a workbook that holds the table; null: its first")
     join: tuple[JoinConfig, ...] = _opt((), doc="more tables whose columns join each row by a key column (rows "
                                         "without a match are left out and listed)")
     label_map: Union[dict[str, str], None] = _opt(
@@ -118,18 +119,18 @@ class TableConfig:
                             "a format spec where one is needed (BUS-BRA: Images/{}.png; UDIAT B: original/{:06d}.png)")
     path_replace: tuple[str, ...] = _opt((), doc="[PATTERN, REPLACEMENT]: a regular-expression substitution made "
                                          "in the path column's value before path_format")
-    group: Union[str, None] = _opt(None, doc="the column holding the patient (group) of each image: a patient "
+    group: Union[str, None] = _opt(None, names=True, doc="the column holding the patient (group) of each image: a patient "
                                    "never sits on two sides of a split or in two cv folds; null: data.group_pattern")
-    masks: tuple[str, ...] = _opt((), doc="columns holding lesion-mask paths (relative to the table's folder), or "
+    masks: tuple[str, ...] = _opt((), names=True, doc="columns holding lesion-mask paths (relative to the table's folder), or "
                                   "the ID they are made from with mask_format and mask_replace")
     mask_format: str = _opt("{}", doc="each mask path made from a mask cell, as path_format (BUS-BRA: Masks/{}.png)")
     mask_replace: tuple[str, ...] = _opt((), doc="[PATTERN, REPLACEMENT] substituted in a mask cell before "
                                          "mask_format (BUS-BRA: ['^bus_', 'mask_'])")
     mask_separator: Union[str, None] = _opt(None, doc="the text between several mask names in one cell "
                                             "(BrEaST: '&'); null: a cell names one mask")
-    split: Union[str, None] = _opt(None, doc="a column of predefined splits (train, val or test) used instead of "
+    split: Union[str, None] = _opt(None, names=True, doc="a column of predefined splits (train, val or test) used instead of "
                                    "data.split; null: busi splits")
-    fold: Union[str, None] = _opt(None, doc="a column of predefined cross-validation folds that busi-job cv uses "
+    fold: Union[str, None] = _opt(None, names=True, doc="a column of predefined cross-validation folds that busi-job cv uses "
                                   "instead of assigning folds (--folds must match their number)")
 
 
@@ -156,7 +157,7 @@ class DataConfig:
         "file name is the patient, e.g. ^(bus_\\d+) or ^(?P<group>[A-Z]+)_\\d+; null: data.table.group or none",
     )
     classes: tuple[str, ...] = _opt(
-        DEFAULT_CLASSES, min_items=2, unique=True, numbers_as_names=True,
+        DEFAULT_CLASSES, min_items=2, unique=True, names=True,
         doc="class folder names (or data.table's label values); their order gives the label index (0, 1, 2, ...)",
     )
     image_size: int = _opt(224, min=32, max=1024, doc="side of the square model input, pixels")

@@ -95,7 +95,7 @@ def _check(value: Any, tp: Any, path: str, meta: Mapping[str, Any]) -> Any:
         (item_tp, _ellipsis) = typing.get_args(tp)
         if isinstance(value, str) or not isinstance(value, (list, tuple)):
             raise key_error(path, f"expected {describe(tp, meta)}, got {_show(value)}")
-        item_meta = {"numbers_as_names": meta.get("numbers_as_names", False)}
+        item_meta = {"names": meta.get("names", False)}
         items = tuple(build(item_tp, v, f"{path}[{i}]") if dataclasses.is_dataclass(item_tp)
                       else _check(v, item_tp, f"{path}[{i}]", item_meta) for i, v in enumerate(value))
         if len(items) < meta.get("min_items", 0):
@@ -106,7 +106,7 @@ def _check(value: Any, tp: Any, path: str, meta: Mapping[str, Any]) -> Any:
     if origin is dict:  # a mapping of names to names (data.table.label_map): numbers read as names
         if not isinstance(value, dict) or not value:
             raise key_error(path, f"expected {describe(tp, meta)}, got {_show(value)}")
-        names = {"numbers_as_names": True}
+        names = {"names": True}
         pairs = [(_check(k, str, f"{path}.{k}", names), _check(v, str, f"{path}.{k}", names)) for k, v in value.items()]
         return dict(pairs)
     if tp is bool:
@@ -132,8 +132,8 @@ def _check(value: Any, tp: Any, path: str, meta: Mapping[str, Any]) -> Any:
         _range(number, path, tp, meta)
         return number
     if tp is str:
-        if meta.get("numbers_as_names") and isinstance(value, (int, float)) and not isinstance(value, bool):
-            value = as_name(value)  # classes: [2, 3, 4, 5] are BI-RADS categories, names YAML reads as numbers
+        if meta.get("names") and isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = as_name(value)  # a name YAML reads as a number: classes [2, 3, 4, 5] (BI-RADS), a column 2023
         if not isinstance(value, str) or not value.strip():
             raise key_error(path, f"expected a non-empty string, got {_show(value)}")
         return value
