@@ -5,10 +5,10 @@ whatever a job file's ``data:`` section reads (a label table with its joins, tem
 map), staged and read as training reads its data (``busi.evaluate.external_data``; corrupt and
 non-image files are reported and left out). A set that holds only some of the model's classes is
 evaluated on those: per-class and macro metrics over the classes present, the positive class
-against the rest where both are there, the absent classes named (``classes_absent``). Before anything is counted, every
-image is checked against the model's training and validation images (``busi.evaluate.leakage``):
-duplicates and near-duplicates are listed in ``overlap.csv`` and, unless ``--keep-overlap``,
-left out of the metrics, which the log and ``metrics.json`` say. The metrics are those of a
+against the rest where both are there, the absent classes named (``classes_absent``). Before
+anything is counted, every image is checked against the model's training and validation images
+(``busi.evaluate.leakage``): duplicates and near-duplicates are listed in ``overlap.csv`` and,
+unless ``--keep-overlap``, left out of the metrics, which the log and ``metrics.json`` say. The metrics are those of a
 training run's test split (``busi.evaluate.writer``, with the model's own threshold).
 
 The output folder is written whole (built beside it, then renamed into place): it holds
