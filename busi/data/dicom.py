@@ -306,7 +306,7 @@ def _decode_frames(pydicom: Any, fh: BinaryIO, header: Any, g: _Geometry, indice
         except (DataError, MemoryError):
             raise
         except Exception as e:  # truncated, inconsistent or undecodable pixel data: that file only
-            raise DataError(path, _undecodable(g, int(header.get("BitsStored", g.bits) or g.bits), e)) from None
+            raise DataError(path, _undecodable(g, header, e)) from None
         if arr.shape[:2] != (g.rows, g.columns):
             raise DataError(path, f"decoded DICOM frame is {arr.shape[1]} x {arr.shape[0]}, the header says "
                             f"{g.columns} x {g.rows}")
@@ -471,14 +471,19 @@ def _sop_class_name(uid: str) -> str:
     return f"SOP class {uid}" if uid and UID_RE.match(uid) and len(uid) <= 64 else "unknown SOP class"
 
 
-def _undecodable(g: _Geometry, bits: int, e: Exception) -> str:
+def _undecodable(g: _Geometry, header: Any, e: Exception) -> str:
     """Why a frame did not decode: for compressed data, the transfer syntax and sample depth no
     installed decoder read (12-bit JPEG Extended: Pillow does not decode it, and pylibjpeg's libjpeg
     refuses some encoders' files), and what to do; else what the decoder said."""
     if not g.encapsulated:
         return f"cannot decode DICOM pixel data ({_decode_reason(e)})"
+    try:
+        bits = int(header.get("BitsStored") or g.bits)
+    except (TypeError, ValueError):
+        bits = g.bits
     return (f"cannot decode DICOM pixel data: no installed decoder reads this {_ts_name(g.transfer_syntax)} file "
-            f"with {bits}-bit samples ({_decode_reason(e)}); export it uncompressed, JPEG baseline or JPEG 2000")
+            f"with {bits}-bit samples ({_decode_reason(e)}); the file may be damaged, or encoded in a way they do "
+            "not support: export it uncompressed, JPEG baseline or JPEG 2000")
 
 
 def _decode_reason(e: Exception) -> str:
