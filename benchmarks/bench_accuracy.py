@@ -13,7 +13,10 @@ model over every image, OpenVINO, process wall time including start-up).
         --config mobilenet_v2:../shared/weights/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.tfslim.h5 \\
         --config mobilenet_v2:none [--folds 5] [--size 224] [--out bench-accuracy]
 
-``--config BACKBONE[@ALPHA]:WEIGHTS`` (WEIGHTS: a file, ``imagenet`` or ``none``); ``--set KEY=VALUE``
+``--compare CV_A CV_B`` trains nothing: it pools the test predictions of the folds both output
+folders completed and prints each one's ROC AUCs and their paired difference with 95% bootstrap
+intervals (a from-scratch baseline costs 20+ minutes a fold here, so it may have run on some folds
+only). ``--config BACKBONE[@ALPHA]:WEIGHTS`` (WEIGHTS: a file, ``imagenet`` or ``none``); ``--set KEY=VALUE``
 (repeatable) changes the recipe for every configuration, ``--tag`` names the variant in the output; the job's
 recipe for pretrained weights is job/busi.yaml's (head on the frozen backbone, then its top
 stage); ``none`` trains every layer from the start (BatchNorm trained, ``unfreeze: all``), as
@@ -138,6 +141,49 @@ def predict_rate(out: Path, data: Path) -> float:
     return len(images) / (time.perf_counter() - t)
 
 
+def fold_predictions(out: Path, folds: list[int]) -> tuple[list[str], np.ndarray, np.ndarray, list[str]]:
+    """(paths, labels, probabilities, classes) of ``folds``' test splits pooled, in path order."""
+    rows: list[dict[str, str]] = []
+    for i in folds:
+        with (out / f"fold-{i}" / "predictions" / "test.csv").open(newline="") as fh:
+            rows += list(csv.DictReader(fh))
+    rows.sort(key=lambda r: r["path"])
+    classes = [k[len("prob_"):] for k in rows[0] if k.startswith("prob_")]
+    y = np.array([classes.index(r["true_label"]) for r in rows])
+    return [r["path"] for r in rows], y, np.array([[float(r[f"prob_{c}"]) for c in classes] for r in rows]), classes
+
+
+def compare(a: Path, b: Path, seed: int) -> None:
+    """Two configurations on the folds both completed (the same test images, each predicted by the
+    fold that never trained on it): macro and malignant-vs-rest ROC AUC of each with 95% bootstrap
+    intervals, and of their paired difference (the same resamples for both)."""
+    from sklearn.metrics import roc_auc_score
+
+    from busi.evaluate.bootstrap import RESAMPLES
+
+    def completed(out: Path, i: int) -> bool:
+        manifest = out / f"fold-{i}" / "manifest.json"
+        return manifest.is_file() and json.loads(manifest.read_text()).get("status") == "completed"
+
+    done = [i for i in range(64) if completed(a, i) and completed(b, i)]
+    paths, y, pa, classes = fold_predictions(a, done)
+    paths_b, y_b, pb, _ = fold_predictions(b, done)
+    assert paths == paths_b and np.array_equal(y, y_b), "the two ran other folds"
+    m = classes.index(MALIGNANT)
+    fns = {"macro_auc": lambda y, p: float(np.mean([roc_auc_score(y == k, p[:, k]) for k in range(len(classes))])),
+           "malignant_auc": lambda y, p: float(roc_auc_score(y == m, p[:, m]))}
+    rng = np.random.default_rng(seed)
+    samples = [i for i in (rng.integers(0, len(y), len(y)) for _ in range(RESAMPLES)) if len(set(y[i])) == len(classes)]
+    print(f"\n## {a.name} against {b.name}: folds {', '.join(map(str, done))} ({len(y)} images, pooled out of fold)")
+    for name, fn in fns.items():
+        boot = np.array([(fn(y[i], pa[i]), fn(y[i], pb[i])) for i in samples])
+        cells = [f"{fn(y, p):.3f} [{lo:.3f}, {hi:.3f}]" for p, (lo, hi) in
+                 ((pa, np.percentile(boot[:, 0], [2.5, 97.5])), (pb, np.percentile(boot[:, 1], [2.5, 97.5])))]
+        lo, hi = np.percentile(boot[:, 0] - boot[:, 1], [2.5, 97.5])
+        print(f"{name:14s} {cells[0]}  against  {cells[1]}; difference {fn(y, pa) - fn(y, pb):+.3f} "
+              f"[{lo:+.3f}, {hi:+.3f}]")
+
+
 def fmt_row(value: tuple[float, Any, dict[str, Any]]) -> str:
     point, ci, spread = value
     interval = f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "[n/a]"
@@ -146,8 +192,10 @@ def fmt_row(value: tuple[float, Any, dict[str, Any]]) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", type=Path, required=True, help="the whole BUSI (class folders, or its zip)")
-    p.add_argument("--config", action="append", required=True, help="BACKBONE[@ALPHA]:WEIGHTS, repeatable")
+    p.add_argument("--data", type=Path, help="the whole BUSI (class folders, or its zip)")
+    p.add_argument("--config", action="append", default=[], help="BACKBONE[@ALPHA]:WEIGHTS, repeatable")
+    p.add_argument("--compare", nargs=2, type=Path, metavar=("CV_A", "CV_B"), help="no training: two configurations' "
+                   "output folders on the folds both completed (a costly baseline run on some folds only)")
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--batch-size", type=int, default=32)
@@ -161,6 +209,11 @@ def main() -> None:
     p.add_argument("--tag", default="", help="a name for the recipe variant (its output folder's suffix)")
     args = p.parse_args()
     common.print_command()
+    if args.compare:
+        compare(*args.compare, seed=args.seed)
+        return
+    if args.data is None or not args.config:
+        p.error("--data and --config are required (or --compare)")
     common.wait_for_quiet(skip=args.no_wait)
     import platform
 
