@@ -165,11 +165,17 @@ def to_rgb8(im: "Image.Image") -> "Image.Image":  # noqa: F821
         else:
             arr = arr * (255.0 / hi)
         im = Image.fromarray(np.clip(arr + 0.5, 0, 255).astype(np.uint8), mode="L")
+    return on_black(im).convert("RGB")
+
+
+def on_black(im: "Image.Image") -> "Image.Image":  # noqa: F821
+    """An image with transparency as RGBA laid on black (ultrasound's background, and a mask's);
+    any other image as it is."""
+    from PIL import Image
+
     if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-        im = im.convert("RGBA")
-        background = Image.new("RGBA", im.size, (0, 0, 0, 255))
-        im = Image.alpha_composite(background, im)
-    return im.convert("RGB")
+        return Image.alpha_composite(Image.new("RGBA", im.size, (0, 0, 0, 255)), im.convert("RGBA"))
+    return im
 
 
 # A mask is a label image (every value below this: 0 background, 1, 2... lesion) or a drawing
@@ -186,9 +192,8 @@ def lesion_of(im: "Image.Image") -> "Image.Image":  # noqa: F821
     above 0 is lesion. An empty (all-black) mask has no lesion."""
     from PIL import Image
 
-    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-        im = Image.alpha_composite(Image.new("RGBA", im.size, (0, 0, 0, 255)), im.convert("RGBA")).convert("RGB")
-    elif im.mode in ("P", "CMYK", "YCbCr", "LAB", "HSV"):
+    im = on_black(im)
+    if im.mode in ("RGBA", "P", "CMYK", "YCbCr", "LAB", "HSV"):
         im = im.convert("RGB")
     arr = np.asarray(im)
     if arr.ndim == 3:
