@@ -83,12 +83,26 @@ def run_cv(name: str, alpha: float, weights: str, args: argparse.Namespace, out:
                    stderr=subprocess.DEVNULL, env=env, cwd=common.REPO)
 
 
+def probabilities(rows: list[dict[str, str]]) -> tuple[np.ndarray, list[str]]:
+    """(probabilities, classes) of prediction CSV rows: the ``prob_<class>`` columns, in their order."""
+    classes = [k[len("prob_"):] for k in rows[0] if k.startswith("prob_")]
+    return np.array([[float(r[f"prob_{c}"]) for c in classes] for r in rows]), classes
+
+
+def auc_measures(classes: list[str]) -> dict[str, Any]:
+    """Macro (one vs rest, over ``classes``) and malignant-vs-rest ROC AUC of (labels, probabilities)."""
+    from sklearn.metrics import roc_auc_score
+
+    m = classes.index(MALIGNANT)
+    return {"macro_auc": lambda y, p: float(np.mean([roc_auc_score(y == k, p[:, k]) for k in range(len(classes))])),
+            "malignant_auc": lambda y, p: float(roc_auc_score(y == m, p[:, m]))}
+
+
 def oof(out: Path) -> tuple[np.ndarray, np.ndarray, list[str], list[int]]:
     with (out / "oof.csv").open(newline="") as fh:
         rows = list(csv.DictReader(fh))
-    classes = [k[len("prob_"):] for k in rows[0] if k.startswith("prob_")]
+    probs, classes = probabilities(rows)
     y = np.array([classes.index(r["true_label"]) for r in rows])
-    probs = np.array([[float(r[f"prob_{c}"]) for c in classes] for r in rows])
     return y, probs, classes, [int(r["fold"]) for r in rows]
 
 
@@ -148,17 +162,14 @@ def fold_predictions(out: Path, folds: list[int]) -> tuple[list[str], np.ndarray
         with (out / f"fold-{i}" / "predictions" / "test.csv").open(newline="") as fh:
             rows += list(csv.DictReader(fh))
     rows.sort(key=lambda r: r["path"])
-    classes = [k[len("prob_"):] for k in rows[0] if k.startswith("prob_")]
-    y = np.array([classes.index(r["true_label"]) for r in rows])
-    return [r["path"] for r in rows], y, np.array([[float(r[f"prob_{c}"]) for c in classes] for r in rows]), classes
+    probs, classes = probabilities(rows)
+    return [r["path"] for r in rows], np.array([classes.index(r["true_label"]) for r in rows]), probs, classes
 
 
 def compare(a: Path, b: Path, seed: int) -> None:
     """Two configurations on the folds both completed (the same test images, each predicted by the
     fold that never trained on it): macro and malignant-vs-rest ROC AUC of each with 95% bootstrap
     intervals, and of their paired difference (the same resamples for both)."""
-    from sklearn.metrics import roc_auc_score
-
     from busi.evaluate.bootstrap import RESAMPLES
 
     def completed(out: Path, i: int) -> bool:
@@ -169,9 +180,7 @@ def compare(a: Path, b: Path, seed: int) -> None:
     paths, y, pa, classes = fold_predictions(a, done)
     paths_b, y_b, pb, _ = fold_predictions(b, done)
     assert paths == paths_b and np.array_equal(y, y_b), "the two ran other folds"
-    m = classes.index(MALIGNANT)
-    fns = {"macro_auc": lambda y, p: float(np.mean([roc_auc_score(y == k, p[:, k]) for k in range(len(classes))])),
-           "malignant_auc": lambda y, p: float(roc_auc_score(y == m, p[:, m]))}
+    fns = auc_measures(classes)
     rng = np.random.default_rng(seed)
     samples = [i for i in (rng.integers(0, len(y), len(y)) for _ in range(RESAMPLES)) if len(set(y[i])) == len(classes)]
     print(f"\n## {a.name} against {b.name}: folds {', '.join(map(str, done))} ({len(y)} images, pooled out of fold)")

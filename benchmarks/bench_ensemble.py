@@ -66,21 +66,18 @@ def predict(model: Path, images: Path, out: Path, tta: bool) -> tuple[np.ndarray
                        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     with out.open(newline="") as fh:
         rows = [r for r in csv.DictReader(fh) if not r["error"]]
-    classes = [k[len("prob_"):] for k in rows[0] if k.startswith("prob_")]
     rows.sort(key=lambda r: r["path"])
-    y = np.array([classes.index(Path(r["path"]).parent.name) for r in rows])
-    return y, np.array([[float(r[f"prob_{c}"]) for c in classes] for r in rows]), classes
+    probs, classes = bench_accuracy.probabilities(rows)
+    return np.array([classes.index(Path(r["path"]).parent.name) for r in rows]), probs, classes
 
 
 def measures(classes: list[str]) -> dict[str, Callable[[np.ndarray, np.ndarray], float]]:
-    from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+    from sklearn.metrics import balanced_accuracy_score
 
     from busi.evaluate.calibration import expected_calibration_error
 
-    m = classes.index(bench_accuracy.MALIGNANT)
     return {
-        "macro_auc": lambda y, p: float(np.mean([roc_auc_score(y == k, p[:, k]) for k in range(len(classes))])),
-        "malignant_auc": lambda y, p: float(roc_auc_score(y == m, p[:, m])),
+        **bench_accuracy.auc_measures(classes),
         "balanced_accuracy": lambda y, p: float(balanced_accuracy_score(y, p.argmax(axis=1))),
         # the multi-class Brier score: a proper scoring rule (calibration and sharpness), unbiased
         # under the bootstrap, where the binned ECE's resamples run high (ties fill its bins)
