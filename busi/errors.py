@@ -1,6 +1,6 @@
 """Named errors. Each carries the process exit code the CLI maps it to, and the fields a caller
-needs (the key paths of a config error, the path and reason of a data error), so no caller ever
-parses a message.
+needs (the key paths of a config error; the path, line and reason of a data error), so no
+caller ever parses a message.
 
 Exit codes are a documented contract (docs, "Exit codes"):
 0 success, 1 unexpected failure (a bug, or a failed benchmark worker), 2 bad configuration or
@@ -40,15 +40,31 @@ class WeightsError(ConfigError):
 
 class DataError(BusiError):
     """Input data is missing, unreadable or unusable. ``path``: the file, folder or archive
-    (``None`` where the problem is the data as a whole); ``reason``: what is wrong with it and
-    what to do. The message is ``path: reason``."""
+    (``None`` where the problem is the data as a whole); ``line``: the 1-based line of ``path``
+    the problem is on (a label table's or splits file's row), else ``None``; ``option``: the
+    command-line option that gave ``path`` (``--model``), where the user knows it by that;
+    ``reason``: what is wrong and what to do. The message is ``where: reason`` (``where``:
+    ``path``, ``path:line`` or ``--option path``)."""
 
     exit_code = 3
 
-    def __init__(self, path: PathLike | None, reason: str) -> None:
+    def __init__(self, path: PathLike | None, reason: str, *, line: int | None = None,
+                 option: str | None = None) -> None:
         self.path = None if path is None else os.fspath(path)
+        self.line = line
+        self.option = option
         self.reason = reason
-        super().__init__(reason if path is None else f"{self.path}: {reason}")
+        super().__init__(reason if self.where is None else f"{self.where}: {reason}")
+
+    @property
+    def where(self) -> str | None:
+        """Where the problem is, as the message names it; ``None`` for the data as a whole."""
+        where = self.path
+        if where is not None and self.line is not None:
+            where = f"{where}:{self.line}"
+        if self.option is not None:
+            where = self.option if where is None else f"{self.option} {where}"
+        return where
 
 
 class UnsafeArchiveError(DataError):

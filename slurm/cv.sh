@@ -20,7 +20,6 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$here/lib.sh"   # run from the checkout on a login node (not spooled): lib.sh is beside it
 busi_split_options "$@"
 set -- ${BUSI_ARGS[@]+"${BUSI_ARGS[@]}"}
-array_opts=(${BUSI_OPTIONS[@]+"${BUSI_OPTIONS[@]}"})
 if [[ "${1:-}" != --folds || ! "${2:-}" =~ ^[0-9]+$ ]]; then
     echo "usage: slurm/cv.sh [SBATCH OPTIONS --] --folds K [JOB.yaml ...] [--set key=value ...]" >&2
     exit 2
@@ -29,12 +28,9 @@ folds=$2
 shift 2
 (( folds >= 2 )) || { echo "slurm/cv.sh: --folds $folds: give at least 2" >&2; exit 2; }
 
-array_id="$(sbatch --parsable --array="0-$((folds - 1))" --export="ALL,BUSI_CV_FOLDS=$folds" \
-    ${array_opts[@]+"${array_opts[@]}"} "$here/cv-fold.sh" "$@")"
-array_id="${array_id%%;*}"   # --parsable prints <id>[;<cluster>]
+array_id="$(busi_sbatch --array="0-$((folds - 1))" --export="ALL,BUSI_CV_FOLDS=$folds" \
+    ${BUSI_OPTIONS[@]+"${BUSI_OPTIONS[@]}"} "$here/cv-fold.sh" "$@")"
 cv_dir="${BUSI_CV_DIR:-runs/cv-$array_id}"
 echo "Submitted cross-validation array job $array_id ($folds folds into $cv_dir)"
-report_id="$(sbatch --parsable --dependency="afterok:$array_id" --kill-on-invalid-dep=yes \
-    --export="ALL,BUSI_CV_DIR=$cv_dir" "$here/cv-report.sh" "$@")"
-report_id="${report_id%%;*}"
+report_id="$(busi_sbatch_after "$array_id" --export="ALL,BUSI_CV_DIR=$cv_dir" "$here/cv-report.sh" "$@")"
 echo "Submitted report job $report_id (starts after every fold of $array_id succeeded)"

@@ -1,6 +1,7 @@
 # shellcheck shell=bash disable=SC2034  # sets variables for the scripts that source it
 # Shared by the batch scripts of slurm/ (train, train-horovod, predict, merge, cv-fold, cv-report)
-# (sourced, never run). Users change nothing here; the environment variables below are the knobs.
+# and its submitters (submit-predict, cv) (sourced, never run). Users change nothing here; the
+# environment variables below are the knobs.
 #
 #   BUSI_IMAGE=/path/busi.sif   run busi inside this Apptainer/Singularity image (apptainer exec)
 #   BUSI_NV=1|0                 pass --nv (GPUs) to apptainer; default: on when Slurm gave the job GPUs
@@ -62,6 +63,22 @@ busi_split_options() {
         shift
     fi
     BUSI_ARGS=("$@")
+}
+
+# busi_sbatch SBATCH ARGUMENTS...: a submitter's sbatch; prints the new job's id alone (sbatch
+# --parsable prints <id>[;<cluster>]) and fails as sbatch failed. busi_sbatch_after ID ...: a job
+# that starts once every task of job ID succeeded (afterok); if one fails, Slurm removes it
+# (--kill-on-invalid-dep) rather than leave it pending for ever.
+busi_sbatch() {
+    local out
+    out="$(sbatch --parsable "$@")" || return
+    echo "${out%%;*}"
+}
+
+busi_sbatch_after() {
+    local after=$1
+    shift
+    busi_sbatch --dependency="afterok:$after" --kill-on-invalid-dep=yes "$@"
 }
 
 # busi_begin DEFAULT USAGE PROGRAM "$@": the start of a batch script that runs busi: signals

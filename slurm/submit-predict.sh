@@ -20,11 +20,8 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$here/lib.sh"   # run from the checkout on a login node (not spooled): lib.sh is beside it
 busi_split_options "$@"
 set -- ${BUSI_ARGS[@]+"${BUSI_ARGS[@]}"}
-array_opts=(${BUSI_OPTIONS[@]+"${BUSI_OPTIONS[@]}"})
 
-array_id="$(sbatch --parsable "${array_opts[@]}" "$here/predict.sh" "$@")"
-array_id="${array_id%%;*}"   # --parsable prints <id>[;<cluster>]
+array_id="$(busi_sbatch ${BUSI_OPTIONS[@]+"${BUSI_OPTIONS[@]}"} "$here/predict.sh" "$@")"
 echo "Submitted prediction array job $array_id"
-merge_id="$(sbatch --parsable --dependency="afterok:$array_id" --kill-on-invalid-dep=yes "$here/merge.sh" "$@")"
-merge_id="${merge_id%%;*}"
+merge_id="$(busi_sbatch_after "$array_id" "$here/merge.sh" "$@")"
 echo "Submitted merge job $merge_id (starts after every task of $array_id succeeded)"

@@ -14,10 +14,10 @@ from busi.cli import main
 
 
 def _damaging(build: Any, victim: Path, how: str) -> Any:
-    def build_after_damage(j: Any) -> Any:
+    def build_after_damage(j: Any, *args: Any) -> Any:
         data = victim.read_bytes()
         victim.write_bytes(b"" if how == "empty" else data[: len(data) // 2])
-        return build(j)
+        return build(j, *args)
 
     return build_after_damage
 

@@ -104,6 +104,16 @@ def test_mismatching_weights_file_is_a_data_error_naming_it(tmp_path: Path) -> N
     assert _build(str(path48)).weights_loaded_into == "model"
 
 
+def test_a_model_argument_without_a_model_names_the_option_and_the_path(tmp_path: Path) -> None:
+    from busi.errors import DataError
+    from busi.model.folder import find_model_file
+
+    with pytest.raises(DataError) as e:
+        find_model_file(tmp_path / "nothing-here")
+    assert (e.value.option, e.value.path, e.value.line) == ("--model", str(tmp_path / "nothing-here"), None)
+    assert str(e.value).startswith(f"--model {tmp_path / 'nothing-here'}: no model.keras found")
+
+
 def test_preprocessing_lives_in_the_model_and_survives_reload(tmp_path: Path) -> None:
     from busi.model.network import load_saved_model
 

@@ -157,6 +157,7 @@ def test_read_splits_file_errors_name_file_and_line(tmp_path: Path, line: str, m
     with pytest.raises(DataError) as info:
         read_splits_file(path, samples)
     assert str(info.value) == f"{path}:3: {message}"
+    assert (info.value.path, info.value.line, info.value.reason) == (str(path), 3, message)  # fields, not a message
     assert info.value.exit_code == 3
 
 

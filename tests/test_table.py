@@ -333,7 +333,8 @@ def test_a_split_value_outside_train_val_test_exits_3(two_folders: Path, tmp_pat
     root = _with_split(two_folders, tmp_path, lambda i, p: "validation" if i == 7 else "train")
     with pytest.raises(DataError) as e:
         prepare_data(_cfg(root, *SPLIT_TABLE).data, 0)
-    assert e.value.path == f"{root / 'labels.csv'}:9" and "'validation'" in e.value.reason
+    assert (e.value.path, e.value.line) == (str(root / "labels.csv"), 9) and "'validation'" in e.value.reason
+    assert str(e.value).startswith(f"{root / 'labels.csv'}:9: ")  # the message names the file and line
 
 
 # ------------------------------------------------------------------- errors, exit codes
@@ -586,7 +587,7 @@ def test_a_join_lists_rows_without_a_match_and_refuses_a_key_given_twice(flat: P
         fh.write("img03,B,1\n")  # line 13: img03 again, other values
     with pytest.raises(DataError) as e:
         prepare_data(_cfg(flat, table).data, 0)
-    assert e.value.path == f"{flat / 'extra.csv'}:13" and "given on line 4 too" in e.value.reason
+    assert (e.value.path, e.value.line) == (str(flat / "extra.csv"), 13) and "given on line 4 too" in e.value.reason
     with pytest.raises(ConfigError) as c:
         prepare_data(_cfg(flat, table.replace("file_column: image_id", "file_column: ID")).data, 0)
     assert c.value.keys == ("data.table.join[0].file_column",) and "'image_id', 'site', 'fold'" in str(c.value)

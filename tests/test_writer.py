@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 
 from busi.evaluate.screening import NO_POINT, OperatingPoint
-from busi.evaluate.writer import Layout, page_plots, score, write_evaluation
+from busi.evaluate.writer import PLOTS, Layout, score, write_evaluation
 from busi.files.atomic import AtomicFolder
-from busi.report.html import run_report
+from busi.report.html import page_plots, run_report
 
 TWO = ("benign", "malignant")
 FIVE = ("BI-RADS 2", "BI-RADS 3", "BI-RADS 4", "BI-RADS 5", "BI-RADS 6")
@@ -68,6 +68,10 @@ def test_an_evaluation_of_any_class_set(tmp_path: Path, classes: tuple[str, ...]
     assert all(r["label"] == classes[int(np.argmax(p))] for r, p in zip(rows, probs))
 
     html = run_report(m, {"root": "/data", "classes": list(classes), "counts": {"images": 90, "used": 90}},
-                      {}, written, "busi run")
+                      {}, plots, "busi run")
     assert all(c in html for c in classes)
+    assert html.count("<figure>") == 3 and all(f"<figcaption>{c}</figcaption>" in html for c in written)
+    (tmp_path / Layout(predictions="predictions.csv").plot(PLOTS["ROC"])).unlink()  # a plot not written: not shown
+    assert set(page_plots(plots)) == {"confusion matrix", "reliability"}
+    assert run_report(m, {}, {}, plots, "busi run").count("<figure>") == 2
     assert (f"{point.positive_class} vs the rest" in html) == (point.positive_class is not None)

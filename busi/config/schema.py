@@ -42,6 +42,8 @@ EngineName = Literal["auto", "tensorflow", "openvino"]
 ENGINES: tuple[str, ...] = typing.get_args(EngineName)
 InferencePrecision = Literal["auto", "float32", "bfloat16", "int8"]
 INFERENCE_PRECISIONS: tuple[str, ...] = typing.get_args(InferencePrecision)
+# the precisions measured against float32 by an accuracy contract (model/precisions.json's keys)
+CONTRACT_PRECISIONS: tuple[str, ...] = tuple(p for p in INFERENCE_PRECISIONS if p not in ("auto", "float32"))
 Distributed = Literal["auto", "none", "horovod"]
 DISTRIBUTED_MODES: tuple[str, ...] = typing.get_args(Distributed)
 ExportFormat = Literal["openvino", "saved_model"]
@@ -280,6 +282,8 @@ class EvaluateConfig:
 @dataclass(frozen=True)
 class OutputConfig:
     dir: str = _opt(doc="the run directory; key it by ${SLURM_JOB_ID} on clusters")
+    saved_model: bool = _opt(True, doc="write model/saved_model/ (TensorFlow Serving); false saves its export "
+                             "time, and `busi-job export --format saved_model` writes it later")
 
 
 @dataclass(frozen=True)

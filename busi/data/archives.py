@@ -23,7 +23,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Union
+from typing import IO, Iterable, Iterator, Union
 
 from busi.config.schema import DataConfig
 from busi.data.names import has_junk_part
@@ -179,13 +179,11 @@ def _check_total(archive: Path, total: int, member: str, limits: ArchiveLimits) 
         )
 
 
-def _zip_members(archive: Path, zf: zipfile.ZipFile, limits: ArchiveLimits) -> list[_Member]:
-    """Validate every zip entry (from the central directory) before anything is written."""
+def _zip_entries(archive: Path, zf: zipfile.ZipFile, limits: ArchiveLimits) -> Iterator[_Member]:
+    """Each zip entry (from the central directory), checked on its own."""
     infos = zf.infolist()
     if len(infos) > limits.max_members:
         _check_count(archive, limits.max_members + 1, infos[limits.max_members].filename, limits)
-    members: list[_Member] = []
-    total = 0
     for info in infos:
         parts = _member_parts(archive, info.filename)
         mode = (info.external_attr >> 16) & 0xFFFF
@@ -198,21 +196,12 @@ def _zip_members(archive: Path, zf: zipfile.ZipFile, limits: ArchiveLimits) -> l
             raise DataError(archive, f"cannot unpack: member {info.filename!r} is encrypted. Unpack it "
                             "yourself with the password and pass the folder as the data source.")
         is_dir = kind == stat.S_IFDIR or info.filename.replace("\\", "/").endswith("/")
-        size = 0 if is_dir else info.file_size
-        total += size
-        _check_total(archive, total, info.filename, limits)
-        if not _is_skipped(parts):
-            members.append(_Member(info.filename, parts, is_dir, size, info))
-    return members
+        yield _Member(info.filename, parts, is_dir, 0 if is_dir else info.file_size, info)
 
 
-def _tar_members(archive: Path, tf: tarfile.TarFile, limits: ArchiveLimits) -> list[_Member]:
-    """Validate every tar entry before anything is written; stops early on a bomb."""
-    members: list[_Member] = []
-    total = 0
-    count = 0
-    for info in tf:
-        count += 1
+def _tar_entries(archive: Path, tf: tarfile.TarFile, limits: ArchiveLimits) -> Iterator[_Member]:
+    """Each tar entry, checked on its own as it is read (a bomb of entries stops the read early)."""
+    for count, info in enumerate(tf, start=1):
         _check_count(archive, count, info.name, limits)
         parts = _member_parts(archive, info.name)
         if info.issym():
@@ -229,11 +218,20 @@ def _tar_members(archive: Path, tf: tarfile.TarFile, limits: ArchiveLimits) -> l
             is_dir = False
         else:
             raise _unsafe(archive, info.name, f"has unsupported tar type {info.type!r}", _LINK_ADVICE)
-        size = 0 if is_dir else info.size
-        total += size
-        _check_total(archive, total, info.name, limits)
-        if not _is_skipped(parts):
-            members.append(_Member(info.name, parts, is_dir, size, info))
+        yield _Member(info.name, parts, is_dir, 0 if is_dir else info.size, info)
+
+
+def _validated(archive: Path, entries: Iterable[_Member], limits: ArchiveLimits) -> list[_Member]:
+    """Every entry of a zip or tar (``_zip_entries``, ``_tar_entries``) checked before anything is
+    written, stopping early on a bomb: the declared total within ``limits``. Returns the members
+    to unpack (names that are never data left out)."""
+    members: list[_Member] = []
+    total = 0
+    for member in entries:
+        total += member.size
+        _check_total(archive, total, member.name, limits)
+        if not _is_skipped(member.parts):
+            members.append(member)
     return members
 
 
@@ -345,10 +343,10 @@ def extract_archive(archive: Path, dest: Path, limits: ArchiveLimits) -> tuple[i
     try:
         if archive.name.lower().endswith(".zip"):
             with zipfile.ZipFile(archive) as zf:
-                members = _zip_members(archive, zf, limits)
+                members = _validated(archive, _zip_entries(archive, zf, limits), limits)
                 return _materialise(archive, zf, members, dest, limits)
         with tarfile.open(archive, "r:*") as tf:
-            members = _tar_members(archive, tf, limits)
+            members = _validated(archive, _tar_entries(archive, tf, limits), limits)
             return _materialise(archive, tf, members, dest, limits)
     except DataError:
         raise

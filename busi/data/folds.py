@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from busi.data.scan import sample_key
+from busi.data.scan import SampleKeyed
 from busi.data.split import SplitRow, frame_cell, read_frame_cell
 from busi.errors import ConfigError, DataError
 from busi.files.text import csv_text, text_of
@@ -25,7 +25,7 @@ MAX_FOLDS = 20
 
 
 @dataclass(frozen=True)
-class FoldRow:
+class FoldRow(SampleKeyed):
     """One line of ``folds.csv``; ``frame`` as in ``SplitRow``."""
 
     path: str
@@ -33,10 +33,6 @@ class FoldRow:
     group: str
     fold: int
     frame: int | None = None
-
-    @property
-    def key(self) -> str:
-        return sample_key(self.path, self.frame)
 
 
 def assign_folds(rows: Sequence[SplitRow], k: int, seed: int) -> list[FoldRow]:
@@ -95,8 +91,8 @@ def read_folds(path: Path) -> list[FoldRow]:
         reader = csv.DictReader(io.StringIO(text_of(read_regular_file(path)), newline=""))
         if tuple(reader.fieldnames or ()) not in (FOLDS_COLUMNS, LEGACY_FOLDS_COLUMNS):
             raise ValueError(f"columns {reader.fieldnames}, expected {','.join(FOLDS_COLUMNS)}")
-        return [FoldRow(r["path"], r["label"], r["group"], int(r["fold"]), read_frame_cell(r.get("frame"), str(path)))
-                for r in reader]
+        return [FoldRow(r["path"], r["label"], r["group"], int(r["fold"]), read_frame_cell(r.get("frame"), path, line))
+                for line, r in enumerate(reader, start=2)]
     except FileNotFoundError:
         raise DataError(path, "not found; run `busi-job cv JOB.yaml --folds K` first") from None
     except (OSError, ValueError, KeyError, TypeError, csv.Error) as e:

@@ -50,8 +50,20 @@ def is_mask_name(path: str | Path) -> bool:
     return MASK_RE.match(Path(path).stem) is not None
 
 
+class SampleKeyed:
+    """What a sample's record (``Sample``, a row of ``splits.csv`` or ``folds.csv``) is listed
+    under: ``key``, from its ``path`` and ``frame`` (``sample_key``)."""
+
+    path: str
+    frame: int | None
+
+    @property
+    def key(self) -> str:
+        return sample_key(self.path, self.frame)
+
+
 @dataclass(frozen=True)
-class Sample:
+class Sample(SampleKeyed):
     """One image of the dataset. ``path`` is its file, relative to the dataset root, in POSIX
     form; ``frame`` the 1-based frame of a DICOM cine loop scanned under ``data.dicom.frame: all``
     (each frame a sample; None: the file's one image). ``key`` names the sample everywhere a
@@ -67,10 +79,6 @@ class Sample:
     sha256: str  # of the whole file (the frames of a loop share it)
     phash: int  # 63-bit DCT perceptual hash of a grayscale thumbnail
     frame: int | None = None
-
-    @property
-    def key(self) -> str:
-        return sample_key(self.path, self.frame)
 
 
 def sample_key(path: str, frame: int | None) -> str:

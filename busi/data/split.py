@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 
 from busi.data.dedupe import Group
-from busi.data.scan import Sample, sample_key
+from busi.data.scan import Sample, SampleKeyed
 from busi.errors import DataError
 from busi.files.text import csv_text, text_of
 from busi.runtime.safeio import read_regular_file
@@ -30,7 +30,7 @@ REQUIRED_SPLITS_COLUMNS = SPLITS_COLUMNS[:4]  # frame: only where a sample is a 
 
 
 @dataclass(frozen=True)
-class SplitRow:
+class SplitRow(SampleKeyed):
     """One line of ``splits.csv``: an image file, and its 1-based ``frame`` where the sample is
     one frame of a cine loop (``data.dicom.frame: all``)."""
 
@@ -39,11 +39,6 @@ class SplitRow:
     group: str
     split: str
     frame: int | None = None
-
-    @property
-    def key(self) -> str:
-        """The key of the sample this row is of (``busi.data.scan.sample_key``)."""
-        return sample_key(self.path, self.frame)
 
 
 def splits_text(rows: Sequence[SplitRow]) -> str:
@@ -59,12 +54,13 @@ def frame_cell(frame: int | None) -> str:
     return "" if frame is None else str(frame)
 
 
-def read_frame_cell(value: str | None, where: str) -> int | None:
-    """A frame column's cell: empty (or no column) for a whole file, else a frame number >= 1."""
+def read_frame_cell(value: str | None, path: str | Path, line: int | None = None) -> int | None:
+    """A frame column's cell: empty (or no column) for a whole file, else a frame number >= 1;
+    DataError naming ``path`` (and ``line``, where given) otherwise."""
     if not value:
         return None
     if not value.isdigit() or int(value) < 1:
-        raise DataError(where, f"frame {value!r}; expected a frame number (1, 2, ...) or nothing")
+        raise DataError(path, f"frame {value!r}; expected a frame number (1, 2, ...) or nothing", line=line)
     return int(value)
 
 
@@ -150,8 +146,8 @@ def given_split(samples: Sequence[Sample], groups: Sequence[Group], sides: Seque
             for i, s in enumerate(samples) if i in group_of]
 
 
-def parse_splits(path: str | Path, what: str = "data.splits file") -> list[tuple[str, SplitRow]]:
-    """The rows of a ``splits.csv``, each with where it is (``file:line``), checked on their own:
+def parse_splits(path: str | Path, what: str = "data.splits file") -> list[tuple[int, SplitRow]]:
+    """The rows of a ``splits.csv``, each with its line in the file, checked on their own:
     the required columns, a known split, a frame number or nothing. DataError naming the file
     (``what`` says which file it is) or the line."""
     p = Path(path)
@@ -169,12 +165,11 @@ def parse_splits(path: str | Path, what: str = "data.splits file") -> list[tuple
                         f"{','.join(REQUIRED_SPLITS_COLUMNS)} (and frame, where samples are frames of cine loops)")
     rows = []
     for line, r in enumerate(listed, start=2):
-        where = f"{p}:{line}"
         row = SplitRow(path=r["path"], label=r["label"], group=r["group"], split=r["split"],
-                       frame=read_frame_cell(r.get("frame"), where))
+                       frame=read_frame_cell(r.get("frame"), p, line))
         if row.split not in SPLITS:
-            raise DataError(where, f"split {row.split!r} for {row.key}; expected one of {', '.join(SPLITS)}")
-        rows.append((where, row))
+            raise DataError(p, f"split {row.split!r} for {row.key}; expected one of {', '.join(SPLITS)}", line=line)
+        rows.append((line, row))
     return rows
 
 
@@ -185,14 +180,15 @@ def read_splits_file(path: str | Path, samples: Sequence[Sample]) -> tuple[list[
     """
     by_key = {s.key: s for s in samples}  # a cine loop's frames by their keys (path#frame-N)
     rows: dict[str, SplitRow] = {}
-    for where, row in parse_splits(path):
+    for line, row in parse_splits(path):
         sp = row.key
         if sp not in by_key:
-            raise DataError(where, f"{sp} is not an image of the scanned dataset; check data.source")
+            raise DataError(path, f"{sp} is not an image of the scanned dataset; check data.source", line=line)
         if by_key[sp].label != row.label:
-            raise DataError(where, f"{sp} is labelled {row.label!r} here but {by_key[sp].label!r} in the dataset")
+            raise DataError(path, f"{sp} is labelled {row.label!r} here but {by_key[sp].label!r} in the dataset",
+                            line=line)
         if sp in rows:
-            raise DataError(where, f"{sp} is listed twice")
+            raise DataError(path, f"{sp} is listed twice", line=line)
         rows[sp] = dataclasses.replace(row, group=row.group or sp)
     ordered = [rows[s.key] for s in samples if s.key in rows]
     left_out = [s.key for s in samples if s.key not in rows]

@@ -187,8 +187,8 @@ def _join(root: Path, join: JoinConfig, key: str, header: list[str], records: li
         value = cells[k].strip() if k < len(cells) else ""
         extra = [cells[i].strip() if i < len(cells) else "" for i, _c in added]
         if value in index and index[value][1] != extra:
-            raise DataError(f"{other}:{line}", f"{other_key} {value!r} is given on line {index[value][0]} too, with "
-                            "other values; the joined table must have one row per key")
+            raise DataError(other, f"{other_key} {value!r} is given on line {index[value][0]} too, with "
+                            "other values; the joined table must have one row per key", line=line)
         index.setdefault(value, (line, extra))
     on = header.index(join.column)
     out: list[tuple[int, list[str]]] = []
@@ -234,7 +234,7 @@ def parse_table(text: str, wanted: Sequence[str], file: Path) -> tuple[str, list
             records.append((start, cells))
             start = reader.line_num + 1
     except csv.Error as e:
-        raise DataError(f"{file}:{reader.line_num}", f"not a readable CSV table: {e}") from None
+        raise DataError(file, f"not a readable CSV table: {e}", line=reader.line_num) from None
     if not header or not any(header):
         raise DataError(file, "the label table is empty (no header line)")
     return best, header, records
@@ -300,7 +300,8 @@ def _rows(root: Path, cfg: TableConfig, classes: Sequence[str], header: list[str
             continue  # blank lines, as spreadsheets leave at the end
         split, fold = _split_of(cell(cells, cfg.split), cfg.split, file, line), cell(cells, cfg.fold) or None
         if cfg.fold and fold is None:
-            raise DataError(f"{file}:{line}", f"column {cfg.fold!r} (data.table.fold) is empty; every row needs a fold")
+            raise DataError(file, f"column {cfg.fold!r} (data.table.fold) is empty; every row needs a fold",
+                            line=line)
         value = cell(cells, cfg.path)
         if not value:
             problems.append(Problem(line, "", "no_path", f"column {cfg.path!r} is empty"))
@@ -386,8 +387,8 @@ def _split_of(value: str, column: str | None, file: Path, line: int) -> str | No
         return None
     split = value.lower()
     if split not in SPLITS:
-        raise DataError(f"{file}:{line}", f"column {column!r} (data.table.split) holds {value!r}; every row needs one "
-                        f"of {', '.join(SPLITS)}")
+        raise DataError(file, f"column {column!r} (data.table.split) holds {value!r}; every row needs one "
+                        f"of {', '.join(SPLITS)}", line=line)
     return split
 
 

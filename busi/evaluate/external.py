@@ -98,7 +98,7 @@ def run_evaluate(req: EvaluateRequest, threads: int | None = None,
     if not used:
         raise DataError(ext.source, "every image overlaps the training data (a copy, or a training patient); "
                         "nothing left to evaluate (--keep-overlap counts them anyway)")
-    probs = _classify(predictor, [(root / s.path, s.frame) for s, _y in used], req.batch_size)
+    probs = _probabilities(predictor, [(root / s.path, s.frame) for s, _y in used], req.batch_size)
     scored = score([s.key for s, _y in used], [y for _s, y in used], probs, classes, "external", 0,
                    OperatingPoint.from_json(read_thresholds(model_file)))
     metrics = scored.metrics
@@ -203,16 +203,16 @@ def _overlap(req: EvaluateRequest, samples: Sequence[Any], patients: Sequence[st
     return overlap
 
 
-def _classify(predictor: Any, images: list[tuple[Path, int | None]], batch_size: int) -> np.ndarray:
+def _probabilities(predictor: Any, images: list[tuple[Path, int | None]], batch_size: int) -> np.ndarray:
     """Probabilities of ``images`` ((file, frame of a cine loop or None)), batch by batch."""
     from busi.data.images import load_image
+    from busi.model.predictor import forward_batches
 
-    out = []
-    for i in range(0, len(images), batch_size):
-        x = np.stack([load_image(f, predictor.image_size, predictor.resize, predictor.dicom, frame)
-                      for f, frame in images[i : i + batch_size]])
-        out.append(predictor.engine.run(x.astype(np.float32, copy=False)))
-    return np.concatenate(out)
+    def decoded(chunk: list[tuple[Path, int | None]]) -> list[np.ndarray]:
+        return [load_image(f, predictor.image_size, predictor.resize, predictor.dicom, frame) for f, frame in chunk]
+
+    chunks = (images[i : i + batch_size] for i in range(0, len(images), batch_size))
+    return np.concatenate([p for _, p in forward_batches(predictor.engine.run, chunks, decoded) if p is not None])
 
 
 def _fill(folder: AtomicFolder, scored: Scored, about: dict[str, Any], overlap: Sequence[Overlap]) -> None:

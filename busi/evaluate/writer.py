@@ -6,14 +6,15 @@ out-of-fold predictions of a cross-validation (``busi.evaluate.crossval``) and a
 evaluation (``busi.evaluate.external``). ``score`` computes the metrics of
 ``busi.evaluate.metrics`` with their bootstrap intervals and the malignant-vs-rest rates;
 ``write_evaluation`` writes them where a ``Layout`` says, through an ``AtomicFolder`` (every
-file complete or absent), and returns the plots for the caller's page (``busi.report.html``).
+file complete or absent), and returns the plots for the caller's page (``busi.report.html``, which
+shows those that were written: ``page_plots``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -88,8 +89,3 @@ def write_evaluation(folder: AtomicFolder, layout: Layout, scored: Scored,
         folder.write_with(layout.plot(PLOTS["ROC"]), lambda p: plot_roc(y, probs, classes, p, split), ".png")
         folder.write_with(layout.plot(PLOTS["reliability"]), lambda p: plot_calibration(y, probs, p, split), ".png")
     return plots
-
-
-def page_plots(plots: Mapping[str, Path]) -> dict[str, Path]:
-    """The plots that were written (a split without images has none)."""
-    return {caption: path for caption, path in plots.items() if path.is_file()}

@@ -25,8 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-import yaml
-
 from busi.errors import ConfigError
 from busi.files.atomic import (
     AtomicFolder,
@@ -67,7 +65,8 @@ RUN_LAYOUT: tuple[Entry, ...] = (
           "images (`busi-job evaluate`'s overlap check; patient empty where the job gave none)"),
     Entry("report", "data/report.json", "file", "the dataset report (`busi-job inspect --json`)"),
     Entry("model", "model/model.keras", "file", "the Keras model, preprocessing inside (plain Keras loads it)"),
-    Entry("saved_model", "model/saved_model", "folder", "the TensorFlow SavedModel (serving)"),
+    Entry("saved_model", "model/saved_model", "folder", "the TensorFlow SavedModel (serving); not with "
+          "`output.saved_model: false` (`busi-job export --format saved_model` writes it later)"),
     Entry("openvino", "model/openvino", "folder", "the OpenVINO model: model.xml, model.bin, source.json"),
     Entry("openvino_int8", "model/openvino-int8", "folder", "the INT8 OpenVINO model (NNCF post-training "
           "quantization on training images), with `train.quantize: int8` (the default): model.xml, model.bin, "
@@ -118,9 +117,6 @@ class RunDir:
 
     def write_json(self, key: str, obj: Any) -> Path | None:
         return self.write_text(key, json_text(obj))
-
-    def write_yaml(self, key: str, obj: Any) -> Path | None:
-        return self.write_text(key, yaml.safe_dump(obj, sort_keys=False))
 
     def write_csv(self, key: str, columns: Sequence[str], rows: Iterable[Sequence[Any] | dict[str, Any]]) -> Path | None:
         return self.write_text(key, csv_text(columns, rows))

@@ -64,17 +64,19 @@ class ModelInfo:
 
 def write_model_dir(run: RunDir, model: Any, classes: Sequence[str], image_size: int, resize: str,
                     saved_model: bool = True, dicom: DicomConfig = DicomConfig(), backbone: str = "resnet50",
-                    alpha: float = 1.0) -> ModelInfo:
+                    alpha: float = 1.0, openvino: bool = True) -> ModelInfo:
     """Write ``model`` and what it means into ``run``'s model folder (atomically, primary rank
-    only, as every ``RunDir`` write). ``saved_model=False`` skips the SavedModel export (tests
-    and benchmarks that only predict)."""
+    only, as every ``RunDir`` write). ``saved_model=False`` skips the SavedModel export
+    (``output.saved_model: false``; ``busi-job export --format saved_model`` writes it later);
+    ``openvino=False`` the OpenVINO model (tests and benchmarks that convert their own)."""
     info = ModelInfo(tuple(classes), int(image_size), resize, dicom, backbone, float(alpha))
     run.write_json("labels", info.labels_json())
     run.write_json("preprocessing", info.preprocessing_json())
     run.write_file_with("model", lambda p: model.save(str(p)), ".keras")
     if saved_model:
         run.write_dir_with("saved_model", lambda p: model.export(str(p), verbose=False))
-        _write_openvino(run, model)
+    if openvino:
+        _write_openvino(run, model, from_saved_model=saved_model)
     return info
 
 
@@ -103,11 +105,11 @@ def read_thresholds(model_file: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _write_openvino(run: RunDir, model: Any) -> None:
+def _write_openvino(run: RunDir, model: Any, from_saved_model: bool) -> None:
     """The OpenVINO model of ``model``, so prediction never converts it: from the SavedModel just
-    written, or, for a mixed-precision model (whose SavedModel holds bfloat16 constants OpenVINO
-    cannot read), from its float32 copy in memory; skipped, with a log line, where OpenVINO is
-    not installed."""
+    written (``from_saved_model``: converting it is seconds), else from the model in memory (a
+    mixed-precision one, whose SavedModel holds bfloat16 constants OpenVINO cannot read, through
+    its float32 copy); skipped, with a log line, where OpenVINO is not installed."""
     from busi.files.digest import file_sha256
     from busi.model.network import computes_in_float32
     from busi.model.openvino import openvino_available, to_openvino, write_openvino_dir
@@ -117,7 +119,7 @@ def _write_openvino(run: RunDir, model: Any) -> None:
     if not openvino_available():
         log.info("model: no %s (openvino is not installed)", RUN_FILES["openvino"])
         return
-    if computes_in_float32(model):
+    if from_saved_model and computes_in_float32(model):
         ov_model = to_openvino(model, saved_model=run.path("saved_model"))
     else:
         ov_model = to_openvino(model)
@@ -136,7 +138,8 @@ def find_model_file(model_arg: str | Path) -> Path:
     else:
         model_file = p
     if not model_file.is_file():
-        raise DataError(f"--model {model_arg}", f"no {MODEL_FILE} found (give a run directory or a {MODEL_FILE} file)")
+        raise DataError(model_arg, f"no {MODEL_FILE} found (give a run directory or a {MODEL_FILE} file)",
+                        option="--model")
     labels = model_file.parent / LABELS_FILE
     if not labels.is_file():
         raise DataError(labels, f"{LABELS_FILE} not found beside the model; it maps indices to class names")

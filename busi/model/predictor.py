@@ -1,14 +1,18 @@
 """A trained model ready to predict: its classes and preprocessing (from its model folder,
 ``busi.model.folder``), the engine that runs it (``busi.model.engines``) and, where something
 needs it, the Keras model (OpenVINO runs the folder's own conversion without TensorFlow).
-Prediction, external evaluation and the benchmarks load models through ``load_predictor``."""
+Prediction, external evaluation and the benchmarks load models through ``load_predictor``;
+prediction, external evaluation and training's evaluation run their batches through
+``forward_batches``."""
 
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
+
+import numpy as np
 
 from busi.config.schema import DicomConfig
 from busi.errors import DataError
@@ -34,6 +38,19 @@ class Predictor:
         from busi.model.ensemble import Ensemble
 
         return len(self.engine.members) if isinstance(self.engine, Ensemble) else 1
+
+
+B = TypeVar("B")
+
+
+def forward_batches(run: Callable[[np.ndarray], np.ndarray], batches: Iterable[B],
+                    images: Callable[[B], Sequence[np.ndarray] | np.ndarray]) -> Iterator[tuple[B, np.ndarray | None]]:
+    """Each of ``batches`` in turn with ``run``'s output for its images: ``images(batch)`` (S x S x 3
+    each, or already N x S x S x 3), given to ``run`` as one float32 array (an engine's ``run``,
+    ``busi.model.engines``). None for a batch without images, which is not run."""
+    for batch in batches:
+        x = images(batch)
+        yield batch, run(np.asarray(x, np.float32)) if len(x) else None
 
 
 def load_predictor(model_arg: str | Path, engine: str = "tensorflow", precision: str = "auto",

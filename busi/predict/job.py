@@ -28,9 +28,9 @@ from busi.data.dicom import DicomSource
 from busi.data.images import decode_frames
 from busi.data.inputs import InputFile
 from busi.errors import ConfigError, DataError, Interrupted
-from busi.model.ensemble import fold_runs
+from busi.model.ensemble import Ensemble, fold_runs, spread
 from busi.model.folder import find_model_file
-from busi.model.predictor import Predictor, load_predictor
+from busi.model.predictor import Predictor, forward_batches, load_predictor
 from busi.predict.output import (
     CsvSink,
     own_outputs,
@@ -203,8 +203,10 @@ def predict_files(
     ) as pool:
         items = _items(todo, predictor.image_size, predictor.resize, pool, ahead=3 * batch_size,
                        dicom=predictor.dicom)
-        for batch in _batches(items, batch_size):
-            probs, spreads = _classify(predictor, [item.decoded for item in batch])
+        engine = predictor.engine  # a cross-validation's fold models: each one's output, for their spread
+        run = engine.run_members if ensemble and isinstance(engine, Ensemble) else engine.run
+        for batch, out in forward_batches(run, _batches(items, batch_size), _images):
+            probs, spreads = _by_index(batch, out, ensemble)
             if cam is not None and gradcam_dir is not None:
                 _overlays(cam, batch, probs, gradcam_dir)
             if sr_dir is not None:
@@ -227,21 +229,22 @@ def predict_files(
     return summary
 
 
-def _classify(predictor: Predictor, decoded: Sequence[Decoded]) -> tuple[dict[int, np.ndarray], dict[int, float]]:
-    """The probabilities of each decoded image of a batch, by its index in the batch; for the
-    fold models of a cross-validation also their spread (``busi.model.ensemble``)."""
-    from busi.model.ensemble import Ensemble, spread
+def _images(batch: Sequence[Item]) -> list[np.ndarray]:
+    """The decoded images of a batch, its undecodable files left out."""
+    return [item.decoded.image for item in batch if item.decoded.image is not None]
 
-    ok = [i for i, d in enumerate(decoded) if d.image is not None]
-    if not ok:
+
+def _by_index(batch: Sequence[Item], out: np.ndarray | None,
+              ensemble: bool) -> tuple[dict[int, np.ndarray], dict[int, float]]:
+    """The probabilities of each decoded image of a batch, by its index in the batch, from ``out``
+    (the engine's output for ``_images(batch)``); for the fold models of a cross-validation
+    (``ensemble``: ``out`` holds each fold's) their mean and also their spread (``busi.model.ensemble``)."""
+    if out is None:
         return {}, {}
-    batch = np.stack([decoded[i].image for i in ok]).astype(np.float32, copy=False)
-    engine = predictor.engine
-    if isinstance(engine, Ensemble) and len(engine.members) > 1:
-        per_member = engine.run_members(batch)
-        out, sd = per_member.mean(axis=0), spread(per_member)
-        return {i: out[j] for j, i in enumerate(ok)}, {i: float(sd[j]) for j, i in enumerate(ok)}
-    out = engine.run(batch)
+    ok = [i for i, item in enumerate(batch) if item.decoded.image is not None]
+    if ensemble:
+        mean, sd = out.mean(axis=0), spread(out)
+        return {i: mean[j] for j, i in enumerate(ok)}, {i: float(sd[j]) for j, i in enumerate(ok)}
     return {i: out[j] for j, i in enumerate(ok)}, {}
 
 

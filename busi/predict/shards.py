@@ -1,7 +1,8 @@
 """Which 1/N of the inputs this process predicts: the shard of an array job (Slurm, AWS Batch,
-Google Cloud Batch) or of a multi-process launch (``busi.distributed.launchers``' table), or
-``--shard I/N``; and the file name of a shard's CSV (``<stem>.part-IIIII-of-NNNNN.csv``), the one
-definition ``busi.predict.output`` and ``busi.predict.merge`` share."""
+Google Cloud Batch: ``busi.runtime.schedulers``) or of a multi-process launch
+(``busi.distributed.launchers``' table), or ``--shard I/N``; and the file name of a shard's CSV
+(``<stem>.part-IIIII-of-NNNNN.csv``), the one definition ``busi.predict.output`` and
+``busi.predict.merge`` share."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Mapping, Sequence
 from busi.data.inputs import InputFile
 from busi.distributed.launchers import LAUNCHERS
 from busi.errors import ConfigError
+from busi.runtime.schedulers import detect_scheduler, env_int
 
 SHARD_MARK = ".part-"  # <stem>.part-IIIII-of-NNNNN<suffix>
 
@@ -41,38 +43,28 @@ def parse_shard(text: str) -> Shard:
 
 
 def shard_from_env(env: Mapping[str, str] | None = None) -> Shard:
-    """The shard of an array job (Slurm, AWS Batch, Google Cloud Batch), or this process's rank
-    under a multi-process launcher (``busi.distributed.launchers.LAUNCHERS``)."""
+    """The shard of an array job (``busi.runtime.schedulers``: the task ID minus the array's
+    lowest ID), or this process's rank under a multi-process launcher
+    (``busi.distributed.launchers.LAUNCHERS``)."""
     env = os.environ if env is None else env
-
-    def num(name: str) -> int | None:
-        raw = env.get(name)
-        if raw is None or raw == "":
-            return None
-        try:
-            return int(raw)
-        except ValueError:
-            raise ConfigError(f"environment variable {name}={raw!r} is not an integer") from None
-
-    candidates: list[tuple[str, str, str, str | None]] = [
-        ("slurm", "SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK_MIN"),
-        # AWS Batch exports only the index; the job definition sets the size (docs: clusters and clouds).
-        ("aws-batch", "AWS_BATCH_JOB_ARRAY_INDEX", "AWS_BATCH_JOB_ARRAY_SIZE", None),
-        ("gcp-batch", "BATCH_TASK_INDEX", "BATCH_TASK_COUNT", None),
-        # ranks of a multi-process launch: the one table of launcher variables
-        *((launcher.name, launcher.rank, launcher.size, None) for launcher in LAUNCHERS),
-    ]
-    for source, index_var, count_var, min_var in candidates:
-        index, count = num(index_var), num(count_var)
-        if index is None:
-            continue
-        if count is None:
-            raise ConfigError(f"{index_var} is set but {count_var} is not: set it, or pass --shard I/N")
-        index -= (num(min_var) or 0) if min_var else 0
-        if count < 1 or not 0 <= index < count:
-            raise ConfigError(f"{source} array: task index {index} is outside 0..{count - 1}; pass --shard I/N")
-        return Shard(index, count, source)
+    scheduler = detect_scheduler(env)
+    task = scheduler.array_task(env) if scheduler else None
+    if scheduler and task:
+        return _checked(scheduler.name, task.shard_index, task.count, task.id_var, task.count_var)
+    for launcher in LAUNCHERS:  # ranks of a multi-process launch: the one table of launcher variables
+        rank = env_int(env, launcher.rank)
+        if rank is not None:
+            return _checked(launcher.name, rank, env_int(env, launcher.size), launcher.rank, launcher.size)
     return Shard(0, 1, "none")
+
+
+def _checked(source: str, index: int, count: int | None, index_var: str, count_var: str) -> Shard:
+    """Shard ``index`` of ``count`` from ``source``, or a ConfigError naming the variables."""
+    if count is None:
+        raise ConfigError(f"{index_var} is set but {count_var} is not: set it, or pass --shard I/N")
+    if count < 1 or not 0 <= index < count:
+        raise ConfigError(f"{source} array: task index {index} is outside 0..{count - 1}; pass --shard I/N")
+    return Shard(index, count, source)
 
 
 def shard_output_path(output: Path, shard: Shard) -> Path:

@@ -49,13 +49,18 @@ def _facts(rows: Iterable[tuple[str, Any]]) -> str:
     return f"<table>{body}</table>"
 
 
+def page_plots(plots: Mapping[str, Path]) -> dict[str, Path]:
+    """The plots of ``{caption: path}`` that were written (a split without images has none):
+    the ones a page shows."""
+    return {caption: path for caption, path in plots.items() if path.is_file()}
+
+
 def _figures(plots: Mapping[str, Path]) -> str:
     out = []
-    for caption, path in plots.items():
-        if path.is_file():
-            data = base64.b64encode(path.read_bytes()).decode("ascii")
-            out.append(f"<figure><img alt=\"{_e(caption)}\" src=\"data:image/png;base64,{data}\">"
-                       f"<figcaption>{_e(caption)}</figcaption></figure>")
+    for caption, path in page_plots(plots).items():
+        data = base64.b64encode(path.read_bytes()).decode("ascii")
+        out.append(f"<figure><img alt=\"{_e(caption)}\" src=\"data:image/png;base64,{data}\">"
+                   f"<figcaption>{_e(caption)}</figcaption></figure>")
     return "".join(out)
 
 

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from busi.errors import ConfigError
+from busi.runtime.schedulers import detect_scheduler
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
@@ -70,29 +70,25 @@ def detect_cores(
     cgroup_root: Path = CGROUP_ROOT,
 ) -> CoreDecision:
     """Cores for this process: the configured integer, or the smallest of the affinity mask,
-    the cgroup quota (rounded up) and ``SLURM_CPUS_PER_TASK``; then divided among the ranks
+    the cgroup quota (rounded up) and the batch scheduler's CPUs per task
+    (``busi.runtime.schedulers``: Slurm's ``--cpus-per-task``); then divided among the ranks
     sharing the node (``local_ranks``) when ``auto``."""
     env = os.environ if env is None else env
     affinity = affinity_cores()
     quota = cgroup_cpu_quota(cgroup_root)
-    slurm: int | None = None
-    raw = env.get("SLURM_CPUS_PER_TASK")
-    if raw:
-        try:
-            slurm = int(raw)
-        except ValueError:
-            raise ConfigError(f"SLURM_CPUS_PER_TASK={raw!r} is not an integer") from None
+    scheduler = detect_scheduler(env)
+    per_task = scheduler.cpus_per_task(env) if scheduler else None
     if setting != "auto":
         cores, source = int(setting), "config"
     else:
         candidates = [(affinity, "affinity")]
         if quota is not None:
             candidates.append((max(1, math.ceil(quota - 1e-9)), "cgroup"))
-        if slurm is not None and slurm > 0:
-            candidates.append((slurm, "slurm"))
+        if scheduler and per_task is not None and per_task > 0:
+            candidates.append((per_task, scheduler.name))
         cores, source = min(candidates, key=lambda c: c[0])
-        # SLURM_CPUS_PER_TASK is already per rank; the others are per node and shared.
-        if source != "slurm" and local_ranks > 1:
+        # the scheduler's CPUs per task are already per rank; the others are per node and shared.
+        if source in ("affinity", "cgroup") and local_ranks > 1:
             cores = max(1, cores // local_ranks)
     intra, inter = thread_split(cores)
     return CoreDecision(
@@ -100,7 +96,7 @@ def detect_cores(
         source=source,
         affinity=affinity,
         cgroup_quota=quota,
-        slurm_cpus_per_task=slurm,
+        slurm_cpus_per_task=per_task,
         local_ranks=local_ranks,
         intra_op_threads=intra,
         inter_op_threads=inter,

@@ -1,19 +1,18 @@
 """Walltime: ``HH:MM:SS`` (Slurm's ``D-HH:MM:SS`` too) both ways, when this process started, and
 the deadline a job must stop by (from the job file, a wrapper's or cloud job definition's
-environment, or the Slurm job's end time)."""
+environment, or the batch scheduler's end of the job)."""
 
 from __future__ import annotations
 
-import datetime as dt
 import math
 import os
 import re
-import subprocess
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Mapping
 
 from busi.errors import ConfigError
+from busi.runtime.schedulers import detect_scheduler
 
 _HMS = re.compile(r"^(?:(\d+)-)?(\d+):(\d{1,2}):(\d{1,2})$")
 
@@ -32,25 +31,6 @@ def format_hms(seconds: float) -> str:
     and the ETA of the epoch log line. The inverse of ``parse_hms``."""
     s = max(0, int(math.ceil(seconds)))
     return f"{s // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}"
-
-
-def slurm_end_time(env: Mapping[str, str], run: Callable[..., Any] = subprocess.run) -> float | None:
-    """The Slurm job's end time (epoch seconds), from ``SLURM_JOB_END_TIME`` or ``squeue``."""
-    raw = env.get("SLURM_JOB_END_TIME")
-    if raw and raw.isdigit():
-        return float(raw)
-    job = env.get("SLURM_JOB_ID")
-    if not job:
-        return None
-    try:
-        out = run(["squeue", "-h", "-j", job, "-o", "%e"], capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    text = (out.stdout or "").strip()
-    try:
-        return dt.datetime.fromisoformat(text).timestamp()  # local time, as squeue prints it
-    except ValueError:
-        return None  # "N/A", "UNLIMITED", or nothing
 
 
 def process_start_time() -> float:
@@ -72,7 +52,8 @@ def resolve_deadline(
 
     ``HH:MM:SS``: that long after ``started``. ``auto``: ``BUSI_WALLTIME_END`` (epoch seconds,
     set by a wrapper), ``BUSI_WALLTIME`` (HH:MM:SS from the start, set by a cloud job
-    definition), else the Slurm job's end time; none of these: no budget.
+    definition), else the batch scheduler's end of the job (``busi.runtime.schedulers``: Slurm's);
+    none of these: no budget.
     """
     env = os.environ if env is None else env
     if setting is None:
@@ -88,7 +69,7 @@ def resolve_deadline(
             raise ConfigError(f"BUSI_WALLTIME_END={env['BUSI_WALLTIME_END']!r}: expected epoch seconds") from None
     if env.get("BUSI_WALLTIME"):
         return started + parse_hms(env["BUSI_WALLTIME"], "BUSI_WALLTIME"), "BUSI_WALLTIME"
-    end = slurm_end_time(env)
-    if end is not None:
-        return end, "slurm"
+    scheduler = detect_scheduler(env)
+    if scheduler is not None and (end := scheduler.job_end_time(env)) is not None:
+        return end, scheduler.name
     return None, "none"

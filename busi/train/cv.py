@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
+from typing import Mapping
 
 from busi.config.schema import JobConfig
 from busi.data.folds import FoldRow, assign_folds, fold_splits, folds_text, read_folds
@@ -35,6 +36,7 @@ from busi.files.cvdir import (
     fold_status,
     splits_file,
 )
+from busi.runtime.schedulers import SLURM
 
 log = logging.getLogger("busi")
 
@@ -97,14 +99,11 @@ def fold_config(cfg: JobConfig, fold: int) -> JobConfig:
                                output=dataclasses.replace(cfg.output, dir=str(fold_dir(root, fold))))
 
 
-def array_fold(env: dict[str, str]) -> int | None:
-    """The fold of a Slurm array task (``SLURM_ARRAY_TASK_ID``), or None outside an array."""
-    value = env.get("SLURM_ARRAY_TASK_ID")
-    if value is None or value == "":
-        return None
-    if not value.isdigit():
-        raise ConfigError(f"SLURM_ARRAY_TASK_ID={value!r}: expected a fold number 0..K-1 (sbatch --array=0-K-1)")
-    return int(value)
+def array_fold(env: Mapping[str, str]) -> int | None:
+    """The fold of a Slurm array task: its task ID (``busi.runtime.schedulers``), or None outside
+    an array."""
+    task = SLURM.array_task(env)
+    return None if task is None else task.fold
 
 
 def run_cv(cfg: JobConfig, k: int, fold: int | None, argv: list[str] | None = None) -> list[int]:

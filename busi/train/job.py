@@ -6,20 +6,22 @@ cores, walltime, manifest); ``_stages`` then reads like the run it performs:
 1. ``prepare``: stage, scan, group and split the data; write the split, its hashes and the
    dataset report (before TensorFlow starts, so a bad dataset fails in seconds);
 2. ``start``: threads, seeds and precision; TensorFlow starts here;
-3. ``build``: the model, its weights, the input pipelines and the class weights;
+3. ``build``: the model, its weights and the input pipelines;
 4. ``fit``: both phases (``busi.train.loop``), checkpointing and stopping on signals;
 5. ``calibrate``: the temperature on the validation split (``train.calibration``);
 6. ``save_model``: the model folder (model.keras, SavedModel, OpenVINO);
 7. ``evaluate``: the test split's metrics, intervals, operating point and explanations;
-8. ``quantize_and_check``: the INT8 model and the reduced precisions' accuracy contracts
+8. ``quantize``: the INT8 model and the reduced precisions' accuracy contracts
    (``busi.train.quantize``, ``train.quantize``);
-9. ``publish``: metrics, predictions, plots, model card, report.html, TensorBoard.
+9. ``publish``: thresholds, metrics, predictions, plots, model card, report.html, TensorBoard.
 
-Each stage returns what the next needs; ``StageClock`` times them into the manifest.
+Each stage returns what the later ones take and writes nothing another stage writes;
+``StageClock`` times each into the manifest's ``seconds`` under the stage's name.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import platform
@@ -57,7 +59,6 @@ from busi.runtime.stopper import Stopper
 from busi.runtime.walltime import process_start_time, resolve_deadline
 from busi.train.checkpoint import Checkpoint, Checkpointer
 from busi.train.loop import TrainResult
-from busi.train.quantize import quantize_and_check
 
 log = logging.getLogger("busi")
 
@@ -94,6 +95,44 @@ class TrainingData:
     def test_name(self) -> str:
         """The evaluated split: test, or val when the job keeps no test split."""
         return "test" if len(self.splits["test"]) else "val"
+
+
+@dataclass(frozen=True)
+class Started:
+    """The node TensorFlow started on (GPU or not, threads) and the Keras dtype policy."""
+
+    host: Host
+    policy: str
+
+
+@dataclass(frozen=True)
+class Built:
+    """The model with its weights, and each split's input pipeline."""
+
+    net: BuiltModel
+    pipelines: dict[str, Pipeline]
+
+    @property
+    def model(self) -> Any:
+        return self.net.model
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The fitted temperature and the calibrated validation probabilities; None, None: off, or
+    no validation split."""
+
+    temperature: float | None = None
+    val_probs: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The evaluated split, scored (``metrics.json`` without ``precisions``), and the positive
+    class's operating point (``thresholds.json``)."""
+
+    scored: Scored
+    operating_point: dict[str, Any]
 
 
 class StageClock:
@@ -135,29 +174,30 @@ def run_training(cfg: JobConfig, restart: bool = False, argv: list[str] | None =
 
 def _stages(job: Job, t_start: float) -> dict[str, Any]:
     clock = StageClock(job.manifest.seconds)
-    with clock("data"):
+    with clock("prepare"):
         data = prepare(job)
-    host, policy = start(job)
-    with clock("model_build"):
-        built = build(job)
-    pipelines = input_pipelines(job, data)
-    result = fit(job, data, built, pipelines, host)
-    temperature, val_probs = calibrate(job, built.model, pipelines["val"], data.labels("val"))
-    with clock("save"):
+    with clock("start"):
+        started = start(job)
+    with clock("build"):
+        built = build(job, data)
+    with clock("fit"):
+        result = fit(job, data, built, started)
+    with clock("calibrate"):
+        calibration = calibrate(job, data, built)
+    with clock("save_model"):
         save_model(job, built)
     with clock("evaluate"):
-        scored = evaluate(job, data, built, pipelines, host, policy, result, temperature, val_probs)
+        evaluation = evaluate(job, data, built, started, calibration)
     with clock("quantize"):
-        quantize_and_check(job.cfg, job.run, built.model, pipelines[data.test_name], data.labels(data.test_name),
-                           data.splits["train"].images(), scored, host)
-    with clock("save"):
-        publish(job, data, scored, result)
+        precisions = quantize(job, data, built, started, evaluation)
+    with clock("publish"):
+        publish(job, data, result, evaluation, precisions)
     job.manifest.seconds["total"] = round(time.perf_counter() - t_start, 3)
     job.manifest.finish("completed")
     job.checkpointer.remove()  # the final model replaces it
-    ci = scored.metrics["ci95"]
+    metrics = evaluation.scored.metrics
     log.info("done: %s accuracy %s, balanced accuracy %s, macro F1 %s (95%% bootstrap intervals); run directory %s",
-             data.test_name, *(format_interval(scored.metrics.get(k), ci.get(k))
+             data.test_name, *(format_interval(metrics.get(k), metrics["ci95"].get(k))
                                for k in ("accuracy", "balanced_accuracy", "macro_f1")), job.run.root)
     return job.manifest.data
 
@@ -232,7 +272,7 @@ def prepare(job: Job) -> TrainingData:
     return TrainingData(prepared, splits, splits_sha)
 
 
-def start(job: Job) -> tuple[Host, str]:
+def start(job: Job) -> Started:
     """Start TensorFlow with the job's threads and seed; the node (GPU or not, threads) and the
     Keras dtype policy (``train.precision``)."""
     cfg, cores = job.cfg, job.cores
@@ -244,36 +284,35 @@ def start(job: Job) -> tuple[Host, str]:
     job.manifest.record(tensorflow=tf.__version__, keras=keras.__version__, numpy=np.__version__, precision=policy)
     log.info("runtime: %d cores (source: %s), %d intra-op / %d inter-op threads, precision %s, %d rank(s)",
              cores.cores, cores.source, cores.intra_op_threads, cores.inter_op_threads, policy, job.dist.size)
-    return Host(gpu=gpu, threads=cores.cores), policy
+    return Started(Host(gpu=gpu, threads=cores.cores), policy)
 
 
-def build(job: Job) -> BuiltModel:
-    """The classifier with its weights (``model.weights``), recorded in the manifest."""
+def build(job: Job, data: TrainingData) -> Built:
+    """The classifier with its weights (``model.weights``), recorded in the manifest, and the
+    splits' input pipelines."""
     from busi.model.network import build_model, count_params
 
     cfg = job.cfg
-    built = build_model(cfg.model, cfg.data.image_size, cfg.data.classes)
+    net = build_model(cfg.model, cfg.data.image_size, cfg.data.classes)
     job.manifest.record(backbone={"name": cfg.model.backbone, "alpha": cfg.model.alpha}, weights={
         "setting": cfg.model.weights,
-        "file": str(built.weights_file) if built.weights_file else None,
-        "sha256": built.weights_sha256,
-        "loaded_into": built.weights_loaded_into,
-    }, parameters=count_params(built.model))
+        "file": str(net.weights_file) if net.weights_file else None,
+        "sha256": net.weights_sha256,
+        "loaded_into": net.weights_loaded_into,
+    }, parameters=count_params(net.model))
     log.info("model: %s (alpha %g), weights %s%s", cfg.model.backbone, cfg.model.alpha,
-             built.weights_file or "none (random initialisation)",
-             f" (sha256 {built.weights_sha256[:12]}..., into the {built.weights_loaded_into})"
-             if built.weights_sha256 else "")
-    return built
+             net.weights_file or "none (random initialisation)",
+             f" (sha256 {net.weights_sha256[:12]}..., into the {net.weights_loaded_into})"
+             if net.weights_sha256 else "")
+    d = cfg.data
+    pipelines = {name: Pipeline(s, d.image_size, d.resize, d.cache, d.dicom) for name, s in data.splits.items()}
+    return Built(net, pipelines)
 
 
-def input_pipelines(job: Job, data: TrainingData) -> dict[str, Pipeline]:
-    d = job.cfg.data
-    return {name: Pipeline(s, d.image_size, d.resize, d.cache, d.dicom) for name, s in data.splits.items()}
-
-
-def fit(job: Job, data: TrainingData, built: BuiltModel, pipelines: dict[str, Pipeline], host: Host) -> TrainResult:
-    """Both phases (``busi.train.loop.Trainer``): history.csv and TensorBoard after every epoch,
-    checkpoints as configured; ``Interrupted`` after checkpointing on a signal or the budget."""
+def fit(job: Job, data: TrainingData, built: Built, started: Started) -> TrainResult:
+    """Both phases (``busi.train.loop.Trainer``) with the class weights: history.csv and
+    TensorBoard after every epoch, checkpoints as configured; ``Interrupted`` after checkpointing
+    on a signal or the budget. The best epoch and each phase's seconds go into the manifest."""
     from busi.train.loop import HISTORY_COLUMNS, EpochRecord, Trainer
     from busi.train.tensorboard import TensorBoardLog
 
@@ -292,27 +331,28 @@ def fit(job: Job, data: TrainingData, built: BuiltModel, pipelines: dict[str, Pi
         run.write_csv("history", HISTORY_COLUMNS, [r.row() for r in result.history])
         board.epoch(record)
 
-    trainer = Trainer(cfg, built, pipelines["train"], pipelines["val"], class_weights, job.dist, on_epoch,
-                      stopper=job.stopper, checkpointer=job.checkpointer, host=host,
+    trainer = Trainer(cfg, built.net, built.pipelines["train"], built.pipelines["val"], class_weights, job.dist,
+                      on_epoch, stopper=job.stopper, checkpointer=job.checkpointer, host=started.host,
                       on_step=failure_from_env(job.dist.rank))
     trainer.state.splits_sha256 = data.splits_sha256
     result = trainer.fit(job.resume)
     board.close()
     job.manifest.seconds.update({f"phase_{k}": v for k, v in result.phase_seconds.items()})
+    job.manifest.record(best_epoch=result.best_epoch, monitor=cfg.train.monitor, best_value=result.best_value,
+                        engines={"feature_cache": result.cache_engines})
     return result
 
 
-def calibrate(job: Job, model: Any, val: Pipeline, labels: list[int]) -> tuple[float | None, np.ndarray | None]:
+def calibrate(job: Job, data: TrainingData, built: Built) -> Calibration:
     """``train.calibration: temperature``: fit T on the validation split and divide the output
-    layer by it (``busi.evaluate.calibration``). The fitted T and the calibrated model's
-    validation probabilities, or (None, None): off, or no validation split."""
-    cfg = job.cfg
+    layer by it (``busi.evaluate.calibration``)."""
+    cfg, labels = job.cfg, data.labels("val")
     if cfg.train.calibration != "temperature":
-        return None, None
+        return Calibration()
     if not labels:
         log.warning("train.calibration: temperature needs a validation split; this run has none, so the model "
                     "is left uncalibrated")
-        return None, None
+        return Calibration()
     from busi.evaluate.calibration import (
         calibration_metrics,
         fit_temperature,
@@ -322,9 +362,9 @@ def calibrate(job: Job, model: Any, val: Pipeline, labels: list[int]) -> tuple[f
     )
     from busi.evaluate.forward import predict_probs
 
-    probs = predict_probs(model, val, cfg.train.batch_size)
+    probs = predict_probs(built.model, built.pipelines["val"], cfg.train.batch_size)
     temperature = round(fit_temperature(labels, probs), 6)
-    scale_output_layer(model, temperature)
+    scale_output_layer(built.model, temperature)
     before, after = calibration_metrics(labels, probs), calibration_metrics(labels, with_temperature(probs, temperature))
     if separated(labels, probs):
         log.warning("calibration: all %d validation images are classified correctly, so no temperature minimises "
@@ -334,11 +374,12 @@ def calibrate(job: Job, model: Any, val: Pipeline, labels: list[int]) -> tuple[f
         log.info("calibration: temperature %.3f fitted on %d validation images (NLL %.4f -> %.4f, ECE %.3f -> %.3f)",
                  temperature, len(labels), before["nll"], after["nll"], before["ece"], after["ece"])
     job.manifest.record(temperature=temperature)
-    return temperature, with_temperature(probs, temperature)
+    return Calibration(temperature, with_temperature(probs, temperature))
 
 
-def save_model(job: Job, built: BuiltModel) -> None:
-    """The model folder: model.keras, labels, preprocessing, SavedModel and OpenVINO."""
+def save_model(job: Job, built: Built) -> None:
+    """The model folder: model.keras, labels, preprocessing, SavedModel (``output.saved_model``)
+    and OpenVINO."""
     from busi.model.folder import write_model_dir
     from busi.model.network import weights_sha256
 
@@ -346,37 +387,36 @@ def save_model(job: Job, built: BuiltModel) -> None:
     sha = weights_sha256(built.model)
     log.info("final weights sha256 %s", sha, extra=ALL_RANKS)
     write_model_dir(job.run, built.model, cfg.data.classes, cfg.data.image_size, cfg.data.resize,
-                    dicom=cfg.data.dicom, backbone=cfg.model.backbone, alpha=cfg.model.alpha)
+                    saved_model=cfg.output.saved_model, dicom=cfg.data.dicom, backbone=cfg.model.backbone,
+                    alpha=cfg.model.alpha)
     job.manifest.record(weights_sha256=sha)
 
 
-def evaluate(job: Job, data: TrainingData, built: BuiltModel, pipelines: dict[str, Pipeline], host: Host,
-             policy: str, result: TrainResult, temperature: float | None, val_probs: np.ndarray | None) -> Scored:
+def evaluate(job: Job, data: TrainingData, built: Built, started: Started, calibration: Calibration) -> Evaluation:
     """The evaluated split's probabilities (on ``train.engine``), the positive class's operating
-    point chosen on the validation split (``thresholds.json``), and the metrics: intervals,
-    calibration before the temperature, the positive class vs the rest, Grad-CAM against the masks."""
+    point chosen on the validation split, and the metrics: intervals, calibration before the
+    temperature, the positive class vs the rest, Grad-CAM against the masks."""
     from busi.evaluate.calibration import calibration_metrics, with_temperature
     from busi.evaluate.forward import predict_probs
     from busi.evaluate.screening import OperatingPoint, choose_operating_point
-    from busi.model.folder import write_thresholds
 
     cfg, run = job.cfg, job.run
     classes, name, bs = cfg.data.classes, data.test_name, cfg.train.batch_size
-    engine = evaluation_engine(cfg, run, host, policy)
-    probs = predict_probs(built.model, pipelines[name], bs, engine)
+    engine = evaluation_engine(cfg, run, started)
+    probs = predict_probs(built.model, built.pipelines[name], bs, engine)
+    val_probs = calibration.val_probs
     if val_probs is None and data.labels("val"):
-        val_probs = predict_probs(built.model, pipelines["val"], bs, engine)
+        val_probs = predict_probs(built.model, built.pipelines["val"], bs, engine)
     point = choose_operating_point(data.labels("val"), val_probs, classes, cfg.evaluate.positive_class,
                                    cfg.evaluate.target_sensitivity)
-    write_thresholds(run, point)
     root = data.prepared.root
     paths = [s.key for s, _ in data.prepared.split(name)]  # a frame of a cine loop: path#frame-N
     scored = score(paths, data.labels(name), probs, classes, name, cfg.runtime.seed, OperatingPoint.from_json(point))
     metrics = scored.metrics
-    if temperature is not None:
-        metrics["temperature"] = temperature
-        metrics["calibration_before_temperature"] = calibration_metrics(data.labels(name),
-                                                                        with_temperature(probs, 1 / temperature))
+    if calibration.temperature is not None:
+        metrics["temperature"] = calibration.temperature
+        metrics["calibration_before_temperature"] = calibration_metrics(
+            data.labels(name), with_temperature(probs, 1 / calibration.temperature))
     if cfg.train.gradcam_masks and run.primary:  # gradients: on TensorFlow
         from busi.evaluate.explain import gradcam_vs_masks
 
@@ -385,21 +425,38 @@ def evaluate(job: Job, data: TrainingData, built: BuiltModel, pipelines: dict[st
                           for s, _ in data.prepared.split(name)], classes, cfg.data.image_size, cfg.data.resize,
             cfg.data.dicom)
     metrics["engine"] = (engine.info if engine is not None else tensorflow_info(built.model)).as_dict()
-    job.manifest.record(best_epoch=result.best_epoch, monitor=cfg.train.monitor, best_value=result.best_value,
-                        engines={"feature_cache": result.cache_engines, "evaluate": metrics["engine"]})
-    return scored
+    job.manifest.record(engines={**job.manifest.data.get("engines", {}), "evaluate": metrics["engine"]})
+    return Evaluation(scored, point)
 
 
-def publish(job: Job, data: TrainingData, scored: Scored, result: TrainResult) -> None:
-    """history.csv, the evaluation (``busi.evaluate.writer``), the training curves, the model
-    card, report.html and the test results in TensorBoard."""
+def quantize(job: Job, data: TrainingData, built: Built, started: Started, evaluation: Evaluation) -> dict[str, Any]:
+    """The INT8 model and each reduced precision's accuracy contract on the evaluated split
+    (``busi.train.quantize``): float32's probabilities are the evaluation's where it ran in float32."""
+    from busi.train.quantize import Evaluated, quantize_and_check
+
+    scored, name = evaluation.scored, data.test_name
+    float32 = scored.metrics["engine"].get("precision") == "float32"
+    split = Evaluated(built.pipelines[name], data.labels(name), scored.probs if float32 else None,
+                      scored.metrics.get("ci95", {}), scored.classes)
+    return quantize_and_check(job.cfg, job.run, built.model, split, data.splits["train"].images(), started.host)
+
+
+def publish(job: Job, data: TrainingData, result: TrainResult, evaluation: Evaluation,
+            precisions: dict[str, Any]) -> None:
+    """thresholds.json, history.csv, the evaluation with the precisions' contracts
+    (``busi.evaluate.writer``), the training curves, the model card, report.html and the test
+    results in TensorBoard."""
     from busi.evaluate.plots import plot_curves
+    from busi.model.folder import write_thresholds
     from busi.report.html import run_report
     from busi.report.modelcard import model_card
     from busi.train.loop import HISTORY_COLUMNS
     from busi.train.tensorboard import TensorBoardLog
 
-    cfg, run, metrics = job.cfg, job.run, scored.metrics
+    cfg, run = job.cfg, job.run
+    scored = dataclasses.replace(evaluation.scored, metrics={**evaluation.scored.metrics, "precisions": precisions})
+    metrics = scored.metrics
+    write_thresholds(run, evaluation.operating_point)
     history = [r.row() for r in result.history]
     run.write_csv("history", HISTORY_COLUMNS, history)
     plots = write_evaluation(run.files, TEST_SPLIT, scored)
@@ -417,7 +474,7 @@ def publish(job: Job, data: TrainingData, scored: Scored, result: TrainResult) -
     board.close()
 
 
-def evaluation_engine(cfg: JobConfig, run: RunDir, host: Host, policy: str) -> Engine | None:
+def evaluation_engine(cfg: JobConfig, run: RunDir, started: Started) -> Engine | None:
     """The engine of the test-split evaluation (``train.engine``): OpenVINO runs the
     ``model/openvino/`` training has just written (no conversion of its own), in the training
     policy's precision; None: TensorFlow. Ranks other than the primary write no model, so they
@@ -425,12 +482,13 @@ def evaluation_engine(cfg: JobConfig, run: RunDir, host: Host, policy: str) -> E
     from busi.model.engines import OpenVINOEngine, choose_engine, policy_precision
     from busi.model.openvino import OPENVINO_XML, openvino_available, read_openvino_dir
 
-    name = choose_engine(cfg.train.engine, host.gpu, openvino_available(), key="train.engine")
+    name = choose_engine(cfg.train.engine, started.host.gpu, openvino_available(), key="train.engine")
     folder = run.path("openvino")
     if name == "tensorflow" or not run.primary or not (folder / OPENVINO_XML).is_file():
         return None
     try:
-        return OpenVINOEngine(read_openvino_dir(folder), cfg.train.batch_size, policy_precision(policy), host.threads)
+        return OpenVINOEngine(read_openvino_dir(folder), cfg.train.batch_size, policy_precision(started.policy),
+                              started.host.threads)
     except ConfigError:
         raise
     except Exception as e:  # hours of training never end in a failure for want of the faster engine

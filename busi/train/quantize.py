@@ -20,12 +20,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from busi.config.schema import DicomConfig, JobConfig
+from busi.config.schema import CONTRACT_PRECISIONS, DicomConfig, JobConfig
 from busi.data.pipeline import Pipeline, SplitData
 from busi.data.split import parse_splits
 from busi.errors import ConfigError, DataError
 from busi.evaluate.precision import not_measured, precision_contract
-from busi.evaluate.writer import Scored
 from busi.files.rundir import RUN_FILES, RunDir
 from busi.model.engines import Host
 from busi.runtime.cpu import cpu_has_bf16
@@ -35,8 +34,8 @@ log = logging.getLogger("busi")
 
 @dataclass
 class Evaluated:
-    """The split a contract is measured on: its pipeline, labels, float32 probabilities and
-    float32's bootstrap intervals."""
+    """The split a contract is measured on: its pipeline, labels, float32 probabilities (None:
+    measured here on OpenVINO's float32 model) and float32's bootstrap intervals."""
 
     pipeline: Pipeline
     labels: list[int]
@@ -45,25 +44,21 @@ class Evaluated:
     classes: tuple[str, ...]
 
 
-def quantize_and_check(cfg: JobConfig, run: RunDir, model: Any, test: Pipeline, test_labels: list[int],
-                       train_images: Sequence[tuple[str, int | None]], scored: Scored, host: Host) -> dict[str, Any]:
-    """Training's stage: the INT8 model (calibrated on ``train_images``: (path, frame)) and the contracts on the
-    evaluated split (``test``, scored as ``scored``); ``not_measured`` for each with
-    ``train.quantize: none``; {} off the primary rank."""
+def quantize_and_check(cfg: JobConfig, run: RunDir, model: Any, split: Evaluated,
+                       train_images: Sequence[tuple[str, int | None]], host: Host) -> dict[str, Any]:
+    """Training's stage: the INT8 model (calibrated on ``train_images``: (path, frame)) and the
+    contracts on the evaluated ``split``, as ``model/precisions.json`` holds them; ``not_measured``
+    for each with ``train.quantize: none``; {} off the primary rank."""
     if not run.primary:
         return {}
     if cfg.train.quantize == "none":
-        results = {p: not_measured("train.quantize: none") for p in ("int8", "bfloat16")}
+        results = {p: not_measured("train.quantize: none") for p in CONTRACT_PRECISIONS}
         run.write_json("precisions", results)
-        scored.metrics["precisions"] = results
         return results
     results = _unmeasurable(run)
     if results is None:
-        reference = scored.probs if scored.metrics.get("engine", {}).get("precision") == "float32" else None
-        split = Evaluated(test, test_labels, reference, scored.metrics.get("ci95", {}), scored.classes)
         results = check_precisions(run, model, split, list(train_images), cfg.data.image_size, cfg.data.resize,
                                    cfg.runtime.seed, cfg.train.batch_size, host.threads, cfg.data.dicom)
-    scored.metrics["precisions"] = results
     return results
 
 
@@ -72,7 +67,7 @@ def _unmeasurable(run: RunDir) -> dict[str, Any] | None:
 
     if openvino_available() and (run.path("openvino") / OPENVINO_XML).is_file():
         return None
-    results = {p: not_measured("no OpenVINO model (openvino is not installed)") for p in ("int8", "bfloat16")}
+    results = {p: not_measured("no OpenVINO model (openvino is not installed)") for p in CONTRACT_PRECISIONS}
     run.write_json("precisions", results)
     return results
 
