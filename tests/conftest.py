@@ -196,7 +196,8 @@ def linked_copies(src: Path, dest: Path, copies: int) -> int:
     return copies * len(images)
 
 
-def make_model_dir(root: Path, size: int = 32, classes: tuple[str, ...] = CLASSES, seed: int = 0) -> Path:
+def make_model_dir(root: Path, size: int = 32, classes: tuple[str, ...] = CLASSES, seed: int = 0,
+                   backbone: str = "resnet50", alpha: float = 1.0) -> Path:
     """A run directory's model folder as training writes it (``busi.model.folder``, without the
     SavedModel and the OpenVINO model), from a ``weights: none`` model: real weights, no training needed."""
     import keras
@@ -207,8 +208,9 @@ def make_model_dir(root: Path, size: int = 32, classes: tuple[str, ...] = CLASSE
     from busi.model.network import build_model
 
     keras.utils.set_random_seed(seed)
-    built = build_model(ModelConfig(weights="none"), size, classes)
-    write_model_dir(RunDir(root), built.model, classes, size, "stretch", saved_model=False, openvino=False)
+    built = build_model(ModelConfig(backbone=backbone, alpha=alpha, weights="none"), size, classes)  # type: ignore[arg-type]
+    write_model_dir(RunDir(root), built.model, classes, size, "stretch", saved_model=False, openvino=False,
+                    backbone=backbone, alpha=alpha)
     return root
 
 

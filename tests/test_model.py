@@ -13,11 +13,13 @@ from busi.errors import WeightsError
 from busi.model.weights import IMAGENET_FILE, resolve_weights
 
 
-def _build(weights: str = "none", classes: int = 3, size: int = 32):  # type: ignore[no-untyped-def]
-    """A busi model of ``classes`` outputs for ``size`` px images, with ``weights``."""
+def _build(weights: str = "none", classes: int = 3, size: int = 32, small: bool = False):  # type: ignore[no-untyped-def]
+    """A busi model of ``classes`` outputs for ``size`` px images, with ``weights``: ResNet50, or
+    (``small``) MobileNet at width 0.25, for what holds for every backbone (weights files)."""
     from busi.model.network import build_model
 
-    return build_model(ModelConfig(weights=weights), size, [f"class{i}" for i in range(classes)])
+    net = {"backbone": "mobilenet", "alpha": 0.25} if small else {}
+    return build_model(ModelConfig(weights=weights, **net), size, [f"class{i}" for i in range(classes)])
 
 
 def test_imagenet_lookup_order(tmp_path: Path) -> None:
@@ -61,23 +63,23 @@ def test_train_with_imagenet_and_empty_cache_exits_2(tmp_path: Path, synth_small
 
 def test_weights_file_by_path_gives_identical_predictions(tmp_path: Path) -> None:
     """A weights file the test makes (save_weights of a weights: none model) loads by path."""
-    first = _build()
+    first = _build(small=True)
     path = tmp_path / "mine.weights.h5"
     first.model.save_weights(str(path))
     x = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
     expected = first.model(x, training=False).numpy()
 
-    second = _build(str(path))
+    second = _build(str(path), small=True)
     assert second.weights_loaded_into == "model"
     np.testing.assert_allclose(second.model(x, training=False).numpy(), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_backbone_weights_file_loads_into_backbone(tmp_path: Path) -> None:
     """A backbone-only file (the shape of Keras' ImageNet notop file) goes into the backbone."""
-    donor = _build()
+    donor = _build(small=True)
     path = tmp_path / "backbone.weights.h5"
     donor.backbone.save_weights(str(path))
-    built = _build(str(path))
+    built = _build(str(path), small=True)
     assert built.weights_loaded_into == "backbone"
     for a, b in zip(donor.backbone.get_weights(), built.backbone.get_weights()):
         np.testing.assert_array_equal(a, b)
@@ -88,20 +90,20 @@ def test_mismatching_weights_file_is_a_data_error_naming_it(tmp_path: Path) -> N
     naming the file: the job's settings are right, the file is wrong."""
     from busi.errors import DataError
 
-    other = _build(classes=5)  # 5 classes: head shape differs, backbone differs not
+    other = _build(classes=5, small=True)  # 5 classes: head shape differs, backbone differs not
     path = tmp_path / "five.weights.h5"
     other.model.save_weights(str(path))
     with pytest.raises(DataError, match="does not fit this model") as e:
-        _build(str(path))
+        _build(str(path), small=True)
     assert e.value.path == str(path) and e.value.exit_code == 3
     bad = tmp_path / "garbage.weights.h5"
     bad.write_bytes(b"not hdf5")
     with pytest.raises(DataError, match="does not fit this model"):
-        _build(str(bad))
-    bigger = _build(size=48)  # same shapes: image size is not in the weights
+        _build(str(bad), small=True)
+    bigger = _build(size=48, small=True)  # same shapes: image size is not in the weights
     path48 = tmp_path / "48.weights.h5"
     bigger.model.save_weights(str(path48))
-    assert _build(str(path48)).weights_loaded_into == "model"
+    assert _build(str(path48), small=True).weights_loaded_into == "model"
 
 
 def test_a_model_argument_without_a_model_names_the_option_and_the_path(tmp_path: Path) -> None:

@@ -167,7 +167,7 @@ def test_an_int8_model_is_never_run_for_another_model_keras(run: Path, tmp_path:
     contracts = json.loads((swapped / "model" / "precisions.json").read_text())
     contracts["int8"].update(passed=True)  # so that auto would take it on a CPU with VNNI
     (swapped / "model" / "precisions.json").write_text(json.dumps(contracts))
-    other = make_model_dir(tmp_path / "other", size=64)
+    other = make_model_dir(tmp_path / "other", size=64, backbone="mobilenet", alpha=0.25)  # converts in seconds
     shutil.copyfile(other / "model" / "model.keras", swapped / "model" / "model.keras")
 
     r, _ = _predict_labels(swapped, folder, tmp_path / "int8.csv", "--engine", "openvino", "--precision", "int8")

@@ -31,15 +31,17 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-from conftest import REPO
+from conftest import REPO, SMALL
 from slurmcluster import SlurmCluster, unavailable_reason
 
 SLURM = REPO / "slurm"
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL",
             "DEADLINE", "PREEMPTED", "SPECIAL_EXIT"}
-# A tiny training job: 32 px, head phase only, no pretrained weights (job/demo.yaml's model).
-TINY = ["--set", "data.image_size=32", "--set", "train.batch_size=8", "--set", "train.finetune.epochs=0",
-        "--set", "train.quantize=none"]  # INT8: tests/test_quantize.py
+# A tiny training job: 32 px, head phase only, no pretrained weights, conftest's small model
+# (tests/test_job.py checks ResNet50's whole run directory).
+RESNET_TINY = ["--set", "data.image_size=32", "--set", "train.batch_size=8", "--set", "train.finetune.epochs=0",
+               "--set", "train.quantize=none"]  # INT8: tests/test_quantize.py
+TINY = [*RESNET_TINY, *SMALL]
 NOISE = ("I0000 ", "WARNING: All log messages", "To enable the following", "oneDNN custom operations")
 
 
@@ -260,9 +262,9 @@ def test_usr1_checkpoints_requeues_and_the_same_job_resumes(
     # output.dir keyed by the job id (${SLURM_JOB_ID} is interpolated by busi, as in job/busi.yaml)
     job = sbatch([f"--chdir={tmp_path}", "--cpus-per-task=2", "--mem=1G", "--time=00:30:00", str(SLURM / "train.sh"),
                   str(REPO / "job" / "demo.yaml"), "--set", f"data.source={data}",
-                  "--set", "output.dir=runs/busi-${SLURM_JOB_ID}", *TINY,
+                  "--set", "output.dir=runs/busi-${SLURM_JOB_ID}", *RESNET_TINY,
                   "--set", f"train.head.epochs={epochs}", "--set", f"train.head.patience={epochs}",
-                  # every epoch through the backbone (about 1 s each here): the signal lands mid-training
+                  # every epoch through ResNet50 (about 1 s each here): the signal lands mid-training
                   "--set", "train.feature_cache=none"], env, tmp_path)
     log = tmp_path / f"busi-train-{job}.out"
     run = tmp_path / "runs" / f"busi-{job}"

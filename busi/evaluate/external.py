@@ -152,9 +152,9 @@ def _training_hashes(req: EvaluateRequest, model_file: Path, run: Path | None) -
     if not req.leakage_check:
         return []
     if run is None:
-        raise DataError(f"--model {req.model}", f"no run directory around {model_file}, so no training hashes "
+        raise DataError(req.model, f"no run directory around {model_file}, so no training hashes "
                         f"({RUN_FILES['hashes']}) to check the data against; pass the run directory, or "
-                        "--no-leakage-check to evaluate without the check")
+                        "--no-leakage-check to evaluate without the check", option="--model")
     return read_hashes(run / RUN_FILES["hashes"])
 
 
