@@ -22,7 +22,12 @@ recipe for pretrained weights is job/busi.yaml's (head on the frozen backbone, t
 stage); ``none`` trains every layer from the start (BatchNorm trained, ``unfreeze: all``), as
 job/demo.yaml does (``--recipe pretrained``: the same job as the pretrained weights, only the
 weights differ). A finished fold is not run again (``busi-job cv`` resumes), so an
-interrupted benchmark continues. Prints numbers; not a test. Keep the data out of the repository.
+interrupted benchmark continues. ``--resamples N``: the bootstrap resamples of the script's own
+intervals (``--compare``'s and the ECE's; default 2000, busi's). Smallest run
+(tests/test_benchmarks.py), on a synthetic dataset (``busi-job synth DIR --per-class 8 --size 32``):
+``--data DIR --config mobilenet@0.25:none --folds 2 --size 32 --batch-size 8
+--set train.head.epochs=1 --set train.finetune.epochs=1 --resamples 200``. Prints numbers; not a
+test. Keep the data out of the repository.
 """
 
 from __future__ import annotations
@@ -106,16 +111,15 @@ def oof(out: Path) -> tuple[np.ndarray, np.ndarray, list[str], list[int]]:
     return y, probs, classes, [int(r["fold"]) for r in rows]
 
 
-def ece_interval(y: np.ndarray, probs: np.ndarray, seed: int) -> list[float]:
-    from busi.evaluate.bootstrap import RESAMPLES
+def ece_interval(y: np.ndarray, probs: np.ndarray, seed: int, resamples: int) -> list[float]:
     from busi.evaluate.calibration import expected_calibration_error
 
     rng = np.random.default_rng(seed)
-    values = [expected_calibration_error(y[i], probs[i]) for i in rng.integers(0, len(y), (RESAMPLES, len(y)))]
+    values = [expected_calibration_error(y[i], probs[i]) for i in rng.integers(0, len(y), (resamples, len(y)))]
     return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
 
 
-def summarise(out: Path, seed: int) -> dict[str, Any]:
+def summarise(out: Path, seed: int, resamples: int) -> dict[str, Any]:
     from busi.evaluate.calibration import expected_calibration_error
 
     report = json.loads((out / "cv-metrics.json").read_text())
@@ -134,7 +138,7 @@ def summarise(out: Path, seed: int) -> dict[str, Any]:
                           folds["per_class"][MALIGNANT]["roc_auc"]),
         "balanced_accuracy": (pooled["balanced_accuracy"], pooled["ci95"]["balanced_accuracy"],
                               folds["balanced_accuracy"]),
-        "ece": (pooled["calibration"]["ece"], ece_interval(y, probs, seed),
+        "ece": (pooled["calibration"]["ece"], ece_interval(y, probs, seed, resamples),
                 {"mean": float(np.mean(fold_ece)), "sd": float(np.std(fold_ece, ddof=1))}),
         "minutes_per_fold": minutes,
     }
@@ -166,12 +170,10 @@ def fold_predictions(out: Path, folds: list[int]) -> tuple[list[str], np.ndarray
     return [r["path"] for r in rows], np.array([classes.index(r["true_label"]) for r in rows]), probs, classes
 
 
-def compare(a: Path, b: Path, seed: int) -> None:
+def compare(a: Path, b: Path, seed: int, resamples: int) -> None:
     """Two configurations on the folds both completed (the same test images, each predicted by the
     fold that never trained on it): macro and malignant-vs-rest ROC AUC of each with 95% bootstrap
     intervals, and of their paired difference (the same resamples for both)."""
-    from busi.evaluate.bootstrap import RESAMPLES
-
     def completed(out: Path, i: int) -> bool:
         manifest = out / f"fold-{i}" / "manifest.json"
         return manifest.is_file() and json.loads(manifest.read_text()).get("status") == "completed"
@@ -182,7 +184,7 @@ def compare(a: Path, b: Path, seed: int) -> None:
     assert paths == paths_b and np.array_equal(y, y_b), "the two ran other folds"
     fns = auc_measures(classes)
     rng = np.random.default_rng(seed)
-    samples = [i for i in (rng.integers(0, len(y), len(y)) for _ in range(RESAMPLES)) if len(set(y[i])) == len(classes)]
+    samples = [i for i in (rng.integers(0, len(y), len(y)) for _ in range(resamples)) if len(set(y[i])) == len(classes)]
     print(f"\n## {a.name} against {b.name}: folds {', '.join(map(str, done))} ({len(y)} images, pooled out of fold)")
     for name, fn in fns.items():
         boot = np.array([(fn(y[i], pa[i]), fn(y[i], pb[i])) for i in samples])
@@ -209,6 +211,8 @@ def main() -> None:
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--resamples", type=int, default=None, help="bootstrap resamples of this script's own intervals "
+                   "(--compare's, the ECE's; default busi's 2000; cv-report's intervals keep 2000)")
     p.add_argument("--out", type=Path, default=Path("bench-accuracy"))
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a recipe change (repeatable)")
     p.add_argument("--recipe", choices=("auto", "pretrained", "scratch"), default="auto",
@@ -218,8 +222,12 @@ def main() -> None:
     p.add_argument("--tag", default="", help="a name for the recipe variant (its output folder's suffix)")
     args = p.parse_args()
     common.print_command()
+    if args.resamples is None:
+        from busi.evaluate.bootstrap import RESAMPLES
+
+        args.resamples = RESAMPLES
     if args.compare:
-        compare(*args.compare, seed=args.seed)
+        compare(*args.compare, seed=args.seed, resamples=args.resamples)
         return
     if args.data is None or not args.config:
         p.error("--data and --config are required (or --compare)")
@@ -239,7 +247,7 @@ def main() -> None:
         out = (args.out / label).resolve()
         t = time.perf_counter()
         run_cv(name, alpha, weights, args, out)
-        s = summarise(out, args.seed)
+        s = summarise(out, args.seed, args.resamples)
         rate = predict_rate(out, args.data)
         print(f"\n## {name} alpha {alpha:g}, weights {weights} ({s['images']} images, {s['folds']} folds, "
               f"{args.size} px; {(time.perf_counter() - t) / 60:.1f} min in all)"

@@ -7,10 +7,14 @@ values), the best weights so far, the loop state; written to a temp folder, fsyn
 and, as the worst case, everything unfrozen (Adam holds two slots per trainable weight).
 Target: well inside the 30 s between SIGTERM and SIGKILL.
 
-    .venv/bin/python benchmarks/bench_checkpoint.py [--repeats 5] [--dir DIR]
+    .venv/bin/python benchmarks/bench_checkpoint.py [--repeats 5] [--dir DIR] [--size 224]
+        [--unfreeze conv5,all] [--backbone resnet50 [--alpha 1.0]]
 
 ``--dir``: where the run directory goes (default: a temp folder under /tmp; try the shared file
-system your runs write to). Prints numbers; not a test.
+system your runs write to). ``--backbone``/``--alpha``: the network checkpointed (default
+ResNet50, the figures in docs/performance.md). Smallest run (tests/test_benchmarks.py):
+``--size 32 --repeats 1 --unfreeze conv5 --backbone mobilenet --alpha 0.25``. Prints one line
+per unfreeze setting; not a test.
 """
 
 from __future__ import annotations
@@ -25,11 +29,12 @@ import common
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--size", type=int, default=224)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--unfreeze", default="conv5,all")
+    ap.add_argument("--size", type=int, default=224, help="image side, px (default 224)")
+    ap.add_argument("--repeats", type=int, default=5, help="checkpoints written per setting (default 5)")
+    ap.add_argument("--unfreeze", default="conv5,all", help="comma-separated: the trainable blocks of each setting")
     ap.add_argument("--dir", help="parent folder of the run directory")
-    ap.add_argument("--no-wait", action="store_true")
+    common.add_model_options(ap)
+    ap.add_argument("--no-wait", action="store_true", help="do not wait for a quiet machine")
     args = ap.parse_args()
     common.print_command()
     from busi.runtime.cores import detect_cores
@@ -45,10 +50,11 @@ def main() -> None:
     from busi.train.checkpoint import Checkpointer, TrainState
 
     root = common.scratch("busi-bench-ckpt-", Path(args.dir) if args.dir else None)
-    print(f"# {args.size} px ResNet50, run directory {root}, {cores.cores} cores")
+    print(f"# {args.size} px {args.backbone} (alpha {args.alpha:g}), run directory {root}, {cores.cores} cores")
     for unfreeze in args.unfreeze.split(","):
         cfg = load_config(None, base={"data": {"source": "unused", "image_size": args.size},
-                                      "output": {"dir": str(root / unfreeze)}, "model": {"weights": "none"}})
+                                      "output": {"dir": str(root / unfreeze)},
+                                      "model": {"weights": "none", "backbone": args.backbone, "alpha": args.alpha}})
         built = build_model(cfg.model, cfg.data.image_size, cfg.data.classes)
         model = built.model
         set_trainable(built, unfreeze, cfg.model.batchnorm)

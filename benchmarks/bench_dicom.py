@@ -12,8 +12,11 @@ an ultrasound export). In one process, one model (a ``weights: none`` ResNet50, 
    decode threads do), and the ratio to PNG.
 
     .venv/bin/python benchmarks/bench_dicom.py [--images 300] [--size 224] [--repeats 3] [--quick]
+        [--backbone resnet50 [--alpha 1.0]]
 
-The folders are cached in /tmp/busi-bench. Prints numbers; not a test.
+The folders are cached in /tmp/busi-bench (``$BUSI_BENCH_CACHE``). Smallest run
+(tests/test_benchmarks.py): ``--images 6 --size 32 --batch-size 4 --repeats 1 --decode-files 3
+--backbone mobilenet --alpha 0.25``. Prints a Markdown table, one row per folder; not a test.
 """
 
 from __future__ import annotations
@@ -74,12 +77,13 @@ def folders(n: int) -> dict[str, Path]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--images", type=int, default=300)
-    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--images", type=int, default=300, help="images per folder (default 300)")
+    ap.add_argument("--size", type=int, default=224, help="model input size, px (default 224)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3, help="rounds over the three folders, alternating")
     ap.add_argument("--decode-files", type=int, default=60, help="files per decode-only measurement")
     ap.add_argument("--engine", default="auto", help="tensorflow, openvino or auto (as busi-job predict)")
+    common.add_model_options(ap)
     ap.add_argument("--quick", action="store_true", help="60 images at 64 px, one round: checks the script runs")
     ap.add_argument("--no-wait", action="store_true", help="do not wait for a quiet machine")
     args = ap.parse_args()
@@ -101,7 +105,7 @@ def main() -> None:
     from busi.predict.output import CsvSink, prediction_columns
 
     tmp = common.scratch("busi-bench-dicom-")
-    common.make_model_dir(tmp / "run", args.size)
+    common.make_model_dir(tmp / "run", args.size, backbone=args.backbone, alpha=args.alpha)
     predictor = load_predictor(tmp / "run", args.engine, "auto", args.batch_size, cores.cores)
     files = {k: expand_inputs([str(p)]) for k, p in paths.items()}
     assert len({len(f) for f in files.values()}) == 1, {k: len(f) for k, f in files.items()}
@@ -121,7 +125,7 @@ def main() -> None:
                 sink.close()
             assert summary.errors == 0, f"{kind}: {summary.errors} errors"
             rates[kind].append(summary.images_per_second)
-    print(f"# {len(files['png'])} files per folder, {args.size} px, batch {args.batch_size}, {cores.cores} cores, "
+    print(f"# {len(files['png'])} files per folder, {args.size} px {args.backbone}, batch {args.batch_size}, {cores.cores} cores, "
           f"engine {predictor.engine.info.label()}, {args.repeats} rounds (median)")
     print("| folder | end to end img/s | vs PNG | decode ms/file (1 core) | vs PNG |")
     print("|---|---|---|---|---|")

@@ -26,8 +26,17 @@ Two recipes (``--recipe``):
 Early stopping is off on both sides (patience above the epochs): the same epochs run.
 
     .venv/bin/python benchmarks/bench_endtoend.py [--recipe busi|demo] [--precision float32,mixed_bfloat16] [--quick]
+        [--images N] [--size PX] [--head EPOCHS] [--finetune EPOCHS] [--backbone resnet50 [--alpha 1.0]]
+        [--set KEY=VALUE ...]
 
-Prints numbers; not a test.
+``--images``, ``--size``, ``--head``, ``--finetune`` and the other recipe options override the
+recipe's values; ``--backbone``/``--alpha`` change the network on both sides (default ResNet50,
+the figures in docs/performance.md); ``--set KEY=VALUE`` (repeatable) is a change to busi's run
+only, after the benchmark's own settings (e.g. ``train.quantize=none``: no INT8 model, which the
+notebook never makes either). Smallest run (tests/test_benchmarks.py): ``--recipe demo --images 24
+--size 32 --head 1 --finetune 0 --batch-size 8 --backbone mobilenet --alpha 0.25``
+(a 0-epoch phase is skipped on both sides). Prints one
+table per precision; not a test.
 """
 
 from __future__ import annotations
@@ -56,6 +65,7 @@ RECIPES = {
 def overrides(args: argparse.Namespace, folder: Path, out: Path, precision: str) -> list[str]:
     sets = {
         "data.source": str(folder), "data.image_size": args.size, "model.weights": "none",
+        "model.backbone": args.backbone, "model.alpha": args.alpha,
         "model.batchnorm": args.batchnorm, "model.dropout": args.dropout,
         "train.batch_size": args.batch_size, "train.precision": precision,
         "train.head.epochs": args.head, "train.head.learning_rate": args.lr_head, "train.head.patience": 100,
@@ -63,7 +73,7 @@ def overrides(args: argparse.Namespace, folder: Path, out: Path, precision: str)
         "train.finetune.unfreeze": args.unfreeze, "train.finetune.patience": 100,
         "output.dir": str(out), "runtime.seed": args.seed,
     }
-    return [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
+    return [a for k, v in sets.items() for a in ("--set", f"{k}={v}")] + [a for s in args.set for a in ("--set", s)]
 
 
 def timed_run(cmd: list[str]) -> tuple[float, str]:
@@ -108,7 +118,8 @@ def notebook(args: argparse.Namespace) -> dict:
     _, y_te, test_paths = load("test")
     t_load = time.perf_counter() - t
 
-    model_cfg = ModelConfig(weights="none", batchnorm=args.batchnorm, dropout=args.dropout)
+    model_cfg = ModelConfig(backbone=args.backbone, alpha=args.alpha, weights="none", batchnorm=args.batchnorm,
+                            dropout=args.dropout)
     built = build_model(model_cfg, args.size, ("normal", "benign", "malignant"))
     model = built.model
     cw = balanced_class_weights(y_tr.tolist(), 3)
@@ -163,8 +174,8 @@ def notebook(args: argparse.Namespace) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--recipe", choices=["busi", "demo"], default="busi")
-    ap.add_argument("--images", type=int)
-    ap.add_argument("--size", type=int)
+    ap.add_argument("--images", type=int, help="synthetic BUSI-sized PNGs (busi: 780, demo: 240)")
+    ap.add_argument("--size", type=int, help="image side, px (busi: 224, demo: 128)")
     ap.add_argument("--head", type=int, help="head-phase epochs")
     ap.add_argument("--finetune", type=int, help="fine-tuning epochs")
     ap.add_argument("--unfreeze")
@@ -174,7 +185,10 @@ def main() -> None:
     ap.add_argument("--dropout", type=float)
     ap.add_argument("--batch-size", type=int)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--precision", default="float32")
+    ap.add_argument("--precision", default="float32", help="comma-separated: one table each")
+    common.add_model_options(ap)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a change to busi's run only, after the benchmark's settings (repeatable)")
     ap.add_argument("--quick", action="store_true", help="96 images, 2 + 1 epochs")
     ap.add_argument("--no-wait", action="store_true")
     ap.add_argument("--notebook-worker", action="store_true", help=argparse.SUPPRESS)
@@ -194,7 +208,8 @@ def main() -> None:
     common.print_command()
     folder = common.busi_sized_folder(args.images, seed=2, name=f"endtoend-{args.images}")
     print(f"# data: {len(common.image_files(folder))} synthetic BUSI-sized PNGs in {folder}; {args.size} px, "
-          f"batch {args.batch_size}, {args.head} + {args.finetune} epochs, weights none, batchnorm {args.batchnorm}, "
+          f"batch {args.batch_size}, {args.head} + {args.finetune} epochs, {args.backbone} (alpha {args.alpha:g}) "
+          f"weights none, batchnorm {args.batchnorm}, "
           f"fine-tune {args.unfreeze}, lr {args.lr_head} / {args.lr_finetune}, recipe {args.recipe}")
     for precision in args.precision.split(","):
         tmp = common.scratch("busi-bench-e2e-")
@@ -213,7 +228,8 @@ def main() -> None:
                   "--size", str(args.size), "--head", str(args.head), "--finetune", str(args.finetune),
                   "--unfreeze", args.unfreeze, "--batchnorm", args.batchnorm, "--lr-head", str(args.lr_head),
                   "--lr-finetune", str(args.lr_finetune), "--dropout", str(args.dropout),
-                  "--batch-size", str(args.batch_size), "--seed", str(args.seed)]
+                  "--batch-size", str(args.batch_size), "--seed", str(args.seed),
+                  "--backbone", args.backbone, "--alpha", str(args.alpha)]
         env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS",
                                                                 "TF_NUM_INTEROP_THREADS")}
         t = time.perf_counter()

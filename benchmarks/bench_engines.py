@@ -11,7 +11,9 @@ precision. The accuracy contract itself is measured by training (docs/prediction
 
     .venv/bin/python benchmarks/bench_engines.py --model runs/demo --data data/demo [--model RUN --data DIR ...]
 
-Prints numbers; not a test.
+Its size is the run's and the folder's: tests/test_benchmarks.py runs it on a fold of the smallest
+``bench_ensemble.py`` cross-validation (a 32 px MobileNet, quantized to INT8) and its few held-out
+images. Prints one row per engine and model; not a test.
 """
 
 from __future__ import annotations

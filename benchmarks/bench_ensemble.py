@@ -13,7 +13,12 @@ for both sides, so the interval is of the difference itself).
     .venv/bin/python benchmarks/bench_ensemble.py --data /path/Dataset_BUSI_with_GT \\
         --config mobilenet_v2:../shared/weights/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.tfslim.h5
 
-A finished cross-validation is not run again. Prints numbers; not a test. Keep the data out of the repository.
+A finished cross-validation is not run again. ``--folds``, ``--size``, ``--set KEY=VALUE`` and
+``--resamples`` (bootstrap resamples, default 2000) as in ``bench_accuracy.py``. Smallest run
+(tests/test_benchmarks.py), on a synthetic dataset (``busi-job synth DIR --per-class 8 --size 32``):
+``--data DIR --config mobilenet@0.25:none --folds 2 --size 32 --batch-size 8
+--set train.head.epochs=1 --set train.finetune.epochs=1 --resamples 200``. Prints numbers; not a
+test. Keep the data out of the repository.
 """
 
 from __future__ import annotations
@@ -94,6 +99,7 @@ def main() -> None:
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--resamples", type=int, default=None, help="bootstrap resamples of the intervals (default busi's 2000)")
     p.add_argument("--out", type=Path, default=Path("bench-ensemble"))
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a recipe change (repeatable)")
     p.add_argument("--no-wait", action="store_true", help="start at once, however busy the machine")
@@ -103,6 +109,7 @@ def main() -> None:
     common.wait_for_quiet(skip=args.no_wait)
     from busi.evaluate.bootstrap import RESAMPLES
 
+    args.resamples = args.resamples or RESAMPLES
     work = args.out.resolve()
     cv_data, test_data, n_cv, n_test = hold_out(args.data.resolve(), work / "data", args.seed)
     print(f"# held out: {n_test} images (busi's test split, whole duplicate groups); cross-validation on {n_cv}")
@@ -128,7 +135,7 @@ def main() -> None:
 
     everything = np.arange(len(y))
     rng = np.random.default_rng(args.seed)
-    resamples = [i for i in (rng.integers(0, len(y), len(y)) for _ in range(RESAMPLES))
+    resamples = [i for i in (rng.integers(0, len(y), len(y)) for _ in range(args.resamples))
                  if len(set(y[i])) == len(classes)]
     boot = {(label, metric): np.array([value(label, metric, i) for i in resamples])
             for label in variants for metric in METRICS}

@@ -3,11 +3,14 @@ at the same global batch, on busi's ResNet50 with every layer trainable (the fin
 that moves the most gradient bytes), plus the time of the gradient allreduce alone.
 
     .venv/bin/python benchmarks/bench_horovod.py [--size 96] [--global-batch 32] [--steps 12] [--np 2]
+        [--backbone resnet50 [--alpha 1.0]]
 
 Prints numbers; not a test. Random input tensors (no decoding), float32, so the figures are
 model + allreduce only. The step is the one busi trains with (tape, ``Dist.average_gradients``
 grouped allreduce inside the ``tf.function``, Adam). On a small machine use 96 or 128 px:
-224 px takes minutes per configuration on 2 cores.
+224 px takes minutes per configuration on 2 cores. ``--backbone``/``--alpha``: the network
+trained (default ResNet50). Smallest run (tests/test_benchmarks.py, where Horovod is installed):
+``--size 32 --global-batch 4 --steps 1 --warmup 1 --np 2 --backbone mobilenet --alpha 0.25``.
 
 The script runs itself as the workers: once as one process with every core, once under
 ``horovodrun --gloo -np N -H localhost:N`` (runtime.cores auto: the node's cores divided among
@@ -23,6 +26,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import common
 
 HERE = Path(__file__).resolve()
 
@@ -45,7 +50,8 @@ def worker(args: argparse.Namespace) -> None:
     from busi.model.network import build_model, set_trainable
 
     cfg = load_config(None, ["data.source=unused", "output.dir=unused", f"data.image_size={args.size}",
-                             "model.weights=none", "model.batchnorm=train", "train.precision=float32"])
+                             "model.weights=none", "model.batchnorm=train", "train.precision=float32",
+                             f"model.backbone={args.backbone}", f"model.alpha={args.alpha}"])
     built = build_model(cfg.model, cfg.data.image_size, cfg.data.classes)
     set_trainable(built, "all", "train")
     model = built.model
@@ -120,20 +126,21 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=12, help="timed steps (default 12)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first: tracing (default 3)")
     p.add_argument("--np", type=int, default=2, help="ranks of the Horovod run (default 2)")
+    common.add_model_options(p)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         worker(args)
         return
     flags = ["--size", str(args.size), "--global-batch", str(args.global_batch), "--steps", str(args.steps),
-             "--warmup", str(args.warmup), "--worker"]
+             "--warmup", str(args.warmup), "--backbone", args.backbone, "--alpha", str(args.alpha), "--worker"]
     me = [sys.executable, str(HERE), *flags]
     results = [
         run(me),
         run([sys.executable, "-m", "horovod.runner.launch", "--gloo", "-np", str(args.np), "-H",
              f"localhost:{args.np}", *me]),
     ]
-    print(f"ResNet50, all layers trainable, {args.size} px, float32, global batch {args.global_batch}, "
+    print(f"{args.backbone} (alpha {args.alpha:g}), all layers trainable, {args.size} px, float32, global batch {args.global_batch}, "
           f"{args.steps} timed steps, {os.cpu_count()} CPUs")
     print(f"{'ranks x threads':>16} {'per-rank batch':>15} {'s/step':>8} {'img/s':>7} {'allreduce s/step':>17}")
     for r in results:

@@ -7,12 +7,16 @@ augmentation: flip, rotation, zoom, brightness, contrast), against the same step
 in-memory batch of the same shape. 224 px, float32 and mixed_bfloat16, each in its own process
 with busi's thread settings (``runtime.cores: auto``).
 
-    .venv/bin/python benchmarks/bench_pipeline.py [--images 128] [--epochs 3] [--quick]
+    .venv/bin/python benchmarks/bench_pipeline.py [--images 128] [--epochs 3] [--quick] [--size 224]
+        [--precision float32,mixed_bfloat16] [--backbone resnet50 [--alpha 1.0]]
 
 Epoch 1 decodes and fills the cache (reported apart); epochs 2.. read the cache, as every
 later epoch of a run does: the target (pipeline costs < 10%) is about those. Timed epochs
 alternate with in-memory runs of the same number of steps, so drift hits both alike. The step
-is traced before timing. Prints numbers; not a test.
+is traced before timing. ``--backbone``/``--alpha``: the network trained (default ResNet50, the
+figures in docs/performance.md). Smallest run (tests/test_benchmarks.py): ``--images 8 --size 32
+--batch-size 4 --epochs 1 --precision float32 --backbone mobilenet --alpha 0.25``. Prints one row
+per precision; not a test.
 """
 
 from __future__ import annotations
@@ -46,7 +50,8 @@ def worker(args: argparse.Namespace) -> dict:
     bs, size = args.batch_size, args.size
     steps = len(files) // bs
     files, labels = files[: steps * bs], labels[: steps * bs]  # whole batches: one traced shape
-    _, train_step, _ = build_bench_model(size, args.precision, args.unfreeze, "frozen")
+    _, train_step, _ = build_bench_model(size, args.precision, args.unfreeze, "frozen", backbone=args.backbone,
+                                         alpha=args.alpha)
     pipe = Pipeline(SplitData(tuple(map(str, files)), labels), size, "stretch", cache=True)
     augment = AugmentConfig()  # busi's defaults: flip, rotation 0.05, zoom 0.1, brightness 0.1, contrast 0.1
     weights = np.ones(3, np.float32)
@@ -90,11 +95,12 @@ def worker(args: argparse.Namespace) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=128, help="training images (whole batches are used)")
-    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--size", type=int, default=224, help="image side, px (default 224)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--epochs", type=int, default=3, help="timed cached epochs (after the decoding epoch)")
     ap.add_argument("--precision", default="float32,mixed_bfloat16")
     ap.add_argument("--unfreeze", default="conv5", help="blocks trained (job/busi.yaml fine-tunes conv5)")
+    common.add_model_options(ap)
     ap.add_argument("--quick", action="store_true", help="64 images, 2 cached epochs")
     ap.add_argument("--no-wait", action="store_true", help="do not wait for a quiet machine")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -112,14 +118,16 @@ def main() -> None:
 
     widths = sorted(Image.open(p).size[0] for p in files)
     print(f"# data: {len(files)} synthetic PNGs in {folder}, widths {widths[0]}-{widths[-1]} px "
-          f"(median {widths[len(widths) // 2]}); {args.size} px, batch {args.batch_size}, unfreeze {args.unfreeze}")
+          f"(median {widths[len(widths) // 2]}); {args.size} px {args.backbone}, batch {args.batch_size}, "
+          f"unfreeze {args.unfreeze}")
     common.wait_for_quiet(skip=args.no_wait)
     print(f"{'precision':<15} {'threads':>7} {'epoch 1 (decode)':>16} {'pipeline (cached)':>18} "
           f"{'in-memory':>10} {'pipeline cost':>13}")
     for precision in args.precision.split(","):
         cmd = [sys.executable, __file__, "--worker", "--folder", str(folder), "--precision", precision,
                "--images", str(args.images), "--size", str(args.size), "--batch-size", str(args.batch_size),
-               "--epochs", str(args.epochs), "--unfreeze", args.unfreeze]
+               "--epochs", str(args.epochs), "--unfreeze", args.unfreeze, "--backbone", args.backbone,
+               "--alpha", str(args.alpha)]
         proc = subprocess.run(cmd, capture_output=True, text=True, env={**__import__("os").environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
         if proc.returncode != 0:
             sys.exit(proc.stderr[-3000:])

@@ -15,7 +15,7 @@
    55 real BUSI images, each linked 15 times (825 files).
 
     .venv/bin/python benchmarks/bench_predict.py [--quick] [--no-rss] [--precision float32,mixed_bfloat16]
-        [--engines tensorflow,openvino:float32,openvino:auto]
+        [--engines tensorflow,openvino:float32,openvino:auto] [--backbone resnet50 [--alpha 1.0]]
 
 4. One row per inference engine (``busi.model.engines``): OpenVINO in float32, at ``auto`` and in
    INT8 (``openvino:int8``: the model quantized here with busi's own quantization,
@@ -30,7 +30,11 @@
 The folder is cached in /tmp/busi-bench between runs. Forward-pass runs are taken before and
 after the end-to-end pass (drift hits both). Tracing is excluded everywhere (predict_files
 traces before its clock starts; the notebook loop's first call is reported apart).
-Prints numbers; not a test.
+``--backbone``/``--alpha``: the network measured, in every part (default ResNet50, the figures
+in docs/performance.md). Smallest run (tests/test_benchmarks.py): ``--images 8 --size 32
+--batch-size 4 --batches 1 --repeats 1 --notebook 2 --precision float32
+--engines openvino:int8 --rss-files 8,16 --rss-size 32 --backbone mobilenet --alpha 0.25``.
+Prints one row per precision and engine, then the RSS lines; not a test.
 """
 
 from __future__ import annotations
@@ -64,7 +68,7 @@ def worker(args: argparse.Namespace) -> dict:
     from busi.predict.output import CsvSink, prediction_columns
 
     tmp = common.scratch("busi-bench-predict-")
-    common.make_model_dir(tmp / "run", args.size, args.precision)
+    common.make_model_dir(tmp / "run", args.size, args.precision, backbone=args.backbone, alpha=args.alpha)
     files = expand_inputs([args.folder])
     if args.engine_precision == "int8":
         quantize_model_dir(tmp / "run", [f.file for f in files[:120]], args.size)
@@ -160,7 +164,8 @@ def run_worker(folder: Path, precision: str, args: argparse.Namespace, notebook:
     cmd = [sys.executable, __file__, "--worker", "--folder", str(folder), "--precision", precision,
            "--engine", engine, "--engine-precision", engine_precision,
            "--size", str(args.size), "--batch-size", str(args.batch_size), "--batches", str(args.batches),
-           "--repeats", str(args.repeats), "--notebook", str(notebook)]
+           "--repeats", str(args.repeats), "--notebook", str(notebook), "--backbone", args.backbone,
+           "--alpha", str(args.alpha)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     if proc.returncode != 0:
         sys.exit(proc.stderr[-3000:])
@@ -198,13 +203,19 @@ def peak_rss(model_dir: Path, folder: Path, out_csv: Path) -> tuple[float, float
 
 def rss_part(args: argparse.Namespace, sources: list[Path]) -> None:
     tmp = common.scratch("busi-bench-rss-")
-    # the model directory, made in a helper process (this one never imports TensorFlow)
+    # the model directory, made in a helper process (this one never imports TensorFlow), with its
+    # OpenVINO model as training writes it: else the first run measured would convert the model
+    # (TensorFlow and the Keras model in its RSS) and the others read the converted one
     code = ("import sys; sys.path.insert(0, %r); import common; from pathlib import Path; "
             "from busi.runtime.cores import detect_cores; from busi.runtime.startup import start_tensorflow; start_tensorflow(detect_cores('auto'), 0); "
-            "common.make_model_dir(Path(%r), %d)") % (str(Path(__file__).parent), str(tmp / "run"), args.rss_size)
-    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
-                   env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
-    print(f"\n# peak RSS of `busi-job predict --model RUN --input DIR --output CSV` ({args.rss_size} px model, "
+            "common.make_model_dir(Path(%r), %d, backbone=%r, alpha=%r, openvino=True)") % (
+        str(Path(__file__).parent), str(tmp / "run"), args.rss_size, args.backbone, args.alpha)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    if proc.returncode != 0:
+        sys.exit(f"making the RSS part's model failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    print(f"\n# peak RSS of `busi-job predict --model RUN --input DIR --output CSV` ({args.rss_size} px "
+          f"{args.backbone} model, "
           "batch 32, files are hard links to the BUSI-sized PNGs)")
     results = {}
     for n in args.rss_files:
@@ -226,7 +237,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="forward-pass repeats before and after end to end")
     ap.add_argument("--notebook", type=int, default=100, help="images for the notebook-style loop (0: skip)")
     ap.add_argument("--precision", default="float32,mixed_bfloat16")
-    ap.add_argument("--rss-files", default="1000,10000")
+    ap.add_argument("--rss-files", default="1000,10000", help="comma-separated file counts of the RSS part")
     ap.add_argument("--rss-size", type=int, default=64, help="model input size for the RSS part")
     ap.add_argument("--no-rss", action="store_true")
     ap.add_argument("--real-sample", action="store_true", help="also the 55 real BUSI images x 15 (float32)")
@@ -234,6 +245,7 @@ def main() -> None:
     ap.add_argument("--no-wait", action="store_true", help="do not wait for a quiet machine")
     ap.add_argument("--engines", default="tensorflow,openvino:float32,openvino:auto,openvino:int8",
                     help="engine rows after the TensorFlow precisions: ENGINE[:PRECISION], comma-separated")
+    common.add_model_options(ap)
     ap.add_argument("--engine", default="tensorflow", help=argparse.SUPPRESS)
     ap.add_argument("--engine-precision", default="auto", help=argparse.SUPPRESS)
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -252,7 +264,7 @@ def main() -> None:
 
     widths = sorted(Image.open(p).size[0] for p in files)
     print(f"# data: {len(files)} synthetic PNGs in {folder}, widths {widths[0]}-{widths[-1]} px "
-          f"(median {widths[len(widths) // 2]}), {args.size} px model, batch {args.batch_size}")
+          f"(median {widths[len(widths) // 2]}), {args.size} px {args.backbone} model, batch {args.batch_size}")
     print("# end to end: busi's predict loop over the folder with the engine; engine (memory): the engine on "
           "in-memory batches; TF forward: TensorFlow's float32 (or the row's policy) forward pass on in-memory "
           "batches, alternating with the engine's in the same process; ratio: end to end / TF forward")

@@ -15,6 +15,11 @@ warm-up; the sweep runs ``--rounds`` times in alternating order (this VM's speed
 10-20% over minutes), each setting's figure the median over rounds. Prints numbers; not a test.
 
     .venv/bin/python benchmarks/bench_threads.py [--size 128] [--rounds 2] [--quick] [--cpu 0,1]
+        [--modes auto,defaults,2x1] [--backbone resnet50 [--alpha 1.0]]
+
+``--backbone``/``--alpha``: the network measured (default ResNet50, the figures in
+docs/performance.md). Smallest run (tests/test_benchmarks.py): ``--size 32 --train-steps 1
+--infer-steps 1 --repeats 1 --rounds 1 --modes auto,1x1,defaults --backbone mobilenet --alpha 0.25``.
 """
 
 from __future__ import annotations
@@ -55,7 +60,8 @@ def worker(args: argparse.Namespace) -> dict:
     from busi.perf.worker import build_bench_model, time_calls
 
     size = args.size
-    _, train_step, forward = build_bench_model(size, "float32", args.unfreeze, "frozen")
+    _, train_step, forward = build_bench_model(size, "float32", args.unfreeze, "frozen", backbone=args.backbone,
+                                               alpha=args.alpha)
     rng = np.random.default_rng(0)
     x = tf.constant(rng.uniform(0, 255, (16, size, size, 3)).astype(np.float32))
     y = tf.constant(rng.integers(0, 3, 16).astype(np.int32))
@@ -74,7 +80,8 @@ def worker(args: argparse.Namespace) -> dict:
 def run_mode(args: argparse.Namespace, mode: str, env: dict) -> dict:
     cmd = ["taskset", "-c", args.cpu, sys.executable, __file__, "--worker", "--mode", mode,
            "--size", str(args.size), "--unfreeze", args.unfreeze, "--train-steps", str(args.train_steps),
-           "--infer-steps", str(args.infer_steps), "--repeats", str(args.repeats)]
+           "--infer-steps", str(args.infer_steps), "--repeats", str(args.repeats), "--backbone", args.backbone,
+           "--alpha", str(args.alpha)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         sys.exit(proc.stderr[-3000:])
@@ -93,6 +100,7 @@ def main() -> None:
                     "(the machine's speed drifts by minutes); each setting's figure is the median over rounds")
     ap.add_argument("--quick", action="store_true", help="one round of auto, 1x1, 2x1, 2x2, 4x2 and defaults")
     ap.add_argument("--modes", help="comma-separated subset: auto, defaults, INTRAxINTER (e.g. auto,2x1)")
+    common.add_model_options(ap)
     ap.add_argument("--no-wait", action="store_true")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--mode", help=argparse.SUPPRESS)
@@ -106,7 +114,7 @@ def main() -> None:
         modes, args.rounds = ["auto", "1x1", "2x1", "2x2", "4x2", "defaults"], 1
     if args.modes:
         modes = args.modes.split(",")
-    print(f"# taskset -c {args.cpu}: {args.size} px, float32, train batch 16 (unfreeze {args.unfreeze}), "
+    print(f"# taskset -c {args.cpu}: {args.size} px {args.backbone}, float32, train batch 16 (unfreeze {args.unfreeze}), "
           f"inference batch 32; median of {args.repeats} repeats ({args.train_steps} / {args.infer_steps} batches)")
     common.wait_for_quiet(skip=args.no_wait)
     env = {k: v for k, v in os.environ.items() if k not in THREAD_VARS}

@@ -110,10 +110,27 @@ def image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*.png") if "_mask" not in p.name)
 
 
-def make_model_dir(root: Path, size: int, precision: str = "float32", classes: tuple[str, ...] = ("normal", "benign", "malignant")) -> Path:
+def add_model_options(parser: Any) -> None:
+    """``--backbone`` and ``--alpha``: the network a benchmark builds (``weights: none``), as
+    ``model.backbone`` and ``model.alpha`` of a job file. The figures the docs quote are
+    ResNet50's (the default); a smaller one (``--backbone mobilenet --alpha 0.25``) measures the
+    backbone you train, or checks in seconds that the script runs (tests/test_benchmarks.py)."""
+    from busi.config.schema import BACKBONES
+
+    parser.add_argument("--backbone", default="resnet50", choices=BACKBONES,
+                        help="the network measured, weights none (default resnet50, as job/busi.yaml)")
+    parser.add_argument("--alpha", type=float, default=1.0,
+                        help="width multiplier of mobilenet and mobilenet_v2 (default 1.0)")
+
+
+def make_model_dir(root: Path, size: int, precision: str = "float32", classes: tuple[str, ...] = ("normal", "benign", "malignant"),
+                   backbone: str = "resnet50", alpha: float = 1.0, openvino: bool = False) -> Path:
     """A run directory's model folder as training writes it (``busi.model.folder``, without the
-    SavedModel), from a ``weights: none`` model under ``precision`` (the policy is saved with the
-    model, so prediction runs in it too). TensorFlow must be started."""
+    SavedModel), from a ``weights: none`` model (``backbone`` at width ``alpha``) under
+    ``precision`` (the policy is saved with the model, so prediction runs in it too);
+    ``openvino``: with its OpenVINO model (``openvino/``), as training writes it, so that no
+    ``busi-job predict`` of it converts the model first (else the caller's own predictor
+    converts it, outside its timings). TensorFlow must be started."""
     import keras
 
     from busi.config.schema import ModelConfig
@@ -122,8 +139,9 @@ def make_model_dir(root: Path, size: int, precision: str = "float32", classes: t
     from busi.model.network import build_model
 
     keras.mixed_precision.set_global_policy(precision)
-    model = build_model(ModelConfig(weights="none"), size, classes).model
-    write_model_dir(RunDir(root), model, classes, size, "stretch", saved_model=False)
+    model = build_model(ModelConfig(backbone=backbone, alpha=alpha, weights="none"), size, classes).model
+    write_model_dir(RunDir(root), model, classes, size, "stretch", saved_model=False, backbone=backbone, alpha=alpha,
+                    openvino=openvino)
     keras.mixed_precision.set_global_policy("float32")
     return root
 

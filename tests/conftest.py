@@ -39,7 +39,7 @@ MODULE_TIER = {
     "test_features": "integration", "test_trainer": "integration", "test_engines": "integration",
     "test_external": "integration", "test_cv": "integration", "test_bench": "integration",
     "test_cli_data": "integration", "test_quantize": "integration", "test_class_sets": "integration",
-    "test_backbones": "integration", "test_slurm": "system", "test_report": "system",
+    "test_backbones": "integration", "test_slurm": "system", "test_report": "system", "test_benchmarks": "integration",
 }
 
 # `make test` runs the suite on pytest-xdist workers, one module per worker at a time

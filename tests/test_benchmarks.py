@@ -22,17 +22,17 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import pytest
 from conftest import REPO
 
-pytestmark = pytest.mark.integration
 
 BENCH = REPO / "benchmarks"
 TINY = ("--backbone", "mobilenet", "--alpha", "0.25")  # the smallest network busi builds
 CV_CONFIG = "mobilenet@0.25:none"
-CV_SETS = ("--set", "train.head.epochs=1", "--set", "train.finetune.epochs=1", "--set", "train.quantize=int8")
+CV_SETS = ("--set", "train.head.epochs=1", "--set", "train.finetune.epochs=1", "--set", "train.quantize=int8",
+           "--set", "output.saved_model=false")  # no prediction here reads a SavedModel
 RESAMPLES = ("--resamples", "200")  # of the scripts' own bootstrap intervals (busi's 2000 take seconds each)
 NUMBER = r"[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?"
 
@@ -198,8 +198,9 @@ def test_bench_startup(run_bench: Callable[..., str]) -> None:
 
 def test_bench_endtoend(run_bench: Callable[..., str]) -> None:
     out = run_bench("bench_endtoend.py", "--recipe", "demo", "--images", "24", "--size", "32", "--head", "1",
-                    "--finetune", "1", "--batch-size", "8", *TINY, "--set", "train.quantize=none", "--no-wait")
-    assert line(out, r"# data: 24 synthetic BUSI-sized PNGs in .*; 32 px, batch 8, 1 \+ 1 epochs, mobilenet \(alpha 0.25\)")
+                    "--finetune", "0", "--batch-size", "8", *TINY, "--set", "train.quantize=none",
+                    "--set", "output.saved_model=false", "--no-wait")
+    assert line(out, r"# data: 24 synthetic BUSI-sized PNGs in .*; 32 px, batch 8, 1 \+ 0 epochs, mobilenet \(alpha 0.25\)")
     assert line(out, r"## float32 \(busi precision float32, threads \d+/\d+")
     assert line(out, r"\s+train \(process wall\)\s+test accuracy\s+predict 24 files$")
     busi = line(out, rf"busi\s+({NUMBER}) s\s+({NUMBER})\s+({NUMBER}) s wall, ({NUMBER}) img/s$")
@@ -314,6 +315,7 @@ def test_bench_engines(run_bench: Callable[..., str], ensemble: tuple[str, Path]
 # ------------------------------------------------------------------ Horovod
 
 
+@pytest.mark.system
 def test_bench_horovod(run_bench: Callable[..., str]) -> None:
     """One process with every core against two Horovod ranks (where Horovod is built, as tests/test_dist.py skips)."""
     if importlib.util.find_spec("horovod") is None:
