@@ -91,6 +91,20 @@ def sample_zip() -> Path:
 
 
 @pytest.fixture(scope="session")
+def horovod() -> None:
+    """Skip unless Horovod imports with TensorFlow support (checked in a subprocess: it imports TF)."""
+    import importlib.util
+
+    if importlib.util.find_spec("horovod") is None:
+        pytest.skip("horovod is not installed in this environment; build it with `make horovod`")
+    proc = subprocess.run([sys.executable, "-c", "import horovod.tensorflow"], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    if proc.returncode != 0:
+        pytest.skip(f"horovod.tensorflow does not import ({proc.stderr.strip().splitlines()[-1:]}); "
+                    "rebuild it with `make horovod`")
+
+
+@pytest.fixture(scope="session")
 def synth_data(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
     """``make(per_class, size=32, seed=0)``: a synthetic BUSI-layout dataset, written once per
     parameter set and worker. Read-only: a test that changes files copies the dataset first."""

@@ -13,7 +13,6 @@ interrupted run). ``bench_horovod.py`` skips where Horovod is not built.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -316,14 +315,8 @@ def test_bench_engines(run_bench: Callable[..., str], ensemble: tuple[str, Path]
 
 
 @pytest.mark.system
-def test_bench_horovod(run_bench: Callable[..., str]) -> None:
-    """One process with every core against two Horovod ranks (where Horovod is built, as tests/test_dist.py skips)."""
-    if importlib.util.find_spec("horovod") is None:
-        pytest.skip("horovod is not installed in this environment; build it with `make horovod`")
-    proc = subprocess.run([sys.executable, "-c", "import horovod.tensorflow"], capture_output=True, text=True, timeout=300)
-    if proc.returncode != 0:
-        pytest.skip(f"horovod.tensorflow does not import ({proc.stderr.strip().splitlines()[-1:]}); "
-                    "rebuild it with `make horovod`")
+def test_bench_horovod(horovod: None, run_bench: Callable[..., str]) -> None:
+    """One process with every core against two Horovod ranks (where Horovod is built: conftest's ``horovod``)."""
     out = run_bench("bench_horovod.py", "--size", "32", "--global-batch", "4", "--steps", "1", "--warmup", "1",
                     "--np", "2", *TINY)
     assert line(out, r"mobilenet \(alpha 0.25\), all layers trainable, 32 px, float32, global batch 4, 1 timed steps")

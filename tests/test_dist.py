@@ -8,7 +8,6 @@ The Horovod tests skip where ``import horovod.tensorflow`` fails; CI builds it (
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import logging
 import os
@@ -152,17 +151,6 @@ FAIL_BOUND_SECONDS = 120
 TRAINING_STARTED = "rank 0: phase head"
 
 
-@pytest.fixture(scope="module")
-def horovod() -> None:
-    """Skip unless Horovod imports with TensorFlow support (checked in a subprocess: it imports TF)."""
-    if importlib.util.find_spec("horovod") is None:
-        pytest.skip("horovod is not installed in this environment; build it with `make horovod`")
-    proc = subprocess.run([sys.executable, "-c", "import horovod.tensorflow"], capture_output=True, text=True, timeout=300)
-    if proc.returncode != 0:
-        pytest.skip(f"horovod.tensorflow does not import ({proc.stderr.strip().splitlines()[-1:]}); "
-                    "rebuild it with `make horovod`")
-
-
 def horovodrun(out: Path, data: Path, *sets: str, env: dict[str, str] | None = None, timeout: float = 900,
                audit: Path | None = None, bound_after: str | None = None,
                ) -> tuple[subprocess.CompletedProcess[str], float]:
@@ -303,7 +291,13 @@ def test_primary_writes_the_run_directory_once(two_ranks: dict[str, Any]) -> Non
     assert m["cores"]["intra_op_threads"] == expected.intra_op_threads
 
 
-def _assert_job_failed_fast(proc: subprocess.CompletedProcess[str], seconds: float) -> str:
+def _failed_fast(out: Path, data: Path, fail_at: str, what: str) -> str:
+    """The output of a job whose rank fails as ``BUSI_FAIL_AT_STEP=fail_at`` says: it must end,
+    failed, within ``FAIL_BOUND_SECONDS`` of training's start."""
+    try:
+        proc, seconds = horovodrun(out, data, env={"BUSI_FAIL_AT_STEP": fail_at}, bound_after=TRAINING_STARTED)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{what} left the job hanging for more than {FAIL_BOUND_SECONDS} s after training started")
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0, output[-3000:]
     assert seconds < FAIL_BOUND_SECONDS
@@ -313,11 +307,7 @@ def _assert_job_failed_fast(proc: subprocess.CompletedProcess[str], seconds: flo
 @pytest.mark.system
 def test_a_rank_that_raises_ends_the_job(horovod: None, tmp_path: Path, data: Path) -> None:
     out = tmp_path / "run"
-    try:
-        proc, seconds = horovodrun(out, data, env={"BUSI_FAIL_AT_STEP": "1:2"}, bound_after=TRAINING_STARTED)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"a failing rank left the job hanging for more than {FAIL_BOUND_SECONDS} s after training started")
-    output = _assert_job_failed_fast(proc, seconds)
+    output = _failed_fast(out, data, "1:2", "a failing rank")
     assert "injected failure on rank 1 at step 2" in "\n".join(rank_lines(output, 1))
     # rank 0, blocked in the step's allreduce, failed too and recorded it
     m = json.loads((out / "manifest.json").read_text())
@@ -331,8 +321,4 @@ def test_a_rank_that_raises_ends_the_job(horovod: None, tmp_path: Path, data: Pa
 def test_a_rank_that_dies_ends_the_job(horovod: None, tmp_path: Path, data: Path) -> None:
     """SIGKILL, as the OOM killer does it: no exception handler, no Horovod shutdown on that rank."""
     out = tmp_path / "run"
-    try:
-        proc, seconds = horovodrun(out, data, env={"BUSI_FAIL_AT_STEP": "1:2:kill"}, bound_after=TRAINING_STARTED)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"a killed rank left the job hanging for more than {FAIL_BOUND_SECONDS} s after training started")
-    _assert_job_failed_fast(proc, seconds)
+    _failed_fast(out, data, "1:2:kill", "a killed rank")

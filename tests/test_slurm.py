@@ -359,13 +359,8 @@ def test_cv_array_and_report_predict_every_image_once(
 
 @pytest.mark.system
 def test_horovod_script_two_ranks_end_with_identical_weights(
-    slurm: SlurmCluster, job_env: dict[str, str], tmp_path: Path
+    horovod: None, slurm: SlurmCluster, job_env: dict[str, str], tmp_path: Path
 ) -> None:
-    probe = subprocess.run([sys.executable, "-c", "import horovod.tensorflow"], capture_output=True, text=True,
-                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=300)
-    if probe.returncode != 0:
-        last = (probe.stderr.strip().splitlines() or ["?"])[-1]
-        pytest.skip(f"Horovod with TensorFlow is not importable in {sys.prefix} ({last}); build it with `make horovod`")
     data = _synth(tmp_path, per_class=8)
     run = tmp_path / "run"
     p = _run(["sbatch", "--wait", "--parsable", f"--chdir={tmp_path}", "--ntasks=2", "--cpus-per-task=1", "--mem=2G",
