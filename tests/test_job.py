@@ -49,6 +49,22 @@ def test_every_file_of_the_contract_exists(trained: dict[str, Any]) -> None:
     assert not leftovers, f"temp files left behind: {leftovers}"
 
 
+@pytest.mark.unit
+def test_the_stage_clock_adds_up_a_recurring_name_and_times_a_stage_that_fails() -> None:
+    from busi.train.context import StageClock
+
+    seconds: dict[str, float] = {}
+    clock = StageClock(seconds)
+    with clock("prepare"):
+        pass
+    with pytest.raises(ValueError), clock("fit"):
+        raise ValueError("a stage that fails is timed all the same")
+    first = seconds["prepare"]
+    with clock("prepare"):
+        sum(range(10_000))
+    assert list(seconds) == ["prepare", "fit"] and seconds["prepare"] >= first and seconds["fit"] >= 0
+
+
 def test_config_and_manifest(trained: dict[str, Any]) -> None:
     out = trained["out"]
     cfg = yaml.safe_load((out / "config.yaml").read_text())
@@ -61,6 +77,11 @@ def test_config_and_manifest(trained: dict[str, Any]) -> None:
     assert m["cores"]["cores"] >= 1 and m["cores"]["source"] in ("affinity", "cgroup", "slurm", "config")
     assert m["cores"]["intra_op_threads"] >= 1
     assert m["seconds"]["phase_head"] > 0 and m["seconds"]["phase_finetune"] > 0
+    # one entry per stage of busi.train.job, by the stage's name, and the phases inside fit
+    stages = ("prepare", "start", "build", "fit", "calibrate", "save_model", "evaluate", "quantize", "publish")
+    assert list(m["seconds"]) == [*stages[:3], "phase_head", "phase_finetune", *stages[3:], "total"]
+    assert m["seconds"]["fit"] >= m["seconds"]["phase_head"] + m["seconds"]["phase_finetune"] - 0.01
+    assert sum(m["seconds"][s] for s in stages) <= m["seconds"]["total"]
     assert m["precision"] == "float32" and m["seed"] == 0
     # what computed the cached features and the test metrics (the fine-tune phase, unfreeze all, caches
     # nothing). train.engine auto: TensorFlow fills a cache this small (converting would cost more than

@@ -37,6 +37,8 @@ TESTED_WITHOUT_IMPORT: dict[str, tuple[str, str]] = {
     "busi.report.modelcard": ("test_job", "the model card of a real run (model/README.md)"),
     "busi.report.text": ("test_cli_data", "busi-job inspect's text report; cv-report's summary in test_cv"),
     "busi.train.job": ("test_job", "busi-job train, stage by stage, in a subprocess"),
+    "busi.train.results": ("test_job", "the evaluate, quantize and publish stages of a real run: metrics, "
+                           "thresholds, precisions, plots, the report; test_quantize's contracts"),
     "busi.train.quantize": ("test_quantize", "training's INT8 stage and busi-job export --precision int8"),
 }
 NO_TENSORFLOW = ("busi", "busi.config", "busi.data", "busi.files", "busi.runtime", "busi.distributed",

@@ -15,22 +15,20 @@ cores, walltime, manifest); ``_stages`` then reads like the run it performs:
    (``busi.train.quantize``, ``train.quantize``);
 9. ``publish``: thresholds, metrics, predictions, plots, model card, report.html, TensorBoard.
 
-Each stage returns what the later ones take and writes nothing another stage writes;
-``StageClock`` times each into the manifest's ``seconds`` under the stage's name.
+Each stage returns what the later ones take (``busi.train.context``) and writes nothing another
+stage writes; ``StageClock`` times each into the manifest's ``seconds`` under the stage's name.
+The stages after training (evaluate, quantize, publish) are in ``busi.train.results``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 import platform
 import socket
 import sys
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -38,116 +36,31 @@ from busi import __version__
 from busi.config.load import dump_config
 from busi.config.schema import JobConfig
 from busi.data.pipeline import Pipeline, SplitData, balanced_class_weights
-from busi.data.prepare import PreparedData, prepare_data
+from busi.data.prepare import prepare_data
 from busi.data.split import splits_text
 from busi.distributed.group import Dist
 from busi.distributed.launchers import launched_local_size
 from busi.distributed.setup import ALL_RANKS, configure_rank_logging, init_dist
 from busi.errors import ConfigError, Interrupted
 from busi.evaluate.leakage import hashes_text, training_fingerprints
-from busi.evaluate.writer import Layout, Scored, score, write_evaluation
 from busi.files.manifest import Manifest
-from busi.files.rundir import RUN_FILES, TENSORBOARD_DIR, RunDir
+from busi.files.rundir import TENSORBOARD_DIR, RunDir
 from busi.files.text import text_bytes
-from busi.model.engines import Engine, Host, tensorflow_info
-from busi.model.network import BuiltModel
+from busi.model.engines import Host
 from busi.report.format import format_interval
-from busi.runtime.cores import CoreDecision, detect_cores
+from busi.runtime.cores import detect_cores
 from busi.runtime.faults import failure_from_env
 from busi.runtime.startup import resolve_precision, start_tensorflow
 from busi.runtime.stopper import Stopper
 from busi.runtime.walltime import process_start_time, resolve_deadline
-from busi.train.checkpoint import Checkpoint, Checkpointer
+from busi.train.checkpoint import Checkpointer
+from busi.train.context import Built, Calibration, Job, StageClock, Started, TrainingData
 from busi.train.loop import TrainResult
+from busi.train.results import evaluate, publish, quantize
 
 log = logging.getLogger("busi")
 
 SPLIT_NAMES = ("train", "val", "test")
-TEST_SPLIT = Layout(predictions=RUN_FILES["test_predictions"], metrics=RUN_FILES["metrics"])
-
-
-@dataclass
-class Job:
-    """What every stage of one training run may ask for."""
-
-    cfg: JobConfig
-    run: RunDir
-    dist: Dist
-    cores: CoreDecision
-    manifest: Manifest
-    stopper: Stopper
-    checkpointer: Checkpointer
-    resume: Checkpoint | None
-
-
-@dataclass(frozen=True)
-class TrainingData:
-    """The prepared dataset, each split's files and labels, and the split's fingerprint."""
-
-    prepared: PreparedData
-    splits: dict[str, SplitData]
-    splits_sha256: str
-
-    def labels(self, name: str) -> list[int]:
-        return list(self.splits[name].labels)
-
-    @property
-    def test_name(self) -> str:
-        """The evaluated split: test, or val when the job keeps no test split."""
-        return "test" if len(self.splits["test"]) else "val"
-
-
-@dataclass(frozen=True)
-class Started:
-    """The node TensorFlow started on (GPU or not, threads) and the Keras dtype policy."""
-
-    host: Host
-    policy: str
-
-
-@dataclass(frozen=True)
-class Built:
-    """The model with its weights, and each split's input pipeline."""
-
-    net: BuiltModel
-    pipelines: dict[str, Pipeline]
-
-    @property
-    def model(self) -> Any:
-        return self.net.model
-
-
-@dataclass(frozen=True)
-class Calibration:
-    """The fitted temperature and the calibrated validation probabilities; None, None: off, or
-    no validation split."""
-
-    temperature: float | None = None
-    val_probs: np.ndarray | None = None
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """The evaluated split, scored (``metrics.json`` without ``precisions``), and the positive
-    class's operating point (``thresholds.json``)."""
-
-    scored: Scored
-    operating_point: dict[str, Any]
-
-
-class StageClock:
-    """Seconds per stage into the manifest (``seconds[name]``, added up when a name recurs)."""
-
-    def __init__(self, seconds: dict[str, float]) -> None:
-        self.seconds = seconds
-
-    @contextmanager
-    def __call__(self, name: str) -> Iterator[None]:
-        t = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - t, 3)
 
 
 def run_training(cfg: JobConfig, restart: bool = False, argv: list[str] | None = None) -> dict[str, Any]:
@@ -390,107 +303,3 @@ def save_model(job: Job, built: Built) -> None:
                     saved_model=cfg.output.saved_model, dicom=cfg.data.dicom, backbone=cfg.model.backbone,
                     alpha=cfg.model.alpha)
     job.manifest.record(weights_sha256=sha)
-
-
-def evaluate(job: Job, data: TrainingData, built: Built, started: Started, calibration: Calibration) -> Evaluation:
-    """The evaluated split's probabilities (on ``train.engine``), the positive class's operating
-    point chosen on the validation split, and the metrics: intervals, calibration before the
-    temperature, the positive class vs the rest, Grad-CAM against the masks."""
-    from busi.evaluate.calibration import calibration_metrics, with_temperature
-    from busi.evaluate.forward import predict_probs
-    from busi.evaluate.screening import OperatingPoint, choose_operating_point
-
-    cfg, run = job.cfg, job.run
-    classes, name, bs = cfg.data.classes, data.test_name, cfg.train.batch_size
-    engine = evaluation_engine(cfg, run, started)
-    probs = predict_probs(built.model, built.pipelines[name], bs, engine)
-    val_probs = calibration.val_probs
-    if val_probs is None and data.labels("val"):
-        val_probs = predict_probs(built.model, built.pipelines["val"], bs, engine)
-    point = choose_operating_point(data.labels("val"), val_probs, classes, cfg.evaluate.positive_class,
-                                   cfg.evaluate.target_sensitivity)
-    root = data.prepared.root
-    paths = [s.key for s, _ in data.prepared.split(name)]  # a frame of a cine loop: path#frame-N
-    scored = score(paths, data.labels(name), probs, classes, name, cfg.runtime.seed, OperatingPoint.from_json(point))
-    metrics = scored.metrics
-    if calibration.temperature is not None:
-        metrics["temperature"] = calibration.temperature
-        metrics["calibration_before_temperature"] = calibration_metrics(
-            data.labels(name), with_temperature(probs, 1 / calibration.temperature))
-    if cfg.train.gradcam_masks and run.primary:  # gradients: on TensorFlow
-        from busi.evaluate.explain import gradcam_vs_masks
-
-        metrics["gradcam_vs_masks"] = gradcam_vs_masks(
-            built.model, [(root / s.path, classes.index(s.label), [root / m for m in s.masks], s.frame)
-                          for s, _ in data.prepared.split(name)], classes, cfg.data.image_size, cfg.data.resize,
-            cfg.data.dicom)
-    metrics["engine"] = (engine.info if engine is not None else tensorflow_info(built.model)).as_dict()
-    job.manifest.record(engines={**job.manifest.data.get("engines", {}), "evaluate": metrics["engine"]})
-    return Evaluation(scored, point)
-
-
-def quantize(job: Job, data: TrainingData, built: Built, started: Started, evaluation: Evaluation) -> dict[str, Any]:
-    """The INT8 model and each reduced precision's accuracy contract on the evaluated split
-    (``busi.train.quantize``): float32's probabilities are the evaluation's where it ran in float32."""
-    from busi.train.quantize import Evaluated, quantize_and_check
-
-    scored, name = evaluation.scored, data.test_name
-    float32 = scored.metrics["engine"].get("precision") == "float32"
-    split = Evaluated(built.pipelines[name], data.labels(name), scored.probs if float32 else None,
-                      scored.metrics.get("ci95", {}), scored.classes)
-    return quantize_and_check(job.cfg, job.run, built.model, split, data.splits["train"].images(), started.host)
-
-
-def publish(job: Job, data: TrainingData, result: TrainResult, evaluation: Evaluation,
-            precisions: dict[str, Any]) -> None:
-    """thresholds.json, history.csv, the evaluation with the precisions' contracts
-    (``busi.evaluate.writer``), the training curves, the model card, report.html and the test
-    results in TensorBoard."""
-    from busi.evaluate.plots import plot_curves
-    from busi.model.folder import write_thresholds
-    from busi.report.html import run_report
-    from busi.report.modelcard import model_card
-    from busi.train.loop import HISTORY_COLUMNS
-    from busi.train.tensorboard import TensorBoardLog
-
-    cfg, run = job.cfg, job.run
-    scored = dataclasses.replace(evaluation.scored, metrics={**evaluation.scored.metrics, "precisions": precisions})
-    metrics = scored.metrics
-    write_thresholds(run, evaluation.operating_point)
-    history = [r.row() for r in result.history]
-    run.write_csv("history", HISTORY_COLUMNS, history)
-    plots = write_evaluation(run.files, TEST_SPLIT, scored)
-    run.write_file_with("plot_accuracy", lambda p: plot_curves(history, "accuracy", p), ".png")
-    run.write_file_with("plot_loss", lambda p: plot_curves(history, "loss", p), ".png")
-    run.write_text("model_card", model_card(cfg, data.prepared.report, metrics, result,
-                                            job.manifest.data.get("weights")))
-    figures = {"accuracy": run.path("plot_accuracy"), "loss": run.path("plot_loss"), **plots}
-    run.write_text("report_html", run_report(metrics, data.prepared.report, job.manifest.data, figures,
-                                             f"busi run {run.root.name}"))
-    board = TensorBoardLog(run.root / TENSORBOARD_DIR, enabled=job.dist.is_primary)
-    board.test_results(metrics, {"confusion_matrix": run.path("plot_confusion"), "roc": run.path("plot_roc"),
-                                 "calibration": run.path("plot_calibration")},
-                       step=result.history[-1].epoch if result.history else 0)
-    board.close()
-
-
-def evaluation_engine(cfg: JobConfig, run: RunDir, started: Started) -> Engine | None:
-    """The engine of the test-split evaluation (``train.engine``): OpenVINO runs the
-    ``model/openvino/`` training has just written (no conversion of its own), in the training
-    policy's precision; None: TensorFlow. Ranks other than the primary write no model, so they
-    evaluate on TensorFlow (their metrics are not kept)."""
-    from busi.model.engines import OpenVINOEngine, choose_engine, policy_precision
-    from busi.model.openvino import OPENVINO_XML, openvino_available, read_openvino_dir
-
-    name = choose_engine(cfg.train.engine, started.host.gpu, openvino_available(), key="train.engine")
-    folder = run.path("openvino")
-    if name == "tensorflow" or not run.primary or not (folder / OPENVINO_XML).is_file():
-        return None
-    try:
-        return OpenVINOEngine(read_openvino_dir(folder), cfg.train.batch_size, policy_precision(started.policy),
-                              started.host.threads)
-    except ConfigError:
-        raise
-    except Exception as e:  # hours of training never end in a failure for want of the faster engine
-        log.warning("engine: cannot run %s (%s: %s); evaluating on TensorFlow", folder, type(e).__name__, str(e)[:200])
-        return None
