@@ -42,7 +42,7 @@ TESTED_WITHOUT_IMPORT: dict[str, tuple[str, str]] = {
     "busi.train.quantize": ("test_quantize", "training's INT8 stage and busi-job export --precision int8"),
 }
 NO_TENSORFLOW = ("busi", "busi.config", "busi.data", "busi.files", "busi.runtime", "busi.distributed",
-                 "busi.report", "busi.cli")
+                 "busi.report", "busi.cli", "busi.cli_args")
 
 
 @pytest.mark.integration  # a fresh Python: nothing imported before
@@ -126,7 +126,7 @@ def test_every_module_is_imported_by_a_test_or_says_which_test_holds_it() -> Non
 
 
 def test_allowed_values_have_one_definition() -> None:
-    from busi import cli
+    from busi import cli_args
     from busi.config import schema
     from busi.model.export import FORMATS
     from busi.model.backbones import TABLE, UNFREEZE_STAGE
@@ -135,7 +135,7 @@ def test_allowed_values_have_one_definition() -> None:
     assert tuple(TABLE) == schema.BACKBONES
     assert tuple(FORMATS) == schema.EXPORT_FORMATS
     assert schema.ENGINES == typing.get_args(schema.EngineName)
-    parser = cli.build_parser()
+    parser = cli_args.build_parser()
     sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
     predict = {a.dest: a.choices for a in sub.choices["predict"]._actions}
     assert tuple(predict["engine"]) == schema.ENGINES and tuple(predict["precision"]) == schema.INFERENCE_PRECISIONS
