@@ -92,17 +92,7 @@ def _check(value: Any, tp: Any, path: str, meta: Mapping[str, Any]) -> Any:
             return value
         raise key_error(path, f"expected {describe(tp, meta)}, got {_show(value)}")
     if origin is tuple:
-        (item_tp, _ellipsis) = typing.get_args(tp)
-        if isinstance(value, str) or not isinstance(value, (list, tuple)):
-            raise key_error(path, f"expected {describe(tp, meta)}, got {_show(value)}")
-        item_meta = {"names": meta.get("names", False)}
-        items = tuple(build(item_tp, v, f"{path}[{i}]") if dataclasses.is_dataclass(item_tp)
-                      else _check(v, item_tp, f"{path}[{i}]", item_meta) for i, v in enumerate(value))
-        if len(items) < meta.get("min_items", 0):
-            raise key_error(path, f"expected {describe(tp, meta)}, got {_show(value)}")
-        if meta.get("unique") and len(set(items)) != len(items):
-            raise key_error(path, f"entries must be unique, got {_show(value)}")
-        return items
+        return _check_items(value, tp, path, meta)
     if origin is dict:  # a mapping of names to names (data.table.label_map): numbers read as names
         if not isinstance(value, dict) or not value:
             raise key_error(path, f"expected {describe(tp, meta)}, got {_show(value)}")
@@ -119,18 +109,7 @@ def _check(value: Any, tp: Any, path: str, meta: Mapping[str, Any]) -> Any:
         _range(value, path, tp, meta)
         return value
     if tp is float:
-        if isinstance(value, str) and _SCI_NUMBER.fullmatch(value.strip()):
-            value = float(value)  # PyYAML (YAML 1.1) reads 1e-3 as a string; users mean a number
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise key_error(path, f"expected {describe(tp, meta)}, got {_show(value)}")
-        try:
-            number = float(value)
-        except OverflowError:  # an int too large for a float
-            number = math.inf
-        if not math.isfinite(number):
-            raise key_error(path, f"expected {describe(tp, meta)} (finite), got {_show(value)}")
-        _range(number, path, tp, meta)
-        return number
+        return _check_float(value, path, meta)
     if tp is str:
         if meta.get("names") and isinstance(value, (int, float)) and not isinstance(value, bool):
             value = as_name(value)  # a name YAML reads as a number: classes [2, 3, 4, 5] (BI-RADS), a column 2023
@@ -138,6 +117,38 @@ def _check(value: Any, tp: Any, path: str, meta: Mapping[str, Any]) -> Any:
             raise key_error(path, f"expected a non-empty string, got {_show(value)}")
         return value
     raise TypeError(f"unsupported schema type {tp!r} at {path}")  # a bug in the schema, not user input
+
+
+def _check_items(value: Any, tp: Any, path: str, meta: Mapping[str, Any]) -> tuple[Any, ...]:
+    """A list of ``tuple[X, ...]``: each item checked (or built, for a dataclass), then the
+    ``min_items`` and ``unique`` rules."""
+    (item_tp, _ellipsis) = typing.get_args(tp)
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        raise key_error(path, f"expected {describe(tp, meta)}, got {_show(value)}")
+    item_meta = {"names": meta.get("names", False)}
+    items = tuple(build(item_tp, v, f"{path}[{i}]") if dataclasses.is_dataclass(item_tp)
+                  else _check(v, item_tp, f"{path}[{i}]", item_meta) for i, v in enumerate(value))
+    if len(items) < meta.get("min_items", 0):
+        raise key_error(path, f"expected {describe(tp, meta)}, got {_show(value)}")
+    if meta.get("unique") and len(set(items)) != len(items):
+        raise key_error(path, f"entries must be unique, got {_show(value)}")
+    return items
+
+
+def _check_float(value: Any, path: str, meta: Mapping[str, Any]) -> float:
+    """A finite number in range; ``1e-3`` written as YAML 1.1 reads it (a string) too."""
+    if isinstance(value, str) and _SCI_NUMBER.fullmatch(value.strip()):
+        value = float(value)  # PyYAML (YAML 1.1) reads 1e-3 as a string; users mean a number
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise key_error(path, f"expected {describe(float, meta)}, got {_show(value)}")
+    try:
+        number = float(value)
+    except OverflowError:  # an int too large for a float
+        number = math.inf
+    if not math.isfinite(number):
+        raise key_error(path, f"expected {describe(float, meta)} (finite), got {_show(value)}")
+    _range(number, path, float, meta)
+    return number
 
 
 def as_name(value: int | float) -> str:

@@ -332,23 +332,31 @@ def _rows(root: Path, cfg: TableConfig, classes: Sequence[str], header: list[str
         if not is_regular_file(root / path):
             problems.append(Problem(line, path, "missing_file", "no such file"))
             continue
-        masks: list[str] = []
-        for m in cfg.masks:
-            try:
-                names = mask_names.names(cell(cells, m))
-            except CellError as e:
-                problems.append(Problem(line, e.value, "missing_mask", f"column {m!r}: {e.reason} "
-                                        "(data.table.mask_format); the image is kept"))
-                continue
-            for mask_name in names:
-                mask = resolve_path(table_dir, mask_name)
-                if mask is None or not _inside(real_root, root / mask) or not is_regular_file(root / mask):
-                    problems.append(Problem(line, mask or mask_name, "missing_mask",
-                                            f"column {m!r}; the image is kept"))
-                elif mask not in masks:
-                    masks.append(mask)
-        first[path] = _Row(line, path, label, tuple(masks), cell(cells, cfg.group) or None, split, fold)
+        masks = _row_masks(root, table_dir, mask_names, line, [(m, cell(cells, m)) for m in cfg.masks], problems)
+        first[path] = _Row(line, path, label, masks, cell(cells, cfg.group) or None, split, fold)
     return [r for p, r in first.items() if p not in conflicting]
+
+
+def _row_masks(root: Path, table_dir: str, mask_names: CellTemplate, line: int, cells: list[tuple[str, str]],
+               problems: list[Problem]) -> tuple[str, ...]:
+    """The masks a row's mask columns (``(column, cell)``) name that are files under ``root``,
+    each once; each one that is not goes to ``problems`` (the image is kept)."""
+    real_root = os.path.realpath(root)
+    masks: list[str] = []
+    for column, value in cells:
+        try:
+            names = mask_names.names(value)
+        except CellError as e:
+            problems.append(Problem(line, e.value, "missing_mask", f"column {column!r}: {e.reason} "
+                                    "(data.table.mask_format); the image is kept"))
+            continue
+        for mask_name in names:
+            mask = resolve_path(table_dir, mask_name)
+            if mask is None or not _inside(real_root, root / mask) or not is_regular_file(root / mask):
+                problems.append(Problem(line, mask or mask_name, "missing_mask", f"column {column!r}; the image is kept"))
+            elif mask not in masks:
+                masks.append(mask)
+    return tuple(masks)
 
 
 def _check_masks_found(cfg: TableConfig, rows: list[_Row], problems: list[Problem]) -> None:

@@ -38,7 +38,6 @@ from busi.predict.output import (
     prediction_row,
     write_done_marker,
 )
-from busi.predict.shards import Shard
 
 log = logging.getLogger("busi")
 
@@ -291,19 +290,14 @@ def run_predict(cfg: Any) -> Summary:
     the CSV, write the done marker, log a summary. ``cfg`` is a ``PredictJobConfig``."""
     from busi.data.inputs import expand_inputs
     from busi.data.staging import ArchiveLimits
-    from busi.predict.shards import parse_shard, shard_from_env, shard_output_path
+    from busi.predict.shards import shard_of, shard_output_path
     from busi.runtime.cores import detect_cores
     from busi.runtime.startup import start_tensorflow
     from busi.runtime.stopper import Stopper
     from busi.runtime.walltime import process_start_time, resolve_deadline
 
     p = cfg.predict
-    if p.shard == "auto":
-        shard = shard_from_env()
-    elif p.shard == "none":
-        shard = Shard(0, 1, "none")
-    else:
-        shard = parse_shard(p.shard)
+    shard = shard_of(p.shard)
     output = shard_output_path(Path(p.output), shard)
     if fold_runs(Path(p.model)) is None:  # a cross-validation's folds are checked as they load
         find_model_file(p.model)  # a missing model, or a run that did not complete, fails before any work

@@ -67,6 +67,16 @@ def _checked(source: str, index: int, count: int | None, index_var: str, count_v
     return Shard(index, count, source)
 
 
+def shard_of(setting: str) -> Shard:
+    """``predict.shard`` (``--shard``): ``auto`` (the array job's or launcher's, else all), ``none``
+    (all, even inside an array job) or ``I/N``."""
+    if setting == "auto":
+        return shard_from_env()
+    if setting == "none":
+        return Shard(0, 1, "none")
+    return parse_shard(setting)
+
+
 def shard_output_path(output: Path, shard: Shard) -> Path:
     """``preds.csv`` -> ``preds.part-00002-of-00008.csv`` when the job is one of several shards."""
     return output if shard.count == 1 else shard_file(output, shard.index, shard.count)
