@@ -156,9 +156,9 @@ def horovodrun(out: Path, data: Path, *sets: str, env: dict[str, str] | None = N
                ) -> tuple[subprocess.CompletedProcess[str], float]:
     """``horovodrun --gloo -np 2 -H localhost:2 python -m busi train <tiny job>``: (process with
     the ranks' output, seconds). The tiny job: 32 px synthetic images, conftest's small model
-    (MobileNet at width 0.25, no SavedModel; tests/test_image.py's Horovod run trains ResNet50's
-    head), no pretrained weights, BatchNorm trained (its moving statistics must be kept equal across ranks), 1 head + 1
-    fine-tuning epoch of batch 4. ``audit``: run each rank under tests/audit_writes.py, which
+    (MobileNet at width 0.25; tests/test_image.py's Horovod run trains ResNet50's head), no
+    pretrained weights, BatchNorm trained (its moving statistics must be kept equal across
+    ranks), 1 head + 1 fine-tuning epoch of batch 4. ``audit``: run each rank under tests/audit_writes.py, which
     records every write under ``out`` in ``<audit>rank<N>.txt``. ``bound_after``: the seconds
     count from the first output line holding this text, and the job is killed (TimeoutExpired)
     ``FAIL_BOUND_SECONDS`` after it; else from the launch, killed after ``timeout``."""
@@ -167,7 +167,7 @@ def horovodrun(out: Path, data: Path, *sets: str, env: dict[str, str] | None = N
         "model": {"weights": "none", "batchnorm": "train", "backbone": "mobilenet", "alpha": 0.25},
         "train": {"batch_size": 4, "precision": "float32", "head": {"epochs": 1, "learning_rate": 1e-3},
                   "finetune": {"epochs": 1, "learning_rate": 1e-3, "unfreeze": "conv5"}},
-        "output": {"dir": str(out), "saved_model": False},
+        "output": {"dir": str(out)},  # the SavedModel too: every file of the run directory, by rank 0 only
         "runtime": {"seed": 0},
     }
     out.parent.mkdir(parents=True, exist_ok=True)
