@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import CLASSES, REPO, run_cli
+from conftest import CLASSES, REPO, SMALL, run_cli
 
 from busi.errors import ConfigError
 from busi.model.engines import choose_engine
@@ -358,3 +358,35 @@ def test_a_mixed_bfloat16_run_writes_its_openvino_model(synth_data: Any, tmp_pat
     pred = run_cli("predict", "--model", str(out), "--input", str(synth_data(10, 32, 2) / "benign"),
                    "--output", str(tmp_path / "p.csv"), "--engine", "openvino", "--precision", "float32")
     assert pred.returncode == 0 and "10 classified, 0 errors" in pred.stderr, pred.stderr[-2000:]
+
+
+def test_a_run_without_a_saved_model_converts_from_keras_and_exports_it_later(synth_data: Any, tmp_path: Path) -> None:
+    """``output.saved_model: false``: no model/saved_model/, the OpenVINO model converted from the
+    Keras model in memory computes what model.keras computes, and ``busi-job export --format
+    saved_model`` writes the SavedModel into the run's model folder later, serving the same."""
+    import openvino as ov
+    import tensorflow as tf
+
+    from busi.data.images import load_image
+    from busi.files.digest import file_sha256
+    from busi.model.network import load_saved_model
+
+    data = synth_data(10, 32, 2)
+    out = tmp_path / "run"
+    proc = run_cli("train", str(REPO / "job" / "demo.yaml"), "--set", f"data.source={data}",
+                   "--set", f"output.dir={out}", "--set", "data.image_size=32", "--set", "train.finetune.epochs=0",
+                   "--set", "train.quantize=none", "--set", "train.gradcam_masks=false", *SMALL)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    model = out / "model"
+    assert not (model / "saved_model").exists() and (model / "openvino" / "model.xml").is_file()
+    source = json.loads((model / "openvino" / "source.json").read_text())
+    assert source["model_keras_sha256"] == file_sha256(model / "model.keras")
+    files = sorted(p for p in data.rglob("*.png") if "_mask" not in p.name)[:6]
+    x = np.stack([load_image(f, 32) for f in files]).astype(np.float32)
+    expected = load_saved_model(model / "model.keras").predict(x, verbose=0)
+    compiled = ov.Core().compile_model(str(model / "openvino" / "model.xml"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    np.testing.assert_allclose(compiled(x)[0], expected, rtol=0, atol=F32_ATOL)
+    r = run_cli("export", str(out), "--format", "saved_model")
+    assert r.returncode == 0, r.stderr[-2000:]
+    served = tf.saved_model.load(str(model / "saved_model"))  # kept: its functions need the loaded object alive
+    np.testing.assert_allclose(served.serve(tf.constant(x)).numpy(), expected, atol=1e-5)
