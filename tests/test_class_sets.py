@@ -12,12 +12,14 @@ from typing import Any, Callable
 
 import numpy as np
 import pytest
-from conftest import REPO, run_cli
+from conftest import REPO, SMALL, run_cli
 
-# 32 px, a few epochs from random weights: the machinery for any class set, not accuracy
+# 32 px, a few epochs from random weights, conftest's SMALL model (MobileNet 0.25, no SavedModel):
+# the machinery for any class set, not accuracy
 TINY = ["--set", "data.image_size=32", "--set", "train.batch_size=4", "--set", "train.head.epochs=1",
         "--set", "train.finetune.epochs=1", "--set", "train.finetune.unfreeze=conv5",
-        "--set", "runtime.deterministic=true", "--set", "train.quantize=none", "--set", "train.gradcam_masks=false"]
+        "--set", "runtime.deterministic=true", "--set", "train.quantize=none", "--set", "train.gradcam_masks=false",
+        *SMALL]
 
 FIVE = ("BI-RADS 2", "BI-RADS 3", "BI-RADS 4", "BI-RADS 5", "BI-RADS 6")
 

@@ -1,4 +1,6 @@
-"""Tests for the data-side CLI commands (config, inspect, synth) in real subprocesses."""
+"""Tests for the data-side CLI commands (config, inspect, synth): busi-job's ``main`` in the test's
+process where the command starts no TensorFlow (its exit code is the process's: ``sys.exit(main())``),
+real subprocesses where the process itself is checked (no TensorFlow imported) and for ``train``."""
 
 from __future__ import annotations
 
@@ -9,10 +11,33 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
 import yaml
 from conftest import REPO, run_cli
 
+from busi.cli import main
+
 REPORT_KEYS = {"counts", "masks", "duplicates", "label_conflicts", "skipped_files", "corrupt_images"}
+
+
+class Result:
+    """busi-job's exit code and what it printed, as a finished process gives them."""
+
+    def __init__(self, returncode: int, out: str, err: str) -> None:
+        self.returncode, self.stdout, self.stderr = returncode, out, err
+
+
+@pytest.fixture
+def busi_job(capsys: pytest.CaptureFixture[str]):  # type: ignore[no-untyped-def]
+    """``busi_job(*args)``: busi-job's main in this process (config, inspect, synth start no TensorFlow)."""
+
+    def run(*args: str) -> Result:
+        capsys.readouterr()
+        code = main(list(args))
+        out, err = capsys.readouterr()
+        return Result(code, out, err)
+
+    return run
 
 
 def _job(write_job, source: str | Path = "data/x", **extra) -> Path:
@@ -22,9 +47,10 @@ def _job(write_job, source: str | Path = "data/x", **extra) -> Path:
 # ------------------------------------------------------------------------ config
 
 
-def test_config_prints_resolved_yaml(write_job) -> None:
+def test_config_prints_resolved_yaml(write_job, busi_job, monkeypatch: pytest.MonkeyPatch) -> None:
     job = _job(write_job, train={"batch_size": 8}, runtime={"cores": "${BUSI_TEST_CORES:-auto}"})
-    p = run_cli("config", str(job), "--set", "train.head.epochs=3", env={"BUSI_TEST_CORES": "2"})
+    monkeypatch.setenv("BUSI_TEST_CORES", "2")
+    p = busi_job("config", str(job), "--set", "train.head.epochs=3")
     assert p.returncode == 0, p.stderr
     out = yaml.safe_load(p.stdout)
     assert list(out) == ["data", "output", "model", "train", "evaluate", "runtime"]
@@ -36,30 +62,34 @@ def test_config_prints_resolved_yaml(write_job) -> None:
     assert out["runtime"]["cores"] == 2
 
 
-def test_config_bad_override_exits_2_naming_key(write_job) -> None:
-    p = run_cli("config", str(_job(write_job)), "--set", "train.head.epochs=ten")
+def test_config_bad_override_exits_2_naming_key(write_job, busi_job) -> None:
+    p = busi_job("config", str(_job(write_job)), "--set", "train.head.epochs=ten")
     assert p.returncode == 2
     assert p.stdout == ""
     assert "train.head.epochs: expected a non-negative integer, got 'ten'" in p.stderr
 
 
-def test_config_errors_exit_2(tmp_path: Path, write_job) -> None:
+def test_config_errors_exit_2(tmp_path: Path, write_job, busi_job) -> None:
     missing = tmp_path / "nope.yaml"
-    p = run_cli("config", str(missing))
+    p = busi_job("config", str(missing))
     assert p.returncode == 2
     assert f"{missing}: job file not found" in p.stderr
     bad = write_job({"data": {"source": "x"}, "output": {"dir": "o"}, "train": {"epochz": 1}})
-    p = run_cli("config", str(bad))
+    p = busi_job("config", str(bad))
     assert p.returncode == 2
     assert "train.epochz: unknown key" in p.stderr
-    p = run_cli("config", str(bad), "--set", "nodots")
+    p = busi_job("config", str(bad), "--set", "nodots")
     assert p.returncode == 2 and "expected key.path=value" in p.stderr
-    p = run_cli()  # usage error from argparse
-    assert p.returncode == 2
+    with pytest.raises(SystemExit) as usage:  # usage error from argparse: the process exits 2
+        busi_job()
+    assert usage.value.code == 2
 
 
-def test_config_demo_job() -> None:
-    p = run_cli("config", "job/demo.yaml", env={"BUSI_DEMO_DATA": "/somewhere", "BUSI_OUTPUT": "/out"})
+def test_config_demo_job(busi_job, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("BUSI_DEMO_DATA", "/somewhere")
+    monkeypatch.setenv("BUSI_OUTPUT", "/out")
+    p = busi_job("config", "job/demo.yaml")
     assert p.returncode == 0, p.stderr
     out = yaml.safe_load(p.stdout)
     assert (out["data"]["source"], out["output"]["dir"]) == ("/somewhere", "/out")
@@ -68,8 +98,8 @@ def test_config_demo_job() -> None:
 # ----------------------------------------------------------------------- inspect
 
 
-def test_inspect_folder_text(synth_small: Path) -> None:
-    p = run_cli("inspect", str(synth_small))
+def test_inspect_folder_text(synth_small: Path, busi_job) -> None:
+    p = busi_job("inspect", str(synth_small))
     assert p.returncode == 0, p.stderr
     assert f"dataset: {synth_small}" in p.stdout
     assert "images: 36 (" in p.stdout
@@ -80,8 +110,8 @@ def test_inspect_folder_text(synth_small: Path) -> None:
     assert "corrupt images: 0" in p.stdout
 
 
-def test_inspect_folder_json(synth_small: Path) -> None:
-    p = run_cli("inspect", str(synth_small), "--json", "--set", "data.dedupe=exact", "--set", "runtime.seed=5")
+def test_inspect_folder_json(synth_small: Path, busi_job) -> None:
+    p = busi_job("inspect", str(synth_small), "--json", "--set", "data.dedupe=exact", "--set", "runtime.seed=5")
     assert p.returncode == 0, p.stderr
     r = json.loads(p.stdout)
     assert REPORT_KEYS <= set(r)
@@ -94,23 +124,23 @@ def test_inspect_folder_json(synth_small: Path) -> None:
     assert r["label_conflicts"] == [] and r["skipped_files"] == [] and r["corrupt_images"] == []
 
 
-def test_inspect_job_file(synth_small: Path, write_job) -> None:
+def test_inspect_job_file(synth_small: Path, write_job, busi_job) -> None:
     job = write_job(
         {"data": {"source": str(synth_small), "split": {"train": 0.5, "val": 0.25, "test": 0.25}}, "output": {"dir": "o"}}
     )
-    p = run_cli("inspect", str(job), "--json")
+    p = busi_job("inspect", str(job), "--json")
     assert p.returncode == 0, p.stderr
     r = json.loads(p.stdout)
     assert r["counts"]["images"] == 36
     assert r["counts"]["per_split"]["train"]["benign"] in (5, 6, 7)
 
 
-def test_inspect_reports_corrupt_and_skipped(synth_small: Path, tmp_path: Path) -> None:
+def test_inspect_reports_corrupt_and_skipped(synth_small: Path, tmp_path: Path, busi_job) -> None:
     ds = tmp_path / "ds"
     shutil.copytree(synth_small, ds)
     (ds / "benign" / "benign (3).png").write_text("not a png")
     (ds / "benign" / "Thumbs.db").write_bytes(b"\0" * 16)
-    p = run_cli("inspect", str(ds), "--json")
+    p = busi_job("inspect", str(ds), "--json")
     assert p.returncode == 0, p.stderr
     r = json.loads(p.stdout)
     assert r["counts"]["images"] == 35
@@ -118,13 +148,14 @@ def test_inspect_reports_corrupt_and_skipped(synth_small: Path, tmp_path: Path) 
     assert [c["path"] for c in r["corrupt_images"]] == ["benign/benign (3).png"]
 
 
-def test_inspect_missing_source_exits_3(tmp_path: Path) -> None:
-    p = run_cli("inspect", str(tmp_path / "nothing-here"))
+def test_inspect_missing_source_exits_3(tmp_path: Path, busi_job) -> None:
+    p = busi_job("inspect", str(tmp_path / "nothing-here"))
     assert p.returncode == 3
     assert "does not exist" in p.stderr
 
 
-def test_inspect_unsafe_zip_exits_3_and_writes_nothing_outside(tmp_path: Path) -> None:
+def test_inspect_unsafe_zip_exits_3_and_writes_nothing_outside(tmp_path: Path, busi_job,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     work = tmp_path / "work"
     work.mkdir()
     archive = work / "bad.zip"
@@ -133,7 +164,8 @@ def test_inspect_unsafe_zip_exits_3_and_writes_nothing_outside(tmp_path: Path) -
         zf.writestr("../evil.txt", b"evil")
     stage = work / "stage"
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
-    p = run_cli("inspect", str(archive), "--set", f"data.staging_dir={stage}", cwd=work)
+    monkeypatch.chdir(work)
+    p = busi_job("inspect", str(archive), "--set", f"data.staging_dir={stage}")
     assert p.returncode == 3, p.stderr
     assert "refusing to unpack" in p.stderr and "../evil.txt" in p.stderr
     assert p.stdout == ""
@@ -149,9 +181,9 @@ def test_inspect_unsafe_zip_exits_3_and_writes_nothing_outside(tmp_path: Path) -
 # ------------------------------------------------------------------------- synth
 
 
-def test_synth_writes_layout(tmp_path: Path) -> None:
+def test_synth_writes_layout(tmp_path: Path, busi_job) -> None:
     out = tmp_path / "demo"
-    p = run_cli("synth", str(out), "--per-class", "3", "--size", "32", "--seed", "1")
+    p = busi_job("synth", str(out), "--per-class", "3", "--size", "32", "--seed", "1")
     assert p.returncode == 0, p.stderr
     assert f"wrote 9 images with masks to {out}" in p.stdout
     names = sorted(q.relative_to(out).as_posix() for q in out.rglob("*") if q.is_file())
@@ -161,15 +193,15 @@ def test_synth_writes_layout(tmp_path: Path) -> None:
         for n in (1, 2, 3)
         for suffix in ("", "_mask")
     )
-    p = run_cli("synth", str(out), "--per-class", "3")
+    p = busi_job("synth", str(out), "--per-class", "3")
     assert p.returncode == 2
     assert str(out) in p.stderr
 
 
-def test_synth_then_inspect(tmp_path: Path) -> None:
+def test_synth_then_inspect(tmp_path: Path, busi_job) -> None:
     out = tmp_path / "d"
-    assert run_cli("synth", str(out), "--per-class", "4", "--size", "32").returncode == 0
-    p = run_cli("inspect", str(out), "--json")
+    assert busi_job("synth", str(out), "--per-class", "4", "--size", "32").returncode == 0
+    p = busi_job("inspect", str(out), "--json")
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout)["counts"]["per_class"] == {"normal": 4, "benign": 4, "malignant": 4}
 
@@ -204,8 +236,8 @@ def test_inspect_does_not_import_tensorflow(synth_small: Path) -> None:
     assert "NO_TF" in p.stdout and "images: 36" in p.stdout
 
 
-def test_config_prints_a_prediction_job() -> None:
-    proc = run_cli("config", str(REPO / "job" / "predict.yaml"))
+def test_config_prints_a_prediction_job(busi_job) -> None:
+    proc = busi_job("config", str(REPO / "job" / "predict.yaml"))
     assert proc.returncode == 0, proc.stderr
     assert "predict:" in proc.stdout and "inputs:" in proc.stdout
 
@@ -241,7 +273,7 @@ def test_train_on_an_output_dir_that_is_a_file_exits_2(tmp_path: Path, synth_sma
     assert (tmp_path / "run").read_text() == "a file"
 
 
-def test_synth_refuses_a_size_that_would_exhaust_memory(tmp_path: Path) -> None:
-    p = run_cli("synth", str(tmp_path / "d"), "--size", "100000")
+def test_synth_refuses_a_size_that_would_exhaust_memory(tmp_path: Path, busi_job) -> None:
+    p = busi_job("synth", str(tmp_path / "d"), "--size", "100000")
     assert p.returncode == 2 and "size must be from 16 to 4096" in p.stderr and "Traceback" not in p.stderr
     assert not (tmp_path / "d").exists()

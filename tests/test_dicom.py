@@ -563,15 +563,16 @@ def _grep(folder: Path, marker: bytes) -> list[str]:
 
 @pytest.mark.integration
 def test_train_and_predict_on_dicom_leak_no_patient_data(tmp_path: Path) -> None:
-    from conftest import REPO, SAMPLE_ZIP, run_cli
+    from conftest import REPO, SAMPLE_ZIP, SMALL, run_cli
 
     data = _dicom_dataset(tmp_path / "data", SAMPLE_ZIP if SAMPLE_ZIP.is_file() else None)
     first = next(p for p in sorted((data / "benign").iterdir()) if "_mask" not in p.name)
     assert first.suffix == "" and MARKER.encode() in first.read_bytes()
     out = tmp_path / "run"
+    # DICOM input and what busi writes, not a model: conftest's SMALL (MobileNet 0.25, no SavedModel)
     tiny = ["--set", "data.image_size=32", "--set", "train.batch_size=4", "--set", "train.head.epochs=1",
             "--set", "train.finetune.epochs=1", "--set", "train.quantize=none", "--set", "data.dicom.frame=middle",
-            "--set", "data.dicom.crop_to_region=true"]
+            "--set", "data.dicom.crop_to_region=true", *SMALL]
     train = run_cli("train", str(REPO / "job" / "demo.yaml"), "--set", f"data.source={data}",
                     "--set", f"output.dir={out}", *tiny)
     assert train.returncode == 0, train.stderr[-3000:]
@@ -706,14 +707,15 @@ def test_train_and_predict_on_every_frame_of_cine_loops(tmp_path: Path) -> None:
     """data.dicom.frame: all end to end: every frame a sample (splits.csv's frame column, a loop
     on one side), test.csv naming frames path#frame-N, and the model predicting a row per frame,
     as it was trained."""
-    from conftest import REPO, run_cli
+    from conftest import REPO, SMALL, run_cli
 
     data = _cine_dataset(tmp_path / "ds")
     out = tmp_path / "run"
+    # frames as samples, not a model: conftest's SMALL (MobileNet 0.25, no SavedModel)
     train = run_cli("train", str(REPO / "job" / "demo.yaml"), "--set", f"data.source={data}", "--set",
                     f"output.dir={out}", "--set", "data.image_size=32", "--set", "train.batch_size=8",
                     "--set", "train.head.epochs=1", "--set", "train.finetune.epochs=1", "--set", "data.dicom.frame=all",
-                    "--set", "train.gradcam_masks=false", "--set", "train.quantize=none")
+                    "--set", "train.gradcam_masks=false", "--set", "train.quantize=none", *SMALL)
     assert train.returncode == 0, train.stderr[-3000:]
     with open(out / "data" / "splits.csv", newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
