@@ -22,7 +22,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pytest
@@ -229,6 +229,32 @@ def make_model_dir(root: Path, size: int = 32, classes: tuple[str, ...] = CLASSE
     write_model_dir(RunDir(root), built.model, classes, size, "stretch", saved_model=False, openvino=False,
                     backbone=backbone, alpha=alpha)
     return root
+
+
+def spread_model(model: Any, size: int, classes: Sequence[str]) -> Any:
+    """busi's model for ``model`` (a ModelConfig; random weights) with activations of a trained
+    network's size, as ``BuiltModel``. A random MobileNet keeps BatchNorm's initial statistics
+    (mean 0, variance 1) in inference mode, and each of its blocks then shrinks its input ~10x: the
+    pooled features are ~1e-18 and every image's probabilities exactly 1/3, a network on which any
+    two paths agree. So each BatchNorm's variance becomes the mean square of its input on 9 noise
+    images, one value for the whole layer (layer by layer: MobileNet is one chain): every layer's
+    output stays near 1, and a relative change of the input grows ~4x through the network
+    (ResNet50: ~1.5x; per channel instead, the near-dead channels grow it ~100x). A training-mode
+    step still moves the statistics: they are not the batch's."""
+    import keras
+
+    from busi.model.network import build_model
+
+    built = build_model(model, size, tuple(classes))
+    noise = np.random.default_rng(5).uniform(0, 255, (9, size, size, 3)).astype(np.float32)
+    h = built.model.get_layer("preprocess")(noise)
+    for layer in built.backbone.layers[1:]:  # after the input, each layer on the one before
+        if isinstance(layer, keras.layers.BatchNormalization):
+            seen = np.asarray(h, np.float64)
+            variance = np.full(layer.moving_variance.shape, (seen**2).mean())
+            layer.moving_variance.assign(variance.astype(layer.moving_variance.dtype))
+        h = layer(h, training=False)
+    return built
 
 
 def read_tensorboard(folder: Path) -> dict[str, dict[str, list[tuple[int, Any]]]]:

@@ -47,22 +47,23 @@ def test_the_table_is_the_schemas_list_and_checks_alpha() -> None:
 def test_the_tables_shapes_stages_and_flops_are_the_networks(name: str) -> None:
     """At every alpha with weights: the cached shapes the estimate computes without a network
     are the built network's; ``top``/``top2`` start at a stride-16/8 map and train a top part
-    that is a strict, growing share of the layers; the FLOPs within 1% of the count at 224 px."""
+    that is a strict, growing share of the layers; the FLOPs within 1% of the count at 224 px.
+    One network per alpha, at 224 px, for all three (building it is what costs)."""
     from busi.model.network import BuiltModel
 
     b = TABLE[name]
     for alpha in _alphas(name):
-        net = build_application(name, 64, alpha)
+        net = build_application(name, 224, alpha)
         built = BuiltModel(model=None, backbone=net, weights_file=None, weights_loaded_into="none", backbone_name=name)
-        assert b.feature_shape("none", 64, alpha) == (int(net.output.shape[-1]),)
+        assert b.feature_shape("none", 224, alpha) == (int(net.output.shape[-1]),)
         firsts = []
         for unfreeze, stride in (("top", 16), ("top2", 8)):
-            assert tuple(built.top_input(unfreeze).shape[1:]) == b.feature_shape(unfreeze, 64, alpha), (unfreeze, alpha)
-            assert built.top_input(unfreeze).shape[1] == 64 // stride
+            shape = tuple(built.top_input(unfreeze).shape[1:])
+            assert shape == b.feature_shape(unfreeze, 224, alpha), (unfreeze, alpha)
+            assert built.top_input(unfreeze).shape[1] == 224 // stride
             firsts.append(built.first_trainable(unfreeze))
         assert 0 < firsts[1] < firsts[0] < len(net.layers)
-    for alpha in _alphas(name):
-        full = forward_gflops(build_application(name, 224, alpha))
+        full = forward_gflops(net)
         assert abs(full - b.cost(224, alpha)) <= 0.01 * full, (alpha, full)
     assert b.cost(112) == pytest.approx(b.cost(224) / 4)
 
@@ -195,23 +196,28 @@ def test_fetch_weights_without_a_network_says_what_to_do(tmp_path: Path, monkeyp
 
 
 @pytest.mark.integration
-def test_mobilenet_v2_with_real_weights_runs_the_whole_path(sample_zip: Path, tmp_path: Path) -> None:
+def test_mobilenet_v2_with_real_weights_runs_the_whole_path(sample_zip: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
     """The BUSI sample (55 real images with masks) on MobileNetV2 with its real ImageNet file, as
     a batch system runs it: training with the feature cache (head, then ``top`` on the cached
     stride-16 map), INT8 with its contract, Grad-CAM against the masks; the run records the
     backbone and the file's sha256 (manifest, model card, preprocessing.json); prediction over
-    the images with Grad-CAM gives TensorFlow's labels on OpenVINO."""
+    the images with Grad-CAM gives TensorFlow's labels on OpenVINO. One epoch per phase is a
+    cached phase each; no SavedModel (``output.saved_model: false``: tests/test_job.py exports
+    one); the predictions run in this process (tests/test_predict.py runs it as a command)."""
     import csv
     import json
 
     from conftest import REPO, run_cli
 
+    from busi.cli import main
+
     path = _needs(MOBILENET_V2)
     out = tmp_path / "run"
     sets = {"data.source": sample_zip, "output.dir": out, "data.image_size": 64, "model.backbone": "mobilenet_v2",
             "model.weights": path, "model.weights_sha256": MOBILENET_V2_SHA256, "train.batch_size": 8,
-            "train.head.epochs": 3, "train.finetune.epochs": 2, "train.finetune.unfreeze": "top",
-            "train.finetune.learning_rate": 1e-4}
+            "train.head.epochs": 1, "train.finetune.epochs": 1, "train.finetune.unfreeze": "top",
+            "train.finetune.learning_rate": 1e-4, "output.saved_model": "false"}
     r = run_cli("train", str(REPO / "job" / "busi.yaml"), *[f"--set={k}={v}" for k, v in sets.items()])
     assert r.returncode == 0, r.stderr[-3000:]
     assert "feature cache" in r.stderr and f"model: mobilenet_v2 (alpha 1), weights {path}" in r.stderr
@@ -236,9 +242,9 @@ def test_mobilenet_v2_with_real_weights_runs_the_whole_path(sample_zip: Path, tm
     for engine in ("tensorflow", "openvino"):
         csv_out = tmp_path / f"{engine}.csv"
         extra = ("--gradcam", str(tmp_path / "cams")) if engine == "openvino" else ()
-        r = run_cli("predict", "--model", str(out), "--input", str(images), "--output", str(csv_out),
-                    "--engine", engine, "--precision", "float32" if engine == "openvino" else "auto", *extra)
-        assert r.returncode == 0, r.stderr[-2000:]
+        code = main(["predict", "--model", str(out), "--input", str(images), "--output", str(csv_out),
+                     "--engine", engine, "--precision", "float32" if engine == "openvino" else "auto", *extra])
+        assert code == 0, capsys.readouterr().err[-2000:]
         with csv_out.open(newline="") as fh:
             labels[engine] = {row["path"]: row["label"] for row in csv.DictReader(fh)}
     assert labels["tensorflow"] == labels["openvino"] and len(labels["openvino"]) == len(list(images.iterdir()))
@@ -264,7 +270,8 @@ def test_mobilenet_v2_killed_mid_fine_tune_resumes_to_the_uninterrupted_result(s
     sets = [f"--set={s}" for s in ("data.image_size=32", "train.batch_size=4", "train.head.epochs=1",
                                    "train.finetune.epochs=2", "train.finetune.unfreeze=top", "train.quantize=none",
                                    "train.gradcam_masks=false", "runtime.deterministic=true",
-                                   "model.backbone=mobilenet_v2", "train.precision=auto", f"data.source={data}")]
+                                   "output.saved_model=false", "model.backbone=mobilenet_v2", "train.precision=auto",
+                                   f"data.source={data}")]
 
     def train(out: Path, env: dict[str, str] | None = None) -> Any:
         return run_cli("train", str(REPO / "job" / "demo.yaml"), f"--set=output.dir={out}", *sets,

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -69,33 +70,51 @@ def test_taskset_one_core_is_detected() -> None:
     assert d["cores"] == 1 and d["affinity"] == 1 and d["source"] in ("affinity", "cgroup")
 
 
+# One fresh Python per TF_CPP_MIN_LOG_LEVEL, as a job starts: busi's start-up under
+# SLURM_CPUS_PER_TASK=1, a line of the program's own on stderr, the thread pools on stdout.
+# Each run is made once and read by both tests below (a TensorFlow start-up costs seconds).
+STARTUP = (
+    "import os, sys; from busi.runtime.cores import detect_cores; from busi.runtime.startup import start_tensorflow\n"
+    "d = detect_cores()\n"
+    "tf = start_tensorflow(d, 0); print('own line', file=sys.stderr)\n"
+    "print(d.cores, d.source, tf.config.threading.get_intra_op_parallelism_threads(),"
+    " tf.config.threading.get_inter_op_parallelism_threads(), os.environ['OMP_NUM_THREADS'])\n"
+)
+
+
+@pytest.fixture(scope="module")
+def started() -> Callable[[str | None], subprocess.CompletedProcess[str]]:
+    """``run(level)``: the completed STARTUP process with TF_CPP_MIN_LOG_LEVEL=level (None: unset)."""
+    runs: dict[str | None, subprocess.CompletedProcess[str]] = {}
+
+    def run(level: str | None) -> subprocess.CompletedProcess[str]:
+        if level not in runs:
+            env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+            env["SLURM_CPUS_PER_TASK"] = "1"
+            if level is not None:
+                env["TF_CPP_MIN_LOG_LEVEL"] = level
+            runs[level] = subprocess.run([sys.executable, "-c", STARTUP], capture_output=True, text=True, env=env,
+                                         check=True)
+        return runs[level]
+
+    return run
+
+
 @pytest.mark.integration
-def test_tensorflow_gets_the_threads() -> None:
+def test_tensorflow_gets_the_threads(started: Callable[[str | None], subprocess.CompletedProcess[str]]) -> None:
     """Under SLURM_CPUS_PER_TASK=1 the TF pools and OpenMP get one thread, set before TF starts."""
-    code = (
-        "import os; from busi.runtime.cores import detect_cores; from busi.runtime.startup import start_tensorflow\n"
-        "d = detect_cores()\n"
-        "tf = start_tensorflow(d, 0)\n"
-        "print(d.cores, d.source, tf.config.threading.get_intra_op_parallelism_threads(),"
-        " tf.config.threading.get_inter_op_parallelism_threads(), os.environ['OMP_NUM_THREADS'])\n"
-    )
-    env = {**os.environ, "SLURM_CPUS_PER_TASK": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
-    assert out.stdout.split() == ["1", "slurm", "1", "1", "1"]
+    assert started("2").stdout.split() == ["1", "slurm", "1", "1", "1"]
 
 
 @pytest.mark.integration
 @pytest.mark.parametrize("level", [None, "2", "0"])
-def test_tensorflows_start_up_lines_show_only_when_asked_for(level: str | None) -> None:
+def test_tensorflows_start_up_lines_show_only_when_asked_for(
+    level: str | None, started: Callable[[str | None], subprocess.CompletedProcess[str]]
+) -> None:
     """start_tensorflow keeps absl's "All log messages before absl::InitializeLog()..." line out of
     stderr whether TF_CPP_MIN_LOG_LEVEL is unset or 2 (which does not hide it); 0 asks for every
     line, and it is there. A line of the program's own written meanwhile always passes."""
-    code = ("import sys; from busi.runtime.cores import detect_cores; from busi.runtime.startup import start_tensorflow\n"
-            "start_tensorflow(detect_cores(), 0); print('own line', file=sys.stderr)\n")
-    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-    if level is not None:
-        env["TF_CPP_MIN_LOG_LEVEL"] = level
-    err = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stderr
+    err = started(level).stderr
     assert "own line" in err
     assert ("absl::InitializeLog" in err) == (level == "0"), err[-2000:]
 

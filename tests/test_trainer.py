@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import SMALL_MODEL, spread_model
 
 from busi.config.load import load_config
 from busi.distributed.group import Dist
@@ -64,23 +65,34 @@ def images(synth_data: Any) -> Any:
     return SplitData(tuple(paths), tuple(labels))
 
 
-def _trainer(images: Any, out: Path, *sets: str, deadline: float | None = None, margin: float = 0.0,
-             checkpoint: bool = True, signal_at: int = 0) -> tuple[Any, Stepping, Checkpointer]:
-    from busi.data.pipeline import Pipeline
-    from busi.model.network import build_model
-    from busi.train.loop import Trainer
+def _model(cfg: Any) -> Any:
+    """busi's model for ``cfg``: MobileNet at width 0.25 (``SMALL_MODEL``: the loop's policy, not
+    the network, is under test), random weights, its activations of a trained network's size
+    (conftest ``spread_model``: else every probability is 1/3 and val_loss ln 3 whatever the
+    weights, and no run could tell averaged weights from trained ones)."""
+    return spread_model(cfg.model, SIZE, ("normal", "benign", "malignant"))
 
-    cfg = load_config(None, [
-        "data.source=x", f"output.dir={out}", f"data.image_size={SIZE}", "model.weights=none",
+
+def _config(out: Path, *sets: str) -> Any:
+    return load_config(None, [
+        "data.source=x", f"output.dir={out}", f"data.image_size={SIZE}", "model.weights=none", *SMALL_MODEL,
         f"train.batch_size={BATCH}", "train.precision=float32", "runtime.checkpoint_epochs=0",
         "runtime.checkpoint_minutes=0", *sets,
     ])
+
+
+def _trainer(images: Any, out: Path, *sets: str, deadline: float | None = None, margin: float = 0.0,
+             checkpoint: bool = True, signal_at: int = 0) -> tuple[Any, Stepping, Checkpointer]:
+    from busi.data.pipeline import Pipeline
+    from busi.train.loop import Trainer
+
+    cfg = _config(out, *sets)
     clock = FakeClock()
     stepping = Stepping(clock=clock, signal_at=signal_at)
     stopper = Stopper(signals=("SIGTERM",) if signal_at else (), deadline=deadline, margin=margin, clock=clock)
     checkpointer = Checkpointer(out, cfg)
     pipeline = Pipeline(images, SIZE, "stretch")
-    trainer = Trainer(cfg, build_model(cfg.model, SIZE, ("normal", "benign", "malignant")), pipeline, pipeline, np.ones(3, np.float32), Dist(),
+    trainer = Trainer(cfg, _model(cfg), pipeline, pipeline, np.ones(3, np.float32), Dist(),
                       stopper=stopper, on_step=stepping, checkpointer=checkpointer if checkpoint else None, clock=clock)
     return trainer, stepping, checkpointer
 
@@ -214,9 +226,8 @@ def test_ema_validates_and_keeps_the_averaged_weights(images: Any, ema_runs: dic
     from busi.data.pipeline import Pipeline
     from busi.model.network import build_model
 
-    model = build_model(load_config(None, ["data.source=x", "output.dir=o", "model.weights=none"]).model, SIZE,
-                        ("normal", "benign", "malignant")).model
-    model.set_weights(ema_weights)
+    model = build_model(_config(Path("o")).model, SIZE, ("normal", "benign", "malignant")).model
+    model.set_weights(ema_weights)  # BatchNorm's statistics included
     losses = [keras.losses.sparse_categorical_crossentropy(y, model(x, training=False)).numpy()
               for x, y in Pipeline(images, SIZE, "stretch").eval_dataset(BATCH)]
     best = next(h for h in averaged.history if h.epoch == averaged.best_epoch)
