@@ -1,7 +1,7 @@
 # make install    ./.venv with busi (editable), the test tools and the docs tools
 # make demo       synthetic data + a complete training run in runs/demo
 # make test       the whole test suite (unit, integration and system tiers), on three workers
-# make test-fast  the unit tier only (no subprocess, no training): about 2 minutes on 2 cores
+# make test-fast  the unit tier only (no subprocess, no training): under a minute on 2 cores (2 when other work shares them)
 # make docs       the manual as a site in docs/_build/html (Sphinx + MyST; warnings are errors)
 # make horovod    build Horovod (patched 0.28.1, Gloo; MPI too if mpicxx exists) into the venv
 # make image      the CPU container image (docker or podman, whichever is installed)
