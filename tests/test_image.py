@@ -211,7 +211,7 @@ def test_stop_checkpoints_exits_75_and_the_same_run_resumes(image: Image, synth_
     data = synth_data(10, 32, 2)
     os.chmod(tmp_path, 0o777)
     name = f"busi-stop-{os.getpid()}"
-    epochs = 40
+    epochs = 20  # the stop comes after the first epoch: 19 more (seconds each through ResNet50) to land in
     args = image.run_args("/opt/busi/job/demo.yaml", "--set", "data.source=/data", "--set", "output.dir=/out/run",
                           "--set", "data.image_size=32", "--set", "train.batch_size=4", "--set", "train.finetune.epochs=0",
                           "--set", f"train.head.epochs={epochs}", "--set", f"train.head.patience={epochs}",
