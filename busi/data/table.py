@@ -332,16 +332,17 @@ def _rows(root: Path, cfg: TableConfig, classes: Sequence[str], header: list[str
         if not is_regular_file(root / path):
             problems.append(Problem(line, path, "missing_file", "no such file"))
             continue
-        masks = _row_masks(root, table_dir, mask_names, line, [(m, cell(cells, m)) for m in cfg.masks], problems)
+        masks = _row_masks(root, real_root, table_dir, mask_names, line, [(m, cell(cells, m)) for m in cfg.masks],
+                           problems)
         first[path] = _Row(line, path, label, masks, cell(cells, cfg.group) or None, split, fold)
     return [r for p, r in first.items() if p not in conflicting]
 
 
-def _row_masks(root: Path, table_dir: str, mask_names: CellTemplate, line: int, cells: list[tuple[str, str]],
-               problems: list[Problem]) -> tuple[str, ...]:
-    """The masks a row's mask columns (``(column, cell)``) name that are files under ``root``,
-    each once; each one that is not goes to ``problems`` (the image is kept)."""
-    real_root = os.path.realpath(root)
+def _row_masks(root: Path, real_root: str, table_dir: str, mask_names: CellTemplate, line: int,
+               cells: list[tuple[str, str]], problems: list[Problem]) -> tuple[str, ...]:
+    """The masks a row's mask columns (``(column, cell)``) name that are files under ``root``
+    (``real_root``: its resolved path, found once per table), each once; each one that is not
+    goes to ``problems`` (the image is kept)."""
     masks: list[str] = []
     for column, value in cells:
         try:
