@@ -13,7 +13,7 @@ BIN := $(VENV)/bin
 # two cores: the tests wait on subprocesses, Slurm and signals, and a third worker fills those
 # waits (docs/testing.md: 598 s against 646 s with two, the same machine and hour).
 TEST_WORKERS ?= 3
-PYTEST_XDIST := -n $(TEST_WORKERS) --dist loadscope
+PYTEST_XDIST := -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
 
 .PHONY: install demo test test-fast docs horovod image clean
 

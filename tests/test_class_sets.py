@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import numpy as np
 import pytest
-from conftest import REPO, SMALL, run_cli
+from conftest import REPO, SMALL, run_main
 
 # 32 px, a few epochs from random weights, conftest's SMALL model (MobileNet 0.25, no SavedModel):
 # the machinery for any class set, not accuracy
@@ -45,7 +45,7 @@ def _train(out: Path, data: Path, classes: tuple[str, ...], positive: str | None
     sets = ["--set", f"data.source={data}", "--set", f"output.dir={out}",
             "--set", "data.classes=" + json.dumps(list(classes)),
             "--set", f"evaluate.positive_class={json.dumps(positive)}", *TINY]
-    proc = run_cli("train", str(REPO / "job" / "demo.yaml"), *sets)
+    proc = run_main("train", str(REPO / "job" / "demo.yaml"), *sets)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads((out / "metrics.json").read_text())
 
@@ -81,8 +81,8 @@ def test_a_class_set_trains_evaluates_reports_and_predicts(case: str, synth_data
     assert {r["true_label"] for r in test_rows} <= set(classes)
 
     csv_out = tmp_path / "pred.csv"
-    proc = run_cli("predict", "--model", str(out), "--input", str(data / classes[-1]), "--output", str(csv_out),
-                   "--engine", "tensorflow")
+    proc = run_main("predict", "--model", str(out), "--input", str(data / classes[-1]), "--output", str(csv_out),
+                    "--engine", "tensorflow")
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(csv_out, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))

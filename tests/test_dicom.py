@@ -563,7 +563,7 @@ def _grep(folder: Path, marker: bytes) -> list[str]:
 
 @pytest.mark.integration
 def test_train_and_predict_on_dicom_leak_no_patient_data(tmp_path: Path) -> None:
-    from conftest import REPO, SAMPLE_ZIP, SMALL, run_cli
+    from conftest import REPO, SAMPLE_ZIP, SMALL, run_main
 
     data = _dicom_dataset(tmp_path / "data", SAMPLE_ZIP if SAMPLE_ZIP.is_file() else None)
     first = next(p for p in sorted((data / "benign").iterdir()) if "_mask" not in p.name)
@@ -573,8 +573,8 @@ def test_train_and_predict_on_dicom_leak_no_patient_data(tmp_path: Path) -> None
     tiny = ["--set", "data.image_size=32", "--set", "train.batch_size=4", "--set", "train.head.epochs=1",
             "--set", "train.finetune.epochs=1", "--set", "train.quantize=none", "--set", "data.dicom.frame=middle",
             "--set", "data.dicom.crop_to_region=true", *SMALL]
-    train = run_cli("train", str(REPO / "job" / "demo.yaml"), "--set", f"data.source={data}",
-                    "--set", f"output.dir={out}", *tiny)
+    train = run_main("train", str(REPO / "job" / "demo.yaml"), "--set", f"data.source={data}",
+                     "--set", f"output.dir={out}", *tiny)
     assert train.returncode == 0, train.stderr[-3000:]
     prep = (out / "model" / "preprocessing.json").read_text()
     assert '"frame": "middle"' in prep and '"crop_to_region": true' in prep
@@ -584,8 +584,8 @@ def test_train_and_predict_on_dicom_leak_no_patient_data(tmp_path: Path) -> None
         shutil.copy(path, inputs / f"hostile-{kind}")
     csv_path = tmp_path / "pred" / "predictions.csv"
     reports = tmp_path / "sr"
-    pred = run_cli("predict", "--model", str(out), "--output", str(csv_path), "--engine", "tensorflow",
-                   "--input", str(inputs), "--dicom-sr", str(reports))
+    pred = run_main("predict", "--model", str(out), "--output", str(csv_path), "--engine", "tensorflow",
+                    "--input", str(inputs), "--dicom-sr", str(reports))
     assert pred.returncode == 0, pred.stderr[-3000:]
     with open(csv_path, newline="", encoding="utf-8") as fh:
         rows = {Path(r["path"]).name: r for r in csv.DictReader(fh)}
@@ -707,15 +707,15 @@ def test_train_and_predict_on_every_frame_of_cine_loops(tmp_path: Path) -> None:
     """data.dicom.frame: all end to end: every frame a sample (splits.csv's frame column, a loop
     on one side), test.csv naming frames path#frame-N, and the model predicting a row per frame,
     as it was trained."""
-    from conftest import REPO, SMALL, run_cli
+    from conftest import REPO, SMALL, run_main
 
     data = _cine_dataset(tmp_path / "ds")
     out = tmp_path / "run"
     # frames as samples, not a model: conftest's SMALL (MobileNet 0.25, no SavedModel)
-    train = run_cli("train", str(REPO / "job" / "demo.yaml"), "--set", f"data.source={data}", "--set",
-                    f"output.dir={out}", "--set", "data.image_size=32", "--set", "train.batch_size=8",
-                    "--set", "train.head.epochs=1", "--set", "train.finetune.epochs=1", "--set", "data.dicom.frame=all",
-                    "--set", "train.gradcam_masks=false", "--set", "train.quantize=none", *SMALL)
+    train = run_main("train", str(REPO / "job" / "demo.yaml"), "--set", f"data.source={data}", "--set",
+                     f"output.dir={out}", "--set", "data.image_size=32", "--set", "train.batch_size=8",
+                     "--set", "train.head.epochs=1", "--set", "train.finetune.epochs=1", "--set", "data.dicom.frame=all",
+                     "--set", "train.gradcam_masks=false", "--set", "train.quantize=none", *SMALL)
     assert train.returncode == 0, train.stderr[-3000:]
     with open(out / "data" / "splits.csv", newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
@@ -727,7 +727,7 @@ def test_train_and_predict_on_every_frame_of_cine_loops(tmp_path: Path) -> None:
     loops = [r for r in rows if r["frame"] and r["split"] == "test"]
     assert {f"{r['path']}#frame-{r['frame']}" for r in loops} <= set(tested)
     assert '"frame": "all"' in (out / "model" / "preprocessing.json").read_text()
-    pred = run_cli("predict", "--model", str(out), "--input", str(data / "benign"), "--output", str(tmp_path / "p.csv"))
+    pred = run_main("predict", "--model", str(out), "--input", str(data / "benign"), "--output", str(tmp_path / "p.csv"))
     assert pred.returncode == 0, pred.stderr[-3000:]
     with open(tmp_path / "p.csv", newline="", encoding="utf-8") as fh:
         keys = [(Path(r["path"]).name, r["frame"]) for r in csv.DictReader(fh)]

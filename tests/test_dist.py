@@ -89,6 +89,33 @@ def test_failure_injection_hook() -> None:
     assert not hasattr(init_dist("none", env={"BUSI_FAIL_AT_STEP": "0:2"}), "check_step")
 
 
+def test_a_waiting_hook_holds_its_step_until_the_signal(monkeypatch: pytest.MonkeyPatch,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """``<rank>:<step>:wait`` logs the line a test waits for, returns once the job is signalled
+    (the step then runs and the loop stops as for any signal) and fails rather than wait forever."""
+    from busi.runtime import faults
+
+    asked: list[int] = []
+
+    def signalled() -> bool:
+        asked.append(1)
+        return len(asked) >= 3  # the signal comes while the hook waits
+
+    hook = failure_from_env(0, {"BUSI_FAIL_AT_STEP": "0:2:wait"}, signalled=signalled)
+    assert hook == FailAtStep(0, 2, "wait")
+    hook(1)
+    assert asked == [] and not caplog.records
+    with caplog.at_level(logging.WARNING, logger="busi"):
+        hook(2)
+    assert len(asked) == 3
+    assert [r.getMessage() for r in caplog.records] == ["BUSI_FAIL_AT_STEP: rank 0 waiting at step 2 for a stop signal"]
+    monkeypatch.setattr(faults, "WAIT_LIMIT", 0.0)
+    never = failure_from_env(0, {"BUSI_FAIL_AT_STEP": "0:2:wait"})
+    assert never is not None
+    with pytest.raises(RuntimeError, match="rank 0 waited 0 s at step 2 and no stop signal came"):
+        never(2)
+
+
 def _log_lines(dist: Dist, all_ranks: bool = False) -> list[str]:
     stream: list[str] = []
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import CLASSES, REPO, SMALL, run_cli
+from conftest import CLASSES, REPO, SMALL, run_cli, run_main
 
 from busi.errors import ConfigError
 from busi.model.engines import choose_engine
@@ -345,18 +345,18 @@ def test_a_mixed_bfloat16_run_writes_its_openvino_model(synth_data: Any, tmp_pat
     completes with model/openvino/: converted from its float32 copy, since OpenVINO's TensorFlow
     frontend refuses the SavedModel's bfloat16 constants ("unknown element type bf16")."""
     out = tmp_path / "run"
-    proc = run_cli("train", str(REPO / "job" / "demo.yaml"), "--set", f"data.source={synth_data(10, 32, 2)}",
-                   "--set", f"output.dir={out}", "--set", "data.image_size=32", "--set", "train.batch_size=4",
-                   "--set", "train.head.epochs=1", "--set", "train.finetune.epochs=1",
-                   "--set", "train.precision=mixed_bfloat16", "--set", "train.gradcam_masks=false",
-                   "--set", "train.quantize=none",
-                   # the small model, with its SavedModel: the one OpenVINO must not convert
-                   "--set", "model.backbone=mobilenet", "--set", "model.alpha=0.25")
+    proc = run_main("train", str(REPO / "job" / "demo.yaml"), "--set", f"data.source={synth_data(10, 32, 2)}",
+                    "--set", f"output.dir={out}", "--set", "data.image_size=32", "--set", "train.batch_size=4",
+                    "--set", "train.head.epochs=1", "--set", "train.finetune.epochs=1",
+                    "--set", "train.precision=mixed_bfloat16", "--set", "train.gradcam_masks=false",
+                    "--set", "train.quantize=none",
+                    # the small model, with its SavedModel: the one OpenVINO must not convert
+                    "--set", "model.backbone=mobilenet", "--set", "model.alpha=0.25")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((out / "manifest.json").read_text())["precision"] == "mixed_bfloat16"
     assert (out / "model" / "openvino" / "model.xml").is_file()
-    pred = run_cli("predict", "--model", str(out), "--input", str(synth_data(10, 32, 2) / "benign"),
-                   "--output", str(tmp_path / "p.csv"), "--engine", "openvino", "--precision", "float32")
+    pred = run_main("predict", "--model", str(out), "--input", str(synth_data(10, 32, 2) / "benign"),
+                    "--output", str(tmp_path / "p.csv"), "--engine", "openvino", "--precision", "float32")
     assert pred.returncode == 0 and "10 classified, 0 errors" in pred.stderr, pred.stderr[-2000:]
 
 
@@ -373,9 +373,9 @@ def test_a_run_without_a_saved_model_converts_from_keras_and_exports_it_later(sy
 
     data = synth_data(10, 32, 2)
     out = tmp_path / "run"
-    proc = run_cli("train", str(REPO / "job" / "demo.yaml"), "--set", f"data.source={data}",
-                   "--set", f"output.dir={out}", "--set", "data.image_size=32", "--set", "train.finetune.epochs=0",
-                   "--set", "train.quantize=none", "--set", "train.gradcam_masks=false", *SMALL)
+    proc = run_main("train", str(REPO / "job" / "demo.yaml"), "--set", f"data.source={data}",
+                    "--set", f"output.dir={out}", "--set", "data.image_size=32", "--set", "train.finetune.epochs=0",
+                    "--set", "train.quantize=none", "--set", "train.gradcam_masks=false", *SMALL)
     assert proc.returncode == 0, proc.stderr[-3000:]
     model = out / "model"
     assert not (model / "saved_model").exists() and (model / "openvino" / "model.xml").is_file()
@@ -386,7 +386,7 @@ def test_a_run_without_a_saved_model_converts_from_keras_and_exports_it_later(sy
     expected = load_saved_model(model / "model.keras").predict(x, verbose=0)
     compiled = ov.Core().compile_model(str(model / "openvino" / "model.xml"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     np.testing.assert_allclose(compiled(x)[0], expected, rtol=0, atol=F32_ATOL)
-    r = run_cli("export", str(out), "--format", "saved_model")
+    r = run_main("export", str(out), "--format", "saved_model")
     assert r.returncode == 0, r.stderr[-2000:]
     served = tf.saved_model.load(str(model / "saved_model"))  # kept: its functions need the loaded object alive
     np.testing.assert_allclose(served.serve(tf.constant(x)).numpy(), expected, atol=1e-5)

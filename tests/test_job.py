@@ -32,7 +32,7 @@ from busi.files.rundir import RUN_FILES
 @pytest.fixture(scope="module")
 def trained(trained_run: dict[str, Any]) -> dict[str, Any]:
     """The session's one trained run (conftest ``trained_run``: the demo job on its data, 60
-    images per class at 64 px, 1 + 10 epochs, deterministic, calibrated)."""
+    images per class at 64 px, 1 + 10 epochs, fine-tuning conv5, deterministic, calibrated)."""
     return trained_run
 
 
@@ -83,13 +83,14 @@ def test_config_and_manifest(trained: dict[str, Any]) -> None:
     assert m["seconds"]["fit"] >= m["seconds"]["phase_head"] + m["seconds"]["phase_finetune"] - 0.01
     assert sum(m["seconds"][s] for s in stages) <= m["seconds"]["total"]
     assert m["precision"] == "float32" and m["seed"] == 0
-    # what computed the cached features and the test metrics (the fine-tune phase, unfreeze all, caches
-    # nothing). train.engine auto: TensorFlow fills a cache this small (converting would cost more than
-    # it saves); the evaluation runs the model/openvino/ just written. (tests/test_dist.py runs a
-    # two-rank job with the caches filled by OpenVINO.)
+    # what computed the cached features and the test metrics (each phase caches: the head the
+    # backbone's output, the fine-tune phase the stages before conv5). train.engine auto: TensorFlow
+    # fills a cache this small (converting would cost more than it saves); the evaluation runs the
+    # model/openvino/ just written. (tests/test_dist.py runs a two-rank job with the caches filled by OpenVINO.)
     engines = m["engines"]
-    assert set(engines["feature_cache"]) == {"head"}
-    assert engines["feature_cache"]["head"]["name"] == "tensorflow" and engines["evaluate"]["name"] == "openvino"
+    assert set(engines["feature_cache"]) == {"head", "finetune"}
+    assert {e["name"] for e in engines["feature_cache"].values()} == {"tensorflow"}
+    assert engines["evaluate"]["name"] == "openvino"
     assert engines["evaluate"]["precision"] == "float32"  # train.precision float32: the engine computes in it
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["engine"] == engines["evaluate"]

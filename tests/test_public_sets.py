@@ -18,7 +18,7 @@ from busi.config.schema import JobConfig
 from busi.data.folds import assign_folds
 from busi.data.prepare import PreparedData, prepare_data
 from busi.evaluate.explain import load_mask
-from conftest import REPO, SMALL_MODEL, run_cli
+from conftest import REPO, SMALL_MODEL, run_main
 from public_sets import BUILDERS, Expected
 
 PER_CLASS = 12
@@ -128,8 +128,8 @@ def test_a_tiny_training_run_completes(name: str, lookalike: Any, tmp_path: Path
     out = tmp_path / "run"
     tiny = ["data.image_size=32", "train.batch_size=8", "train.head.epochs=1", "train.finetune.epochs=1",
             "train.quantize=none", "model.weights=none", *SMALL_MODEL]
-    proc = run_cli("train", str(REPO / "job" / "demo.yaml"), str(job_file(name)),
-                   *[f"--set={s}" for s in (f"data.source={source}", f"output.dir={out}", *tiny)])
+    proc = run_main("train", str(REPO / "job" / "demo.yaml"), str(job_file(name)),
+                    *[f"--set={s}" for s in (f"data.source={source}", f"output.dir={out}", *tiny)])
     assert proc.returncode == 0, proc.stderr[-3000:]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "completed"
@@ -213,8 +213,8 @@ def test_cv_reads_the_table_and_keeps_each_patient_in_one_fold(lookalike: Any, t
     out = tmp_path / "cv"
     tiny = ["data.image_size=32", "train.batch_size=8", "train.head.epochs=1", "train.finetune.epochs=0",
             "train.quantize=none", "model.weights=none", *SMALL_MODEL, "train.gradcam_masks=false"]
-    proc = run_cli("cv", str(REPO / "job" / "demo.yaml"), str(job_file("bus-uclm")), "--folds", "2",
-                   *[f"--set={s}" for s in (f"data.source={source}", f"output.dir={out}", *tiny)])
+    proc = run_main("cv", str(REPO / "job" / "demo.yaml"), str(job_file("bus-uclm")), "--folds", "2",
+                    *[f"--set={s}" for s in (f"data.source={source}", f"output.dir={out}", *tiny)])
     assert proc.returncode == 0, proc.stderr[-3000:]
     with (out / "folds.csv").open(newline="") as fh:
         folds = list(csv.DictReader(fh))

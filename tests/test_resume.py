@@ -219,7 +219,7 @@ def test_walltime_budget_ends_the_run_with_75_before_the_budget(tmp_path: Path, 
     leaves start-up (importing TensorFlow, building, tracing: 5-25 s on a loaded machine) room
     to spare; the margin is many times a checkpoint and exit (under a second for this model)."""
     out = tmp_path / "run"
-    budget, margin = 75, 20
+    budget, margin = 50, 15
     started = time.time()
     proc = _train(out, data, "--set", "train.head.epochs=0", "--set", "train.finetune.epochs=100000",
                   "--set", "train.finetune.patience=100000", "--set", f"runtime.walltime={budget}",

@@ -39,9 +39,8 @@ TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NOD
             "DEADLINE", "PREEMPTED", "SPECIAL_EXIT"}
 # A tiny training job: 32 px, head phase only, no pretrained weights, conftest's small model
 # (tests/test_job.py checks ResNet50's whole run directory).
-RESNET_TINY = ["--set", "data.image_size=32", "--set", "train.batch_size=8", "--set", "train.finetune.epochs=0",
-               "--set", "train.quantize=none"]  # INT8: tests/test_quantize.py
-TINY = [*RESNET_TINY, *SMALL]
+TINY = ["--set", "data.image_size=32", "--set", "train.batch_size=8", "--set", "train.finetune.epochs=0",
+        "--set", "train.quantize=none", *SMALL]  # INT8: tests/test_quantize.py
 NOISE = ("I0000 ", "WARNING: All log messages", "To enable the following", "oneDNN custom operations")
 
 
@@ -255,30 +254,31 @@ def test_usr1_checkpoints_requeues_and_the_same_job_resumes(
 ) -> None:
     """scancel --signal=USR1 --batch (what --signal=B:USR1@180 does before the time limit):
     busi exits 75 after a checkpoint, the script requeues the job, and the requeued job (same
-    job id, so same output dir) resumes and completes, every epoch exactly once."""
+    job id, so same output dir) resumes and completes, every epoch exactly once. The signal
+    lands mid-epoch on a machine of any speed: the run waits before its third step until it is
+    signalled (the test hook ``BUSI_FAIL_AT_STEP=0:3:wait``, which the requeued run, past that
+    step, never reaches), and the test sends it once the log says so."""
     data = _synth(tmp_path, per_class=20)
-    epochs = 20
-    env = job_env
+    epochs = 2
+    env = {**job_env, "BUSI_FAIL_AT_STEP": "0:3:wait"}
     # output.dir keyed by the job id (${SLURM_JOB_ID} is interpolated by busi, as in job/busi.yaml)
     job = sbatch([f"--chdir={tmp_path}", "--cpus-per-task=2", "--mem=1G", "--time=00:30:00", str(SLURM / "train.sh"),
                   str(REPO / "job" / "demo.yaml"), "--set", f"data.source={data}",
-                  "--set", "output.dir=runs/busi-${SLURM_JOB_ID}", *RESNET_TINY,
-                  "--set", f"train.head.epochs={epochs}", "--set", f"train.head.patience={epochs}",
-                  # every epoch through ResNet50 (about 1 s each here): the signal lands mid-training
-                  "--set", "train.feature_cache=none"], env, tmp_path)
+                  "--set", "output.dir=runs/busi-${SLURM_JOB_ID}", *TINY,
+                  "--set", f"train.head.epochs={epochs}", "--set", f"train.head.patience={epochs}"], env, tmp_path)
     log = tmp_path / f"busi-train-{job}.out"
     run = tmp_path / "runs" / f"busi-{job}"
     history = run / "history.csv"
     end = time.monotonic() + 400
     while time.monotonic() < end:
-        if history.exists() and len(_csv(history)) >= 1:
+        if log.exists() and "waiting at step 3 for a stop signal" in log.read_text(errors="replace"):
             break
         info = job_info(job, env)
-        assert info and info[0].get("JobState") not in TERMINAL, f"job ended before its first epoch: {info}\n{tail(log)}"
+        assert info and info[0].get("JobState") not in TERMINAL, f"job ended before its third step: {info}\n{tail(log)}"
         time.sleep(0.5)
     else:
         _run(["scancel", job], env, REPO)
-        pytest.fail(f"no epoch in {history} after 400 s\n{tail(log)}")
+        pytest.fail(f"the run did not reach its third step in 400 s\n{tail(log)}")
     p = _run(["scancel", "--signal=USR1", "--batch", job], env, REPO)
     assert p.returncode == 0, p.stderr
     info = wait_for(job, env, 600, log)[0]

@@ -478,7 +478,7 @@ def test_resolve_path_and_decoding() -> None:
 @pytest.mark.integration
 def test_training_from_a_table_keeps_patients_on_one_side(two_folders: Path, synth_data: Callable[..., Path],
                                                           tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from conftest import REPO, SMALL_MODEL, run_cli
+    from conftest import REPO, SMALL_MODEL, run_main
 
     from busi.cli import main
 
@@ -488,7 +488,7 @@ def test_training_from_a_table_keeps_patients_on_one_side(two_folders: Path, syn
             "train.quantize=none", "train.gradcam_masks=false", "data.classes=[normal, benign, malignant]",
             *SMALL_MODEL]
     sets = [f"--set={s}" for s in (f"data.source={two_folders}", f"output.dir={out}", *TWO_FOLDERS, *tiny)]
-    proc = run_cli("train", str(REPO / "job" / "demo.yaml"), *sets)
+    proc = run_main("train", str(REPO / "job" / "demo.yaml"), *sets)
     assert proc.returncode == 0, proc.stderr[-3000:]
     with (out / "data" / "splits.csv").open(newline="") as fh:
         rows = list(csv.DictReader(fh))

@@ -244,9 +244,10 @@ def fit(job: Job, data: TrainingData, built: Built, started: Started) -> TrainRe
         run.write_csv("history", HISTORY_COLUMNS, [r.row() for r in result.history])
         board.epoch(record)
 
+    injected = failure_from_env(job.dist.rank, signalled=lambda: job.stopper.received is not None)
     trainer = Trainer(cfg, built.net, built.pipelines["train"], built.pipelines["val"], class_weights, job.dist,
                       on_epoch, stopper=job.stopper, checkpointer=job.checkpointer, host=started.host,
-                      on_step=failure_from_env(job.dist.rank))
+                      on_step=injected)
     trainer.state.splits_sha256 = data.splits_sha256
     result = trainer.fit(job.resume)
     board.close()
