@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import CLASSES, REPO, run_cli
+from conftest import CLASSES, REPO, run_main
 
 from busi.data.folds import FoldRow, assign_folds, fold_splits
 from busi.data.split import SplitRow
@@ -96,7 +96,7 @@ def test_cv_runs_folds_resumes_and_reports(synth_data: Any, tmp_path: Path, caps
             "--set", "train.finetune.epochs=0", "--set", "runtime.checkpoint_minutes=0", "--set", "train.quantize=none",
             "--set", "train.gradcam_masks=false", "--set", "output.saved_model=false"]
     job = str(REPO / "job" / "demo.yaml")
-    p = run_cli("cv", job, "--folds", "3", *sets, env={"SLURM_ARRAY_TASK_ID": "0"})
+    p = run_main("cv", job, "--folds", "3", *sets, env={"SLURM_ARRAY_TASK_ID": "0"})
     assert p.returncode == 0, p.stderr[-3000:]
     with (out / "folds.csv").open(newline="") as fh:
         folds = list(csv.DictReader(fh))
@@ -111,7 +111,7 @@ def test_cv_runs_folds_resumes_and_reports(synth_data: Any, tmp_path: Path, caps
     assert "fold(s) 1, 2 of 3 not completed" in err and "Traceback" not in err
     assert main(["cv", job, "--folds", "4", *sets]) == 2
     assert "holds 3 folds" in capsys.readouterr().err
-    p = run_cli("cv", job, "--folds", "3", *sets)
+    p = run_main("cv", job, "--folds", "3", *sets)
     assert p.returncode == 0, p.stderr[-3000:]
     assert "fold 0 of 3 already completed" in p.stderr
     assert main(["cv-report", str(out)]) == 0

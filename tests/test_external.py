@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import CLASSES, run_cli
+from conftest import CLASSES, run_main
 from PIL import Image
 
 
@@ -79,16 +79,16 @@ def test_cli_refuses_a_foreign_folder_and_a_run_without_hashes(setup: dict[str, 
     foreign = tmp_path / "notes"
     foreign.mkdir()
     (foreign / "mine.txt").write_text("keep me\n")
-    p = run_cli("evaluate", "--model", str(setup["run"]), "--data", str(setup["ext"]), "--output", str(foreign))
+    p = run_main("evaluate", "--model", str(setup["run"]), "--data", str(setup["ext"]), "--output", str(foreign))
     assert p.returncode == 2 and "not a busi evaluation" in p.stderr and "Traceback" not in p.stderr
     assert (foreign / "mine.txt").read_text() == "keep me\n"
     bare = tmp_path / "bare"
     shutil.copytree(setup["run"] / "model", bare / "model")  # the model without data/hashes.csv
-    p = run_cli("evaluate", "--model", str(bare), "--data", str(setup["ext"]), "--output", str(tmp_path / "e"))
+    p = run_main("evaluate", "--model", str(bare), "--data", str(setup["ext"]), "--output", str(tmp_path / "e"))
     assert p.returncode == 3 and "hashes.csv" in p.stderr and "--no-leakage-check" in p.stderr
     assert "Traceback" not in p.stderr and not (tmp_path / "e").exists()
-    p = run_cli("evaluate", "--model", str(bare), "--data", str(setup["ext"]), "--output", str(tmp_path / "e"),
-                "--no-leakage-check", "--engine", "openvino")
+    p = run_main("evaluate", "--model", str(bare), "--data", str(setup["ext"]), "--output", str(tmp_path / "e"),
+                 "--no-leakage-check", "--engine", "openvino")
     assert p.returncode == 0, p.stderr[-2000:]
     m = json.loads((tmp_path / "e" / "metrics.json").read_text())
     assert m["n"] == 13 and m["overlap"]["checked"] is False and m["engine"]["name"] == "openvino"

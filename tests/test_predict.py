@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import CLASSES, REPO, linked_copies, run_cli
+from conftest import CLASSES, REPO, linked_copies, run_cli, run_main
 from PIL import Image
 
 from busi.data.inputs import expand_inputs
@@ -96,8 +96,8 @@ def test_every_file_gets_exactly_one_row(messy: dict, model_dir: Path, tmp_path:
     out = tmp_path / "preds.csv"
     # the TensorFlow engine: compared with the model's own forward pass below (the OpenVINO
     # engine's tolerances: tests/test_engines.py)
-    proc = run_cli("predict", "--model", str(model_dir), "--input", str(root), "--output", str(out), "--batch-size", "4",
-                   "--engine", "tensorflow")
+    proc = run_main("predict", "--model", str(model_dir), "--input", str(root), "--output", str(out), "--batch-size", "4",
+                    "--engine", "tensorflow")
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = _rows(out)
     assert list(rows[0]) == ["path", "label", "label_index", "prob_normal", "prob_benign", "prob_malignant",
@@ -140,8 +140,8 @@ def test_list_files_and_archives(messy: dict, tmp_path: Path) -> None:  # type: 
 
 def test_no_classified_file_exits_3(messy: dict, model_dir: Path, tmp_path: Path) -> None:  # type: ignore[type-arg]
     out = tmp_path / "bad.csv"
-    proc = run_cli("predict", "--model", str(model_dir), "--input", str(messy["root"] / "empty.png"),
-                   "--input", str(messy["root"] / "c" / "notes.png"), "--output", str(out))
+    proc = run_main("predict", "--model", str(model_dir), "--input", str(messy["root"] / "empty.png"),
+                    "--input", str(messy["root"] / "c" / "notes.png"), "--output", str(out))
     assert proc.returncode == 3, proc.stderr[-2000:]
     assert len(_rows(out)) == 2
 
@@ -149,7 +149,7 @@ def test_no_classified_file_exits_3(messy: dict, model_dir: Path, tmp_path: Path
 def test_existing_output_needs_resume_or_overwrite(messy: dict, model_dir: Path, tmp_path: Path) -> None:  # type: ignore[type-arg]
     out = tmp_path / "p.csv"
     out.write_text("keep me\n")
-    proc = run_cli("predict", "--model", str(model_dir), "--input", str(messy["root"] / "plain.png"), "--output", str(out))
+    proc = run_main("predict", "--model", str(model_dir), "--input", str(messy["root"] / "plain.png"), "--output", str(out))
     assert proc.returncode == 2 and "--resume" in proc.stderr
     assert out.read_text() == "keep me\n"
 
@@ -157,24 +157,24 @@ def test_existing_output_needs_resume_or_overwrite(messy: dict, model_dir: Path,
 def test_shards_cover_everything_once_and_merge_to_the_unsharded_csv(messy: dict, model_dir: Path, tmp_path: Path) -> None:  # type: ignore[type-arg]
     root = messy["root"]
     whole = tmp_path / "whole.csv"
-    assert run_cli("predict", "--model", str(model_dir), "--input", str(root), "--output", str(whole)).returncode == 0
+    assert run_main("predict", "--model", str(model_dir), "--input", str(root), "--output", str(whole)).returncode == 0
     out = tmp_path / "sharded" / "preds.csv"
     for i in range(3):
         # the array index comes from the environment, as in a Slurm array job
         env = {"SLURM_ARRAY_TASK_ID": str(i + 1), "SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_COUNT": "3"}
-        proc = run_cli("predict", "--model", str(model_dir), "--input", str(root), "--output", str(out), env=env)
+        proc = run_main("predict", "--model", str(model_dir), "--input", str(root), "--output", str(out), env=env)
         assert proc.returncode == 0, proc.stderr[-2000:]
     parts = sorted(out.parent.glob("preds.part-*-of-00003.csv"))
     assert len(parts) == 3
     seen = [r["path"] for p in parts for r in _rows(p)]
     assert len(seen) == len(set(seen)) == len(_rows(whole))
-    proc = run_cli("merge", str(out))
+    proc = run_main("merge", str(out))
     assert proc.returncode == 0, proc.stderr
     assert out.read_text() == whole.read_text()
 
     (out.parent / "preds.part-00001-of-00003.csv.done.json").unlink()
     (out.parent / "preds.part-00002-of-00003.csv").unlink()
-    proc = run_cli("merge", str(out))
+    proc = run_main("merge", str(out))
     assert proc.returncode == 3
     assert "preds.part-00001-of-00003.csv: incomplete" in proc.stderr
     assert "preds.part-00002-of-00003.csv: missing" in proc.stderr
@@ -200,7 +200,7 @@ def test_resume_after_a_killed_run(model_dir: Path, synth_data: Any, tmp_path: P
     assert 5 <= len(before) < n, "the run should have been killed part-way"
     with out.open("a") as fh:  # a row cut off mid-write, as a kill can leave it
         fh.write(str(data / "x.png") + ",benign,1,0.1")
-    proc2 = run_cli("predict", "--model", str(model_dir), "--input", str(data), "--output", str(out), "--resume")
+    proc2 = run_main("predict", "--model", str(model_dir), "--input", str(data), "--output", str(out), "--resume")
     assert proc2.returncode == 0, proc2.stderr[-2000:]
     rows = _rows(out)
     paths = [r["path"] for r in rows]
@@ -212,8 +212,8 @@ def test_resume_after_a_killed_run(model_dir: Path, synth_data: Any, tmp_path: P
 def test_gradcam_overlays(messy: dict, model_dir: Path, tmp_path: Path) -> None:  # type: ignore[type-arg]
     root = messy["root"]
     cams = tmp_path / "cams"
-    proc = run_cli("predict", "--model", str(model_dir), "--input", str(root / "a"), "--output",
-                   str(tmp_path / "p.csv"), "--gradcam", str(cams))
+    proc = run_main("predict", "--model", str(model_dir), "--input", str(root / "a"), "--output",
+                    str(tmp_path / "p.csv"), "--gradcam", str(cams))
     assert proc.returncode == 0, proc.stderr[-2000:]
     made = sorted(cams.rglob("*.gradcam.png"))
     assert [p.name for p in made] == ["deeper.png.gradcam.png", "nested.png.gradcam.png", "rgba.png.gradcam.png",
@@ -225,7 +225,7 @@ def test_gradcam_overlays(messy: dict, model_dir: Path, tmp_path: Path) -> None:
 def test_predict_job_file_through_run(messy: dict, model_dir: Path, tmp_path: Path, write_job) -> None:  # type: ignore[no-untyped-def,type-arg]
     out = tmp_path / "job.csv"
     job = write_job({"predict": {"model": str(model_dir), "inputs": [str(messy["root"] / "c")], "output": str(out)}})
-    proc = run_cli("run", str(job))
+    proc = run_main("run", str(job))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert len(_rows(out)) == 5  # palette, cmyk, gray, bmp, and notes.png with its error
 
@@ -291,10 +291,10 @@ def test_names_with_line_breaks_bytes_and_255_byte_lengths_round_trip_through_re
     out = tmp_path / "p.csv"
     cams = tmp_path / "cams"
     args = ("predict", "--model", str(model_dir), "--input", str(folder), "--output", str(out), "--batch-size", "2")
-    proc = run_cli(*args, "--gradcam", str(cams), timeout=300)
+    proc = run_main(*args, "--gradcam", str(cams))
     assert proc.returncode == 0, proc.stderr[-2000:]
     first = out.read_bytes()
-    proc = run_cli(*args, "--resume", timeout=300)
+    proc = run_main(*args, "--resume")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert out.read_bytes() == first  # nothing predicted twice, nothing lost
     with open_text(out) as fh:
@@ -311,8 +311,8 @@ def test_a_run_that_did_not_complete_is_not_used_for_prediction(model_dir: Path,
     shutil.copytree(model_dir, run)
     (run / "manifest.json").write_text(json.dumps({"status": "interrupted"}))
     (tmp_path / "scan.png").write_bytes(b"x")
-    proc = run_cli("predict", "--model", str(run), "--input", str(tmp_path / "scan.png"), "--output",
-                   str(tmp_path / "p.csv"), timeout=300)
+    proc = run_main("predict", "--model", str(run), "--input", str(tmp_path / "scan.png"), "--output",
+                    str(tmp_path / "p.csv"))
     assert proc.returncode == 2 and "that run is 'interrupted', not completed" in proc.stderr, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr and not (tmp_path / "p.csv").exists()
 
@@ -383,8 +383,8 @@ def test_the_openvino_engine_predicts_without_importing_tensorflow(messy: dict, 
 def test_a_gradcam_path_that_is_a_file_is_refused_before_any_work(model_dir: Path, tmp_path: Path) -> None:
     (tmp_path / "cams").write_text("not a folder")
     (tmp_path / "scan.png").write_bytes(b"x")
-    proc = run_cli("predict", "--model", str(model_dir), "--input", str(tmp_path / "scan.png"), "--output",
-                   str(tmp_path / "p.csv"), "--gradcam", str(tmp_path / "cams"))
+    proc = run_main("predict", "--model", str(model_dir), "--input", str(tmp_path / "scan.png"), "--output",
+                    str(tmp_path / "p.csv"), "--gradcam", str(tmp_path / "cams"))
     assert proc.returncode == 2 and "--gradcam" in proc.stderr and "not a folder" in proc.stderr, proc.stderr[-2000:]
     assert not (tmp_path / "p.csv").exists() and (tmp_path / "cams").read_text() == "not a folder"
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import run_main
 
 from busi.model.engines import choose_precision
 from busi.model.quantize import CALIBRATION_IMAGES, INT8_DIR
@@ -73,8 +73,8 @@ def test_int8_prediction_gives_the_labels_its_contract_recorded(run: Path, tmp_p
     rows = {}
     for precision in ("float32", "int8"):
         out = tmp_path / f"{precision}.csv"
-        r = run_cli("predict", "--model", str(run), "--input", str(folder), "--output", str(out),
-                    "--engine", "openvino", "--precision", precision)
+        r = run_main("predict", "--model", str(run), "--input", str(folder), "--output", str(out),
+                     "--engine", "openvino", "--precision", precision)
         assert r.returncode == 0, r.stderr[-2000:]
         done = json.loads(Path(f"{out}.done.json").read_text())
         assert done["engine"]["precision"] == precision
@@ -97,7 +97,7 @@ def test_auto_takes_int8_only_where_its_contract_passed(run: Path, tmp_path: Pat
     expected, why = choose_precision("auto", run / "model")
     contract = json.loads((run / "model" / "precisions.json").read_text())["int8"]
     assert (expected == "int8") == (contract["passed"] and bool(cpu_flags() & INT8_FLAGS)), why
-    r = run_cli("predict", "--model", str(run), "--input", str(image), "--output", str(tmp_path / "a.csv"))
+    r = run_main("predict", "--model", str(run), "--input", str(image), "--output", str(tmp_path / "a.csv"))
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads((tmp_path / "a.csv.done.json").read_text())["engine"]["precision"] == expected
     assert f"openvino {expected} ({why})" in r.stderr
@@ -106,7 +106,7 @@ def test_auto_takes_int8_only_where_its_contract_passed(run: Path, tmp_path: Pat
     contracts = json.loads((failed / "model" / "precisions.json").read_text())
     contracts["int8"].update(passed=False, reason="labels agree with float32 on 90.0% of the images (needs 99%)")
     (failed / "model" / "precisions.json").write_text(json.dumps(contracts))
-    r = run_cli("predict", "--model", str(failed), "--input", str(image), "--output", str(tmp_path / "b.csv"))
+    r = run_main("predict", "--model", str(failed), "--input", str(image), "--output", str(tmp_path / "b.csv"))
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads((tmp_path / "b.csv.done.json").read_text())["engine"]["precision"] != "int8"
     assert "the INT8 model missed its accuracy contract (labels agree with float32 on 90.0%" in r.stderr
@@ -116,7 +116,7 @@ def test_export_int8_remakes_the_model_and_contract_of_an_existing_run(run: Path
     copy = _copy_run(run, tmp_path / "run")
     shutil.rmtree(copy / "model" / INT8_DIR)
     (copy / "model" / "precisions.json").unlink()
-    r = run_cli("export", str(copy), "--format", "openvino", "--precision", "int8")
+    r = run_main("export", str(copy), "--format", "openvino", "--precision", "int8")
     assert r.returncode == 0, r.stderr[-2000:]
     assert (copy / "model" / INT8_DIR / "model.xml").is_file()
     remade = json.loads((copy / "model" / "precisions.json").read_text())
@@ -131,17 +131,17 @@ def test_export_int8_refuses_a_run_whose_images_are_gone(run: Path, tmp_path: Pa
     report = json.loads((copy / "data" / "report.json").read_text())
     report["root"] = str(tmp_path / "moved-away")
     (copy / "data" / "report.json").write_text(json.dumps(report))
-    r = run_cli("export", str(copy), "--format", "openvino", "--precision", "int8")
+    r = run_main("export", str(copy), "--format", "openvino", "--precision", "int8")
     assert r.returncode == 3, r.stderr[-2000:]
     assert "splits.csv" in r.stderr and "moved-away" in r.stderr and "Traceback" not in r.stderr
-    r = run_cli("export", str(copy), "--format", "saved_model", "--precision", "int8")
+    r = run_main("export", str(copy), "--format", "saved_model", "--precision", "int8")
     assert r.returncode == 2 and "--format openvino" in r.stderr
 
 
 def _predict_labels(model: Path, folder: Path, out: Path, *args: str) -> tuple[Any, dict[str, str]]:
     import csv
 
-    r = run_cli("predict", "--model", str(model), "--input", str(folder), "--output", str(out), *args)
+    r = run_main("predict", "--model", str(model), "--input", str(folder), "--output", str(out), *args)
     if r.returncode != 0:
         return r, {}
     with out.open(newline="") as fh:
@@ -188,7 +188,7 @@ def test_an_int8_model_is_never_run_for_another_model_keras(run: Path, tmp_path:
         assert r.returncode == 3 and "Traceback" not in r.stderr, r.stderr[-2000:]
         assert f"{cut / 'model' / 'model.keras'}: not a readable Keras model" in r.stderr, args
 
-    r = run_cli("export", str(swapped), "--format", "openvino", "--precision", "int8")
+    r = run_main("export", str(swapped), "--format", "openvino", "--precision", "int8")
     assert r.returncode == 0, r.stderr[-2000:]
     sha = file_sha256(swapped / "model" / "model.keras")
     for name in ("openvino", INT8_DIR):
