@@ -198,17 +198,17 @@ def test_fetch_weights_without_a_network_says_what_to_do(tmp_path: Path, monkeyp
 @pytest.mark.integration
 def test_mobilenet_v2_with_real_weights_runs_the_whole_path(sample_zip: Path, tmp_path: Path,
                                                             capsys: pytest.CaptureFixture[str]) -> None:
-    """The BUSI sample (55 real images with masks) on MobileNetV2 with its real ImageNet file, as
-    a batch system runs it: training with the feature cache (head, then ``top`` on the cached
-    stride-16 map), INT8 with its contract, Grad-CAM against the masks; the run records the
-    backbone and the file's sha256 (manifest, model card, preprocessing.json); prediction over
-    the images with Grad-CAM gives TensorFlow's labels on OpenVINO. One epoch per phase is a
-    cached phase each; no SavedModel (``output.saved_model: false``: tests/test_job.py exports
-    one); the predictions run in this process (tests/test_predict.py runs it as a command)."""
+    """The BUSI sample (55 real images with masks) on MobileNetV2 with its real ImageNet file:
+    training with the feature cache (head, then ``top`` on the cached stride-16 map), INT8 with
+    its contract, Grad-CAM against the masks; the run records the backbone and the file's sha256
+    (manifest, model card, preprocessing.json); prediction over the images with Grad-CAM gives
+    TensorFlow's labels on OpenVINO. One epoch per phase is a cached phase each; no SavedModel
+    (``output.saved_model: false``: tests/test_job.py exports one); training and prediction run
+    in this process (the shared trained run and tests/test_predict.py run them as commands)."""
     import csv
     import json
 
-    from conftest import REPO, run_cli
+    from conftest import REPO, run_main
 
     from busi.cli import main
 
@@ -218,7 +218,7 @@ def test_mobilenet_v2_with_real_weights_runs_the_whole_path(sample_zip: Path, tm
             "model.weights": path, "model.weights_sha256": MOBILENET_V2_SHA256, "train.batch_size": 8,
             "train.head.epochs": 1, "train.finetune.epochs": 1, "train.finetune.unfreeze": "top",
             "train.finetune.learning_rate": 1e-4, "output.saved_model": "false"}
-    r = run_cli("train", str(REPO / "job" / "busi.yaml"), *[f"--set={k}={v}" for k, v in sets.items()])
+    r = run_main("train", str(REPO / "job" / "busi.yaml"), *[f"--set={k}={v}" for k, v in sets.items()])
     assert r.returncode == 0, r.stderr[-3000:]
     assert "feature cache" in r.stderr and f"model: mobilenet_v2 (alpha 1), weights {path}" in r.stderr
     manifest = json.loads((out / "manifest.json").read_text())
@@ -261,7 +261,7 @@ def test_mobilenet_v2_killed_mid_fine_tune_resumes_to_the_uninterrupted_result(s
     import json
     import os
 
-    from conftest import REPO, run_cli
+    from conftest import REPO, run_cli, run_main
 
     from busi.runtime.cpu import cpu_has_bf16
     from busi.runtime.faults import FAIL_AT_STEP_VAR
@@ -274,8 +274,10 @@ def test_mobilenet_v2_killed_mid_fine_tune_resumes_to_the_uninterrupted_result(s
                                    f"data.source={data}")]
 
     def train(out: Path, env: dict[str, str] | None = None) -> Any:
+        if env is None:  # in this process: only the killed run needs one of its own
+            return run_main("train", str(REPO / "job" / "demo.yaml"), f"--set=output.dir={out}", *sets)
         return run_cli("train", str(REPO / "job" / "demo.yaml"), f"--set=output.dir={out}", *sets,
-                       env={**os.environ, **(env or {})})
+                       env={**os.environ, **env})
 
     whole = train(tmp_path / "whole")
     assert whole.returncode == 0, whole.stderr[-3000:]

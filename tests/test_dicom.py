@@ -657,7 +657,7 @@ def test_predict_every_frame_of_a_cine_loop_a_row_each_resumable(tmp_path: Path)
     """``--dicom-frame all``: a row per frame (its number and the loop's UIDs), in order, each
     frame classified as a PNG of its pixels is; an overlay and an SR per frame; a run killed
     with the loop's rows cut short resumes to the same rows, predicting only the loop again."""
-    from conftest import make_model_dir, run_cli
+    from conftest import make_model_dir, run_main
     from pydicom import dcmread
 
     from busi.predict.output import done_marker
@@ -673,7 +673,7 @@ def test_predict_every_frame_of_a_cine_loop_a_row_each_resumable(tmp_path: Path)
     out, cam, sr = tmp_path / "p.csv", tmp_path / "cam", tmp_path / "sr"
     args = ["predict", "--model", str(model), "--input", str(inputs), "--output", str(out), "--dicom-frame", "all",
             "--batch-size", "4", "--engine", "tensorflow"]
-    proc = run_cli(*args, "--gradcam", str(cam), "--dicom-sr", str(sr))
+    proc = run_main(*args, "--gradcam", str(cam), "--dicom-sr", str(sr))
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(out, newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
@@ -696,7 +696,7 @@ def test_predict_every_frame_of_a_cine_loop_a_row_each_resumable(tmp_path: Path)
     whole = out.read_bytes()
     out.write_bytes(b"".join(whole.splitlines(keepends=True)[:-3]))  # killed: the loop's last 3 rows never written
     done_marker(out).unlink()
-    again = run_cli(*args, "--resume")
+    again = run_main(*args, "--resume")
     assert again.returncode == 0 and "3 already done" in again.stderr, again.stderr[-3000:]
     assert out.read_bytes() == whole
     assert MARKER not in proc.stderr + again.stderr and MARKER.encode() not in whole
