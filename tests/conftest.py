@@ -151,7 +151,8 @@ def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = No
     )
 
 
-def run_main(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def run_main(*args: str, env: dict[str, str] | None = None,
+             cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     """``busi-job ARGS`` in this process (``busi.cli.main``), with ``run_cli``'s result: its exit
     code, stdout and stderr (busi's log lines, as a batch log shows them). No new Python and
     TensorFlow start (3-5 s of CPU each, the largest cost of a tiny run), so tests of what busi

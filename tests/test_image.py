@@ -147,12 +147,14 @@ def test_imagenet_weights_resolve_inside_the_image(image: Image) -> None:
 @pytest.fixture(scope="module")
 def trained_in_image(image: Image, sample_zip: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A training job on the real BUSI sample inside the image, as an arbitrary UID with a
-    read-only root file system; the output on a bind mount."""
+    read-only root file system; the output on a bind mount. ResNet50 (the image's prediction is
+    compared with the venv's image by image), fine-tuning conv5 on the feature cache."""
     out = tmp_path_factory.mktemp("image-out")
     os.chmod(out, 0o777)  # the container's UID 12345 writes here
     r = image.run("/opt/busi/job/demo.yaml", "--set", "data.source=/data/busi-sample.zip",
                   "--set", "output.dir=/out/run", "--set", "data.staging_dir=/tmp/staging",
-                  "--set", "train.finetune.epochs=1", "--set", "data.image_size=64",
+                  "--set", "train.finetune.epochs=1", "--set", "train.finetune.unfreeze=conv5",
+                  "--set", "data.image_size=64",
                   mounts=(f"{sample_zip}:/data/busi-sample.zip:ro", f"{out}:/out"))
     return {"out": out / "run", "proc": r, "root": out}
 
