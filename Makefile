@@ -9,9 +9,10 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-# pytest-xdist workers, one test module at a time each (module fixtures are built once). Three on
-# two cores: the tests wait on subprocesses, Slurm and signals, and a third worker fills those
-# waits (docs/testing.md: 598 s against 646 s with two, the same machine and hour).
+# pytest-xdist workers, one test module at a time each (module fixtures are built once), the
+# modules in tests/conftest.py's LONGEST_FIRST order (xdist would order them by their number of
+# tests). Three on two cores: the tests wait on subprocesses, Slurm and signals, and a third
+# worker fills those waits (docs/testing.md: 598 s against 646 s with two, the same machine and hour).
 TEST_WORKERS ?= 3
 PYTEST_XDIST := -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
 
