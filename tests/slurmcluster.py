@@ -67,6 +67,7 @@ class SlurmCluster:
         # Short path: the munge socket path must fit a sockaddr_un (108 bytes).
         self.root = Path(root) if root else Path(tempfile.mkdtemp(prefix="busi-slurm-", dir="/tmp"))
         self.cpus, self.memory_mb = cpus, memory_mb
+        self.nodes: tuple[str, ...] = ("localhost",)
         self.conf = self.root / "slurm.conf"
         self.munge_dir = self.root / "munge"
         self.munge_socket = self.munge_dir / "munge.socket"
@@ -85,13 +86,21 @@ class SlurmCluster:
         for p in (self.munge_dir, key):
             os.chown(p, munge.pw_uid, munge.pw_gid)
 
+    def _controller(self) -> str:
+        """slurm.conf's SlurmctldHost."""
+        return "localhost"
+
+    def _node_lines(self) -> list[str]:
+        return [f"NodeName=localhost CPUs={self.cpus} RealMemory={self.memory_mb} State=UNKNOWN",
+                "PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP"]
+
     def _write_conf(self) -> None:
-        for d in ("state", "spool", "log"):
-            (self.root / d).mkdir(exist_ok=True)
+        for d in ("state", "log", *(f"spool/{n}" for n in self.nodes)):
+            (self.root / d).mkdir(parents=True, exist_ok=True)
         r = self.root
         lines = [
             "ClusterName=busitest",
-            "SlurmctldHost=localhost",
+            f"SlurmctldHost={self._controller()}",
             f"SlurmctldPort={_free_port()}",
             f"SlurmdPort={_free_port()}",
             "SlurmUser=root",
@@ -102,11 +111,11 @@ class SlurmCluster:
             # (default 120 s); short here so the requeue test does not idle.
             f"AuthInfo=socket={self.munge_socket},cred_expire=10",
             f"StateSaveLocation={r / 'state'}",
-            f"SlurmdSpoolDir={r / 'spool'}",
+            f"SlurmdSpoolDir={r / 'spool' / '%n'}",  # %n: the node's name (one slurmd per node)
             f"SlurmctldPidFile={r / 'slurmctld.pid'}",
-            f"SlurmdPidFile={r / 'slurmd.pid'}",
+            f"SlurmdPidFile={r / 'slurmd-%n.pid'}",
             f"SlurmctldLogFile={r / 'log' / 'slurmctld.log'}",
-            f"SlurmdLogFile={r / 'log' / 'slurmd.log'}",
+            f"SlurmdLogFile={r / 'log' / 'slurmd-%n.log'}",
             "SlurmctldDebug=info",
             "SlurmdDebug=info",
             "ProctrackType=proctrack/linuxproc",
@@ -122,8 +131,7 @@ class SlurmCluster:
             "KillWait=10",
             "MinJobAge=600",
             "SchedulerParameters=sched_interval=2",
-            f"NodeName=localhost CPUs={self.cpus} RealMemory={self.memory_mb} State=UNKNOWN",
-            "PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP",
+            *self._node_lines(),
         ]
         self.conf.write_text("\n".join(lines) + "\n")
 
@@ -142,16 +150,25 @@ class SlurmCluster:
         self._wait_for(lambda: self.munge_socket.exists(), timeout, "munged socket")
         self._run([_which("slurmctld"), "-f", str(self.conf), "-c"])
         self._wait_for(lambda: self._ok(["scontrol", "ping"], "UP"), timeout, "slurmctld (scontrol ping)")
-        self._run([_which("slurmd"), "-f", str(self.conf), "-N", "localhost"])
-        self._wait_for(lambda: self._ok(["sinfo", "-h", "-o", "%T"], "idle"), timeout, "node idle in sinfo")
+        self._start_slurmds()
+        self._wait_for(lambda: self.idle_nodes() == set(self.nodes), timeout, "every node idle in sinfo")
         return self
+
+    def _start_slurmds(self) -> None:
+        self._run([_which("slurmd"), "-f", str(self.conf), "-N", "localhost"])
+
+    def idle_nodes(self) -> set[str]:
+        p = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %T"], env=self.env, capture_output=True, text=True,
+                           timeout=30)
+        return {n for n, state in (ln.split() for ln in p.stdout.splitlines() if ln.strip()) if state == "idle"}
 
     def stop(self) -> None:
         """Cancel every job, then stop the daemons by their pid files. Leaves the folder."""
         if self.conf.exists() and (self.root / "slurmctld.pid").exists():
             subprocess.run(["scancel", "--user=root"], env=self.env, capture_output=True, timeout=30)
             self._wait_for(lambda: not self.job_ids(), 40, "jobs to end", fail=False)
-        for pidfile in (self.root / "slurmd.pid", self.root / "slurmctld.pid", self.munge_dir / "munged.pid"):
+        for pidfile in (*(self.root / f"slurmd-{n}.pid" for n in self.nodes), self.root / "slurmctld.pid",
+                        self.munge_dir / "munged.pid"):
             _kill_pidfile(pidfile)
 
     def job_ids(self) -> list[str]:
@@ -161,7 +178,7 @@ class SlurmCluster:
     def logs(self) -> str:
         """The tail of the daemon logs, for failure messages."""
         out = []
-        for name in ("slurmctld.log", "slurmd.log"):
+        for name in ("slurmctld.log", *(f"slurmd-{n}.log" for n in self.nodes)):
             p = self.root / "log" / name
             if p.exists():
                 out.append(f"--- {p} (tail) ---\n" + "\n".join(p.read_text(errors="replace").splitlines()[-40:]))
