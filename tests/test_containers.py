@@ -498,7 +498,9 @@ def test_entrypoint_execs_busi_job_so_signals_reach_it(fake_prefix: Path) -> Non
 def installed_prefix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """containers/install.sh run as the recipes run it, from exactly the files they copy, into a
     fresh prefix (no Horovod build, no weights download: both need more than this machine has).
-    The prefix (2 GB, mostly TensorFlow) is removed when the module's tests are done."""
+    The prefix (2 GB, mostly TensorFlow) is removed when the module's tests are done. Over the
+    system tests' 60 s budget (docs/testing.md): pip's own work, 38 s alone from its cache and
+    80-90 s beside two other workers, is what the recipes run (PIP_NO_COMPILE saved nothing)."""
     root = tmp_path_factory.mktemp("install")
     src = root / "src"
     _, sections = parse_def(DEF_CPU)
