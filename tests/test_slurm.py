@@ -113,7 +113,8 @@ def job_info(job: str, env: dict[str, str]) -> list[dict[str, str]]:
 
 
 def wait_for(job: str, env: dict[str, str], timeout: float, log: Path | None = None) -> list[dict[str, str]]:
-    """Wait until every task of ``job`` is in a terminal state; scancel it and fail on timeout."""
+    """Wait until every task of ``job`` is in a terminal state; scancel it and fail on timeout.
+    (Not ``sbatch --wait``: it polls at 2, 10 and 42 s, so a 12 s job returned after 42 s.)"""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         info = job_info(job, env)
@@ -225,13 +226,12 @@ def test_train_sh_writes_the_run_directory(slurm: SlurmCluster, job_env: dict[st
     run = tmp_path / "run"
     site = tmp_path / "site.yaml"  # a site overlay layered over the shipped job file
     site.write_text("train:\n  head:\n    epochs: 1\n")
-    p = _run(["sbatch", "--wait", "--parsable", f"--chdir={tmp_path}", "--cpus-per-task=1", "--mem=1G",
-              "--time=00:20:00", str(SLURM / "train.sh"), str(REPO / "job" / "demo.yaml"), str(site),
-              "--set", f"data.source={data}", "--set", f"output.dir={run}", *TINY],
-             env, tmp_path, timeout=600)
-    job = p.stdout.strip().split(";")[0]
+    job = sbatch([f"--chdir={tmp_path}", "--cpus-per-task=1", "--mem=1G", "--time=00:20:00", str(SLURM / "train.sh"),
+                  str(REPO / "job" / "demo.yaml"), str(site), "--set", f"data.source={data}",
+                  "--set", f"output.dir={run}", *TINY], env, tmp_path)
     log = tmp_path / f"busi-train-{job}.out"
-    assert p.returncode == 0, f"sbatch --wait exited {p.returncode}: {p.stderr}\n{tail(log)}\n{slurm.logs()}"
+    info = wait_for(job, env, 600, log)[0]
+    assert (info["JobState"], info.get("ExitCode")) == ("COMPLETED", "0:0"), f"{info}\n{tail(log)}\n{slurm.logs()}"
     m = _manifest(run)
     assert m["status"] == "completed", tail(log)
     assert m["cores"]["cores"] == 1 and m["cores"]["source"] == "slurm", m["cores"]
@@ -363,13 +363,12 @@ def test_horovod_script_two_ranks_end_with_identical_weights(
 ) -> None:
     data = _synth(tmp_path, per_class=8)
     run = tmp_path / "run"
-    p = _run(["sbatch", "--wait", "--parsable", f"--chdir={tmp_path}", "--ntasks=2", "--cpus-per-task=1", "--mem=2G",
-              "--time=00:30:00", str(SLURM / "train-horovod.sh"), str(REPO / "job" / "demo.yaml"),
-              "--set", f"data.source={data}", "--set", f"output.dir={run}", *TINY, "--set", "train.head.epochs=2"],
-             job_env, tmp_path, timeout=900)
-    job = p.stdout.strip().split(";")[0]
+    job = sbatch([f"--chdir={tmp_path}", "--ntasks=2", "--cpus-per-task=1", "--mem=2G", "--time=00:30:00",
+                  str(SLURM / "train-horovod.sh"), str(REPO / "job" / "demo.yaml"), "--set", f"data.source={data}",
+                  "--set", f"output.dir={run}", *TINY, "--set", "train.head.epochs=2"], job_env, tmp_path)
     log = tmp_path / f"busi-hvd-{job}.out"
-    assert p.returncode == 0, f"sbatch --wait exited {p.returncode}: {p.stderr}\n{tail(log)}"
+    info = wait_for(job, job_env, 900, log)[0]
+    assert (info["JobState"], info.get("ExitCode")) == ("COMPLETED", "0:0"), f"{info}\n{tail(log)}"
     text = log.read_text(errors="replace")
     assert re.search(r"2 ranks x 1 threads on \S+; launcher (gloo|mpi)", text), tail(log)
     m = _manifest(run)
