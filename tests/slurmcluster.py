@@ -147,11 +147,11 @@ class SlurmCluster:
             f"--key-file={self.munge_dir / 'munge.key'}", f"--pid-file={self.munge_dir / 'munged.pid'}",
             f"--log-file={self.munge_dir / 'munged.log'}", f"--seed-file={self.munge_dir / 'munged.seed'}",
         ])
-        self._wait_for(lambda: self.munge_socket.exists(), timeout, "munged socket")
+        self.wait_until(lambda: self.munge_socket.exists(), timeout, "munged socket")
         self._run([_which("slurmctld"), "-f", str(self.conf), "-c"])
-        self._wait_for(lambda: self._ok(["scontrol", "ping"], "UP"), timeout, "slurmctld (scontrol ping)")
+        self.wait_until(lambda: self._ok(["scontrol", "ping"], "UP"), timeout, "slurmctld (scontrol ping)")
         self._start_slurmds()
-        self._wait_for(lambda: self.idle_nodes() == set(self.nodes), timeout, "every node idle in sinfo")
+        self.wait_until(lambda: self.idle_nodes() == set(self.nodes), timeout, "every node idle in sinfo")
         return self
 
     def _start_slurmds(self) -> None:
@@ -166,7 +166,7 @@ class SlurmCluster:
         """Cancel every job, then stop the daemons by their pid files. Leaves the folder."""
         if self.conf.exists() and (self.root / "slurmctld.pid").exists():
             subprocess.run(["scancel", "--user=root"], env=self.env, capture_output=True, timeout=30)
-            self._wait_for(lambda: not self.job_ids(), 40, "jobs to end", fail=False)
+            self.wait_until(lambda: not self.job_ids(), 40, "jobs to end", fail=False)
         for pidfile in (*(self.root / f"slurmd-{n}.pid" for n in self.nodes), self.root / "slurmctld.pid",
                         self.munge_dir / "munged.pid"):
             _kill_pidfile(pidfile)
@@ -194,7 +194,8 @@ class SlurmCluster:
         p = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=30)
         return p.returncode == 0 and expect in p.stdout
 
-    def _wait_for(self, cond, timeout: float, what: str, fail: bool = True) -> None:  # type: ignore[no-untyped-def]
+    def wait_until(self, cond, timeout: float, what: str, fail: bool = True) -> None:  # type: ignore[no-untyped-def]
+        """Poll ``cond`` every 0.5 s; on timeout raise with the daemons' logs (unless not ``fail``)."""
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             if cond():

@@ -196,8 +196,7 @@ def test_fetch_weights_without_a_network_says_what_to_do(tmp_path: Path, monkeyp
 
 
 @pytest.mark.integration
-def test_mobilenet_v2_with_real_weights_runs_the_whole_path(sample_zip: Path, tmp_path: Path,
-                                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_mobilenet_v2_with_real_weights_runs_the_whole_path(sample_zip: Path, tmp_path: Path) -> None:
     """The BUSI sample (55 real images with masks) on MobileNetV2 with its real ImageNet file:
     training with the feature cache (head, then ``top`` on the cached stride-16 map), INT8 with
     its contract, Grad-CAM against the masks; the run records the backbone and the file's sha256
@@ -209,8 +208,6 @@ def test_mobilenet_v2_with_real_weights_runs_the_whole_path(sample_zip: Path, tm
     import json
 
     from conftest import REPO, run_main
-
-    from busi.cli import main
 
     path = _needs(MOBILENET_V2)
     out = tmp_path / "run"
@@ -242,9 +239,9 @@ def test_mobilenet_v2_with_real_weights_runs_the_whole_path(sample_zip: Path, tm
     for engine in ("tensorflow", "openvino"):
         csv_out = tmp_path / f"{engine}.csv"
         extra = ("--gradcam", str(tmp_path / "cams")) if engine == "openvino" else ()
-        code = main(["predict", "--model", str(out), "--input", str(images), "--output", str(csv_out),
-                     "--engine", engine, "--precision", "float32" if engine == "openvino" else "auto", *extra])
-        assert code == 0, capsys.readouterr().err[-2000:]
+        r = run_main("predict", "--model", str(out), "--input", str(images), "--output", str(csv_out),
+                     "--engine", engine, "--precision", "float32" if engine == "openvino" else "auto", *extra)
+        assert r.returncode == 0, r.stderr[-2000:]
         with csv_out.open(newline="") as fh:
             labels[engine] = {row["path"]: row["label"] for row in csv.DictReader(fh)}
     assert labels["tensorflow"] == labels["openvino"] and len(labels["openvino"]) == len(list(images.iterdir()))

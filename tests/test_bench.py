@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO, SMALL, run_cli
+from conftest import REPO, SMALL, run_cli, run_main
 
 HMS = re.compile(r"--time=(\d{2,}):([0-5]\d):([0-5]\d) --cpus-per-task=(\d+)")
 
@@ -22,16 +22,8 @@ def demo_data(synth_data: Any) -> Path:
     return synth_data(8, 32, 0)
 
 
-def busi_job(*args: str) -> int:
-    """busi-job's main in this process: --rates, --images and the checks of the arguments start no TensorFlow."""
-    from busi.cli import main
-
-    return main(list(args))
-
-
 @pytest.mark.integration
-def test_tiny_bench_writes_csv_png_and_estimate(tmp_path: Path, demo_data: Path, capsys: pytest.CaptureFixture[str],
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tiny_bench_writes_csv_png_and_estimate(tmp_path: Path, demo_data: Path) -> None:
     out = tmp_path / "bench"
     # the job's backbone is measured: conftest's SMALL (MobileNet 0.25), one configuration, one timed step
     r = run_cli(
@@ -66,38 +58,34 @@ def test_tiny_bench_writes_csv_png_and_estimate(tmp_path: Path, demo_data: Path,
     assert compute > 0 and abs(request - with_margin(compute)) <= 60
 
     # the same rates, a job whose data is not here: --images N, no measuring (no TensorFlow: in this process)
-    monkeypatch.chdir(REPO)
-    capsys.readouterr()
-    assert busi_job("bench", "--rates", str(out / "bench.csv"), "--estimate", "job/busi.yaml",
-                    "--set", "data.source=/nonexistent/busi.zip", "--images", "780") == 0, capsys.readouterr().err
-    r2 = capsys.readouterr()
-    assert "546 train / 117 val / 117 test images (--images 780)" in r2.out
-    assert len(HMS.findall(r2.out)) == 1
+    r2 = run_main("bench", "--rates", str(out / "bench.csv"), "--estimate", "job/busi.yaml",
+                  "--set", "data.source=/nonexistent/busi.zip", "--images", "780")
+    assert r2.returncode == 0, r2.stderr
+    assert "546 train / 117 val / 117 test images (--images 780)" in r2.stdout
+    assert len(HMS.findall(r2.stdout)) == 1
 
 
-def test_estimate_needs_images_without_data(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_estimate_needs_images_without_data(tmp_path: Path) -> None:
     rates = tmp_path / "bench.csv"
     rates.write_text(
         "cores,precision,image_size,batch_size,infer_batch_size,unfreeze,batchnorm,"
         "train_images_per_second,infer_images_per_second\n"
         "1,float32,224,32,32,conv5,frozen,3.0,12.0\n2,float32,224,32,32,conv5,frozen,6.0,24.0\n"
     )
-    monkeypatch.chdir(REPO)
-    assert busi_job("bench", "--rates", str(rates), "--estimate", "job/busi.yaml",
-                    "--set", "data.source=/nonexistent.zip") == 2
-    assert "--images" in capsys.readouterr().err
-    assert busi_job("bench", "--rates", str(rates), "--estimate", "job/busi.yaml",
-                    "--set", "data.source=/nonexistent.zip", "--images", "780") == 0, capsys.readouterr().err
-    times = HMS.findall(capsys.readouterr().out)
+    r = run_main("bench", "--rates", str(rates), "--estimate", "job/busi.yaml", "--set", "data.source=/nonexistent.zip")
+    assert r.returncode == 2 and "--images" in r.stderr
+    r = run_main("bench", "--rates", str(rates), "--estimate", "job/busi.yaml",
+                 "--set", "data.source=/nonexistent.zip", "--images", "780")
+    assert r.returncode == 0, r.stderr
+    times = HMS.findall(r.stdout)
     assert [t[3] for t in times] == ["1", "2"]
     secs = [int(h) * 3600 + int(m) * 60 + int(s) for h, m, s, _ in times]
     assert secs[0] > secs[1]  # twice the rate, less time
 
 
-def test_bad_cores_exit_2_and_no_tensorflow(capsys: pytest.CaptureFixture[str]) -> None:
-    assert busi_job("bench", "--cores", "1,4096") == 2  # refused before a worker starts
-    assert "4096" in capsys.readouterr().err
+def test_bad_cores_exit_2_and_no_tensorflow() -> None:
+    r = run_main("bench", "--cores", "1,4096")  # refused before a worker starts
+    assert r.returncode == 2 and "4096" in r.stderr
     code = "import sys, busi.cli, busi.perf.bench; busi.cli.build_parser().parse_args(['bench']); " \
            "print('tensorflow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)

@@ -1,6 +1,6 @@
-"""Tests for the data-side CLI commands (config, inspect, synth): busi-job's ``main`` in the test's
-process where the command starts no TensorFlow (its exit code is the process's: ``sys.exit(main())``),
-real subprocesses where the process itself is checked (no TensorFlow imported) and for ``train``."""
+"""Tests for the data-side CLI commands (config, inspect, synth): busi-job in the test's process
+(conftest ``run_main``) where the command starts no TensorFlow, real subprocesses where the
+process itself is checked (no TensorFlow imported) and for ``train``."""
 
 from __future__ import annotations
 
@@ -11,33 +11,11 @@ import sys
 import zipfile
 from pathlib import Path
 
-import pytest
 import yaml
 from conftest import REPO, run_cli
-
-from busi.cli import main
+from conftest import run_main as busi_job  # config, inspect and synth start no TensorFlow: in this process
 
 REPORT_KEYS = {"counts", "masks", "duplicates", "label_conflicts", "skipped_files", "corrupt_images"}
-
-
-class Result:
-    """busi-job's exit code and what it printed, as a finished process gives them."""
-
-    def __init__(self, returncode: int, out: str, err: str) -> None:
-        self.returncode, self.stdout, self.stderr = returncode, out, err
-
-
-@pytest.fixture
-def busi_job(capsys: pytest.CaptureFixture[str]):  # type: ignore[no-untyped-def]
-    """``busi_job(*args)``: busi-job's main in this process (config, inspect, synth start no TensorFlow)."""
-
-    def run(*args: str) -> Result:
-        capsys.readouterr()
-        code = main(list(args))
-        out, err = capsys.readouterr()
-        return Result(code, out, err)
-
-    return run
 
 
 def _job(write_job, source: str | Path = "data/x", **extra) -> Path:
@@ -47,10 +25,9 @@ def _job(write_job, source: str | Path = "data/x", **extra) -> Path:
 # ------------------------------------------------------------------------ config
 
 
-def test_config_prints_resolved_yaml(write_job, busi_job, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_config_prints_resolved_yaml(write_job) -> None:
     job = _job(write_job, train={"batch_size": 8}, runtime={"cores": "${BUSI_TEST_CORES:-auto}"})
-    monkeypatch.setenv("BUSI_TEST_CORES", "2")
-    p = busi_job("config", str(job), "--set", "train.head.epochs=3")
+    p = busi_job("config", str(job), "--set", "train.head.epochs=3", env={"BUSI_TEST_CORES": "2"})
     assert p.returncode == 0, p.stderr
     out = yaml.safe_load(p.stdout)
     assert list(out) == ["data", "output", "model", "train", "evaluate", "runtime"]
@@ -62,14 +39,14 @@ def test_config_prints_resolved_yaml(write_job, busi_job, monkeypatch: pytest.Mo
     assert out["runtime"]["cores"] == 2
 
 
-def test_config_bad_override_exits_2_naming_key(write_job, busi_job) -> None:
+def test_config_bad_override_exits_2_naming_key(write_job) -> None:
     p = busi_job("config", str(_job(write_job)), "--set", "train.head.epochs=ten")
     assert p.returncode == 2
     assert p.stdout == ""
     assert "train.head.epochs: expected a non-negative integer, got 'ten'" in p.stderr
 
 
-def test_config_errors_exit_2(tmp_path: Path, write_job, busi_job) -> None:
+def test_config_errors_exit_2(tmp_path: Path, write_job) -> None:
     missing = tmp_path / "nope.yaml"
     p = busi_job("config", str(missing))
     assert p.returncode == 2
@@ -80,16 +57,12 @@ def test_config_errors_exit_2(tmp_path: Path, write_job, busi_job) -> None:
     assert "train.epochz: unknown key" in p.stderr
     p = busi_job("config", str(bad), "--set", "nodots")
     assert p.returncode == 2 and "expected key.path=value" in p.stderr
-    with pytest.raises(SystemExit) as usage:  # usage error from argparse: the process exits 2
-        busi_job()
-    assert usage.value.code == 2
+    p = busi_job()  # usage error from argparse
+    assert p.returncode == 2
 
 
-def test_config_demo_job(busi_job, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(REPO)
-    monkeypatch.setenv("BUSI_DEMO_DATA", "/somewhere")
-    monkeypatch.setenv("BUSI_OUTPUT", "/out")
-    p = busi_job("config", "job/demo.yaml")
+def test_config_demo_job() -> None:
+    p = busi_job("config", "job/demo.yaml", env={"BUSI_DEMO_DATA": "/somewhere", "BUSI_OUTPUT": "/out"})
     assert p.returncode == 0, p.stderr
     out = yaml.safe_load(p.stdout)
     assert (out["data"]["source"], out["output"]["dir"]) == ("/somewhere", "/out")
@@ -98,7 +71,7 @@ def test_config_demo_job(busi_job, monkeypatch: pytest.MonkeyPatch) -> None:
 # ----------------------------------------------------------------------- inspect
 
 
-def test_inspect_folder_text(synth_small: Path, busi_job) -> None:
+def test_inspect_folder_text(synth_small: Path) -> None:
     p = busi_job("inspect", str(synth_small))
     assert p.returncode == 0, p.stderr
     assert f"dataset: {synth_small}" in p.stdout
@@ -110,7 +83,7 @@ def test_inspect_folder_text(synth_small: Path, busi_job) -> None:
     assert "corrupt images: 0" in p.stdout
 
 
-def test_inspect_folder_json(synth_small: Path, busi_job) -> None:
+def test_inspect_folder_json(synth_small: Path) -> None:
     p = busi_job("inspect", str(synth_small), "--json", "--set", "data.dedupe=exact", "--set", "runtime.seed=5")
     assert p.returncode == 0, p.stderr
     r = json.loads(p.stdout)
@@ -124,7 +97,7 @@ def test_inspect_folder_json(synth_small: Path, busi_job) -> None:
     assert r["label_conflicts"] == [] and r["skipped_files"] == [] and r["corrupt_images"] == []
 
 
-def test_inspect_job_file(synth_small: Path, write_job, busi_job) -> None:
+def test_inspect_job_file(synth_small: Path, write_job) -> None:
     job = write_job(
         {"data": {"source": str(synth_small), "split": {"train": 0.5, "val": 0.25, "test": 0.25}}, "output": {"dir": "o"}}
     )
@@ -135,7 +108,7 @@ def test_inspect_job_file(synth_small: Path, write_job, busi_job) -> None:
     assert r["counts"]["per_split"]["train"]["benign"] in (5, 6, 7)
 
 
-def test_inspect_reports_corrupt_and_skipped(synth_small: Path, tmp_path: Path, busi_job) -> None:
+def test_inspect_reports_corrupt_and_skipped(synth_small: Path, tmp_path: Path) -> None:
     ds = tmp_path / "ds"
     shutil.copytree(synth_small, ds)
     (ds / "benign" / "benign (3).png").write_text("not a png")
@@ -148,14 +121,13 @@ def test_inspect_reports_corrupt_and_skipped(synth_small: Path, tmp_path: Path, 
     assert [c["path"] for c in r["corrupt_images"]] == ["benign/benign (3).png"]
 
 
-def test_inspect_missing_source_exits_3(tmp_path: Path, busi_job) -> None:
+def test_inspect_missing_source_exits_3(tmp_path: Path) -> None:
     p = busi_job("inspect", str(tmp_path / "nothing-here"))
     assert p.returncode == 3
     assert "does not exist" in p.stderr
 
 
-def test_inspect_unsafe_zip_exits_3_and_writes_nothing_outside(tmp_path: Path, busi_job,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_inspect_unsafe_zip_exits_3_and_writes_nothing_outside(tmp_path: Path) -> None:
     work = tmp_path / "work"
     work.mkdir()
     archive = work / "bad.zip"
@@ -164,8 +136,7 @@ def test_inspect_unsafe_zip_exits_3_and_writes_nothing_outside(tmp_path: Path, b
         zf.writestr("../evil.txt", b"evil")
     stage = work / "stage"
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
-    monkeypatch.chdir(work)
-    p = busi_job("inspect", str(archive), "--set", f"data.staging_dir={stage}")
+    p = busi_job("inspect", str(archive), "--set", f"data.staging_dir={stage}", cwd=work)
     assert p.returncode == 3, p.stderr
     assert "refusing to unpack" in p.stderr and "../evil.txt" in p.stderr
     assert p.stdout == ""
@@ -181,7 +152,7 @@ def test_inspect_unsafe_zip_exits_3_and_writes_nothing_outside(tmp_path: Path, b
 # ------------------------------------------------------------------------- synth
 
 
-def test_synth_writes_layout(tmp_path: Path, busi_job) -> None:
+def test_synth_writes_layout(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     p = busi_job("synth", str(out), "--per-class", "3", "--size", "32", "--seed", "1")
     assert p.returncode == 0, p.stderr
@@ -198,7 +169,7 @@ def test_synth_writes_layout(tmp_path: Path, busi_job) -> None:
     assert str(out) in p.stderr
 
 
-def test_synth_then_inspect(tmp_path: Path, busi_job) -> None:
+def test_synth_then_inspect(tmp_path: Path) -> None:
     out = tmp_path / "d"
     assert busi_job("synth", str(out), "--per-class", "4", "--size", "32").returncode == 0
     p = busi_job("inspect", str(out), "--json")
@@ -236,7 +207,7 @@ def test_inspect_does_not_import_tensorflow(synth_small: Path) -> None:
     assert "NO_TF" in p.stdout and "images: 36" in p.stdout
 
 
-def test_config_prints_a_prediction_job(busi_job) -> None:
+def test_config_prints_a_prediction_job() -> None:
     proc = busi_job("config", str(REPO / "job" / "predict.yaml"))
     assert proc.returncode == 0, proc.stderr
     assert "predict:" in proc.stdout and "inputs:" in proc.stdout
@@ -273,7 +244,7 @@ def test_train_on_an_output_dir_that_is_a_file_exits_2(tmp_path: Path, synth_sma
     assert (tmp_path / "run").read_text() == "a file"
 
 
-def test_synth_refuses_a_size_that_would_exhaust_memory(tmp_path: Path, busi_job) -> None:
+def test_synth_refuses_a_size_that_would_exhaust_memory(tmp_path: Path) -> None:
     p = busi_job("synth", str(tmp_path / "d"), "--size", "100000")
     assert p.returncode == 2 and "size must be from 16 to 4096" in p.stderr and "Traceback" not in p.stderr
     assert not (tmp_path / "d").exists()

@@ -77,11 +77,11 @@ def test_a_lost_node_is_noticed_and_its_job_requeued_within_a_bound(cluster: Nam
               "--wrap", "srun sleep 300"], cluster)
     assert p.returncode == 0, p.stderr
     job = p.stdout.strip().split(";")[0]
-    _wait(lambda: _job_field(cluster, job, "JobState") == "RUNNING", 60, "the job to run", cluster)
+    cluster.wait_until(lambda: _job_field(cluster, job, "JobState") == "RUNNING", 60, "the job to run")
     lost = time.monotonic()
     cluster.link("node2", up=False)
     try:
-        _wait(lambda: _job_field(cluster, job, "Restarts") == "1", 90, "the job's requeue", cluster)
+        cluster.wait_until(lambda: _job_field(cluster, job, "Restarts") == "1", 90, "the job's requeue")
         noticed = time.monotonic() - lost
         state = _run(["sinfo", "-h", "-n", "node2", "-o", "%T"], cluster).stdout.strip()
     finally:
@@ -89,19 +89,10 @@ def test_a_lost_node_is_noticed_and_its_job_requeued_within_a_bound(cluster: Nam
     assert state.startswith("down") or state.endswith("*"), f"node2 is {state!r} with its link down"
     print(f"node2's link down: job {job} requeued after {noticed:.1f} s")
     _run(["scancel", job], cluster)
-    _wait(lambda: cluster.idle_nodes() == {"node1", "node2"}, 90, "node2 back in service", cluster)
+    cluster.wait_until(lambda: cluster.idle_nodes() == {"node1", "node2"}, 90, "node2 back in service")
 
 
 def _job_field(cluster: NamespaceCluster, job: str, key: str) -> str | None:
     p = _run(["scontrol", "show", "job", "-o", job], cluster)
     fields = dict(kv.split("=", 1) for kv in p.stdout.split() if "=" in kv)
     return fields.get(key)
-
-
-def _wait(cond, timeout: float, what: str, cluster: NamespaceCluster) -> None:  # type: ignore[no-untyped-def]
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{cluster.logs()}")

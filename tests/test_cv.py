@@ -78,11 +78,9 @@ def test_folds_csv_round_trips(tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
-def test_cv_runs_folds_resumes_and_reports(synth_data: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cv_runs_folds_resumes_and_reports(synth_data: Any, tmp_path: Path) -> None:
     """Fold 0 alone (as an array task would), a report that names the missing folds, then the
     rest in turn (fold 0 skipped), and the report: every image predicted exactly once."""
-    from busi.cli import main
-
     data = tmp_path / "data"
     shutil.copytree(synth_data(5, 32, 0), data)  # a copy: the test adds a duplicate to it
     shutil.copy2(data / "benign" / "benign (1).png", data / "benign" / "benign copy.png")  # a duplicate pair
@@ -105,18 +103,16 @@ def test_cv_runs_folds_resumes_and_reports(synth_data: Any, tmp_path: Path, caps
     assert len(pair) == 1, "the duplicate pair is in two folds"
     m0 = json.loads((out / "fold-0" / "metrics.json").read_text())
     assert m0["n"] == sum(f["fold"] == "0" for f in folds)
-    # cv-report, and a cv that stops at its folds.csv, start no TensorFlow: busi-job's main in this process
-    assert main(["cv-report", str(out)]) == 3
-    err = capsys.readouterr().err
-    assert "fold(s) 1, 2 of 3 not completed" in err and "Traceback" not in err
-    assert main(["cv", job, "--folds", "4", *sets]) == 2
-    assert "holds 3 folds" in capsys.readouterr().err
+    r = run_main("cv-report", str(out))
+    assert r.returncode == 3 and "fold(s) 1, 2 of 3 not completed" in r.stderr and "Traceback" not in r.stderr
+    p = run_main("cv", job, "--folds", "4", *sets)
+    assert p.returncode == 2 and "holds 3 folds" in p.stderr
     p = run_main("cv", job, "--folds", "3", *sets)
     assert p.returncode == 0, p.stderr[-3000:]
     assert "fold 0 of 3 already completed" in p.stderr
-    assert main(["cv-report", str(out)]) == 0
-    report_out = capsys.readouterr().out
-    assert "3 folds, 16 images out of fold" in report_out and "accuracy" in report_out
+    r = run_main("cv-report", str(out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "3 folds, 16 images out of fold" in r.stdout and "accuracy" in r.stdout
     with (out / "oof.csv").open(newline="") as fh:
         oof = list(csv.DictReader(fh))
     assert sorted(o["path"] for o in oof) == sorted(f["path"] for f in folds)  # each image once
@@ -130,29 +126,23 @@ def test_cv_runs_folds_resumes_and_reports(synth_data: Any, tmp_path: Path, caps
         assert (out / "plots" / f"{name}.png").stat().st_size > 1000
     page = (out / "report.html").read_text()
     assert "Across 3 folds" in page and f"{acc['mean']:.3f}" in page and "Pooled out of fold" in page
-    _the_folds_predict_together(out, data, tmp_path, capsys)
+    _the_folds_predict_together(out, data, tmp_path)
 
 
-def _predict(capsys: pytest.CaptureFixture[str], model: Path, data: Path, csv_out: Path,
-             *extra: str) -> dict[str, dict[str, str]]:
-    """``busi-job predict`` on OpenVINO (no TensorFlow: tests/test_predict.py) in this process."""
-    from busi.cli import main
-
-    code = main(["predict", "--model", str(model), "--input", str(data), "--output", str(csv_out),
-                 "--engine", "openvino", "--precision", "float32", *extra])
-    assert code == 0, capsys.readouterr().err[-2000:]
+def _predict(model: Path, data: Path, csv_out: Path, *extra: str) -> dict[str, dict[str, str]]:
+    r = run_main("predict", "--model", str(model), "--input", str(data), "--output", str(csv_out),
+                 "--engine", "openvino", "--precision", "float32", *extra)
+    assert r.returncode == 0, r.stderr[-2000:]
     with csv_out.open(newline="") as fh:
         return {row["path"]: row for row in csv.DictReader(fh)}
 
 
-def _the_folds_predict_together(out: Path, data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def _the_folds_predict_together(out: Path, data: Path, tmp_path: Path) -> None:
     """``predict --model CV_DIR``: the mean of the fold models' probabilities, ``fold_sd`` their
     spread on the label; ``--tta flip`` the mean over each image and its mirror image; Grad-CAM
     of an ensemble refused by name (exit 2)."""
-    from busi.cli import main
-
-    folds = [_predict(capsys, out / f"fold-{i}", data, tmp_path / f"fold-{i}.csv") for i in range(3)]
-    together = _predict(capsys, out, data, tmp_path / "ensemble.csv")
+    folds = [_predict(out / f"fold-{i}", data, tmp_path / f"fold-{i}.csv") for i in range(3)]
+    together = _predict(out, data, tmp_path / "ensemble.csv")
     assert json.loads((tmp_path / "ensemble.csv.done.json").read_text())["model"] == str(out)
     classes = ("normal", "benign", "malignant")
     for path, row in together.items():
@@ -162,14 +152,12 @@ def _the_folds_predict_together(out: Path, data: Path, tmp_path: Path, capsys: p
         assert row["label"] == classes[int(mean.argmax())]
         assert float(row["fold_sd"]) == pytest.approx(per[:, mean.argmax()].std(), abs=2e-6)
     assert len({row["fold_sd"] for row in together.values()}) > 1
-    flipped = _predict(capsys, out, data, tmp_path / "tta.csv", "--tta", "flip")
+    flipped = _predict(out, data, tmp_path / "tta.csv", "--tta", "flip")
     assert flipped.keys() == together.keys() and any(flipped[p]["prob_benign"] != together[p]["prob_benign"]
                                                      for p in together)
-    capsys.readouterr()
-    assert main(["predict", "--model", str(out), "--input", str(data), "--output", str(tmp_path / "cam.csv"),
-                 "--gradcam", str(tmp_path / "cams")]) == 2  # refused before TensorFlow would start
-    err = capsys.readouterr().err
-    assert "a cross-validation (3 fold models)" in err and "Traceback" not in err
+    r = run_main("predict", "--model", str(out), "--input", str(data), "--output", str(tmp_path / "cam.csv"),
+                 "--gradcam", str(tmp_path / "cams"))
+    assert r.returncode == 2 and "a cross-validation (3 fold models)" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_across_folds_is_a_t_interval_clipped_to_the_metric_range() -> None:

@@ -477,10 +477,8 @@ def test_resolve_path_and_decoding() -> None:
 
 @pytest.mark.integration
 def test_training_from_a_table_keeps_patients_on_one_side(two_folders: Path, synth_data: Callable[..., Path],
-                                                          tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+                                                          tmp_path: Path) -> None:
     from conftest import REPO, SMALL_MODEL, run_main
-
-    from busi.cli import main
 
     out = tmp_path / "run"
     # the table's patients through a real run, not a model: conftest's SMALL_MODEL (MobileNet 0.25, no SavedModel)
@@ -511,10 +509,9 @@ def test_training_from_a_table_keeps_patients_on_one_side(two_folders: Path, syn
         for n in range(1, 13):  # patient Pn again (new images), and a patient never seen (Qn)
             shutil.copy(fresh / cls / f"{cls} ({n}).png", other / cls / f"P{n:02d}_new.png")
             shutil.copy(fresh / cls / f"{cls} ({n + 12}).png", other / cls / f"Q{n:02d}_new.png")
-    # evaluate on OpenVINO starts no TensorFlow (tests/test_predict.py): busi-job's main in this process
-    code = main(["evaluate", "--model", str(out), "--data", str(other), "--output", str(tmp_path / "ev"),
-                 "--engine", "openvino", "--group-pattern", r"^([PQ]\d+)_"])
-    assert code == 0, capsys.readouterr().err[-3000:]
+    proc = run_main("evaluate", "--model", str(out), "--data", str(other), "--output", str(tmp_path / "ev"),
+                    "--engine", "openvino", "--group-pattern", r"^([PQ]\d+)_")
+    assert proc.returncode == 0, proc.stderr[-3000:]
     overlap = list(csv.DictReader((tmp_path / "ev" / "overlap.csv").open(newline="")))
     by_patient = {r["path"] for r in overlap if r["kind"] == "patient"}
     expected = {f"{c}/P{n:02d}_new.png" for c in ("normal", "benign", "malignant") for n in range(1, 13)
@@ -524,11 +521,9 @@ def test_training_from_a_table_keeps_patients_on_one_side(two_folders: Path, syn
     m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert m["overlap"]["group_pattern"] == r"^([PQ]\d+)_" and m["overlap"]["by_kind"]["patient"] == len(by_patient)
     assert m["n"] == 72 - len(overlap)
-    capsys.readouterr()
-    assert main(["evaluate", "--model", str(out), "--data", str(other), "--output", str(tmp_path / "ev2"),
-                 "--group-pattern", "no group"]) == 2
-    err = capsys.readouterr().err
-    assert "--group-pattern" in err and "Traceback" not in err
+    bad = run_main("evaluate", "--model", str(out), "--data", str(other), "--output", str(tmp_path / "ev2"),
+                   "--group-pattern", "no group")
+    assert bad.returncode == 2 and "--group-pattern" in bad.stderr and "Traceback" not in bad.stderr
 
 
 # ------------------------------------------------------- label maps, numeric classes, joins
