@@ -95,7 +95,7 @@ busi_begin() {
 }
 
 # busi_cmd PROGRAM: sets the array BUSI_CMD to the command that runs PROGRAM (busi-job,
-# horovodrun): in the container image, from the venv, or from PATH.
+# python): in the container image, from the venv, or from PATH.
 busi_cmd() {
     local program=$1
     if [[ -n "${BUSI_IMAGE:-}" ]]; then
@@ -114,13 +114,25 @@ busi_cmd() {
         [[ -n "${BUSI_BIND:-}" ]] && BUSI_CMD+=(--bind "$BUSI_BIND")
         BUSI_CMD+=("$BUSI_IMAGE" "$program")
     elif [[ -n "${BUSI_VENV:-}" ]]; then
-        [[ -x "$BUSI_VENV/bin/$program" ]] || busi_die 2 "BUSI_VENV=$BUSI_VENV has no bin/$program (make install; make horovod for horovodrun)"
+        [[ -x "$BUSI_VENV/bin/$program" ]] || busi_die 2 "BUSI_VENV=$BUSI_VENV has no bin/$program (make install)"
         BUSI_CMD=("$BUSI_VENV/bin/$program")
     else
         command -v "$program" >/dev/null 2>&1 ||
             busi_die 2 "$program is not on PATH: set BUSI_VENV=/path/to/.venv or BUSI_IMAGE=/path/to/busi.sif"
         BUSI_CMD=("$program")
     fi
+}
+
+# busi_python: sets the array BUSI_CMD to the Python that runs busi (and so loads its Horovod):
+# the image's, the venv's, or the one beside busi-job on PATH.
+busi_python() {
+    if [[ -n "${BUSI_IMAGE:-}" || -n "${BUSI_VENV:-}" ]]; then
+        busi_cmd python
+        return
+    fi
+    busi_cmd busi-job
+    BUSI_CMD=("$(dirname "$(command -v busi-job)")/python")
+    [[ -x "${BUSI_CMD[0]}" ]] || BUSI_CMD=(python3)
 }
 
 # busi_scratch: sets BUSI_SCRATCH_DIR (node-local, created) and BUSI_STAGING_DIR inside it.
@@ -143,7 +155,6 @@ busi_scratch() {
 BUSI_CHILD=""          # pid we wait for
 BUSI_SIGNALS=""        # signals received so far, e.g. "USR1 "
 BUSI_TRAPPED=0
-BUSI_FORWARD=busi_forward_child   # function that delivers a signal (train-horovod.sh replaces it)
 
 busi_forward_child() {
     kill -s "$1" "$BUSI_CHILD" 2>/dev/null || true
@@ -155,7 +166,7 @@ _busi_on_signal() {
     BUSI_TRAPPED=1
     if [[ -n "$BUSI_CHILD" ]]; then
         busi_log "received SIG$sig: forwarding it to busi (it finishes the step, checkpoints, exits 75)"
-        "$BUSI_FORWARD" "$sig"
+        busi_forward_child "$sig"
     else
         busi_log "received SIG$sig before busi started"
     fi

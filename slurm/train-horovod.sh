@@ -8,17 +8,18 @@
 # Needs Horovod with TensorFlow in the environment busi runs in (`make horovod`, or the image).
 # Launch, decided at run time by asking Horovod's TensorFlow extension (the `horovodrun
 # --check-build` answer, faster; BUSI_HVD_LAUNCHER=mpi|gloo skips the check):
-#   MPI built in  -> srun --mpi=$BUSI_SRUN_MPI (default pmix; pmi2 on older MPIs): Slurm starts
-#                    every rank, on every node. With BUSI_IMAGE: srun apptainer exec (hybrid model).
-#   Gloo only     -> horovodrun --gloo -np $SLURM_NTASKS -H <node>:<tasks>,...: ranks on other
-#                    nodes are started over ssh (passwordless ssh between the job's nodes needed;
-#                    with BUSI_IMAGE, Gloo works on one node only - use an MPI build across nodes).
+#   Slurm starts every rank, on every node, with srun (with BUSI_IMAGE: srun apptainer exec);
+#   MPI built in  -> srun --mpi=$BUSI_SRUN_MPI (default pmix; pmi2 on older MPIs).
+#   Gloo only     -> srun, the ranks meeting at Horovod's rendezvous server, which this batch step
+#                    runs (busi.distributed.rendezvous; what horovodrun does, without ssh between
+#                    nodes). Each rank binds Gloo to the interface it reaches the batch node by;
+#                    HOROVOD_GLOO_IFACE=ib0 chooses one, BUSI_RENDEZVOUS_ADDR the batch node's address.
 # The global batch is ranks x train.batch_size; train.scale_lr (default true) multiplies each
 # phase's learning rate by the number of ranks, and train.warmup_epochs ramps the head phase to it.
 #
 # #SBATCH lines (sbatch command-line options override them; CHANGE marks the usual edits):
 #   --nodes           CHANGE: nodes
-#   --ntasks          CHANGE: Horovod ranks in total (or --ntasks-per-node)
+#   --ntasks-per-node CHANGE: Horovod ranks per node (--ntasks=N instead: N in total)
 #   --cpus-per-task   CHANGE: threads per rank (busi reads SLURM_CPUS_PER_TASK)
 #   --mem             CHANGE: memory per node, for all its ranks
 #   --time, --signal=B:USR1@180, --requeue, --open-mode=append, --output: as in slurm/train.sh
@@ -26,7 +27,7 @@
 #
 #SBATCH --job-name=busi-hvd
 #SBATCH --nodes=1
-#SBATCH --ntasks=4
+#SBATCH --ntasks-per-node=4
 #SBATCH --cpus-per-task=4
 #SBATCH --mem=32G
 #SBATCH --time=04:00:00
@@ -59,14 +60,7 @@ launcher="${BUSI_HVD_LAUNCHER:-auto}"
 if [[ "$launcher" == auto ]]; then
     # Ask the Horovod TensorFlow extension busi will load whether it was built with MPI
     # (what `horovodrun --check-build` reports, for this one extension, in seconds not a minute).
-    if [[ -n "${BUSI_IMAGE:-}" || -n "${BUSI_VENV:-}" ]]; then
-        busi_cmd python
-    else
-        busi_cmd horovodrun   # the python beside horovodrun on PATH
-        py="$(dirname "$(command -v horovodrun)")/python"
-        [[ -x "$py" ]] || py=python3
-        BUSI_CMD=("$py")
-    fi
+    busi_python
     probe='import horovod.tensorflow as h; print("mpi" if h.mpi_built() else "gloo" if h.gloo_built() else "none")'
     launcher="$(TF_CPP_MIN_LOG_LEVEL=3 "${BUSI_CMD[@]}" -c "$probe" 2>/dev/null | tail -n 1)" || launcher=""
     case "$launcher" in
@@ -77,74 +71,44 @@ if [[ "$launcher" == auto ]]; then
 fi
 busi_log "job files ${BUSI_JOBS[*]}; restart ${SLURM_RESTART_COUNT:-0}; $ntasks ranks x $cpus threads on ${SLURM_JOB_NODELIST:-?}; launcher $launcher"
 
+# Slurm starts every rank, on every node (srun), whichever the launcher: srun forwards the
+# signals it receives to every rank (ranks agree on the step to stop at), and a lost node ends
+# the step. --kill-on-bad-exit=0: a rank that exits 75 first must not kill rank 0 while it writes
+# the checkpoint (a crashing rank still ends the job: busi shuts Horovod down on errors).
+srun_args=(--ntasks="$ntasks" --cpus-per-task="$cpus" --kill-on-bad-exit=0)
+run_env=()
 case "$launcher" in
 mpi)
-    # srun forwards the signals it receives to every rank; ranks agree on the step to stop at.
-    # --kill-on-bad-exit=0: a rank that exits 75 first must not kill rank 0 while it writes
-    # the checkpoint (a crashing rank still ends the job: busi shuts Horovod down on errors).
-    busi_cmd busi-job
-    busi_run srun --mpi="${BUSI_SRUN_MPI:-pmix}" --ntasks="$ntasks" --cpus-per-task="$cpus" \
-        --kill-on-bad-exit=0 "${BUSI_CMD[@]}" train "${BUSI_JOBS[@]}" "${sets[@]}" "$@"
-    busi_finish "$BUSI_RC"
+    srun_args+=(--mpi="${BUSI_SRUN_MPI:-pmix}")
     ;;
-gloo) ;;
-*) busi_die 2 "BUSI_HVD_LAUNCHER=$launcher: expected auto, mpi or gloo" ;;
-esac
-
-# Gloo: horovodrun starts the ranks. Each rank runs through a small wrapper that records its
-# pid (signals go straight to the ranks: horovodrun would turn them into a kill) and its exit
-# status (horovodrun reports 1 for any failure; rank 0's 75 means resumable). horovodrun
-# terminates every rank as soon as one exits non-zero: so the other ranks report a 75 as 0,
-# else the first of them to exit would kill rank 0 while it writes the checkpoint or exits.
-hosts=""
-mapfile -t nodes < <(scontrol show hostnames "$SLURM_JOB_NODELIST")
-mapfile -t slots < <(tr ',' '\n' <<<"${SLURM_TASKS_PER_NODE:-$ntasks}" |
-    sed -E 's/^([0-9]+)\(x([0-9]+)\)$/\1 \2/' | awk '{n = (NF == 2) ? $2 : 1; for (i = 0; i < n; i++) print $1}')
-if ((${#nodes[@]} == 1)); then
-    hosts="localhost:$ntasks"   # one node: no ssh at all
-else
+gloo)
+    # Gloo: the ranks meet at Horovod's rendezvous server, which this batch step runs (as
+    # horovodrun would, but without ssh to the other nodes). It is told every node and its
+    # ranks (in rank order: srun's block distribution); each rank works out its place from
+    # Slurm's variables (busi.distributed.launchers) and the interface it reaches this node by.
+    mapfile -t nodes < <(scontrol show hostnames "$SLURM_JOB_NODELIST")
+    mapfile -t slots < <(tr ',' '\n' <<<"${SLURM_TASKS_PER_NODE:-$ntasks}" |
+        sed -E 's/^([0-9]+)\(x([0-9]+)\)$/\1 \2/' | awk '{n = (NF == 2) ? $2 : 1; for (i = 0; i < n; i++) print $1}')
+    hosts=""
     for i in "${!nodes[@]}"; do
         hosts+="${hosts:+,}${nodes[$i]}:${slots[$i]:-1}"
     done
-fi
-rankdir="$BUSI_SCRATCH_DIR/busi-ranks-$SLURM_JOB_ID"
-rm -rf "$rankdir"
-mkdir -p "$rankdir"
-trap 'rm -rf "$rankdir"' EXIT
-# shellcheck disable=SC2016  # expanded by the rank's shell, not here
-wrapper='d=$1; shift; mkdir -p "$d"; "$@" & pid=$!; echo "$pid" > "$d/rank-$HOROVOD_RANK.pid"
-trap "kill -TERM $pid 2>/dev/null" TERM   # horovodrun ending the ranks: pass it on to busi
-while :; do wait "$pid"; rc=$?; kill -0 "$pid" 2>/dev/null || break; done
-echo "$rc" > "$d/rank-$HOROVOD_RANK.rc"
-if [ "$rc" = 75 ] && [ "$HOROVOD_RANK" != 0 ]; then exit 0; fi
-exit "$rc"'
+    busi_python
+    coproc RENDEZVOUS { exec "${BUSI_CMD[@]}" -m busi.distributed.rendezvous --hosts "$hosts" \
+        ${BUSI_RENDEZVOUS_ADDR:+--address "$BUSI_RENDEZVOUS_ADDR"}; }
+    # shellcheck disable=SC2153  # set by coproc
+    rendezvous_pid=$RENDEZVOUS_PID
+    trap 'kill "$rendezvous_pid" 2>/dev/null || true' EXIT
+    read -r -t 120 addr port <&"${RENDEZVOUS[0]}" ||
+        busi_die 2 "the Gloo rendezvous server did not start (its message is above)"
+    busi_log "Gloo rendezvous at $addr:$port for $hosts"
+    run_env=(HOROVOD_GLOO_RENDEZVOUS_ADDR="$addr" HOROVOD_GLOO_RENDEZVOUS_PORT="$port"
+        HOROVOD_CONTROLLER=gloo HOROVOD_CPU_OPERATIONS=gloo)
+    srun_args+=(--distribution=block)
+    ;;
+*) busi_die 2 "BUSI_HVD_LAUNCHER=$launcher: expected auto, mpi or gloo" ;;
+esac
 
-# shellcheck disable=SC2317,SC2016  # called through BUSI_FORWARD; $1/$2 expand in the remote shell
-forward_ranks() {
-    local sig=$1
-    if ((${#nodes[@]} > 1)); then
-        # ranks on every node of the job: one small step per node, sharing the allocation
-        srun --overlap --nodes="${#nodes[@]}" --ntasks-per-node=1 --ntasks="${#nodes[@]}" \
-            bash -c 'for f in "$1"/rank-*.pid; do kill -s "$2" "$(cat "$f")" 2>/dev/null || true; done' \
-            _ "$rankdir" "$sig" || true
-    else
-        local f
-        for f in "$rankdir"/rank-*.pid; do
-            [[ -f "$f" ]] && { kill -s "$sig" "$(cat "$f")" 2>/dev/null || true; }
-        done
-    fi
-}
-BUSI_FORWARD=forward_ranks
-
-busi_cmd horovodrun
-busi_job=(busi-job)   # in the image, horovodrun and its ranks run inside the container
-[[ -z "${BUSI_IMAGE:-}" && -n "${BUSI_VENV:-}" ]] && busi_job=("$BUSI_VENV/bin/busi-job")
-busi_run "${BUSI_CMD[@]}" --gloo -np "$ntasks" -H "$hosts" \
-    bash -c "$wrapper" busi-rank "$rankdir" "${busi_job[@]}" train "${BUSI_JOBS[@]}" "${sets[@]}" "$@"
-rc=$BUSI_RC
-if ((rc != 0)) && [[ -f "$rankdir/rank-0.rc" ]]; then
-    rank0="$(cat "$rankdir/rank-0.rc")"
-    busi_log "horovodrun exited $rc; rank 0 exited $rank0"
-    ((rank0 == BUSI_EXIT_INTERRUPTED)) && rc=$rank0
-fi
-busi_finish "$rc"
+busi_cmd busi-job
+busi_run env "${run_env[@]}" srun "${srun_args[@]}" "${BUSI_CMD[@]}" train "${BUSI_JOBS[@]}" "${sets[@]}" "$@"
+busi_finish "$BUSI_RC"

@@ -3,7 +3,9 @@
 
 A node is a network namespace (its own interface ``eth0`` and address, joined by a veth pair to
 a bridge on the host), a UTS namespace (its own host name, ``node1`` ...) and a mount namespace
-(its own ``/etc/hosts``, naming every node, bind-mounted over the host's, which stays untouched).
+(its own ``/etc/hosts``, naming every node, bind-mounted over the host's, which stays untouched,
+and its own node-local scratch: a tmpfs at ``scratch``, one path on every node, empty seen from
+the host).
 One ``slurmd`` runs in each node (``slurmd -N nodeK``); ``slurmctld`` and ``munged`` run on the
 host, as ``tests/slurmcluster.py`` runs them for one node (its configuration, with this one's
 nodes). The file system is shared, as a cluster's project folder is.
@@ -74,6 +76,7 @@ class NamespaceCluster(SlurmCluster):
         self.veth = {node: f"bv{tag}n{i}" for i, node in enumerate(self.nodes, start=1)}
         self.subnet = ""
         self.address: dict[str, str] = {}
+        self.scratch = self.root / "scratch"  # node-local: each node's own tmpfs here
 
     def _controller(self) -> str:
         # slurmctld starts only where the host's name is SlurmctldHost; the nodes reach it on the bridge
@@ -119,14 +122,45 @@ class NamespaceCluster(SlurmCluster):
 
     def _start_slurmds(self) -> None:
         for node in self.nodes:
-            inner = (f"hostname {node} && mount --bind {self.root / 'hosts'} /etc/hosts && "
-                     f"exec {_which('slurmd')} -f {self.conf} -N {node}")
-            self._run(["nsenter", f"--net=/run/netns/{self.netns[node]}", "unshare", "--uts", "--mount",
-                       "--propagation", "private", "sh", "-c", inner])
+            self._start_slurmd(node)
+
+    def _start_slurmd(self, node: str) -> None:
+        """slurmd in ``node``'s namespaces, with a fresh node-local scratch (a booted node's)."""
+        self.scratch.mkdir(exist_ok=True)
+        inner = (f"hostname {node} && mount --bind {self.root / 'hosts'} /etc/hosts && "
+                 f"mount -t tmpfs -o size=1g,mode=1777 busi-scratch-{node} {self.scratch} && "
+                 f"exec {_which('slurmd')} -f {self.conf} -N {node}")
+        self._run(["nsenter", f"--net=/run/netns/{self.netns[node]}", "unshare", "--uts", "--mount",
+                   "--propagation", "private", "sh", "-c", inner])
 
     def link(self, node: str, up: bool) -> None:
         """Take ``node``'s link to the others down (a lost node) or up again."""
         self._ip("link", "set", self.veth[node], "up" if up else "down")
+
+    def kill_node(self, node: str) -> list[int]:
+        """``node`` dies: everything running in it (slurmd, job steps, ranks) killed at once,
+        then its link taken down. Returns the pids killed."""
+        killed = self._kill_inside(node)
+        (self.root / f"slurmd-{node}.pid").unlink(missing_ok=True)  # its pid may be reused
+        self.link(node, up=False)
+        return killed
+
+    def restore_node(self, node: str) -> None:
+        """``node`` back after a reboot: link up, a new slurmd (and an empty scratch)."""
+        self._kill_inside(node)  # a half-dead node's leftovers, if any
+        self.link(node, up=True)
+        self._start_slurmd(node)
+
+    def _kill_inside(self, node: str) -> list[int]:
+        pids = subprocess.run(["ip", "netns", "pids", self.netns[node]], capture_output=True, text=True).stdout.split()
+        killed = []
+        for pid in pids:
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+                killed.append(int(pid))
+            except (ProcessLookupError, ValueError):
+                pass
+        return killed
 
     def stop(self) -> None:
         """Every job cancelled, every daemon stopped, then whatever still runs inside a node
@@ -137,12 +171,7 @@ class NamespaceCluster(SlurmCluster):
         for node in self.nodes:
             ns = self.netns[node]
             if ns in existing:
-                pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()
-                for pid in pids:
-                    try:
-                        os.kill(int(pid), signal.SIGKILL)
-                    except (ProcessLookupError, ValueError):
-                        pass
+                self._kill_inside(node)
                 subprocess.run(["ip", "netns", "del", ns], capture_output=True)
             subprocess.run(["ip", "link", "del", self.veth[node]], capture_output=True)
         subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)

@@ -25,6 +25,9 @@ import time
 from pathlib import Path
 
 DAEMONS = ("slurmctld", "slurmd", "munged")
+# Job states a job leaves only by a requeue (``scontrol show job``'s JobState)
+TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL",
+            "DEADLINE", "PREEMPTED", "SPECIAL_EXIT"}
 CLIENTS = ("sbatch", "scontrol", "squeue", "scancel", "sinfo", "srun")
 
 
@@ -174,6 +177,24 @@ class SlurmCluster:
     def job_ids(self) -> list[str]:
         p = subprocess.run(["squeue", "-h", "-o", "%i"], env=self.env, capture_output=True, text=True, timeout=30)
         return p.stdout.split() if p.returncode == 0 else []
+
+    def job_info(self, job: str) -> list[dict[str, str]]:
+        """``scontrol show job -o JOB``: one dict of its fields per job (one per task of an array)."""
+        p = subprocess.run(["scontrol", "show", "job", "-o", job], env=self.env, capture_output=True, text=True,
+                           timeout=30)
+        return [dict(kv.split("=", 1) for kv in line.split() if "=" in kv) for line in p.stdout.splitlines()]
+
+    def wait_job(self, job: str, timeout: float) -> list[dict[str, str]] | None:
+        """Poll each second until every task of ``job`` is in a TERMINAL state and return their
+        fields; None on timeout. (Not ``sbatch --wait``: it polls at 2, 10 and 42 s, so a 12 s
+        job returned after 42 s.)"""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            info = self.job_info(job)
+            if info and all(j.get("JobState") in TERMINAL for j in info):
+                return info
+            time.sleep(1)
+        return None
 
     def logs(self) -> str:
         """The tail of the daemon logs, for failure messages."""

@@ -4,20 +4,43 @@ bridge. The harness is what the multi-node tests stand on: both nodes idle in ``
 step runs a task on each under its own name and address, a lost link is noticed and the job
 requeued, and nothing of the cluster is left on the host afterwards, even after a failure.
 
+On it, ``sbatch --nodes=2 --ntasks-per-node=1 slurm/train-horovod.sh`` as users submit it: one
+Horovod rank per node (srun, Gloo rendezvous), equal final weights, the run directory written
+by rank 0 on node1, the archive unpacked on each node's own scratch; ``scancel --signal=USR1``
+stops both ranks at one step, the job requeues and ends with the uninterrupted run's weights;
+a node killed mid-epoch ends the job within a bound, the log names the lost rank and host, and
+the requeued job resumes from the last checkpoint once the node is back.
+
 Skips where the cluster cannot be built (not root, no Slurm, munge or iproute2), as
 ``tests/test_slurm.py`` does.
 """
 
 from __future__ import annotations
 
+import csv
+import json
+import re
+import shutil
 import subprocess
+import sys
 import time
-from typing import Iterator
+from pathlib import Path
+from typing import Any, Iterator
 
 import pytest
+from conftest import REPO, SMALL
 from netcluster import NamespaceCluster, unavailable_reason
 
 pytestmark = pytest.mark.system
+
+SCRIPT = REPO / "slurm" / "train-horovod.sh"
+# Tiny two-rank training: 32 px, head phase only, the small model, 3 epochs of 3 steps
+# (60 images, batch 8 per rank); test_slurm.py's TINY.
+EPOCHS = 3
+TRAIN = ["--set", "data.image_size=32", "--set", "train.batch_size=8", "--set", "train.finetune.epochs=0",
+         "--set", "train.quantize=none", *SMALL, "--set", f"train.head.epochs={EPOCHS}",
+         "--set", f"train.head.patience={EPOCHS}", "--set", "runtime.checkpoint_minutes=0"]
+NOISE = ("I0000 ", "WARNING: All log messages", "To enable the following", "oneDNN custom operations")
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +116,113 @@ def test_a_lost_node_is_noticed_and_its_job_requeued_within_a_bound(cluster: Nam
 
 
 def _job_field(cluster: NamespaceCluster, job: str, key: str) -> str | None:
-    p = _run(["scontrol", "show", "job", "-o", job], cluster)
-    fields = dict(kv.split("=", 1) for kv in p.stdout.split() if "=" in kv)
-    return fields.get(key)
+    info = cluster.job_info(job)
+    return info[0].get(key) if info else None
+
+
+# --- two-node Horovod training ----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def training(cluster: NamespaceCluster, horovod: None, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The dataset archive and what an uninterrupted two-node run ended with (filled by the
+    first training test; the fault tests compare against it)."""
+    from busi.data.synth import write_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("two-nodes")
+    data = write_synthetic_dataset(root / "busi-synth", per_class=20, size=32, seed=1)
+    archive = Path(shutil.make_archive(str(root / "busi-synth"), "zip", root_dir=root, base_dir=data.name))
+    shutil.rmtree(data)
+    return {"root": root, "archive": archive}
+
+
+def _submit(cluster: NamespaceCluster, training: dict[str, Any], name: str, **env: str) -> tuple[str, Path, Path]:
+    """sbatch --nodes=2 --ntasks-per-node=1 slurm/train-horovod.sh, as a user submits it, with
+    node-local scratch; returns the job id, its log and its run directory."""
+    job_env = {**cluster.env, "TF_CPP_MIN_LOG_LEVEL": "2", "BUSI_SCRATCH": str(cluster.scratch),
+               "BUSI_VENV": sys.prefix, **env}
+    for key in [k for k in job_env if k.startswith(("SLURM_", "HOROVOD_")) and k != "SLURM_CONF"]:
+        job_env.pop(key)  # pytest itself inside a Slurm job or a Horovod rank: not this cluster's
+    for key in ("BUSI_IMAGE", "BUSI_RUN_DIR", "BUSI_HVD_LAUNCHER", "BUSI_SLURM_DIR"):
+        job_env.pop(key, None)
+    work = training["root"] / name
+    work.mkdir()
+    p = subprocess.run(["sbatch", "--parsable", f"--chdir={work}", "--nodes=2", "--ntasks-per-node=1",
+                        "--cpus-per-task=1", "--mem=1500M", "--time=00:20:00", str(SCRIPT),
+                        str(REPO / "job" / "demo.yaml"), "--set", f"data.source={training['archive']}",
+                        "--set", f"output.dir={work / 'run'}", *TRAIN],
+                       env=job_env, cwd=work, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    job = p.stdout.strip().split(";")[0]
+    return job, work / f"busi-hvd-{job}.out", work / "run"
+
+
+def _log(log: Path) -> str:
+    return log.read_text(errors="replace") if log.exists() else ""
+
+
+def _tail(log: Path, n: int = 60) -> str:
+    lines = [ln for ln in _log(log).splitlines() if not ln.startswith(NOISE)]
+    return f"--- {log.name} (last {n} lines) ---\n" + "\n".join(lines[-n:])
+
+
+def _wait_done(cluster: NamespaceCluster, job: str, log: Path, timeout: float = 600) -> dict[str, str]:
+    info = cluster.wait_job(job, timeout)
+    if info is None:
+        _run(["scancel", job], cluster)
+        pytest.fail(f"job {job} not done after {timeout:.0f} s: {cluster.job_info(job)}\n{_tail(log)}")
+    return info[0]
+
+
+def _wait_for_line(cluster: NamespaceCluster, job: str, log: Path, line: str, timeout: float = 300) -> None:
+    def seen() -> bool:
+        info = cluster.job_info(job)
+        assert info and info[0].get("JobState") not in ("COMPLETED", "FAILED", "CANCELLED"), \
+            f"job {job} ended before logging {line!r}: {info}\n{_tail(log)}"
+        return line in _log(log)
+    end = time.monotonic() + timeout
+    while not seen():
+        if time.monotonic() > end:
+            _run(["scancel", job], cluster)
+            pytest.fail(f"no {line!r} in {timeout:.0f} s\n{_tail(log)}")
+        time.sleep(0.5)
+
+
+def _final_weights(text: str) -> dict[str, str]:
+    """rank -> the sha256 of its final weights, from the ranks' log lines."""
+    return dict(re.findall(r"rank (\d): final weights sha256 ([0-9a-f]{64})", text))
+
+
+def _manifest(run: Path) -> dict[str, Any]:
+    return json.loads((run / "manifest.json").read_text())
+
+
+def _epochs(run: Path) -> list[int]:
+    with (run / "history.csv").open(newline="") as fh:
+        return [int(row["epoch"]) for row in csv.DictReader(fh)]
+
+
+def test_two_nodes_train_with_one_rank_each_to_equal_weights(cluster: NamespaceCluster, training: dict[str, Any]) -> None:
+    job, log, run = _submit(cluster, training, "plain")
+    info = _wait_done(cluster, job, log)
+    text = _log(log)
+    assert (info["JobState"], info.get("ExitCode")) == ("COMPLETED", "0:0"), f"{info}\n{_tail(log)}\n{cluster.logs()}"
+    assert "2 ranks x 1 threads on node[1-2]; launcher gloo" in text, _tail(log)
+    rendezvous = re.search(r"Gloo rendezvous at ([\d.]+):\d+ for node1:1,node2:1", text)
+    assert rendezvous and rendezvous.group(1) == cluster.address["node1"], _tail(log)
+    # one rank on each node, each binding Gloo to its own eth0
+    assert "rank 0 of 2 on node1 (local rank 0 of 1)" in text and "rank 1 of 2 on node2 (local rank 0 of 1)" in text
+    hashes = _final_weights(text)
+    assert set(hashes) == {"0", "1"} and hashes["0"] == hashes["1"], f"{hashes}\n{_tail(log)}"
+    m = _manifest(run)
+    assert m["status"] == "completed" and m["weights_sha256"] == hashes["0"]
+    assert m["distributed"] == {"backend": "horovod", "size": 2, "local_size": 1, "controller": "gloo"}
+    assert m["host"] == "node1" and [a["host"] for a in m["attempts"]] == ["node1"]  # written by rank 0 alone
+    assert _epochs(run) == list(range(1, EPOCHS + 1))
+    # the archive was unpacked on each node's own scratch; the host's view of that path is empty
+    p = _run(["srun", "-N2", "--ntasks-per-node=1", "-l", "sh", "-c",
+              f"cd {cluster.scratch}/busi-staging && ls -d busi-synth-*/ && cat busi-synth-*/.busi-staged.json"], cluster)
+    assert p.returncode == 0, p.stdout + p.stderr
+    staged = sorted(ln.split(": ", 1)[1] for ln in p.stdout.splitlines() if ln.endswith("/"))
+    assert len(staged) == 2 and staged[0] == staged[1], p.stdout  # one folder on each node
+    assert not any(cluster.scratch.iterdir()), "node-local scratch visible from the host"
+    training["weights"] = hashes["0"]

@@ -32,11 +32,9 @@ from typing import Any, Iterator
 
 import pytest
 from conftest import REPO, SMALL
-from slurmcluster import SlurmCluster, unavailable_reason
+from slurmcluster import TERMINAL, SlurmCluster, unavailable_reason
 
 SLURM = REPO / "slurm"
-TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL",
-            "DEADLINE", "PREEMPTED", "SPECIAL_EXIT"}
 # A tiny training job: 32 px, head phase only, no pretrained weights, conftest's small model
 # (tests/test_job.py checks ResNet50's whole run directory).
 TINY = ["--set", "data.image_size=32", "--set", "train.batch_size=8", "--set", "train.finetune.epochs=0",
@@ -103,26 +101,13 @@ def sbatch(args: list[str], env: dict[str, str], cwd: Path) -> str:
     return p.stdout.strip().split(";")[0]
 
 
-def job_info(job: str, env: dict[str, str]) -> list[dict[str, str]]:
-    """``scontrol show job -o``: one dict per job (one per task of an array)."""
-    p = _run(["scontrol", "show", "job", "-o", job], env, REPO)
-    out = []
-    for line in p.stdout.splitlines():
-        out.append(dict(kv.split("=", 1) for kv in line.split() if "=" in kv))
-    return out
-
-
-def wait_for(job: str, env: dict[str, str], timeout: float, log: Path | None = None) -> list[dict[str, str]]:
-    """Wait until every task of ``job`` is in a terminal state; scancel it and fail on timeout.
-    (Not ``sbatch --wait``: it polls at 2, 10 and 42 s, so a 12 s job returned after 42 s.)"""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        info = job_info(job, env)
-        if info and all(j.get("JobState") in TERMINAL for j in info):
-            return info
-        time.sleep(1)
-    _run(["scancel", job], env, REPO)
-    pytest.fail(f"job {job} not done after {timeout:.0f} s: {job_info(job, env)}\n{tail(log)}")
+def wait_for(slurm: SlurmCluster, job: str, timeout: float, log: Path | None = None) -> list[dict[str, str]]:
+    """Wait until every task of ``job`` is in a terminal state; scancel it and fail on timeout."""
+    info = slurm.wait_job(job, timeout)
+    if info is None:
+        _run(["scancel", job], slurm.env, REPO)
+        pytest.fail(f"job {job} not done after {timeout:.0f} s: {slurm.job_info(job)}\n{tail(log)}")
+    return info
 
 
 def tail(log: Path | None, n: int = 60) -> str:
@@ -230,7 +215,7 @@ def test_train_sh_writes_the_run_directory(slurm: SlurmCluster, job_env: dict[st
                   str(REPO / "job" / "demo.yaml"), str(site), "--set", f"data.source={data}",
                   "--set", f"output.dir={run}", *TINY], env, tmp_path)
     log = tmp_path / f"busi-train-{job}.out"
-    info = wait_for(job, env, 600, log)[0]
+    info = wait_for(slurm, job, 600, log)[0]
     assert (info["JobState"], info.get("ExitCode")) == ("COMPLETED", "0:0"), f"{info}\n{tail(log)}\n{slurm.logs()}"
     m = _manifest(run)
     assert m["status"] == "completed", tail(log)
@@ -273,7 +258,7 @@ def test_usr1_checkpoints_requeues_and_the_same_job_resumes(
     while time.monotonic() < end:
         if log.exists() and "waiting at step 3 for a stop signal" in log.read_text(errors="replace"):
             break
-        info = job_info(job, env)
+        info = slurm.job_info(job)
         assert info and info[0].get("JobState") not in TERMINAL, f"job ended before its third step: {info}\n{tail(log)}"
         time.sleep(0.5)
     else:
@@ -281,7 +266,7 @@ def test_usr1_checkpoints_requeues_and_the_same_job_resumes(
         pytest.fail(f"the run did not reach its third step in 400 s\n{tail(log)}")
     p = _run(["scancel", "--signal=USR1", "--batch", job], env, REPO)
     assert p.returncode == 0, p.stderr
-    info = wait_for(job, env, 600, log)[0]
+    info = wait_for(slurm, job, 600, log)[0]
     text = log.read_text(errors="replace")
     assert info["JobState"] == "COMPLETED", f"{info['JobState']} {info.get('ExitCode')}\n{tail(log)}"
     assert info["Restarts"] == "1", f"expected one requeue, Restarts={info['Restarts']}\n{tail(log)}"
@@ -312,10 +297,10 @@ def test_predict_array_and_merge_cover_every_file_once(
     array_id = re.search(r"Submitted prediction array job (\d+)", p.stdout).group(1)  # type: ignore[union-attr]
     merge_id = re.search(r"Submitted merge job (\d+)", p.stdout).group(1)  # type: ignore[union-attr]
     merge_log = tmp_path / f"busi-merge-{merge_id}.out"
-    pending = job_info(merge_id, env)[0]
+    pending = slurm.job_info(merge_id)[0]
     assert pending.get("JobState") == "PENDING" and f"afterok:{array_id}" in pending.get("Dependency", ""), pending
-    merge_info = wait_for(merge_id, env, 600, merge_log)[0]
-    tasks = wait_for(array_id, env, 60)
+    merge_info = wait_for(slurm, merge_id, 600, merge_log)[0]
+    tasks = wait_for(slurm, array_id, 60)
     task_logs = "\n".join(tail(tmp_path / f"busi-predict-{array_id}_{i}.out", 20) for i in range(3))
     assert sorted(t["JobState"] for t in tasks) == ["COMPLETED"] * 3, f"{tasks}\n{task_logs}"
     assert merge_info["JobState"] == "COMPLETED", f"{merge_info}\n{tail(merge_log)}\n{task_logs}"
@@ -344,8 +329,8 @@ def test_cv_array_and_report_predict_every_image_once(
     array_id = re.search(r"Submitted cross-validation array job (\d+)", p.stdout).group(1)  # type: ignore[union-attr]
     report_id = re.search(r"Submitted report job (\d+)", p.stdout).group(1)  # type: ignore[union-attr]
     report_log = tmp_path / f"busi-cv-report-{report_id}.out"
-    report = wait_for(report_id, env, 900, report_log)[0]
-    tasks = wait_for(array_id, env, 60)
+    report = wait_for(slurm, report_id, 900, report_log)[0]
+    tasks = wait_for(slurm, array_id, 60)
     task_logs = "\n".join(tail(tmp_path / f"busi-cv-{array_id}_{i}.out", 20) for i in range(3))
     assert sorted(t["JobState"] for t in tasks) == ["COMPLETED"] * 3, f"{tasks}\n{task_logs}"
     assert report["JobState"] == "COMPLETED", f"{report}\n{tail(report_log)}\n{task_logs}"
@@ -367,7 +352,7 @@ def test_horovod_script_two_ranks_end_with_identical_weights(
                   str(SLURM / "train-horovod.sh"), str(REPO / "job" / "demo.yaml"), "--set", f"data.source={data}",
                   "--set", f"output.dir={run}", *TINY, "--set", "train.head.epochs=2"], job_env, tmp_path)
     log = tmp_path / f"busi-hvd-{job}.out"
-    info = wait_for(job, job_env, 900, log)[0]
+    info = wait_for(slurm, job, 900, log)[0]
     assert (info["JobState"], info.get("ExitCode")) == ("COMPLETED", "0:0"), f"{info}\n{tail(log)}"
     text = log.read_text(errors="replace")
     assert re.search(r"2 ranks x 1 threads on \S+; launcher (gloo|mpi)", text), tail(log)

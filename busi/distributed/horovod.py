@@ -8,18 +8,25 @@ runs its own loop (``busi.train.loop``) and calls the plain TensorFlow collectiv
 and BatchNorm statistics, and a broadcast of rank 0's weights and optimizer state at the start
 of each phase.
 
-Launch with ``horovodrun -np N busi-job train job.yaml`` (Gloo) or under MPI
+Launch with ``horovodrun -np N busi-job train job.yaml`` (Gloo), with ``srun`` and a Gloo
+rendezvous server (``slurm/train-horovod.sh``: ``busi.distributed.rendezvous``) or under MPI
 (``mpirun``/``srun --mpi``, needs a Horovod built with MPI).
 """
 
 from __future__ import annotations
 
+import os
+import socket
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import horovod.tensorflow as hvd
 
 from busi.distributed.group import Dist
+from busi.distributed.launchers import RENDEZVOUS_ADDR
+from busi.errors import ConfigError
+
+GLOO_IFACE = "HOROVOD_GLOO_IFACE"
 
 
 @dataclass(frozen=True)
@@ -31,6 +38,9 @@ class HorovodDist(Dist):
     @classmethod
     def create(cls) -> "HorovodDist":
         """Initialise Horovod (once per process) and describe this rank."""
+        if os.environ.get(RENDEZVOUS_ADDR) and not os.environ.get(GLOO_IFACE):
+            # horovodrun picks the interface for its ranks; srun-started ranks pick their own
+            os.environ[GLOO_IFACE] = interface_towards(os.environ[RENDEZVOUS_ADDR])
         hvd.init()
         _pin_gpu(hvd.local_rank())
         rank = hvd.rank()
@@ -115,6 +125,27 @@ def _pin_gpu(local_rank: int) -> None:
     gpus = tf.config.list_physical_devices("GPU")
     if gpus:
         tf.config.set_visible_devices(gpus[local_rank % len(gpus)], "GPU")
+
+
+def interface_towards(address: str) -> str:
+    """The network interface this host reaches ``address`` by: the one holding it when it is
+    this host's own (the rank on the batch node), else the one the route to it leaves by. Gloo
+    binds there (``HOROVOD_GLOO_IFACE``); set that variable to choose another (an InfiniBand
+    ``ib0`` beside the Ethernet the host names resolve to)."""
+    import psutil  # a dependency of Horovod
+
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect((address, 9))  # UDP: no packet is sent; the kernel picks the route
+            local = s.getsockname()[0]
+    except OSError as e:
+        raise ConfigError(f"{RENDEZVOUS_ADDR}={address}: no route to the rendezvous server ({e}); set "
+                          f"{GLOO_IFACE} to the interface the nodes share") from None
+    for name, addresses in psutil.net_if_addrs().items():
+        if any(a.family == socket.AF_INET and a.address == local for a in addresses):
+            return name
+    raise ConfigError(f"{RENDEZVOUS_ADDR}={address}: no interface holds {local}, the address the route to it "
+                      f"leaves from; set {GLOO_IFACE} to the interface the nodes share")
 
 
 def _all_layers(model: Any) -> list[Any]:

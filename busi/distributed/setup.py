@@ -9,10 +9,11 @@ This is the only module that imports ``busi.distributed.horovod`` (and so Horovo
 from __future__ import annotations
 
 import logging
+import os
 from typing import Mapping
 
 from busi.distributed.group import Dist
-from busi.distributed.launchers import launched_size
+from busi.distributed.launchers import horovod_env_from_slurm, launched_size
 from busi.errors import ConfigError
 
 # ``log.info(..., extra=ALL_RANKS)``: a record every rank logs (others log warnings only).
@@ -22,9 +23,12 @@ from busi.config.schema import DISTRIBUTED_MODES
 
 def init_dist(mode: str = "auto", env: Mapping[str, str] | None = None) -> Dist:
     """``none``: one process. ``horovod``: initialise Horovod. ``auto``: Horovod when the
-    launcher started more than one rank."""
+    launcher started more than one rank. A rank that srun started to meet at a Gloo rendezvous
+    first gets the variables horovodrun would have set (``horovod_env_from_slurm``), in
+    ``os.environ``, where Horovod reads them."""
     if mode not in DISTRIBUTED_MODES:
         raise ConfigError(f"runtime.distributed: expected one of {', '.join(DISTRIBUTED_MODES)}, got {mode!r}")
+    from_slurm = horovod_env_from_slurm(os.environ if env is None else env)
     launched = launched_size(env)
     if mode == "none" and launched > 1:
         raise ConfigError(
@@ -43,6 +47,8 @@ def init_dist(mode: str = "auto", env: Mapping[str, str] | None = None) -> Dist:
             f"launched), but it does not import ({e}); build it with `make horovod` "
             "(scripts/build_horovod.sh), or set runtime.distributed: none and launch one process"
         ) from None
+    if env is None:
+        os.environ.update(from_slurm)
     return HorovodDist.create()
 
 

@@ -3,7 +3,8 @@ rank raise ``RuntimeError`` (or, with ``kill``, die at once by SIGKILL, as the O
 just before its training step ``<step>`` (1-based, counted across epochs and phases). With
 ``wait`` the rank instead logs ``waiting at step <step> for a stop signal`` and waits there until
 the job receives one (``runtime.signals``), then takes the step and stops as any signalled run
-does (checkpoint, exit 75); after ``WAIT_LIMIT`` seconds without a signal it raises.
+does (checkpoint, exit 75); after ``WAIT_LIMIT`` seconds without a signal it raises. A fault
+is injected once per Slurm job: its requeued starts (``SLURM_RESTART_COUNT`` above 0) run clean.
 
 The tests use it to prove that one failing rank ends the whole job, that a killed run resumes,
 and (``wait``) that a signal from outside (``podman stop``, ``scancel --signal``) lands mid-epoch
@@ -63,11 +64,12 @@ class FailAtStep:
 
 def failure_from_env(rank: int, env: Mapping[str, str] | None = None,
                      signalled: Callable[[], bool] = lambda: False) -> FailAtStep | None:
-    """The hook ``BUSI_FAIL_AT_STEP`` asks of ``rank``; None when unset or meant for another rank.
-    ``signalled`` tells a ``wait`` hook that the job's stop signal has come."""
+    """The hook ``BUSI_FAIL_AT_STEP`` asks of ``rank``; None when unset, meant for another rank,
+    or in a requeued start of a Slurm job. ``signalled`` tells a ``wait`` hook that the job's
+    stop signal has come."""
     env = os.environ if env is None else env
     raw = env.get(FAIL_AT_STEP_VAR, "").strip()
-    if not raw:
+    if not raw or env.get("SLURM_RESTART_COUNT", "0").strip() not in ("", "0"):
         return None
     parts = [p.strip() for p in raw.split(":")]
     if not (

@@ -68,6 +68,9 @@ def run_training(cfg: JobConfig, restart: bool = False, argv: list[str] | None =
     t_start = time.perf_counter()
     dist = init_dist(cfg.runtime.distributed)
     configure_rank_logging(dist, log, cfg.runtime.log_all_ranks)
+    if dist.size > 1:  # where each rank runs: the names a lost rank's error is read against
+        log.info("rank %d of %d on %s (local rank %d of %d)", dist.rank, dist.size, socket.gethostname(),
+                 dist.local_rank, dist.local_size, extra=ALL_RANKS)
     run = RunDir(cfg.output.dir, primary=dist.is_primary)
     with run.claim(restart):  # the lock on output.dir, held to the end of the run
         check_output_dir(run, restart)
