@@ -75,3 +75,17 @@ class Interrupted(BusiError):
     """Stopped on a signal or the walltime budget, state saved: run the same command to resume."""
 
     exit_code = 75  # EX_TEMPFAIL: schedulers and wrappers requeue on it
+
+
+class RankLost(BusiError):
+    """A rank of a distributed job lost the others: a collective failed because another rank
+    died or its node was lost. Exit 1, not 75: a rank that crashed (a bug) ends its peers
+    this way too, and a requeue would only crash again."""
+
+    def __init__(self, rank: int, host: str, peers: dict[int, str], cause: str) -> None:
+        self.rank, self.host, self.peers, self.cause = rank, host, peers, cause
+        others = ", ".join(f"{r} on {h}" for r, h in sorted(peers.items()))
+        super().__init__(
+            f"rank {rank} on {host} lost contact with the other ranks ({others}) in a collective: {cause}. "
+            "A rank that failed says why above; a lost node, the scheduler says (Slurm: 'Node failure on NODE'). "
+            "The last checkpoint is kept: run the same command again to resume")

@@ -155,6 +155,7 @@ busi_scratch() {
 BUSI_CHILD=""          # pid we wait for
 BUSI_SIGNALS=""        # signals received so far, e.g. "USR1 "
 BUSI_TRAPPED=0
+BUSI_SIGNAL_HOOK=""    # a function run first on each signal, given its name (train-horovod.sh sets one)
 
 busi_forward_child() {
     kill -s "$1" "$BUSI_CHILD" 2>/dev/null || true
@@ -164,6 +165,7 @@ _busi_on_signal() {
     local sig=$1
     BUSI_SIGNALS+="$sig "
     BUSI_TRAPPED=1
+    [[ -n "$BUSI_SIGNAL_HOOK" ]] && "$BUSI_SIGNAL_HOOK" "$sig"
     if [[ -n "$BUSI_CHILD" ]]; then
         busi_log "received SIG$sig: forwarding it to busi (it finishes the step, checkpoints, exits 75)"
         busi_forward_child "$sig"

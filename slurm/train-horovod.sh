@@ -19,7 +19,7 @@
 #
 # #SBATCH lines (sbatch command-line options override them; CHANGE marks the usual edits):
 #   --nodes           CHANGE: nodes
-#   --ntasks-per-node CHANGE: Horovod ranks per node (--ntasks=N instead: N in total)
+#   --ntasks-per-node CHANGE: Horovod ranks per node (ranks in all: nodes x ranks per node)
 #   --cpus-per-task   CHANGE: threads per rank (busi reads SLURM_CPUS_PER_TASK)
 #   --mem             CHANGE: memory per node, for all its ranks
 #   --time, --signal=B:USR1@180, --requeue, --open-mode=append, --output: as in slurm/train.sh
@@ -77,6 +77,39 @@ busi_log "job files ${BUSI_JOBS[*]}; restart ${SLURM_RESTART_COUNT:-0}; $ntasks 
 # the checkpoint (a crashing rank still ends the job: busi shuts Horovod down on errors).
 srun_args=(--ntasks="$ntasks" --cpus-per-task="$cpus" --kill-on-bad-exit=0)
 run_env=()
+# The job's nodes and their ranks, in rank order (srun's block distribution): node1:4,node2:4
+mapfile -t nodes < <(scontrol show hostnames "$SLURM_JOB_NODELIST")
+mapfile -t slots < <(tr ',' '\n' <<<"${SLURM_TASKS_PER_NODE:-$ntasks}" |
+    sed -E 's/^([0-9]+)\(x([0-9]+)\)$/\1 \2/' | awk '{n = (NF == 2) ? $2 : 1; for (i = 0; i < n; i++) print $1}')
+hosts=""
+for i in "${!nodes[@]}"; do
+    hosts+="${hosts:+,}${nodes[$i]}:${slots[$i]:-1}"
+done
+
+# lost_nodes: name each node of the job that Slurm no longer reaches, and the ranks it ran, once.
+# Run when the job is ended (SIGTERM: Slurm cancels a job that lost a node, and requeues it
+# where --requeue allows) and after a failed step.
+lost_reported=""
+lost_nodes() {
+    local node state first=0 last ranks i
+    for i in "${!nodes[@]}"; do
+        node=${nodes[$i]}
+        last=$((first + ${slots[$i]:-1} - 1))
+        ranks="rank $first"
+        ((last > first)) && ranks="ranks $first-$last"
+        first=$((last + 1))
+        [[ " $lost_reported " == *" $node "* ]] && continue
+        state="$(sinfo -h -N -n "$node" -o %T 2>/dev/null | head -n 1)"
+        case "$state" in
+        down* | fail* | *'*')
+            lost_reported+=" $node"
+            busi_log "lost node $node ($ranks): Slurm reports it $state; the job ends, and the run" \
+                "resumes from its last checkpoint when the job is requeued (--requeue) or resubmitted"
+            ;;
+        esac
+    done
+}
+BUSI_SIGNAL_HOOK=lost_nodes
 case "$launcher" in
 mpi)
     srun_args+=(--mpi="${BUSI_SRUN_MPI:-pmix}")
@@ -86,13 +119,6 @@ gloo)
     # horovodrun would, but without ssh to the other nodes). It is told every node and its
     # ranks (in rank order: srun's block distribution); each rank works out its place from
     # Slurm's variables (busi.distributed.launchers) and the interface it reaches this node by.
-    mapfile -t nodes < <(scontrol show hostnames "$SLURM_JOB_NODELIST")
-    mapfile -t slots < <(tr ',' '\n' <<<"${SLURM_TASKS_PER_NODE:-$ntasks}" |
-        sed -E 's/^([0-9]+)\(x([0-9]+)\)$/\1 \2/' | awk '{n = (NF == 2) ? $2 : 1; for (i = 0; i < n; i++) print $1}')
-    hosts=""
-    for i in "${!nodes[@]}"; do
-        hosts+="${hosts:+,}${nodes[$i]}:${slots[$i]:-1}"
-    done
     busi_python
     coproc RENDEZVOUS { exec "${BUSI_CMD[@]}" -m busi.distributed.rendezvous --hosts "$hosts" \
         ${BUSI_RENDEZVOUS_ADDR:+--address "$BUSI_RENDEZVOUS_ADDR"}; }
@@ -111,4 +137,5 @@ esac
 
 busi_cmd busi-job
 busi_run env "${run_env[@]}" srun "${srun_args[@]}" "${BUSI_CMD[@]}" train "${BUSI_JOBS[@]}" "${sets[@]}" "$@"
+((BUSI_RC == 0 || BUSI_RC == BUSI_EXIT_INTERRUPTED)) || lost_nodes
 busi_finish "$BUSI_RC"

@@ -209,13 +209,13 @@ def test_two_nodes_train_with_one_rank_each_to_equal_weights(cluster: NamespaceC
     assert "2 ranks x 1 threads on node[1-2]; launcher gloo" in text, _tail(log)
     rendezvous = re.search(r"Gloo rendezvous at ([\d.]+):\d+ for node1:1,node2:1", text)
     assert rendezvous and rendezvous.group(1) == cluster.address["node1"], _tail(log)
-    # one rank on each node, each binding Gloo to its own eth0
-    assert "rank 0 of 2 on node1 (local rank 0 of 1)" in text and "rank 1 of 2 on node2 (local rank 0 of 1)" in text
+    assert "rank 0: 2 ranks: 0 on node1, 1 on node2" in text, _tail(log)  # one rank on each node
     hashes = _final_weights(text)
     assert set(hashes) == {"0", "1"} and hashes["0"] == hashes["1"], f"{hashes}\n{_tail(log)}"
     m = _manifest(run)
     assert m["status"] == "completed" and m["weights_sha256"] == hashes["0"]
-    assert m["distributed"] == {"backend": "horovod", "size": 2, "local_size": 1, "controller": "gloo"}
+    assert m["distributed"] == {"backend": "horovod", "size": 2, "local_size": 1, "controller": "gloo",
+                                "hosts": ["node1", "node2"]}
     assert m["host"] == "node1" and [a["host"] for a in m["attempts"]] == ["node1"]  # written by rank 0 alone
     assert _epochs(run) == list(range(1, EPOCHS + 1))
     # the archive was unpacked on each node's own scratch; the host's view of that path is empty
@@ -226,3 +226,63 @@ def test_two_nodes_train_with_one_rank_each_to_equal_weights(cluster: NamespaceC
     assert len(staged) == 2 and staged[0] == staged[1], p.stdout  # one folder on each node
     assert not any(cluster.scratch.iterdir()), "node-local scratch visible from the host"
     training["weights"] = hashes["0"]
+
+
+def test_usr1_stops_both_ranks_at_one_step_and_the_requeued_job_ends_as_if_never_stopped(
+    cluster: NamespaceCluster, training: dict[str, Any]
+) -> None:
+    """``scancel --signal=USR1 --batch`` (the walltime warning, --signal=B:USR1@180) while rank 0
+    waits before its 5th step (epoch 2; the hook fires in the job's first start only): both ranks
+    stop at that step, exit 75, the script requeues the job, and the requeued job resumes on
+    both nodes to the same final weights as the uninterrupted run."""
+    if "weights" not in training:
+        pytest.skip("needs the uninterrupted run of test_two_nodes_train_with_one_rank_each_to_equal_weights")
+    job, log, run = _submit(cluster, training, "usr1", BUSI_FAIL_AT_STEP="0:5:wait")
+    _wait_for_line(cluster, job, log, "rank 0 waiting at step 5 for a stop signal")
+    assert _run(["scancel", "--signal=USR1", "--batch", job], cluster).returncode == 0
+    info = _wait_done(cluster, job, log)
+    text = _log(log)
+    assert (info["JobState"], info["Restarts"]) == ("COMPLETED", "1"), f"{info}\n{_tail(log)}"
+    # srun passed the signal to both ranks; they agreed on the step (2 of epoch 2, the 5th)
+    stops = re.findall(r"rank (\d): interrupted: stopped on signal SIGUSR1 at epoch (\d+), step (\d+)", text)
+    assert sorted(stops) == [("0", "2", "2"), ("1", "2", "2")], f"{stops}\n{_tail(log)}"
+    assert re.search(r"srun: error: node1: task 0: Exited with exit code 75", text), _tail(log)
+    assert re.search(r"srun: error: node2: task 1: Exited with exit code 75", text), _tail(log)
+    assert f"requeueing job {job} (restart 1)" in text and "restart 1; 2 ranks" in text
+    m = _manifest(run)
+    assert [a["resumed_from"] for a in m["attempts"]] == [None, {"epoch": 1, "step": 2}], m["attempts"]
+    assert _epochs(run) == list(range(1, EPOCHS + 1))
+    assert m["weights_sha256"] == training["weights"], "the resumed run ended with other weights"
+
+
+def test_a_node_lost_mid_epoch_ends_the_job_in_bounded_time_and_the_requeued_job_resumes(
+    cluster: NamespaceCluster, training: dict[str, Any]
+) -> None:
+    """Rank 1 (node2) waits before its 5th step (epoch 2, after epoch 1's checkpoint) while rank 0
+    waits for it in the step's allreduce; then node2 dies: everything in it killed, its link
+    down. The job ends within a bound with a line naming the lost rank and host (not at its
+    time limit), Slurm requeues it, and once node2 is back the job resumes from epoch 1's
+    checkpoint on both nodes and ends with the uninterrupted run's weights."""
+    if "weights" not in training:
+        pytest.skip("needs the uninterrupted run of test_two_nodes_train_with_one_rank_each_to_equal_weights")
+    job, log, run = _submit(cluster, training, "lost", BUSI_FAIL_AT_STEP="1:5:wait")
+    _wait_for_line(cluster, job, log, "rank 1 waiting at step 5 for a stop signal")
+    lost = time.monotonic()
+    assert cluster.kill_node("node2"), "nothing was running in node2"
+    try:
+        cluster.wait_until(lambda: _job_field(cluster, job, "Restarts") == "1", 120, "the job's requeue")
+        ended = time.monotonic() - lost
+    finally:
+        cluster.restore_node("node2")
+    print(f"node2 lost: job {job} ended and was requeued after {ended:.1f} s")
+    info = _wait_done(cluster, job, log)
+    text = _log(log)
+    assert info["JobState"] == "COMPLETED", f"{info}\n{_tail(log)}\n{cluster.logs()}"
+    # the batch script names the node Slurm lost and its rank; srun and Slurm say it too
+    assert re.search(rf"busi-slurm\[{job}\]: lost node node2 \(rank 1\): Slurm reports it down", text), _tail(log)
+    assert "srun: error: Node failure on node2" in text
+    assert ended < 90, f"the job took {ended:.0f} s to end after node2 was lost"
+    m = _manifest(run)
+    assert [a["resumed_from"] for a in m["attempts"]] == [None, {"epoch": 1, "step": 0}], m["attempts"]
+    assert _epochs(run) == list(range(1, EPOCHS + 1))
+    assert m["weights_sha256"] == training["weights"], "the resumed run ended with other weights"

@@ -348,7 +348,7 @@ def test_horovod_script_two_ranks_end_with_identical_weights(
 ) -> None:
     data = _synth(tmp_path, per_class=8)
     run = tmp_path / "run"
-    job = sbatch([f"--chdir={tmp_path}", "--ntasks=2", "--cpus-per-task=1", "--mem=2G", "--time=00:30:00",
+    job = sbatch([f"--chdir={tmp_path}", "--ntasks-per-node=2", "--cpus-per-task=1", "--mem=2G", "--time=00:30:00",
                   str(SLURM / "train-horovod.sh"), str(REPO / "job" / "demo.yaml"), "--set", f"data.source={data}",
                   "--set", f"output.dir={run}", *TINY, "--set", "train.head.epochs=2"], job_env, tmp_path)
     log = tmp_path / f"busi-hvd-{job}.out"

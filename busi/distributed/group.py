@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from busi.errors import RankLost
+
 
 @dataclass(frozen=True)
 class Dist:
@@ -19,6 +21,7 @@ class Dist:
     local_rank: int = 0
     local_size: int = 1
     backend: str = "none"
+    hosts: tuple[str, ...] = ()  # the host of each rank, by rank (empty on one process)
 
     @property
     def is_primary(self) -> bool:
@@ -49,6 +52,11 @@ class Dist:
     def shutdown(self) -> None:
         """Leave the job promptly after an error: peers blocked in a collective get an error
         instead of waiting for this rank forever. No-op on one rank."""
+
+    def lost(self, error: BaseException) -> RankLost | None:
+        """``error`` as the loss of another rank (a collective failed because a peer died or
+        its node was lost), or None if it is anything else. One process has no peers."""
+        return None
 
     def describe(self) -> dict[str, Any]:
         """What the manifest records about the ranks of the run."""

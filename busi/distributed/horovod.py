@@ -24,7 +24,7 @@ import horovod.tensorflow as hvd
 
 from busi.distributed.group import Dist
 from busi.distributed.launchers import RENDEZVOUS_ADDR
-from busi.errors import ConfigError
+from busi.errors import BusiError, ConfigError, RankLost
 
 GLOO_IFACE = "HOROVOD_GLOO_IFACE"
 
@@ -50,6 +50,7 @@ class HorovodDist(Dist):
             local_rank=hvd.local_rank(),
             local_size=hvd.local_size(),
             backend="horovod",
+            hosts=tuple(hvd.allgather_object(socket.gethostname(), name="busi_hosts")),
             controller="mpi" if hvd.mpi_enabled() else "gloo",
         )
 
@@ -112,8 +113,18 @@ class HorovodDist(Dist):
         """Stop Horovod on this rank; peers waiting in a collective get an error at once."""
         hvd.shutdown()
 
+    def lost(self, error: BaseException) -> RankLost | None:
+        """A collective that failed because Horovod shut down under it: a peer died (its
+        connection closed) or this rank's own shutdown after another's error. TensorFlow
+        raises it as an op error whose text is Horovod's; that text is the only sign."""
+        if isinstance(error, BusiError) or "Horovod has been shut down" not in str(error):
+            return None
+        peers = {r: h for r, h in enumerate(self.hosts) if r != self.rank}
+        host = self.hosts[self.rank] if self.hosts else socket.gethostname()
+        return RankLost(self.rank, host, peers, "Horovod has been shut down")
+
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "controller": self.controller}
+        return {**super().describe(), "controller": self.controller, "hosts": list(self.hosts)}
 
 
 def _pin_gpu(local_rank: int) -> None:

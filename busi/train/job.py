@@ -68,9 +68,8 @@ def run_training(cfg: JobConfig, restart: bool = False, argv: list[str] | None =
     t_start = time.perf_counter()
     dist = init_dist(cfg.runtime.distributed)
     configure_rank_logging(dist, log, cfg.runtime.log_all_ranks)
-    if dist.size > 1:  # where each rank runs: the names a lost rank's error is read against
-        log.info("rank %d of %d on %s (local rank %d of %d)", dist.rank, dist.size, socket.gethostname(),
-                 dist.local_rank, dist.local_size, extra=ALL_RANKS)
+    if dist.size > 1:  # where each rank runs: what a lost rank's error is read against
+        log.info("%d ranks: %s", dist.size, ", ".join(f"{r} on {h}" for r, h in enumerate(dist.hosts)))
     run = RunDir(cfg.output.dir, primary=dist.is_primary)
     with run.claim(restart):  # the lock on output.dir, held to the end of the run
         check_output_dir(run, restart)
@@ -83,8 +82,11 @@ def run_training(cfg: JobConfig, restart: bool = False, argv: list[str] | None =
                 log.warning("interrupted: %s", e)
                 raise
             except BaseException as e:
-                job.manifest.finish("failed", error=f"{type(e).__name__}: {e}")
+                lost = dist.lost(e)
+                job.manifest.finish("failed", error=f"{type(lost or e).__name__}: {lost or e}")
                 dist.shutdown()  # peers waiting in a collective fail now instead of hanging
+                if lost is not None:
+                    raise lost from None
                 raise
 
 
