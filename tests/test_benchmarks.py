@@ -326,3 +326,21 @@ def test_bench_horovod(horovod: None, run_bench: Callable[..., str]) -> None:
         positive(int(threads), float(step_s), float(img_s))
         finite_at_least_zero(float(allreduce_s))
     positive(float(line(out, rf"gradients per step: ({NUMBER}) MB float32")[1]))
+
+
+@pytest.mark.system
+def test_bench_nodes(horovod: None, run_bench: Callable[..., str]) -> None:
+    """Two ranks on two namespace nodes against two on one (where the namespace cluster can be
+    built: root, Slurm, munge, iproute2)."""
+    from netcluster import unavailable_reason
+
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(f"cannot build the namespace cluster here: {reason}")
+    out = run_bench("bench_nodes.py", "--size", "32", "--global-batch", "2", "--steps", "1", "--repeats", "1", *TINY)
+    assert line(out, r"mobilenet \(alpha 0.25\), all layers trainable, 32 px, float32, global batch 2, 1 timed steps")
+    rows = re.findall(rf"^\s*(two nodes|one node)\s+({NUMBER})\s+({NUMBER})\s+({NUMBER})$", out, re.M)
+    assert [r[0] for r in rows] == ["two nodes", "one node"], out
+    for _, step_s, allreduce_s, rate in rows:
+        positive(float(step_s), float(allreduce_s), float(rate))
+    positive(float(line(out, rf"allreduce, two nodes / one node: ({NUMBER})")[1]))

@@ -25,9 +25,9 @@ import yaml
 from conftest import REPO
 
 from busi.distributed.group import Dist
-from busi.distributed.launchers import launched_local_size, launched_size
+from busi.distributed.launchers import horovod_env_from_slurm, launched_local_size, launched_size, tasks_per_node
 from busi.distributed.setup import ALL_RANKS, configure_rank_logging, init_dist
-from busi.errors import ConfigError
+from busi.errors import ConfigError, RankLost
 from busi.runtime.faults import FailAtStep, failure_from_env
 
 # ------------------------------------------------------------------ one process, no Horovod
@@ -44,6 +44,74 @@ def test_launched_size_from_launcher_env() -> None:
     assert launched_local_size({"OMPI_COMM_WORLD_LOCAL_SIZE": "4"}) == 4
 
 
+def test_tasks_per_node_expands_slurms_counts() -> None:
+    assert tasks_per_node("1") == [1]
+    assert tasks_per_node("2(x3),1") == [2, 2, 2, 1]
+    assert tasks_per_node("4,2(x2)") == [4, 2, 2]
+    for bad in ("", "x", "2(x)", "2(xa)", "-1"):
+        with pytest.raises(ConfigError, match="SLURM_STEP_TASKS_PER_NODE"):
+            tasks_per_node(bad)
+
+
+def _srun_tasks(counts: list[int], nodes: list[str]) -> list[dict[str, str]]:
+    """The variables srun gives each task of a step with ``counts`` tasks on ``nodes`` (block
+    distribution), plus the rendezvous address the batch script adds."""
+    spec = ",".join(str(c) for c in counts)
+    tasks, rank = [], 0
+    for node_id, (count, node) in enumerate(zip(counts, nodes)):
+        for local in range(count):
+            tasks.append({"SLURM_PROCID": str(rank), "SLURM_NODEID": str(node_id), "SLURM_LOCALID": str(local),
+                          "SLURM_STEP_TASKS_PER_NODE": spec, "SLURMD_NODENAME": node,
+                          "HOROVOD_GLOO_RENDEZVOUS_ADDR": "10.0.0.1"})
+            rank += 1
+    return tasks
+
+
+@pytest.mark.parametrize("counts", [[1, 1], [2, 2], [4, 2, 3], [1]])
+def test_srun_tasks_get_the_ranks_horovodrun_would_give_them(counts: list[int]) -> None:
+    """A task srun started for a Gloo rendezvous gets the rank, local and cross rank and sizes
+    of Horovod's own plan for the same hosts (``get_host_assignments``, which the rendezvous
+    server is given): otherwise the ranks would wait in scopes of the wrong size."""
+    hosts_util = pytest.importorskip("horovod.runner.common.util.hosts")
+    nodes = [f"node{i + 1}" for i in range(len(counts))]
+    plan = hosts_util.get_host_assignments(hosts_util.parse_hosts(",".join(f"{n}:{c}" for n, c in zip(nodes, counts))),
+                                           sum(counts))
+    for task, slot in zip(_srun_tasks(counts, nodes), plan, strict=True):
+        assert horovod_env_from_slurm(task) == {
+            "HOROVOD_RANK": str(slot.rank), "HOROVOD_SIZE": str(slot.size),
+            "HOROVOD_LOCAL_RANK": str(slot.local_rank), "HOROVOD_LOCAL_SIZE": str(slot.local_size),
+            "HOROVOD_CROSS_RANK": str(slot.cross_rank), "HOROVOD_CROSS_SIZE": str(slot.cross_size),
+            "HOROVOD_HOSTNAME": slot.hostname}
+        assert launched_size(task) == sum(counts) and launched_local_size(task) == slot.local_size
+
+
+def test_srun_ranks_only_where_the_batch_script_set_a_rendezvous() -> None:
+    task = _srun_tasks([2], ["node1"])[1]
+    assert horovod_env_from_slurm({k: v for k, v in task.items() if k != "HOROVOD_GLOO_RENDEZVOUS_ADDR"}) == {}
+    assert horovod_env_from_slurm({**task, "HOROVOD_RANK": "1"}) == {}  # horovodrun's own ranks
+    assert launched_size({"SLURM_PROCID": "0", "SLURM_NTASKS": "4"}) == 1  # a batch step is one process
+    with pytest.raises(ConfigError, match="SLURMD_NODENAME is missing"):
+        horovod_env_from_slurm({k: v for k, v in task.items() if k != "SLURMD_NODENAME"})
+    with pytest.raises(ConfigError, match="--distribution=block"):  # cyclic: task 1 on node 1
+        horovod_env_from_slurm({**_srun_tasks([1, 1], ["a", "b"])[1], "SLURM_PROCID": "0"})
+
+
+def test_rendezvous_refuses_an_address_other_nodes_cannot_reach() -> None:
+    pytest.importorskip("horovod.runner.http.http_server")
+    from busi.distributed.rendezvous import main, serve
+
+    with pytest.raises(ConfigError, match="which the other nodes cannot reach; set BUSI_RENDEZVOUS_ADDR"):
+        serve("node1:1,node2:1", "127.0.0.1")
+    assert main(["--hosts", "node1:x"]) == 2
+
+
+def test_a_lost_peer_is_named_with_the_hosts_of_the_ranks() -> None:
+    assert Dist().lost(RuntimeError("Horovod has been shut down")) is None  # one process has no peers
+    err = RankLost(0, "node1", {1: "node2", 2: "node3"}, "Horovod has been shut down")
+    assert (err.rank, err.host, err.peers, err.exit_code) == (0, "node1", {1: "node2", 2: "node3"}, 1)
+    assert str(err).startswith("rank 0 on node1 lost contact with the other ranks (1 on node2, 2 on node3)")
+
+
 @pytest.mark.parametrize("mode", ["none", "auto"])
 def test_single_process_dist(mode: str) -> None:
     d = init_dist(mode, env={})
@@ -54,6 +122,7 @@ def test_single_process_dist(mode: str) -> None:
     assert d.sum_scalars([1, 2.5]) == [1.0, 2.5]
     assert d.any_flag(True) and not d.any_flag(False)
     assert d.describe() == {"backend": "none", "size": 1, "local_size": 1}
+    assert d.hosts == () and d.lost(RuntimeError("x")) is None
     d.broadcast_model(None, None)
     d.average_model_state(None)
     d.shutdown()
@@ -77,6 +146,9 @@ def test_failure_injection_hook() -> None:
     assert failure_from_env(1, {"BUSI_FAIL_AT_STEP": "1:2"}) == FailAtStep(1, 2, "raise")
     assert failure_from_env(0, {"BUSI_FAIL_AT_STEP": "1:2"}) is None
     assert failure_from_env(1, {"BUSI_FAIL_AT_STEP": "1:3:kill"}) == FailAtStep(1, 3, "kill")
+    # injected once per Slurm job: its requeued starts run clean
+    assert failure_from_env(1, {"BUSI_FAIL_AT_STEP": "1:2", "SLURM_RESTART_COUNT": "0"}) == FailAtStep(1, 2, "raise")
+    assert failure_from_env(1, {"BUSI_FAIL_AT_STEP": "1:2", "SLURM_RESTART_COUNT": "1"}) is None
     for bad in ("1", "a:2", "1:0", "1:2:explode", "1:2:3:4"):
         with pytest.raises(ConfigError, match="BUSI_FAIL_AT_STEP"):
             failure_from_env(1, {"BUSI_FAIL_AT_STEP": bad})
@@ -336,9 +408,11 @@ def test_a_rank_that_raises_ends_the_job(horovod: None, tmp_path: Path, data: Pa
     out = tmp_path / "run"
     output = _failed_fast(out, data, "1:2", "a failing rank")
     assert "injected failure on rank 1 at step 2" in "\n".join(rank_lines(output, 1))
-    # rank 0, blocked in the step's allreduce, failed too and recorded it
+    # rank 0, blocked in the step's allreduce, failed too, naming the rank it lost, and recorded it
     m = json.loads((out / "manifest.json").read_text())
-    assert m["status"] == "failed" and m["error"]
+    assert m["status"] == "failed" and m["error"].startswith("RankLost: rank 0 on "), m["error"]
+    rank0 = "\n".join(rank_lines(output, 0))
+    assert "lost contact with the other ranks (1 on " in rank0 and "Traceback" not in rank0, rank0[-3000:]
     # ranks other than the primary log warnings only (runtime.log_all_ranks is off)
     assert not [line for line in rank_lines(output, 1) if " INFO " in line]
     assert [line for line in rank_lines(output, 0) if " INFO rank 0: phase head" in line]
@@ -348,4 +422,6 @@ def test_a_rank_that_raises_ends_the_job(horovod: None, tmp_path: Path, data: Pa
 def test_a_rank_that_dies_ends_the_job(horovod: None, tmp_path: Path, data: Path) -> None:
     """SIGKILL, as the OOM killer does it: no exception handler, no Horovod shutdown on that rank."""
     out = tmp_path / "run"
-    _failed_fast(out, data, "1:2:kill", "a killed rank")
+    output = _failed_fast(out, data, "1:2:kill", "a killed rank")
+    rank0 = "\n".join(rank_lines(output, 0))
+    assert "busi-job: error: rank 0 on " in rank0 and "Traceback" not in rank0, rank0[-3000:]
