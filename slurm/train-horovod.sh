@@ -124,9 +124,13 @@ gloo)
         ${BUSI_RENDEZVOUS_ADDR:+--address "$BUSI_RENDEZVOUS_ADDR"}; }
     # shellcheck disable=SC2153  # set by coproc
     rendezvous_pid=$RENDEZVOUS_PID
+    exec {rendezvous_out}<&"${RENDEZVOUS[0]}"   # bash forgets the coproc's fds once it exits
     trap 'kill "$rendezvous_pid" 2>/dev/null || true' EXIT
-    read -r -t 120 addr port <&"${RENDEZVOUS[0]}" ||
+    if ! read -r -t 120 addr port <&"$rendezvous_out"; then
+        # a signal before the ranks started: nothing to checkpoint, the next start does the work
+        [[ -n "$BUSI_SIGNALS" ]] && busi_finish "$BUSI_EXIT_INTERRUPTED"
         busi_die 2 "the Gloo rendezvous server did not start (its message is above)"
+    fi
     busi_log "Gloo rendezvous at $addr:$port for $hosts"
     run_env=(HOROVOD_GLOO_RENDEZVOUS_ADDR="$addr" HOROVOD_GLOO_RENDEZVOUS_PORT="$port"
         HOROVOD_CONTROLLER=gloo HOROVOD_CPU_OPERATIONS=gloo)

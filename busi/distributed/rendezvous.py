@@ -43,14 +43,16 @@ def serve(hosts: str, address: str | None = None) -> None:
         parsed = parse_hosts(hosts)
     except ValueError as e:
         raise ConfigError(f"--hosts {hosts!r}: expected node:ranks,... ({e})") from None
+    given = address
     try:
-        address = socket.gethostbyname(address) if address else own_address()
+        address = socket.gethostbyname(given) if given else own_address()
     except OSError as e:
-        raise ConfigError(f"cannot resolve the rendezvous address {address or socket.gethostname()!r} ({e}); "
+        raise ConfigError(f"cannot resolve the rendezvous address {given or socket.gethostname()!r} ({e}); "
                           "set BUSI_RENDEZVOUS_ADDR to this node's address") from None
     if len(parsed) > 1 and ipaddress.ip_address(address).is_loopback:
-        raise ConfigError(f"this host's name ({socket.gethostname()}) resolves to {address}, which the other nodes "
-                          "cannot reach; set BUSI_RENDEZVOUS_ADDR to this node's address on the network the nodes share")
+        what = f"the rendezvous address {given}" if given else f"this host's name ({socket.gethostname()})"
+        raise ConfigError(f"{what} resolves to {address}, which the other nodes cannot reach; set "
+                          "BUSI_RENDEZVOUS_ADDR to this node's address on the network the nodes share")
     plan = get_host_assignments(parsed, sum(h.slots for h in parsed))
     server = RendezvousServer()
     port = server.start()
