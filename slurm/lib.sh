@@ -4,8 +4,13 @@
 # environment variables below are the knobs.
 #
 #   BUSI_IMAGE=/path/busi.sif   run busi inside this Apptainer/Singularity image (apptainer exec)
+#   BUSI_ENGINE=podman          run BUSI_IMAGE (then an image name: busi:0.1.0) with podman instead,
+#                               one container per task: the node's network, host name and IPC, the
+#                               caller's user, the working folder, scratch and BUSI_BIND at the same
+#                               paths, Slurm's, Horovod's, TensorFlow's and busi's variables passed in;
+#                               site settings (runtime, ulimits) in containers.conf
 #   BUSI_NV=1|0                 pass --nv (GPUs) to apptainer; default: on when Slurm gave the job GPUs
-#   BUSI_BIND=/data,/project    extra apptainer --bind paths (the scratch folder is bound already)
+#   BUSI_BIND=/data,/project    extra bind paths (the scratch folder is bound already)
 #   BUSI_VENV=/path/.venv       else run $BUSI_VENV/bin/busi-job; else busi-job from PATH
 #   BUSI_SCRATCH=/local/dir     node-local scratch for unpacked datasets; default SLURM_TMPDIR,
 #                               TMPDIR, /scratch/$USER, /tmp (first that is set / exists)
@@ -98,7 +103,11 @@ busi_begin() {
 # python): in the container image, from the venv, or from PATH.
 busi_cmd() {
     local program=$1
-    if [[ -n "${BUSI_IMAGE:-}" ]]; then
+    if [[ -n "${BUSI_IMAGE:-}" && "${BUSI_ENGINE:-apptainer}" == podman ]]; then
+        busi_podman "$program"
+    elif [[ -n "${BUSI_IMAGE:-}" ]]; then
+        [[ "${BUSI_ENGINE:-apptainer}" == apptainer ]] ||
+            busi_die 2 "BUSI_ENGINE=$BUSI_ENGINE: expected apptainer (the default) or podman"
         local engine
         engine="$(command -v apptainer || command -v singularity || true)"
         [[ -n "$engine" ]] || busi_die 2 "BUSI_IMAGE=$BUSI_IMAGE but neither apptainer nor singularity is on PATH (module load apptainer?)"
@@ -121,6 +130,23 @@ busi_cmd() {
             busi_die 2 "$program is not on PATH: set BUSI_VENV=/path/to/.venv or BUSI_IMAGE=/path/to/busi.sif"
         BUSI_CMD=("$program")
     fi
+}
+
+# busi_podman PROGRAM: BUSI_CMD runs PROGRAM in a podman container of BUSI_IMAGE, as one task of
+# the job: busi-job through the image's entrypoint (tini passes signals on), anything else as the
+# entrypoint. Exit codes and signals pass through `podman run`.
+busi_podman() {
+    local program=$1 dir
+    command -v podman >/dev/null 2>&1 || busi_die 2 "BUSI_ENGINE=podman but podman is not on PATH"
+    BUSI_CMD=(podman run --rm --network host --uts host --ipc host --no-healthcheck --user "$(id -u):$(id -g)"
+        --env 'SLURM*' --env 'HOROVOD_*' --env 'BUSI_*' --env 'TF_*' -v "$PWD:$PWD" -w "$PWD")
+    [[ -n "${BUSI_SCRATCH_DIR:-}" ]] && BUSI_CMD+=(-v "$BUSI_SCRATCH_DIR:$BUSI_SCRATCH_DIR")
+    local IFS=,
+    for dir in ${BUSI_BIND:-}; do
+        BUSI_CMD+=(-v "$dir:$dir")
+    done
+    [[ "$program" == busi-job ]] || BUSI_CMD+=(--entrypoint "$program")
+    BUSI_CMD+=("$BUSI_IMAGE")
 }
 
 # busi_python: sets the array BUSI_CMD to the Python that runs busi (and so loads its Horovod):

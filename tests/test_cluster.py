@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -115,12 +116,10 @@ def training(cluster: NamespaceCluster, horovod: None, tmp_path_factory: pytest.
 def _submit(cluster: NamespaceCluster, training: dict[str, Any], name: str, **env: str) -> tuple[str, Path, Path]:
     """sbatch --nodes=2 --ntasks-per-node=1 slurm/train-horovod.sh, as a user submits it, with
     node-local scratch; returns the job id, its log and its run directory."""
-    job_env = {**cluster.env, "TF_CPP_MIN_LOG_LEVEL": "2", "BUSI_SCRATCH": str(cluster.scratch),
-               "BUSI_VENV": sys.prefix, **env}
-    for key in [k for k in job_env if k.startswith(("SLURM_", "HOROVOD_")) and k != "SLURM_CONF"]:
-        job_env.pop(key)  # pytest itself inside a Slurm job or a Horovod rank: not this cluster's
-    for key in ("BUSI_IMAGE", "BUSI_RUN_DIR", "BUSI_HVD_LAUNCHER", "BUSI_SLURM_DIR"):
-        job_env.pop(key, None)
+    job_env = dict(cluster.env)
+    for key in [k for k in job_env if k.startswith(("SLURM_", "HOROVOD_", "BUSI_")) and k != "SLURM_CONF"]:
+        job_env.pop(key)  # pytest inside a Slurm job or a Horovod rank, a user's busi settings: not this test's
+    job_env.update({"TF_CPP_MIN_LOG_LEVEL": "2", "BUSI_SCRATCH": str(cluster.scratch), "BUSI_VENV": sys.prefix, **env})
     work = training["root"] / name
     work.mkdir()
     p = subprocess.run(["sbatch", "--parsable", f"--chdir={work}", "--nodes=2", "--ntasks-per-node=1",
@@ -278,3 +277,39 @@ def test_a_rendezvous_address_the_other_node_cannot_reach_is_refused(
     assert "127.0.0.1, which the other nodes cannot reach; set BUSI_RENDEZVOUS_ADDR" in text, _tail(log)
     assert "the Gloo rendezvous server did not start (its message is above)" in text
     assert "Traceback" not in text and not run.exists()
+
+
+def test_two_nodes_train_in_the_image_one_container_per_rank(
+    cluster: NamespaceCluster, training: dict[str, Any], tmp_path: Path
+) -> None:
+    """The same two-node run with every task in a podman container of the image CI built
+    (``BUSI_TEST_IMAGE``; ``BUSI_ENGINE=podman``): the probe, the rendezvous server and each rank
+    run in the image, in their node's network and host name. This machine's limits for podman
+    go in a containers.conf, as a site's would."""
+    import resource
+
+    tag = os.environ.get("BUSI_TEST_IMAGE")
+    if not tag or not shutil.which("podman"):
+        pytest.skip("no image to run: BUSI_TEST_IMAGE names the one `make image` built (.ci/run does), with podman")
+    nofile, nproc = resource.getrlimit(resource.RLIMIT_NOFILE)[1], resource.getrlimit(resource.RLIMIT_NPROC)[1]
+    limits = [f'"nofile=1024:{nofile}"'] if 0 < nofile < 1048576 else []
+    if nproc != resource.RLIM_INFINITY:  # tests/test_image.py's limits: podman's defaults are above the host's
+        limits.append(f'"nproc={min(nproc, 32768)}:{min(nproc, 32768)}"')
+    conf = tmp_path / "containers.conf"
+    conf.write_text(f"[containers]\ndefault_ulimits = [{', '.join(limits)}]\n"
+                    + ('[engine]\nruntime = "runc"\n' if shutil.which("runc") else ""))  # crun fails on hybrid cgroups
+    job, log, run = _submit(cluster, training, "image", BUSI_ENGINE="podman", BUSI_IMAGE=tag,
+                            BUSI_BIND=f"{REPO},{training['root']}", CONTAINERS_CONF=str(conf))
+    info = _wait_done(cluster, job, log)
+    text = _log(log)
+    assert (info["JobState"], info.get("ExitCode")) == ("COMPLETED", "0:0"), f"{info}\n{_tail(log)}"
+    assert "launcher gloo" in text and "rank 0: 2 ranks: 0 on node1, 1 on node2" in text, _tail(log)
+    hashes = _final_weights(text)
+    assert set(hashes) == {"0", "1"} and hashes["0"] == hashes["1"], f"{hashes}\n{_tail(log)}"
+    m = _manifest(run)
+    assert m["status"] == "completed" and m["host"] == "node1" and m["weights_sha256"] == hashes["0"]
+    image_python = subprocess.run(["podman", "run", "--rm", "--no-healthcheck", "--entrypoint", "python", tag, "-c",
+                                   "import platform; print(platform.python_version())"],
+                                  env={**os.environ, "CONTAINERS_CONF": str(conf)}, capture_output=True, text=True)
+    assert m["python"] == image_python.stdout.strip(), (m["python"], image_python.stderr)  # the image's Python ran it
+    assert "Traceback" not in text
