@@ -138,7 +138,8 @@ busi_cmd() {
 busi_podman() {
     local program=$1 dir
     command -v podman >/dev/null 2>&1 || busi_die 2 "BUSI_ENGINE=podman but podman is not on PATH"
-    BUSI_CMD=(podman run --rm --network host --uts host --ipc host --no-healthcheck --user "$(id -u):$(id -g)"
+    BUSI_CMD=(podman run --rm --label "busi.slurm-job=${SLURM_JOB_ID:-none}" --network host --uts host --ipc host
+        --no-healthcheck --user "$(id -u):$(id -g)"
         --env 'SLURM*' --env 'HOROVOD_*' --env 'BUSI_*' --env 'TF_*' -v "$PWD:$PWD" -w "$PWD")
     [[ -n "${BUSI_SCRATCH_DIR:-}" ]] && BUSI_CMD+=(-v "$BUSI_SCRATCH_DIR:$BUSI_SCRATCH_DIR")
     local IFS=,

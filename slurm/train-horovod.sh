@@ -125,7 +125,8 @@ gloo)
     # shellcheck disable=SC2153  # set by coproc
     rendezvous_pid=$RENDEZVOUS_PID
     exec {rendezvous_out}<&"${RENDEZVOUS[0]}"   # bash forgets the coproc's fds once it exits
-    trap 'kill "$rendezvous_pid" 2>/dev/null || true' EXIT
+    # stop it, and wait: `podman run --rm` removes its container once that has exited
+    trap 'kill "$rendezvous_pid" 2>/dev/null && wait "$rendezvous_pid" 2>/dev/null; true' EXIT
     if ! read -r -t 120 addr port <&"$rendezvous_out"; then
         # a signal before the ranks started: nothing to checkpoint, the next start does the work
         [[ -n "$BUSI_SIGNALS" ]] && busi_finish "$BUSI_EXIT_INTERRUPTED"

@@ -312,4 +312,7 @@ def test_two_nodes_train_in_the_image_one_container_per_rank(
                                    "import platform; print(platform.python_version())"],
                                   env={**os.environ, "CONTAINERS_CONF": str(conf)}, capture_output=True, text=True)
     assert m["python"] == image_python.stdout.strip(), (m["python"], image_python.stderr)  # the image's Python ran it
+    left = subprocess.run(["podman", "ps", "-a", "-q", "--filter", f"label=busi.slurm-job={job}"],
+                          env={**os.environ, "CONTAINERS_CONF": str(conf)}, capture_output=True, text=True)
+    assert left.returncode == 0 and not left.stdout.strip(), f"containers left: {left.stdout}{left.stderr}"
     assert "Traceback" not in text
