@@ -47,8 +47,8 @@ MODULE_TIER = {
 # workers finish together; test_job first, so the shared trained run is built while the other
 # workers run modules that do not need it (test_predict, test_engines and test_external do,
 # later). Order only: every module also runs alone (`pytest tests/X.py`).
-LONGEST_FIRST = ("test_job", "test_image", "test_benchmarks", "test_resume", "test_slurm", "test_containers",
-                 "test_dist", "test_backbones", "test_cv", "test_cluster", "test_dicom", "test_trainer",
+LONGEST_FIRST = ("test_job", "test_cluster", "test_image", "test_benchmarks", "test_resume", "test_slurm",
+                 "test_containers", "test_dist", "test_backbones", "test_cv", "test_dicom", "test_trainer",
                  "test_features", "test_predict", "test_engines", "test_quantize", "test_public_sets",
                  "test_class_sets", "test_external", "test_table", "test_bench", "test_model", "test_runtime")
 
