@@ -98,8 +98,8 @@ def horovod_env_from_slurm(env: Mapping[str, str]) -> dict[str, str]:
         host = env["SLURMD_NODENAME"]
     except (KeyError, ValueError):
         raise ConfigError(f"{RENDEZVOUS_ADDR} is set for a task of srun, but SLURM_PROCID, SLURM_NODEID, "
-                          "SLURM_LOCALID, SLURM_STEP_TASKS_PER_NODE or SLURMD_NODENAME is missing: start the ranks with srun "
-                          "(slurm/train-horovod.sh does), or with horovodrun") from None
+                          "SLURM_LOCALID, SLURM_STEP_TASKS_PER_NODE or SLURMD_NODENAME is missing: start the "
+                          "ranks with srun (slurm/train-horovod.sh does), or with horovodrun") from None
     if node >= len(counts) or rank != sum(counts[:node]) + local:
         raise ConfigError(f"srun placed task {rank} as task {local} of node {node} ({env['SLURM_STEP_TASKS_PER_NODE']} "
                           "tasks per node), not in blocks: launch the ranks with srun --distribution=block")
@@ -113,5 +113,3 @@ def horovod_env_from_slurm(env: Mapping[str, str]) -> dict[str, str]:
         "HOROVOD_CROSS_SIZE": str(len(nodes_with_local)),
         "HOROVOD_HOSTNAME": host,
     }
-
-
