@@ -67,6 +67,9 @@ def _free_subnet() -> str:
 class NamespaceCluster(SlurmCluster):
     """``start()`` / ``stop()`` an ``n``-node cluster; ``env`` is what clients on the host need."""
 
+    cred_expire = 5  # the requeue tests wait for both
+    kill_wait = 5
+
     def __init__(self, n: int = 2, cpus: int = 2, memory_mb: int = 4000) -> None:
         super().__init__(cpus=cpus, memory_mb=memory_mb)
         tag = str(os.getpid() % 100000)

@@ -66,6 +66,9 @@ def _free_port() -> int:
 class SlurmCluster:
     """``start()`` / ``stop()`` a private cluster; ``env`` is what clients need (``SLURM_CONF``)."""
 
+    cred_expire = 10  # s a requeued job waits before it starts again (Slurm's default: 120)
+    kill_wait = 10  # s between SIGTERM and SIGKILL when a job is ended (default 30)
+
     def __init__(self, root: Path | None = None, cpus: int = 2, memory_mb: int = 20000) -> None:
         # Short path: the munge socket path must fit a sockaddr_un (108 bytes).
         self.root = Path(root) if root else Path(tempfile.mkdtemp(prefix="busi-slurm-", dir="/tmp"))
@@ -112,7 +115,7 @@ class SlurmCluster:
             "CredType=cred/munge",
             # cred_expire is also how long a requeued job waits before it may start again
             # (default 120 s); short here so the requeue test does not idle.
-            f"AuthInfo=socket={self.munge_socket},cred_expire=10",
+            f"AuthInfo=socket={self.munge_socket},cred_expire={self.cred_expire}",
             f"StateSaveLocation={r / 'state'}",
             f"SlurmdSpoolDir={r / 'spool' / '%n'}",  # %n: the node's name (one slurmd per node)
             f"SlurmctldPidFile={r / 'slurmctld.pid'}",
@@ -131,7 +134,7 @@ class SlurmCluster:
             "JobCompType=jobcomp/none",
             "JobRequeue=1",
             "ReturnToService=2",
-            "KillWait=10",
+            f"KillWait={self.kill_wait}",
             "MinJobAge=600",
             "SchedulerParameters=sched_interval=2",
             *self._node_lines(),
