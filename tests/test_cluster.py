@@ -9,7 +9,9 @@ Horovod rank per node (srun, Gloo rendezvous), equal final weights, the run dire
 by rank 0 on node1, the archive unpacked on each node's own scratch; ``scancel --signal=USR1``
 stops both ranks at one step, the job requeues and ends with the uninterrupted run's weights;
 a node killed mid-epoch ends the job within a bound, the log names the lost rank and host, and
-the requeued job resumes from the last checkpoint once the node is back.
+the requeued job resumes from the last checkpoint once the node is back; the same training with
+every task in a podman container of the image (``BUSI_ENGINE=podman``, where CI built one); a
+rendezvous address the other node cannot reach is refused with what to set.
 
 Skips where the cluster cannot be built (not root, no Slurm, munge or iproute2), as
 ``tests/test_slurm.py`` does.
