@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 DAEMONS = ("slurmctld", "slurmd", "munged")
-# Job states a job leaves only by a requeue (``scontrol show job``'s JobState)
+# The JobStates (``scontrol show job``) of a job that has ended; only a requeue takes it out of one
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL",
             "DEADLINE", "PREEMPTED", "SPECIAL_EXIT"}
 CLIENTS = ("sbatch", "scontrol", "squeue", "scancel", "sinfo", "srun")
@@ -66,7 +66,9 @@ def _free_port() -> int:
 class SlurmCluster:
     """``start()`` / ``stop()`` a private cluster; ``env`` is what clients need (``SLURM_CONF``)."""
 
-    cred_expire = 10  # s a requeued job waits before it starts again (Slurm's default: 120)
+    # cred_expire: credentials' lifetime, also how long a requeued job waits before it starts
+    # again (Slurm's default: 120 s); short so the requeue tests do not idle
+    cred_expire = 10
     kill_wait = 10  # s between SIGTERM and SIGKILL when a job is ended (default 30)
 
     def __init__(self, root: Path | None = None, cpus: int = 2, memory_mb: int = 20000) -> None:
@@ -113,8 +115,6 @@ class SlurmCluster:
             "SlurmdUser=root",
             "AuthType=auth/munge",
             "CredType=cred/munge",
-            # cred_expire is also how long a requeued job waits before it may start again
-            # (default 120 s); short here so the requeue test does not idle.
             f"AuthInfo=socket={self.munge_socket},cred_expire={self.cred_expire}",
             f"StateSaveLocation={r / 'state'}",
             f"SlurmdSpoolDir={r / 'spool' / '%n'}",  # %n: the node's name (one slurmd per node)
