@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import common
 
@@ -50,9 +51,11 @@ def batch(args: argparse.Namespace) -> None:
         server.terminate()
 
 
-def measure(cluster: object, layout: str, args: argparse.Namespace, work: Path) -> dict[str, float]:
+def measure(cluster: Any, layout: str, args: argparse.Namespace, work: Path) -> dict[str, float]:
+    """One sbatch of ``layout`` (``two nodes`` or ``one node``) on ``cluster`` (a started
+    ``NamespaceCluster``): rank 0's BENCH figures."""
     nodes = ["--nodes=2", "--ntasks-per-node=1"] if layout == "two nodes" else ["--nodes=1", "--ntasks-per-node=2"]
-    env = {**cluster.env, "BENCH_HOSTS": "node1:1,node2:1" if layout == "two nodes" else "node1:2",  # type: ignore[attr-defined]
+    env = {**cluster.env, "BENCH_HOSTS": "node1:1,node2:1" if layout == "two nodes" else "node1:2",
            "PYTHONPATH": str(REPO)}
     if layout == "one node":
         env["HOROVOD_GLOO_IFACE"] = "lo"
@@ -64,7 +67,7 @@ def measure(cluster: object, layout: str, args: argparse.Namespace, work: Path) 
                        env=env, capture_output=True, text=True, cwd=work)
     job = p.stdout.strip().split(";")[0] or "?"
     if p.returncode == 0:
-        cluster.wait_job(job, 1800)  # type: ignore[attr-defined]  # each second (sbatch --wait: 2, 10, 42 s)
+        cluster.wait_job(job, 1800)  # polls each second (sbatch --wait: at 2, 10, 42 s)
     log = Path(str(out).replace("%j", job))
     text = log.read_text(errors="replace") if log.exists() else p.stderr
     for line in text.splitlines():
