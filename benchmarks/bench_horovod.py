@@ -109,13 +109,22 @@ def worker(args: argparse.Namespace) -> None:
         }), flush=True)
 
 
+def result(output: str) -> dict[str, float] | None:
+    """Rank 0's figures from a worker's output: its ``BENCH {json}`` line (horovodrun prefixes
+    each line with the rank), or None."""
+    for line in output.splitlines():
+        if "BENCH " in line:
+            return json.loads(line.split("BENCH ", 1)[1])
+    return None
+
+
 def run(cmd: list[str]) -> dict[str, float]:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     env.pop("BUSI_FAIL_AT_STEP", None)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    for line in (proc.stdout + proc.stderr).splitlines():
-        if "BENCH " in line:
-            return json.loads(line.split("BENCH ", 1)[1])
+    found = result(proc.stdout + proc.stderr)
+    if found is not None:
+        return found
     sys.exit(f"benchmark worker failed ({proc.returncode}):\n{(proc.stdout + proc.stderr)[-3000:]}")
 
 

@@ -17,7 +17,6 @@ figure the namespace link changes.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -25,6 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import bench_horovod
 import common
 
 HERE = Path(__file__).resolve()
@@ -70,9 +70,9 @@ def measure(cluster: Any, layout: str, args: argparse.Namespace, work: Path) -> 
         cluster.wait_job(job, 1800)  # polls each second (sbatch --wait: at 2, 10, 42 s)
     log = Path(str(out).replace("%j", job))
     text = log.read_text(errors="replace") if log.exists() else p.stderr
-    for line in text.splitlines():
-        if line.startswith("BENCH "):
-            return json.loads(line[len("BENCH "):])
+    found = bench_horovod.result(text)
+    if found is not None:
+        return found
     sys.exit(f"{layout}: no result ({p.returncode})\n{text[-3000:]}")
 
 

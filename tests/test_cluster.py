@@ -179,6 +179,15 @@ def _epochs(run: Path) -> list[int]:
         return [int(row["epoch"]) for row in csv.DictReader(fh)]
 
 
+def _assert_resumed_as_if_never_stopped(run: Path, training: dict[str, Any], resumed_from: dict[str, int]) -> None:
+    """A run started twice: the second start resumed from ``resumed_from``, every epoch is in
+    history.csv once, and the final weights are the uninterrupted run's."""
+    m = _manifest(run)
+    assert [a["resumed_from"] for a in m["attempts"]] == [None, resumed_from], m["attempts"]
+    assert _epochs(run) == list(range(1, EPOCHS + 1))
+    assert m["weights_sha256"] == training["weights"], "the resumed run ended with other weights"
+
+
 def test_two_nodes_train_with_one_rank_each_to_equal_weights(cluster: NamespaceCluster, training: dict[str, Any]) -> None:
     job, log, run = _submit(cluster, training, "plain")
     info = _wait_done(cluster, job, log)
@@ -227,10 +236,7 @@ def test_usr1_stops_both_ranks_at_one_step_and_the_requeued_job_ends_as_if_never
     assert re.search(r"srun: error: node1: task 0: Exited with exit code 75", text), _tail(log)
     assert re.search(r"srun: error: node2: task 1: Exited with exit code 75", text), _tail(log)
     assert f"requeueing job {job} (restart 1)" in text and "restart 1; 2 ranks" in text
-    m = _manifest(run)
-    assert [a["resumed_from"] for a in m["attempts"]] == [None, {"epoch": 1, "step": 2}], m["attempts"]
-    assert _epochs(run) == list(range(1, EPOCHS + 1))
-    assert m["weights_sha256"] == training["weights"], "the resumed run ended with other weights"
+    _assert_resumed_as_if_never_stopped(run, training, {"epoch": 1, "step": 2})
 
 
 def test_a_node_lost_mid_epoch_ends_the_job_in_bounded_time_and_the_requeued_job_resumes(
@@ -261,10 +267,7 @@ def test_a_node_lost_mid_epoch_ends_the_job_in_bounded_time_and_the_requeued_job
     assert "srun: error: Node failure on node2" in text
     assert text.count("rank 0: 2 ranks: 0 on node1, 1 on node2") == 2, _tail(log)  # both starts on both nodes
     assert ended < 90, f"the job took {ended:.0f} s to end after node2 was lost"
-    m = _manifest(run)
-    assert [a["resumed_from"] for a in m["attempts"]] == [None, {"epoch": 1, "step": 0}], m["attempts"]
-    assert _epochs(run) == list(range(1, EPOCHS + 1))
-    assert m["weights_sha256"] == training["weights"], "the resumed run ended with other weights"
+    _assert_resumed_as_if_never_stopped(run, training, {"epoch": 1, "step": 0})
 
 
 def test_a_rendezvous_address_the_other_node_cannot_reach_is_refused(

@@ -49,19 +49,22 @@ def _first_int(env: Mapping[str, str], names: Sequence[str | None]) -> int | Non
     return None
 
 
+def _launch_env(env: Mapping[str, str] | None) -> Mapping[str, str]:
+    """The launcher's variables: ``env`` (default ``os.environ``), with those horovodrun would
+    have set for a rank that srun started to join a Gloo rendezvous."""
+    env = os.environ if env is None else env
+    return {**env, **horovod_env_from_slurm(env)}
+
+
 def launched_size(env: Mapping[str, str] | None = None) -> int:
     """The number of ranks the launcher started (horovodrun, mpirun, srun --mpi, srun with a
     Gloo rendezvous), or 1."""
-    env = os.environ if env is None else env
-    env = {**env, **horovod_env_from_slurm(env)}
-    return _first_int(env, [launcher.size for launcher in LAUNCHERS]) or 1
+    return _first_int(_launch_env(env), [launcher.size for launcher in LAUNCHERS]) or 1
 
 
 def launched_local_size(env: Mapping[str, str] | None = None) -> int:
     """Ranks sharing this node, from the launcher's environment, or 1."""
-    env = os.environ if env is None else env
-    env = {**env, **horovod_env_from_slurm(env)}
-    return _first_int(env, [launcher.local_size for launcher in LAUNCHERS]) or 1
+    return _first_int(_launch_env(env), [launcher.local_size for launcher in LAUNCHERS]) or 1
 
 
 # Set (with its port) by slurm/train-horovod.sh for the tasks it starts with srun: the address
